@@ -1,0 +1,30 @@
+"""The seed document's MNIST CNN (Keras/TensorFlow CNN tutorial), trained the seed's way.
+
+Run (offline, on the MNIST subset shipped with jaxdl):
+    jaxdl train experiments/mnist_cnn.py
+Full MNIST:
+    jaxdl train experiments/mnist_cnn.py data.dir=../shared/data/mnist --workdir runs/mnist_cnn_full
+
+Recipe: 5 epochs, batch 64, Adam at 1e-3, no augmentation or regularisation; 93,322 parameters.
+Expected (2-core x86 CPU, jax 0.10, measured): full MNIST 99.1% test accuracy in about 8 minutes;
+shipped subset (10,000 train / 2,000 test) about 97.5% in about 1.5 minutes. See README's table.
+"""
+
+from jaxdl.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.seed = 0
+  config.model.name = "mnist_cnn"
+  config.model.num_classes = 10
+  config.data.name = "mnist"
+  config.train.num_epochs = 5
+  config.train.batch_size = 64
+  config.train.eval_every_steps = 0  # Every epoch, as Keras' fit(validation_data=...) does.
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 500
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.eps = 1e-7  # Keras' Adam default (optax's is 1e-8).
+  return config

@@ -1,0 +1,69 @@
+"""Orbax checkpoints of a run: a pytree of arrays plus the Grain iterator's position.
+
+This module knows nothing of models: it saves and restores whatever pytree it is given. Orbax
+writes each step into a temporary directory and renames it when complete, so a crash during a save
+leaves the earlier checkpoints as they were; such half-written directories are never restored.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+from jaxdl.errors import CheckpointError
+
+
+class Checkpointer:
+  """Saves every so often, keeps the newest `max_to_keep`, restores the latest or a given step."""
+
+  def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    self.directory = Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=not read_only,
+        read_only=read_only)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any) -> None:
+    """Starts saving `state` and the iterator's position; returns before the write ends if async."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
+    """Restores the state at `step` into the structure, shapes and shardings of `abstract_state`.
+
+    `data_iterator`, when given, is moved to where it stood at that step.
+    """
+    if step not in self.all_steps():
+      raise CheckpointError(f"There is no checkpoint for step {step} in {self.directory}; the "
+                            f"saved steps are {self.all_steps() or 'none'}.")
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(
+          f"The checkpoint at step {step} in {self.directory} does not fit this run: {e}\n"
+          "It was probably written by a different model or config. Train with the config saved "
+          "next to it (config.json), or start a new workdir.") from e
+    return restored.state
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+

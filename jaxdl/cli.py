@@ -1,0 +1,99 @@
+"""`jaxdl train | eval | plot`: the command line.
+
+A UserError (bad override, missing file, incompatible workdir) prints one message and exits with
+status 2; `--debug` shows the traceback as well.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from jaxdl.errors import UserError
+
+logger = logging.getLogger("jaxdl")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jaxdl", description=__doc__.splitlines()[0])
+  parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  train = sub.add_parser("train", help="train an experiment (resumes an existing workdir)")
+  train.add_argument("experiment", help="experiment file, e.g. experiments/mnist_cnn.py")
+  train.add_argument("overrides", nargs="*", metavar="key.path=value",
+                     help="config overrides, e.g. train.batch_size=128 optimizer.learning_rate=3e-4")
+  train.add_argument("--workdir", help="where the run's files go (default: runs/<experiment>)")
+  train.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+
+  evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the test split")
+  evaluate.add_argument("workdir")
+  evaluate.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+
+  plot = sub.add_parser("plot", help="plot loss and accuracy curves of runs")
+  plot.add_argument("workdirs", nargs="+")
+  plot.add_argument("-o", "--output", required=True, help="image file to write, e.g. curves.png")
+  return parser
+
+
+def _train(args) -> int:
+  from jaxdl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxdl import trainer  # pylint: disable=g-import-not-at-top
+
+  config = config_lib.load_experiment(args.experiment)
+  config_lib.apply_overrides(config, args.overrides)
+  workdir = Path(args.workdir or Path("runs") / Path(args.experiment).stem)
+  result = trainer.train(config, workdir, command=sys.argv, show_progress=not args.no_progress)
+  if result.interrupted_by is not None:
+    return 128 + result.interrupted_by
+  accuracy = result.eval_metrics.get("eval/accuracy")
+  if accuracy is not None:
+    print(f"step {result.step}: test accuracy {accuracy:.4f} "
+          f"({int(round(accuracy * result.eval_metrics['eval/num_examples']))}/"
+          f"{int(result.eval_metrics['eval/num_examples'])}), test loss "
+          f"{result.eval_metrics['eval/loss']:.4f}. Workdir: {workdir}")
+  return 0
+
+
+def _eval(args) -> int:
+  from jaxdl import trainer  # pylint: disable=g-import-not-at-top
+
+  step, metrics = trainer.evaluate_workdir(args.workdir, args.step)
+  print(f"step {step}: test accuracy {metrics['eval/accuracy']:.4f}, test loss "
+        f"{metrics['eval/loss']:.4f} ({int(metrics['eval/num_examples'])} examples)")
+  return 0
+
+
+def _plot(args) -> int:
+  from jaxdl import plot  # pylint: disable=g-import-not-at-top
+
+  print(f"wrote {plot.plot_runs(args.workdirs, args.output)}")
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
+  # Overrides may come before or after options: `train EXP a=1 --workdir W b=2`.
+  args, extra = parser.parse_known_args(argv)
+  strays = [a for a in extra if args.command != "train" or a.startswith("-") or "=" not in a]
+  if strays:
+    parser.error(f"unrecognized arguments: {' '.join(strays)}")
+  if extra:
+    args.overrides += extra
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S", stream=sys.stderr)
+  # Orbax and absl log every save at INFO; only their warnings matter to a user.
+  for name in ("absl", "jax", "orbax"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  handlers = {"train": _train, "eval": _eval, "plot": _plot}
+  try:
+    return handlers[args.command](args)
+  except UserError as e:
+    if args.debug:
+      raise
+    print(f"jaxdl {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

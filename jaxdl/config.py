@@ -1,0 +1,222 @@
+"""Experiment configs: loading experiment files, applying `key.path=value` overrides, saving them.
+
+An experiment is a Python file whose `get_config()` returns an `ml_collections.ConfigDict`, usually
+`base_config()` with a few values changed. Every key a run reads exists in `base_config()`, so an
+override of a key that does not exist is a typo, and we say which keys are close.
+"""
+
+import ast
+import difflib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import ml_collections
+
+from jaxdl.errors import ConfigError
+
+# Keys that may differ between the run that wrote a workdir and the run that resumes it: they change
+# how long or how verbosely we train, or where the (same) data lives, not what is being trained.
+RESUMABLE_KEYS = frozenset({
+    "train.num_steps", "train.num_epochs", "train.eval_every_steps",
+    "train.checkpoint_every_steps", "train.log_every_steps", "train.max_checkpoints",
+    "train.async_checkpointing", "data.dir", "data.download", "data.num_threads",
+    "data.prefetch", "data.eval_batch_size",
+})
+
+REQUIRED_KEYS = (
+    "seed", "model.name", "data.name", "data.dir", "train.num_epochs", "train.num_steps",
+    "train.batch_size", "train.eval_every_steps", "train.checkpoint_every_steps",
+    "train.log_every_steps", "optimizer.name", "optimizer.learning_rate",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key jaxdl reads, with its default. Experiments start from this."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # `name` picks a model from jaxdl.nn.MODELS; every other key is a constructor argument.
+  c.model = ml_collections.ConfigDict({"name": "mnist_cnn"})
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mnist"
+  c.data.dir = ""  # Empty: the cache, then a download, then the subset shipped with jaxdl.
+  c.data.download = True
+  c.data.eval_batch_size = 1000
+  c.data.num_threads = 2  # Grain reader threads.
+  c.data.prefetch = 4  # Batches Grain prepares ahead of the train step.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 5
+  c.train.num_steps = 0  # When > 0, overrides num_epochs.
+  c.train.batch_size = 64  # Global batch, split over all devices.
+  c.train.eval_every_steps = 0  # 0: at the end of every epoch. The last step is always evaluated.
+  c.train.checkpoint_every_steps = 1000  # 0: only at the end. The last step is always saved.
+  c.train.log_every_steps = 100
+  c.train.max_checkpoints = 3  # How many of the latest checkpoints to keep.
+  c.train.async_checkpointing = True
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # adam | adamw | sgd
+  c.optimizer.learning_rate = 1e-3  # Peak learning rate.
+  c.optimizer.schedule = "constant"  # constant | cosine (both after `warmup_steps` of linear warmup)
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay_steps = 0  # Cosine length; 0: the whole run.
+  c.optimizer.end_learning_rate = 0.0  # Where the cosine ends.
+  c.optimizer.b1 = 0.9  # adam, adamw
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0  # adamw (decoupled), sgd (added to the gradient)
+  c.optimizer.momentum = 0.0  # sgd; 0 means plain SGD.
+  c.optimizer.nesterov = False
+  c.optimizer.grad_clip_norm = 0.0  # Clip gradients by global norm; 0: off.
+  return c
+
+
+def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
+  """Imports an experiment file and returns its validated `get_config()`."""
+  path = Path(path)
+  if not path.is_file():
+    raise ConfigError(f"Experiment file {str(path)!r} does not exist. Pass the path to a Python "
+                      "file with a get_config() function, e.g. experiments/mnist_cnn.py.")
+  spec = importlib.util.spec_from_file_location(f"jaxdl_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:
+    raise ConfigError(f"Importing experiment {str(path)!r} failed: {type(e).__name__}: {e}") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"Experiment {str(path)!r} has no get_config() function; define one that "
+                      "returns an ml_collections.ConfigDict (see experiments/mnist_cnn.py).")
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}; it must "
+                      "return an ml_collections.ConfigDict (start from jaxdl.config.base_config()).")
+  validate(config, source=str(path))
+  return config
+
+
+def validate(config: ml_collections.ConfigDict, source: str = "the config") -> None:
+  """Checks that every key jaxdl needs is present."""
+  keys = set(flatten(config))
+  missing = [k for k in REQUIRED_KEYS if k not in keys]
+  if missing:
+    raise ConfigError(f"{source} lacks required key(s) {', '.join(missing)}. Start the config from "
+                      "jaxdl.config.base_config(), which has them all.")
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{'train.batch_size': 64, ...}: leaves of a nested config under dotted keys."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+  """Applies `key.path=value` strings in place, each parsed to the type of the value it replaces."""
+  flat = flatten(config)
+  for override in overrides:
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+      raise ConfigError(f"Override {override!r} is not of the form key.path=value "
+                        "(for example train.batch_size=128).")
+    if key not in flat:
+      raise ConfigError(f"Unknown config key {key!r}.{_suggest(key, flat)}")
+    value = parse_value(key, text, flat[key])
+    parent, _, leaf = key.rpartition(".")
+    node = config
+    for part in parent.split(".") if parent else ():
+      node = node[part]
+    with node.ignore_type():
+      node[leaf] = value
+    flat[key] = value
+
+
+def _suggest(key: str, flat: dict[str, Any]) -> str:
+  """' Did you mean ...?' naming keys close to `key` as a whole or in their last part."""
+  keys_by_leaf: dict[str, list[str]] = {}
+  for k in flat:
+    keys_by_leaf.setdefault(k.rpartition(".")[2], []).append(k)
+  close = difflib.get_close_matches(key, flat, n=3, cutoff=0.6)
+  for leaf in difflib.get_close_matches(key.rpartition(".")[2], keys_by_leaf, n=3, cutoff=0.6):
+    close += [k for k in keys_by_leaf[leaf] if k not in close]
+  if close:
+    return " Did you mean " + ", ".join(close[:4]) + "?"
+  return " Valid keys: " + ", ".join(sorted(flat)) + "."
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_value(key: str, text: str, current: Any) -> Any:
+  """Parses `text` to the type of `current`, the value it overrides."""
+  text = text.strip()
+  expected = type(current).__name__
+
+  def wrong_type(hint: str = "") -> ConfigError:
+    return ConfigError(f"Value {text!r} for {key} is not a valid {expected} "
+                       f"(the current value is {current!r}).{hint}")
+
+  if isinstance(current, bool):
+    if text.lower() in _TRUE:
+      return True
+    if text.lower() in _FALSE:
+      return False
+    raise wrong_type(" Use true or false.")
+  if isinstance(current, int):
+    try:
+      return int(text.replace("_", ""))
+    except ValueError:
+      try:
+        as_float = float(text)
+      except ValueError:
+        raise wrong_type() from None
+      if as_float.is_integer():
+        return int(as_float)  # "1e3" means 1000.
+      raise wrong_type(" Give a whole number.") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise wrong_type() from None
+  if isinstance(current, str):
+    return text
+  # Tuples, lists and None: a Python literal; None accepts anything, falling back to a string.
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise wrong_type(f" Write it as a Python literal, e.g. {current!r}.") from None
+  if current is None:
+    return value
+  if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+    return type(current)(value)
+  raise wrong_type(f" Write it as a Python literal, e.g. {current!r}.")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+def resume_conflicts(saved: ml_collections.ConfigDict,
+                     new: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+  """(key, saved value, new value) for every difference that forbids resuming `saved` with `new`."""
+  old_flat, new_flat = flatten(saved), flatten(new)
+  # JSON turns tuples into lists; compare them as lists.
+  norm = lambda v: list(v) if isinstance(v, tuple) else v
+  return [(k, old_flat.get(k, "<absent>"), new_flat.get(k, "<absent>"))
+          for k in sorted(set(old_flat) | set(new_flat))
+          if k not in RESUMABLE_KEYS and norm(old_flat.get(k)) != norm(new_flat.get(k))]

@@ -1,0 +1,38 @@
+"""The seed document's Keras MNIST CNN, as a pure Flax Linen module.
+
+Keras original (TensorFlow CNN tutorial):
+    Conv2D(32, 3, relu) -> MaxPool(2) -> Conv2D(64, 3, relu) -> MaxPool(2) -> Conv2D(64, 3, relu)
+    -> Flatten -> Dense(64, relu) -> Dense(10)
+All convolutions are 'valid'; 93,322 parameters for 28x28x1 inputs. Kernels are Glorot-uniform and
+biases zero, which is how Keras initialises Conv2D and Dense. The softmax lives in the loss.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Keras' default kernel_initializer for Conv2D and Dense.
+glorot_uniform = nn.initializers.glorot_uniform()
+
+
+class MnistCNN(nn.Module):
+  """Keras' MNIST CNN. Input: images [B, 28, 28, 1] in [0, 1]; output: logits [B, num_classes]."""
+
+  num_classes: int = 10
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    del train  # No dropout or BatchNorm; the argument keeps the model signature uniform.
+    conv = lambda features, name: nn.Conv(
+        features, (3, 3), padding="VALID", kernel_init=glorot_uniform, dtype=self.dtype, name=name)
+    x = x_BHWC.astype(self.dtype)
+    x = nn.relu(conv(32, "conv1")(x))  # [B, 26, 26, 32]
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, 13, 13, 32]
+    x = nn.relu(conv(64, "conv2")(x))  # [B, 11, 11, 64]
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, 5, 5, 64]
+    x = nn.relu(conv(64, "conv3")(x))  # [B, 3, 3, 64]
+    x = x.reshape((x.shape[0], -1))  # [B, 576], row-major like Keras' Flatten on NHWC
+    x = nn.relu(nn.Dense(64, kernel_init=glorot_uniform, dtype=self.dtype, name="dense1")(x))
+    logits_BK = nn.Dense(self.num_classes, kernel_init=glorot_uniform, dtype=self.dtype,
+                         name="logits")(x)
+    return logits_BK

@@ -1,0 +1,1 @@
+"""Training without files: Optax optimizers, pure train/eval steps, the device mesh."""

@@ -1,0 +1,52 @@
+"""Optax optimizers and learning-rate schedules from the `optimizer` config section."""
+
+from typing import Any, Mapping
+
+import optax
+
+from jaxdl.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 over `warmup_steps`, then constant or cosine decay to `end_learning_rate`."""
+  peak, warmup = cfg["learning_rate"], cfg["warmup_steps"]
+  if cfg["schedule"] == "constant":
+    if warmup <= 0:
+      return optax.constant_schedule(peak)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+  if cfg["schedule"] == "cosine":
+    decay_steps = cfg["decay_steps"] or total_steps
+    if decay_steps <= warmup:
+      raise ConfigError(f"optimizer.decay_steps ({decay_steps}) must exceed optimizer.warmup_steps "
+                        f"({warmup}) for the cosine schedule; lower warmup_steps or raise decay_steps.")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=decay_steps,
+        end_value=cfg["end_learning_rate"])
+  raise ConfigError(f"Unknown optimizer.schedule {cfg['schedule']!r}; choose one of {SCHEDULES}.")
+
+
+def make_optimizer(cfg: Mapping[str, Any],
+                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer named by `cfg["name"]`, with gradient clipping first when enabled."""
+  schedule = make_schedule(cfg, total_steps)
+  name = cfg["name"]
+  if name == "adam":
+    tx = optax.adam(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"])
+  elif name == "adamw":
+    tx = optax.adamw(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
+                     weight_decay=cfg["weight_decay"])
+  elif name == "sgd":
+    tx = optax.sgd(schedule, momentum=cfg["momentum"] or None, nesterov=cfg["nesterov"])
+    if cfg["weight_decay"]:
+      tx = optax.chain(optax.add_decayed_weights(cfg["weight_decay"]), tx)
+  else:
+    raise ConfigError(f"Unknown optimizer.name {name!r}; choose one of {OPTIMIZERS}.")
+  if cfg["nesterov"] and name != "sgd":
+    raise ConfigError(f"optimizer.nesterov=True applies to sgd only, not {name!r}.")
+  if cfg["grad_clip_norm"] > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg["grad_clip_norm"]), tx)
+  return tx, schedule

@@ -1,0 +1,298 @@
+"""The training loop: config -> data -> model and optimizer -> resume -> train, log, eval, save.
+
+Read it top to bottom; each banner is one stage of a run. The pure pieces live elsewhere: the model
+in jaxdl.nn, the train and eval steps in jaxdl.train, checkpoint I/O in jaxdl.checkpoint.
+"""
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxdl import data as data_lib
+from jaxdl import metrics as metrics_lib
+from jaxdl import nn as nn_lib
+from jaxdl import workdir as workdir_lib
+from jaxdl.checkpoint import Checkpointer
+from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
+from jaxdl.progress import Progress
+from jaxdl.train import mesh as mesh_lib
+from jaxdl.train import optim
+from jaxdl.train import step as step_lib
+
+logger = logging.getLogger("jaxdl")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int  # The step training reached (and saved).
+  eval_metrics: dict[str, float]  # The last evaluation, {"eval/loss": ..., "eval/accuracy": ...}.
+  interrupted_by: int | None = None  # The signal that stopped training early, if any.
+
+
+@dataclasses.dataclass
+class Setup:
+  """What a run needs besides its loop: everything derivable from the config and the data."""
+  model: Any
+  tx: Any
+  schedule: Any
+  mesh: Any
+  train_step: Any  # The pure step function, not yet jitted.
+  init_loop: Any  # Jitted () -> the loop state of step 0: {"state", "metric_sums", "rng"}.
+  total_steps: int
+  steps_per_epoch: int
+
+
+def load_data(config: ml_collections.ConfigDict) -> data_lib.LoadedData:
+  return data_lib.load_dataset(config.data.name, config.data.dir,
+                               allow_download=None if config.data.download else False)
+
+
+def build(config: ml_collections.ConfigDict, data: data_lib.LoadedData) -> Setup:
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  mesh_lib.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  if config.train.batch_size > len(data.train):
+    raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the {len(data.train)} "
+                      f"training examples of {data.source.get('kind')} {config.data.name}; use a "
+                      "smaller batch or more data.")
+  steps_per_epoch = data_lib.steps_per_epoch(len(data.train), config.train.batch_size)
+  total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+  if total_steps <= 0:
+    raise ConfigError("Nothing to train: set train.num_steps or train.num_epochs to more than 0.")
+  try:
+    model = nn_lib.build_model(config.model.name, **nn_lib.model_kwargs(config.model))
+  except ValueError as e:
+    raise ConfigError(f"model: {e}") from e
+  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  train_step = step_lib.make_train_step(model, tx, schedule)
+  image_shape = data.train.image.shape[1:]
+  batch_shapes = {"image": jax.ShapeDtypeStruct((config.train.batch_size, *image_shape), jnp.float32),
+                  "label": jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32)}
+
+  def init_loop():
+    """Everything a resumed run needs to continue bit for bit, besides the data iterator."""
+    root_key = jax.random.key(config.seed)
+    state = step_lib.create_train_state(model, tx, jax.random.fold_in(root_key, 0),
+                                        jnp.zeros((1, *image_shape), jnp.float32))
+    rng = jax.random.fold_in(root_key, 1)
+    metric_shapes = jax.eval_shape(train_step, state, batch_shapes, rng)[1]
+    return {"state": state, "metric_sums": step_lib.init_metric_sums(metric_shapes),
+            "rng": jax.random.key_data(rng)}  # Raw key data: checkpoints store plain arrays.
+
+  init_loop = jax.jit(init_loop, out_shardings=mesh_lib.replicated(mesh))
+  return Setup(model, tx, schedule, mesh, train_step, init_loop, total_steps, steps_per_epoch)
+
+
+def abstract_loop(setup: Setup) -> Any:
+  """Shapes, dtypes and shardings of the loop state, to restore a checkpoint into."""
+  sharding = mesh_lib.replicated(setup.mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      jax.eval_shape(setup.init_loop))
+
+
+def evaluate(eval_step, state, split: data_lib.Split, batch_size: int, mesh) -> dict[str, float]:
+  """Loss and accuracy over every example of `split`, each counted exactly once."""
+  sums = None
+  for batch in data_lib.eval_batches(split, batch_size=batch_size):
+    out = eval_step(state, mesh_lib.shard_batch(batch, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = float(sums["count"])
+  return {"eval/loss": float(sums["loss_sum"]) / count,
+          "eval/accuracy": float(sums["correct"]) / count,
+          "eval/num_examples": count}
+
+
+class _StopSignal:
+  """Turns the first SIGTERM/SIGINT into a request to save and stop after the current step."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    # A second Ctrl-C stops at once, the usual way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _raise_if_nonfinite(sums: dict[str, Any]) -> None:
+  bad_step = int(jax.device_get(sums["first_nonfinite_step"]))
+  if bad_step >= 0:
+    raise NonFiniteLossError(f"Training diverged at step {bad_step}: the loss, gradients or "
+                             "parameters became NaN or Inf.")
+
+
+def _interval_means(sums: dict[str, Any]) -> dict[str, float]:
+  """Host-side means of accumulated train metrics; stops the run on a NaN or Inf loss."""
+  sums = jax.device_get(sums)
+  _raise_if_nonfinite(sums)
+  return {k: float(v) / int(sums["count"]) for k, v in sums["sums"].items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          command: list[str] | None = None, show_progress: bool = True) -> TrainResult:
+  workdir = Path(workdir)
+
+  # ---------------------------------------------------------------- Workdir and data
+  resuming = workdir_lib.prepare(workdir, config)
+  data = load_data(config)
+  saved_source = workdir_lib.last_data_source(workdir) if resuming else None
+  if saved_source and saved_source.get("num_train") != data.source.get("num_train"):
+    raise CheckpointError(
+        f"Workdir {workdir} was trained on {saved_source.get('num_train')} training examples "
+        f"({saved_source.get('kind')}), this run has {data.source.get('num_train')} "
+        f"({data.source.get('kind')}); the saved data position would not fit. Point data.dir at "
+        "the data it was trained on, or use a new --workdir.")
+
+  # ---------------------------------------------------------------- Mesh, model, optimizer
+  setup = build(config, data)
+  mesh, total_steps = setup.mesh, setup.total_steps
+  train_step = jax.jit(setup.train_step, donate_argnums=0)
+  eval_step = jax.jit(step_lib.make_eval_step(setup.model))
+  accumulate = jax.jit(step_lib.accumulate_metrics, donate_argnums=0)
+  reset_sums = jax.jit(step_lib.reset_metric_sums)
+
+  # ---------------------------------------------------------------- Input
+  # Grain's shuffle seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
+  data_seed = int(np.random.SeedSequence([config.seed, 1]).generate_state(1)[0])
+  train_iter = iter(data_lib.train_batches(
+      data.train, batch_size=config.train.batch_size // jax.process_count(), seed=data_seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch))
+
+  # ---------------------------------------------------------------- Initial state or resume
+  checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
+                              max_to_keep=config.train.max_checkpoints,
+                              async_save=config.train.async_checkpointing)
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    loop = checkpointer.restore(start_step, abstract_loop(setup), train_iter)
+    logger.info("Resuming %s from step %d.", workdir, start_step)
+  else:
+    loop = setup.init_loop()
+  if jax.process_index() == 0:
+    metrics_lib.truncate_after(workdir, start_step)
+  workdir_lib.append_run(workdir, workdir_lib.run_record(
+      data_source=data.source, command=command, start_step=start_step))
+  state, sums = loop["state"], loop["metric_sums"]
+  rng = jax.random.wrap_key_data(loop["rng"])
+
+  # ---------------------------------------------------------------- Train
+  writer = metrics_lib.MetricWriter(workdir)
+  progress = Progress(total_steps=total_steps, initial_step=start_step,
+                      enabled=show_progress, is_main_process=jax.process_index() == 0)
+  cfg = config.train
+  eval_every = cfg.eval_every_steps or setup.steps_per_epoch
+  global_batch = cfg.batch_size
+  eval_metrics: dict[str, float] = {}
+  pending = None  # (step, metric sums, perf) to read once the next step is dispatched.
+
+  def flush():
+    nonlocal pending
+    if pending is not None:
+      step, interval_sums, perf = pending
+      pending = None
+      means = _interval_means(interval_sums)
+      writer.write(step, {**means, **perf})
+      progress.update(step, {**means, **perf})
+
+  t_last, step_last = time.perf_counter(), start_step
+  stop = _StopSignal()
+  try:
+    with stop:
+      for step in range(start_step + 1, total_steps + 1):  # `step` counts updates done after it.
+        batch = mesh_lib.shard_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch, rng)
+        sums = accumulate(sums, metrics, step)
+        flush()  # Reads step-1's metrics while this step runs.
+
+        at_log = step % cfg.log_every_steps == 0
+        if at_log or step == total_steps:
+          now = time.perf_counter()
+          seconds_per_step = (now - t_last) / (step - step_last)
+          perf = {"perf/examples_per_sec": global_batch / seconds_per_step,
+                  "perf/seconds_per_step": seconds_per_step}
+          pending = (step, sums, perf)
+          t_last, step_last = now, step
+          # A partial interval at the end stays in the sums, so a resumed run logs the same
+          # means at the next log step as an uninterrupted one.
+          if at_log:
+            sums = reset_sums(sums)
+
+        if step % eval_every == 0 or step == total_steps:
+          flush()
+          eval_metrics = evaluate(eval_step, state, data.test, config.data.eval_batch_size, mesh)
+          writer.write(step, eval_metrics)
+          progress.message(f"step {step}: eval loss {eval_metrics['eval/loss']:.4f}, "
+                           f"accuracy {eval_metrics['eval/accuracy']:.4f}")
+
+        checkpoint_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+        if checkpoint_due or step == total_steps or stop.signum is not None:
+          flush()
+          _raise_if_nonfinite(sums)  # Never save a state that a NaN has reached.
+          loop = {"state": state, "metric_sums": sums, "rng": loop["rng"]}
+          checkpointer.save(step, loop, train_iter)
+
+        if stop.signum is not None:
+          checkpointer.wait()
+          progress.message(f"Stopped by signal {stop.signum} after step {step}; checkpoint "
+                           f"saved. Run the same command to resume.")
+          return TrainResult(step, eval_metrics, interrupted_by=stop.signum)
+      flush()
+  except NonFiniteLossError as e:
+    checkpointer.wait()
+    last_good = checkpointer.latest_step()
+    raise NonFiniteLossError(
+        f"{e} The last good checkpoint is "
+        f"{f'step {last_good}' if last_good else 'none'} in {checkpointer.directory}; nothing "
+        "after it was saved. Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or "
+        "check the data for bad values.") from None
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    progress.close()
+
+  if start_step >= total_steps:  # Already trained this far: report the saved model.
+    eval_metrics = evaluate(eval_step, state, data.test, config.data.eval_batch_size, mesh)
+  return TrainResult(max(start_step, total_steps), eval_metrics)
+
+
+def evaluate_workdir(workdir: str | Path, step: int | None = None) -> tuple[int, dict[str, float]]:
+  """Evaluates the checkpoint at `step` (default: the latest) of a run on its test split."""
+  workdir = Path(workdir)
+  config = workdir_lib.load_config(workdir)
+  data = load_data(config)
+  setup = build(config, data)
+  checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR, read_only=True)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise CheckpointError(f"{workdir} has no checkpoints yet; train it first.")
+    step = steps[-1] if step is None else step
+    state = checkpointer.restore(step, abstract_loop(setup))["state"]
+  finally:
+    checkpointer.close()
+  eval_step = jax.jit(step_lib.make_eval_step(setup.model))
+  return step, evaluate(eval_step, state, data.test, config.data.eval_batch_size, setup.mesh)

@@ -1,0 +1,125 @@
+"""The files of a run's workdir, other than checkpoints and metrics.
+
+    config.json     the resolved config of the latest run
+    metadata.json   one record per run (versions, devices, data source, command line)
+    metrics.jsonl   see jaxdl.metrics
+    tensorboard/    TensorBoard event files
+    checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
+"""
+
+import datetime
+import importlib.metadata
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxdl import config as config_lib
+from jaxdl.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+CHECKPOINT_DIR = "checkpoints"
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
+             "ml_collections")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  path = Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise CheckpointError(f"{workdir} is not a jaxdl workdir: it has no {CONFIG_FILE}. Pass the "
+                          "directory a `jaxdl train` run wrote (by default runs/<experiment>).")
+  return config_lib.from_json(path.read_text())
+
+
+def prepare(workdir: Path, config: ml_collections.ConfigDict) -> bool:
+  """Checks that `config` may train in `workdir` and writes config.json. Returns True to resume.
+
+  A workdir that holds another model's or another setup's run is never overwritten.
+  """
+  if workdir.exists() and not workdir.is_dir():
+    raise CheckpointError(f"Workdir {workdir} is a file, not a directory; pass another --workdir.")
+  config_path = workdir / CONFIG_FILE
+  resuming = config_path.is_file()
+  if resuming:
+    saved = config_lib.from_json(config_path.read_text())
+    conflicts = config_lib.resume_conflicts(saved, config)
+    if conflicts:
+      model_keys = [c for c in conflicts if c[0].startswith("model.")]
+      what = "a different model" if model_keys else "a different training setup"
+      lines = "\n".join(f"  {k}: saved {old!r}, now {new!r}" for k, old, new in conflicts)
+      raise CheckpointError(
+          f"Workdir {workdir} holds a run of {what}; resuming it with this config would mix "
+          f"two experiments:\n{lines}\nUse a new --workdir, or pass the saved values to continue "
+          f"that run (only {', '.join(sorted(config_lib.RESUMABLE_KEYS))} may change on resume).")
+  elif workdir.is_dir() and any(workdir.iterdir()):
+    raise CheckpointError(f"Workdir {workdir} exists, is not empty and is not a jaxdl workdir (no "
+                          f"{CONFIG_FILE}); jaxdl will not write into it. Pass another --workdir.")
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(config_path, config_lib.to_json(config))
+  return resuming
+
+
+def _git_commit(path: Path) -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
+                         timeout=5)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _version(package: str) -> str | None:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def run_record(*, data_source: dict[str, Any], command: list[str] | None,
+               start_step: int) -> dict[str, Any]:
+  """What this run ran on and with: enough to reproduce it or explain a difference."""
+  return {
+      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "command": command if command is not None else sys.argv,
+      "cwd": str(Path.cwd()),
+      "start_step": start_step,
+      "python": platform.python_version(),
+      "platform": platform.platform(),
+      "versions": {p: _version(p) for p in _PACKAGES},
+      "jaxdl_version": _version("jaxdl"),
+      "git_commit": _git_commit(Path(__file__).parent),
+      "devices": [str(d) for d in jax.devices()],
+      "process_count": jax.process_count(),
+      "data": data_source,
+  }
+
+
+def append_run(workdir: Path, record: dict[str, Any]) -> None:
+  """Adds this run to metadata.json, keeping the records of the runs before it."""
+  if jax.process_index() != 0:
+    return
+  path = workdir / METADATA_FILE
+  metadata = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+  metadata["runs"].append(record)
+  _write_atomic(path, json.dumps(metadata, indent=2) + "\n")
+
+
+def last_data_source(workdir: Path) -> dict[str, Any] | None:
+  path = workdir / METADATA_FILE
+  if not path.is_file():
+    return None
+  runs = json.loads(path.read_text()).get("runs", [])
+  return runs[-1].get("data") if runs else None

@@ -1,0 +1,99 @@
+"""Experiment loading, overrides parsed to the right type, and the errors for bad ones."""
+
+import pytest
+
+from jaxdl import config as config_lib
+from jaxdl.errors import ConfigError
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def config():
+  return config_lib.base_config()
+
+
+def test_experiment_file_loads_with_required_keys():
+  config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  flat = config_lib.flatten(config)
+  for key in config_lib.REQUIRED_KEYS:
+    assert key in flat
+  assert config.train.batch_size == 64 and config.optimizer.name == "adam"
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("train.batch_size=128", "train.batch_size", 128),
+    ("train.num_steps=1e3", "train.num_steps", 1000),
+    ("train.num_steps=2_000", "train.num_steps", 2000),
+    ("optimizer.learning_rate=3e-4", "optimizer.learning_rate", 3e-4),
+    ("optimizer.learning_rate=1", "optimizer.learning_rate", 1.0),
+    ("optimizer.nesterov=true", "optimizer.nesterov", True),
+    ("data.download=0", "data.download", False),
+    ("data.dir=../shared/data/mnist", "data.dir", "../shared/data/mnist"),
+    ("data.dir=", "data.dir", ""),
+    ("seed=-3", "seed", -3),
+])
+def test_override_parses_to_existing_type(config, override, key, expected):
+  config_lib.apply_overrides(config, [override])
+  value = config_lib.flatten(config)[key]
+  assert value == expected and type(value) is type(expected)
+
+
+def test_unknown_key_names_nearest_keys(config):
+  with pytest.raises(ConfigError, match=r"Unknown config key 'train.batchsize'.*train\.batch_size"):
+    config_lib.apply_overrides(config, ["train.batchsize=3"])
+  with pytest.raises(ConfigError, match=r"optimizer\.learning_rate"):
+    config_lib.apply_overrides(config, ["learning_rate=3"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=big", "not a valid int"),
+    ("train.batch_size=1.5", "Give a whole number"),
+    ("optimizer.learning_rate=fast", "not a valid float"),
+    ("data.download=maybe", "Use true or false"),
+    ("train.batch_size", "key.path=value"),
+])
+def test_bad_value_is_an_error(config, override, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.apply_overrides(config, [override])
+
+
+def test_tuple_and_none_values():
+  config = config_lib.base_config()
+  config.model.hidden = (1, 2)
+  config.model.extra = None
+  config_lib.apply_overrides(config, ["model.hidden=(3, 4, 5)", "model.extra=[1, 2]"])
+  assert config.model.hidden == (3, 4, 5) and config.model.extra == [1, 2]
+  with pytest.raises(ConfigError, match="Python literal"):
+    config_lib.apply_overrides(config, ["model.hidden=7"])
+
+
+def test_json_round_trip(config):
+  assert config_lib.from_json(config_lib.to_json(config)).to_dict() == config.to_dict()
+
+
+def test_resume_conflicts_allow_length_changes_only(config):
+  new = config_lib.base_config()
+  config_lib.apply_overrides(new, ["train.num_steps=500", "data.dir=/elsewhere"])
+  assert config_lib.resume_conflicts(config, new) == []
+  config_lib.apply_overrides(new, ["model.name=vgg"])
+  config_lib.apply_overrides(new, ["optimizer.learning_rate=0.5"])
+  assert [k for k, _, _ in config_lib.resume_conflicts(config, new)] == [
+      "model.name", "optimizer.learning_rate"]
+
+
+def test_experiment_errors(tmp_path):
+  with pytest.raises(ConfigError, match="does not exist"):
+    config_lib.load_experiment(tmp_path / "nope.py")
+  (tmp_path / "no_fn.py").write_text("x = 1\n")
+  with pytest.raises(ConfigError, match="no get_config"):
+    config_lib.load_experiment(tmp_path / "no_fn.py")
+  (tmp_path / "wrong.py").write_text("def get_config():\n  return {'seed': 0}\n")
+  with pytest.raises(ConfigError, match="ConfigDict"):
+    config_lib.load_experiment(tmp_path / "wrong.py")
+  (tmp_path / "partial.py").write_text(
+      "import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'seed': 0})\n")
+  with pytest.raises(ConfigError, match="train.batch_size"):
+    config_lib.load_experiment(tmp_path / "partial.py")
+  (tmp_path / "broken.py").write_text("def get_config(:\n")
+  with pytest.raises(ConfigError, match="SyntaxError"):
+    config_lib.load_experiment(tmp_path / "broken.py")

@@ -1,0 +1,55 @@
+"""The same run on 8 (forced CPU) devices follows the 1-device trajectory within float tolerance.
+
+Each run is a separate process, since the device count is fixed when JAX starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import REPO
+
+RUN = ["train", str(REPO / "experiments" / "mnist_cnn.py"), "train.num_steps=30",
+       "train.batch_size=64", "train.log_every_steps=10", "train.eval_every_steps=30",
+       "data.eval_batch_size=400", "--no-progress"]
+
+
+def _train(workdir, num_devices, *extra):
+  env = {**os.environ, "JAXDL_OFFLINE": "1",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
+  return subprocess.run([sys.executable, "-m", "jaxdl.cli", *RUN, *extra, "--workdir",
+                         str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def _final(workdir):
+  merged = {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    merged.setdefault(record["step"], {}).update(record)
+  return merged
+
+
+def test_eight_devices_follow_one_device(tmp_path):
+  one, eight = _train(tmp_path / "one", 1), _train(tmp_path / "eight", 8)
+  assert one.returncode == 0, one.stderr
+  assert eight.returncode == 0, eight.stderr
+  devices = json.loads((tmp_path / "eight" / "metadata.json").read_text())["runs"][0]["devices"]
+  assert len(devices) == 8
+  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
+  for step in (10, 20, 30):
+    # Sums split over devices add in another order: equal up to float32 rounding, amplified a
+    # little by 30 Adam steps.
+    np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
+  np.testing.assert_allclose(b[30]["eval/loss"], a[30]["eval/loss"], rtol=2e-3)
+  assert abs(b[30]["eval/accuracy"] - a[30]["eval/accuracy"]) <= 0.005
+  assert b[30]["eval/num_examples"] == 2000
+
+
+def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
+  result = _train(tmp_path / "odd", 8, "train.batch_size=60")
+  assert result.returncode == 2
+  assert "train.batch_size=60 does not split evenly over 8 devices" in result.stderr
