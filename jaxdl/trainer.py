@@ -195,8 +195,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     metrics_lib.truncate_after(workdir, start_step)
   workdir_lib.append_run(workdir, workdir_lib.run_record(
       data_source=data.source, command=command, start_step=start_step))
-  state, sums = loop["state"], loop["metric_sums"]
-  rng = jax.random.wrap_key_data(loop["rng"])
+  state, sums, rng_data = loop["state"], loop["metric_sums"], loop["rng"]
+  rng = jax.random.wrap_key_data(rng_data)
 
   # ---------------------------------------------------------------- Train
   writer = metrics_lib.MetricWriter(workdir)
@@ -242,7 +242,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
         if step % eval_every == 0 or step == total_steps:
           flush()
+          eval_start = time.perf_counter()
           eval_metrics = evaluate(eval_step, state, data.test, config.data.eval_batch_size, mesh)
+          t_last += time.perf_counter() - eval_start  # Training throughput leaves evals out.
           writer.write(step, eval_metrics)
           progress.message(f"step {step}: eval loss {eval_metrics['eval/loss']:.4f}, "
                            f"accuracy {eval_metrics['eval/accuracy']:.4f}")
@@ -251,8 +253,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         if checkpoint_due or step == total_steps or stop.signum is not None:
           flush()
           _raise_if_nonfinite(sums)  # Never save a state that a NaN has reached.
-          loop = {"state": state, "metric_sums": sums, "rng": loop["rng"]}
-          checkpointer.save(step, loop, train_iter)
+          checkpointer.save(step, {"state": state, "metric_sums": sums, "rng": rng_data},
+                            train_iter)
 
         if stop.signum is not None:
           checkpointer.wait()
