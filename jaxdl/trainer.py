@@ -4,7 +4,9 @@ Read it top to bottom; each banner is one stage of a run. The pure pieces live e
 in jaxdl.nn, the train and eval steps in jaxdl.train, checkpoint I/O in jaxdl.checkpoint.
 """
 
+import collections
 import dataclasses
+import functools
 import logging
 import signal
 import threading
@@ -29,6 +31,8 @@ from jaxdl.train import optim
 from jaxdl.train import step as step_lib
 
 logger = logging.getLogger("jaxdl")
+
+MAX_STEPS_AHEAD = 2  # Train steps the host may dispatch before the device has finished them.
 
 
 @dataclasses.dataclass
@@ -168,10 +172,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # ---------------------------------------------------------------- Mesh, model, optimizer
   setup = build(config, data)
   mesh, total_steps = setup.mesh, setup.total_steps
-  train_step = jax.jit(setup.train_step, donate_argnums=0)
   eval_step = jax.jit(step_lib.make_eval_step(setup.model))
-  accumulate = jax.jit(step_lib.accumulate_metrics, donate_argnums=0)
-  reset_sums = jax.jit(step_lib.reset_metric_sums)
+  # Outputs keep the inputs' replicated sharding, so the train step never compiles twice.
+  reset_sums = jax.jit(step_lib.reset_metric_sums, out_shardings=mesh_lib.replicated(mesh))
+
+  # One dispatch a step: the update and the running sums of its metrics, both buffers donated.
+  # The step's loss comes back too, as a handle to wait on that step without touching donations.
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_and_accumulate(state, sums, batch, rng):
+    state, metrics = setup.train_step(state, batch, rng)
+    return state, step_lib.accumulate_metrics(sums, metrics, state.step), metrics["train/loss"]
 
   # ---------------------------------------------------------------- Input
   # Grain's shuffle seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
@@ -204,37 +214,42 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
                       enabled=show_progress, is_main_process=jax.process_index() == 0)
   cfg = config.train
   eval_every = cfg.eval_every_steps or setup.steps_per_epoch
-  global_batch = cfg.batch_size
   eval_metrics: dict[str, float] = {}
-  pending = None  # (step, metric sums, perf) to read once the next step is dispatched.
+  pending = None  # (step, metric sums) to read once the next step is dispatched.
+  in_flight = collections.deque()  # Loss handles of dispatched steps not yet waited for.
+  t_last, step_last = time.perf_counter(), start_step
 
   def flush():
-    nonlocal pending
+    """Writes the pending interval's means, timed from when its last step finished."""
+    nonlocal pending, t_last, step_last
     if pending is not None:
-      step, interval_sums, perf = pending
+      step, interval_sums = pending
       pending = None
-      means = _interval_means(interval_sums)
+      means = _interval_means(interval_sums)  # Waits for `step` to finish on the device.
+      now = time.perf_counter()
+      seconds_per_step = (now - t_last) / (step - step_last)
+      t_last, step_last = now, step
+      perf = {"perf/examples_per_sec": cfg.batch_size / seconds_per_step,
+              "perf/seconds_per_step": seconds_per_step}
       writer.write(step, {**means, **perf})
       progress.update(step, {**means, **perf})
 
-  t_last, step_last = time.perf_counter(), start_step
   stop = _StopSignal()
   try:
     with stop:
       for step in range(start_step + 1, total_steps + 1):  # `step` counts updates done after it.
         batch = mesh_lib.shard_batch(next(train_iter), mesh)
-        state, metrics = train_step(state, batch, rng)
-        sums = accumulate(sums, metrics, step)
+        state, sums, loss = train_and_accumulate(state, sums, batch, rng)
+        # The host runs at most MAX_STEPS_AHEAD steps ahead of the device: enough to keep it busy,
+        # few enough that queued input batches cannot pile up in device memory.
+        in_flight.append(loss)
+        if len(in_flight) > MAX_STEPS_AHEAD:
+          in_flight.popleft().block_until_ready()
         flush()  # Reads step-1's metrics while this step runs.
 
         at_log = step % cfg.log_every_steps == 0
         if at_log or step == total_steps:
-          now = time.perf_counter()
-          seconds_per_step = (now - t_last) / (step - step_last)
-          perf = {"perf/examples_per_sec": global_batch / seconds_per_step,
-                  "perf/seconds_per_step": seconds_per_step}
-          pending = (step, sums, perf)
-          t_last, step_last = now, step
+          pending = (step, sums)
           # A partial interval at the end stays in the sums, so a resumed run logs the same
           # means at the next log step as an uninterrupted one.
           if at_log:
