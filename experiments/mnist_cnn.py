@@ -1,13 +1,14 @@
 """The seed document's MNIST CNN (Keras/TensorFlow CNN tutorial), trained the seed's way.
 
-Run (offline, on the MNIST subset shipped with jaxdl):
-    jaxdl train experiments/mnist_cnn.py
+Run (on the MNIST subset shipped with jaxdl; without data.download=false it first tries to
+download full MNIST into the cache):
+    jaxdl train experiments/mnist_cnn.py data.download=false
 Full MNIST:
     jaxdl train experiments/mnist_cnn.py data.dir=../shared/data/mnist --workdir runs/mnist_cnn_full
 
 Recipe: 5 epochs, batch 64, Adam at 1e-3, no augmentation or regularisation; 93,322 parameters.
-Expected (2-core x86 CPU, jax 0.10, measured): full MNIST 99.1% test accuracy in about 8 minutes;
-shipped subset (10,000 train / 2,000 test) about 97.5% in about 1.5 minutes. See README's table.
+Expected (2-core x86 CPU, jax 0.10.2, measured 2026-11-28): full MNIST 99.05% test accuracy (seeds
+1 and 2: 99.11%, 99.16%) in 4 minutes; shipped subset (10,000 train / 2,000 test) 96.85% in 45 s.
 """
 
 from jaxdl.config import base_config

@@ -40,6 +40,8 @@ def plot_runs(workdirs: list[str | Path], output: str | Path, *, labels: list[st
           ax.plot(steps, values, style, color=colors[i % len(colors)], marker="." if
                   len(points) < 30 else None, label=f"{label} {key.split('/')[0]}")
     ax.set_title(title)
+    if title == "loss":
+      ax.set_yscale("log")  # Late training lives in the last decade of the loss.
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -163,6 +163,26 @@ def test_sigterm_saves_and_resumes_exactly(tmp_path):
       assert ours[step] == theirs[step], step
 
 
+def test_ctrl_c_saves_and_resumes_exactly(reference_run, tmp_path, monkeypatch):
+  workdir, _ = reference_run
+  run = tmp_path / "ctrl_c"
+  original_write = metrics_lib.MetricWriter.write
+
+  def write_then_interrupt(self, step, metrics):
+    original_write(self, step, metrics)
+    if step == 20:  # Inside train(), where its handler is installed: a real SIGINT.
+      os.kill(os.getpid(), signal.SIGINT)
+
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_interrupt)
+  stopped = _train(run, "train.num_steps=60")
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", original_write)
+  assert stopped.interrupted_by == signal.SIGINT and 20 < stopped.step < 60
+  assert Checkpointer(run / "checkpoints", read_only=True).latest_step() == stopped.step
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Handler restored.
+  _train(run, "train.num_steps=60")
+  assert _metrics_by_step(run)[60] == _metrics_by_step(workdir)[60]
+
+
 def test_divergence_stops_with_step_and_keeps_good_checkpoint(tmp_path):
   run = tmp_path / "diverged"
   overrides = ["optimizer.name=sgd", "optimizer.learning_rate=1e4", "train.num_steps=30",
