@@ -79,8 +79,9 @@ def build(config: ml_collections.ConfigDict, data: data_lib.LoadedData) -> Setup
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   train_step = step_lib.make_train_step(model, tx, schedule)
   image_shape = data.train.image.shape[1:]
-  batch_shapes = {"image": jax.ShapeDtypeStruct((config.train.batch_size, *image_shape), jnp.float32),
-                  "label": jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32)}
+  batch_size = config.train.batch_size
+  batch_shapes = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32),
+                  "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def init_loop():
     """Everything a resumed run needs to continue bit for bit, besides the data iterator."""
@@ -159,9 +160,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = Path(workdir)
 
   # ---------------------------------------------------------------- Workdir and data
-  resuming = workdir_lib.prepare(workdir, config)
+  workdir_lib.check_can_train(workdir, config)
   data = load_data(config)
-  saved_source = workdir_lib.last_data_source(workdir) if resuming else None
+  saved_source = (workdir_lib.last_data_source(workdir) if workdir_lib.has_checkpoints(workdir)
+                  else None)
   if saved_source and saved_source.get("num_train") != data.source.get("num_train"):
     raise CheckpointError(
         f"Workdir {workdir} was trained on {saved_source.get('num_train')} training examples "
@@ -171,6 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   # ---------------------------------------------------------------- Mesh, model, optimizer
   setup = build(config, data)
+  workdir_lib.write_config(workdir, config)  # Only once the config is known to work.
   mesh, total_steps = setup.mesh, setup.total_steps
   eval_step = jax.jit(step_lib.make_eval_step(setup.model))
   # Outputs keep the inputs' replicated sharding, so the train step never compiles twice.

@@ -43,16 +43,23 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   return config_lib.from_json(path.read_text())
 
 
-def prepare(workdir: Path, config: ml_collections.ConfigDict) -> bool:
-  """Checks that `config` may train in `workdir` and writes config.json. Returns True to resume.
+def has_checkpoints(workdir: Path) -> bool:
+  """Whether a completed checkpoint step exists (Orbax names them by step number)."""
+  directory = workdir / CHECKPOINT_DIR
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
-  A workdir that holds another model's or another setup's run is never overwritten.
+
+def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir that holds another model's or setup's checkpoints, or that is not ours.
+
+  Writes nothing: a run that fails before training starts leaves the workdir as it was.
   """
   if workdir.exists() and not workdir.is_dir():
     raise CheckpointError(f"Workdir {workdir} is a file, not a directory; pass another --workdir.")
   config_path = workdir / CONFIG_FILE
-  resuming = config_path.is_file()
-  if resuming:
+  if config_path.is_file():
+    if not has_checkpoints(workdir):
+      return  # An earlier run stopped before its first save: nothing to mix with.
     saved = config_lib.from_json(config_path.read_text())
     conflicts = config_lib.resume_conflicts(saved, config)
     if conflicts:
@@ -66,10 +73,12 @@ def prepare(workdir: Path, config: ml_collections.ConfigDict) -> bool:
   elif workdir.is_dir() and any(workdir.iterdir()):
     raise CheckpointError(f"Workdir {workdir} exists, is not empty and is not a jaxdl workdir (no "
                           f"{CONFIG_FILE}); jaxdl will not write into it. Pass another --workdir.")
+
+
+def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(config_path, config_lib.to_json(config))
-  return resuming
+    _write_atomic(workdir / CONFIG_FILE, config_lib.to_json(config))
 
 
 def _git_commit(path: Path) -> str | None:

@@ -210,6 +210,23 @@ def test_workdir_of_another_model_is_never_overwritten(reference_run):
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+def test_run_that_fails_before_training_writes_nothing(tmp_path):
+  from jaxdl.errors import DataError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(DataError, match="data.dir"):
+    _train(tmp_path / "bad", "train.num_steps=5", "data.dir=/no/such/dir")
+  assert not (tmp_path / "bad").exists()
+
+
+def test_workdir_without_checkpoints_takes_another_config(tmp_path):
+  """A run that died before its first save left nothing to mix with."""
+  run = tmp_path / "early"
+  run.mkdir()
+  (run / "config.json").write_text(config_lib.to_json(_config("model.num_classes=5")))
+  result = _train(run, "train.num_steps=5")
+  assert result.step == 5
+  assert json.loads((run / "config.json").read_text())["model"]["num_classes"] == 10
+
+
 def test_non_jaxdl_directory_is_refused(tmp_path):
   (tmp_path / "thesis.tex").write_text("precious")
   with pytest.raises(CheckpointError, match="not a jaxdl workdir"):
