@@ -187,7 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     return state, step_lib.accumulate_metrics(sums, metrics, state.step), metrics["train/loss"]
 
   # ---------------------------------------------------------------- Input
-  # Grain's shuffle seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
+  # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
   data_seed = int(np.random.SeedSequence([config.seed, 1]).generate_state(1)[0])
   train_iter = iter(data_lib.train_batches(
       data.train, batch_size=config.train.batch_size // jax.process_count(), seed=data_seed,
