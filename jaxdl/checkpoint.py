@@ -5,13 +5,29 @@ writes each step into a temporary directory and renames it when complete, so a c
 leaves the earlier checkpoints as they were; such half-written directories are never restored.
 """
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from jaxdl.errors import CheckpointError
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+  loggers = [logging.getLogger(name) for name in names]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
 
 
 class Checkpointer:
@@ -20,13 +36,15 @@ class Checkpointer:
   def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=not read_only,
-        read_only=read_only)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+    # Read-only managers warn that they are read-only, which is what we asked for.
+    with _quiet_loggers("absl", "orbax") if read_only else contextlib.nullcontext():
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=not read_only,
+          read_only=read_only)
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "data": grain.checkpoint.CheckpointHandler()})
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -59,6 +77,22 @@ class Checkpointer:
           "It was probably written by a different model or config. Train with the config saved "
           "next to it (config.json), or start a new workdir.") from e
     return restored.state
+
+  def restore_as_saved(self, step: int) -> Any:
+    """The pytree saved at `step`, as nested dicts of arrays on the default device.
+
+    For readers that need part of a checkpoint (the parameters, to sample) and not the rest of the
+    run that wrote it.
+    """
+    if step not in self.all_steps():
+      raise CheckpointError(f"There is no checkpoint for step {step} in {self.directory}; the "
+                            f"saved steps are {self.all_steps() or 'none'}.")
+    metadata = self._manager.item_metadata(step)["state"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    return self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""

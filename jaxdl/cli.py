@@ -1,4 +1,4 @@
-"""`jaxdl train | eval | plot`: the command line.
+"""`jaxdl train | eval | generate | plot`: the command line.
 
 A UserError (bad override, missing file, incompatible workdir) prints one message and exits with
 status 2; `--debug` shows the traceback as well.
@@ -30,10 +30,28 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument("workdir")
   evaluate.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
 
+  generate = sub.add_parser("generate", help="sample text from a trained language model")
+  generate.add_argument("workdir")
+  generate.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+  generate.add_argument("--max-new-tokens", type=int, default=500)
+  generate.add_argument("--temperature", type=float, default=1.0,
+                        help="0 always picks the most likely token")
+  generate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely")
+  generate.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
+  generate.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+
   plot = sub.add_parser("plot", help="plot loss and accuracy curves of runs")
   plot.add_argument("workdirs", nargs="+")
   plot.add_argument("-o", "--output", required=True, help="image file to write, e.g. curves.png")
   return parser
+
+
+def _run_name(experiment: str) -> str:
+  """runs/<name>: the experiment file's stem, plus its variant (`exp.py:cpu` -> exp_cpu)."""
+  if not Path(experiment).is_file() and ":" in experiment:
+    experiment, _, variant = experiment.rpartition(":")
+    return f"{Path(experiment).stem}_{variant}"
+  return Path(experiment).stem
 
 
 def _train(args) -> int:
@@ -42,25 +60,30 @@ def _train(args) -> int:
 
   config = config_lib.load_experiment(args.experiment)
   config_lib.apply_overrides(config, args.overrides)
-  workdir = Path(args.workdir or Path("runs") / Path(args.experiment).stem)
+  workdir = Path(args.workdir or Path("runs") / _run_name(args.experiment))
   result = trainer.train(config, workdir, command=sys.argv, show_progress=not args.no_progress)
   if result.interrupted_by is not None:
     return 128 + result.interrupted_by
-  accuracy = result.eval_metrics.get("eval/accuracy")
-  if accuracy is not None:
-    print(f"step {result.step}: test accuracy {accuracy:.4f} "
-          f"({int(round(accuracy * result.eval_metrics['eval/num_examples']))}/"
-          f"{int(result.eval_metrics['eval/num_examples'])}), test loss "
-          f"{result.eval_metrics['eval/loss']:.4f}. Workdir: {workdir}")
+  if result.summary:
+    print(f"step {result.step}: {result.summary}. Workdir: {workdir}")
   return 0
 
 
 def _eval(args) -> int:
   from jaxdl import trainer  # pylint: disable=g-import-not-at-top
 
-  step, metrics = trainer.evaluate_workdir(args.workdir, args.step)
-  print(f"step {step}: test accuracy {metrics['eval/accuracy']:.4f}, test loss "
-        f"{metrics['eval/loss']:.4f} ({int(metrics['eval/num_examples'])} examples)")
+  step, _, summary = trainer.evaluate_workdir(args.workdir, args.step)
+  print(f"step {step}: {summary}")
+  return 0
+
+
+def _generate(args) -> int:
+  from jaxdl import sampling  # pylint: disable=g-import-not-at-top
+
+  text = sampling.generate_from_workdir(
+      args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
+      temperature=args.temperature, top_k=args.top_k, seed=args.seed, step=args.step)
+  print(text)
   return 0
 
 
@@ -85,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
   # Orbax and absl log every save at INFO; only their warnings matter to a user.
   for name in ("absl", "jax", "orbax"):
     logging.getLogger(name).setLevel(logging.WARNING)
-  handlers = {"train": _train, "eval": _eval, "plot": _plot}
+  handlers = {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot}
   try:
     return handlers[args.command](args)
   except UserError as e:

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from jaxdl import data as data_lib
 from jaxdl.errors import ConfigError
 
 # Keys that may differ between the run that wrote a workdir and the run that resumes it: they change
@@ -69,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 0.0  # adamw (decoupled), sgd (added to the gradient)
+  c.optimizer.weight_decay_mask = "matrices"  # matrices (ndim >= 2: no biases, norms) | all
   c.optimizer.momentum = 0.0  # sgd; 0 means plain SGD.
   c.optimizer.nesterov = False
   c.optimizer.grad_clip_norm = 0.0  # Clip gradients by global norm; 0: off.
@@ -76,8 +78,16 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
-  """Imports an experiment file and returns its validated `get_config()`."""
-  path = Path(path)
+  """Imports an experiment file and returns its validated `get_config()`.
+
+  `path` may end in `:ARG` (`experiments/shakespeare_char_gpt.py:cpu`) to call `get_config("ARG")`,
+  for experiments that come in variants, as big_vision's do.
+  """
+  text = str(path)
+  arg = None
+  if not Path(text).is_file() and ":" in text:
+    text, _, arg = text.rpartition(":")
+  path = Path(text)
   if not path.is_file():
     raise ConfigError(f"Experiment file {str(path)!r} does not exist. Pass the path to a Python "
                       "file with a get_config() function, e.g. experiments/mnist_cnn.py.")
@@ -90,11 +100,21 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
   if not callable(getattr(module, "get_config", None)):
     raise ConfigError(f"Experiment {str(path)!r} has no get_config() function; define one that "
                       "returns an ml_collections.ConfigDict (see experiments/mnist_cnn.py).")
-  config = module.get_config()
+  try:
+    config = module.get_config() if arg is None else module.get_config(arg)
+  except TypeError as e:
+    if arg is None:
+      raise
+    raise ConfigError(f"get_config() in {str(path)!r} takes no variant argument, but "
+                      f"{arg!r} was given after ':' ({e}).") from e
+  except ValueError as e:
+    raise ConfigError(f"Experiment {str(path)!r}: {e}") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}; it must "
                       "return an ml_collections.ConfigDict (start from jaxdl.config.base_config()).")
   validate(config, source=str(path))
+  # The dataset's options join the config now, so they can be overridden and are saved.
+  data_lib.complete_config(config.data)
   return config
 
 

@@ -29,6 +29,7 @@ from jaxdl.progress import Progress
 from jaxdl.train import mesh as mesh_lib
 from jaxdl.train import optim
 from jaxdl.train import step as step_lib
+from jaxdl.train import tasks
 
 logger = logging.getLogger("jaxdl")
 
@@ -40,12 +41,14 @@ class TrainResult:
   step: int  # The step training reached (and saved).
   eval_metrics: dict[str, float]  # The last evaluation, {"eval/loss": ..., "eval/accuracy": ...}.
   interrupted_by: int | None = None  # The signal that stopped training early, if any.
+  summary: str = ""  # The last evaluation in words, e.g. "test accuracy 0.9905 (9905/10000), ...".
 
 
 @dataclasses.dataclass
 class Setup:
   """What a run needs besides its loop: everything derivable from the config and the data."""
   model: Any
+  task: Any  # jaxdl.train.tasks: which batch entries the model reads, the loss, the metrics.
   tx: Any
   schedule: Any
   mesh: Any
@@ -55,46 +58,71 @@ class Setup:
   steps_per_epoch: int
 
 
-def load_data(config: ml_collections.ConfigDict) -> data_lib.LoadedData:
-  return data_lib.load_dataset(config.data.name, config.data.dir,
-                               allow_download=None if config.data.download else False)
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  return data_lib.load_from_config(config.data,
+                                   allow_download=None if config.data.download else False)
 
 
-def build(config: ml_collections.ConfigDict, data: data_lib.LoadedData) -> Setup:
+def build_model(config: ml_collections.ConfigDict, model_hints: dict[str, Any]) -> Any:
+  """The configured model, with the arguments the data dictates (number of classes, vocabulary
+  size) filled in where the config leaves them unset (0 or None), and checked where it sets them."""
+  try:
+    cls, preset = nn_lib.registry.resolve(config.model.name)
+    kwargs = nn_lib.model_kwargs(config.model)
+    fields = nn_lib.registry.model_fields(cls)
+    for key, value in model_hints.items():
+      if key not in fields:
+        continue
+      configured = kwargs.get(key, preset.get(key))
+      if configured in (None, 0):
+        kwargs[key] = value
+      elif configured != value:
+        raise ConfigError(
+            f"model.{key}={configured} contradicts the data, which has {key}={value}; remove "
+            f"model.{key} from the config (it is taken from the data) or set it to {value}.")
+    return nn_lib.build_model(config.model.name, **kwargs)
+  except ValueError as e:
+    raise ConfigError(f"model: {e}") from e
+
+
+def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   mesh_lib.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-  if config.train.batch_size > len(data.train):
-    raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the {len(data.train)} "
-                      f"training examples of {data.source.get('kind')} {config.data.name}; use a "
-                      "smaller batch or more data.")
-  steps_per_epoch = data_lib.steps_per_epoch(len(data.train), config.train.batch_size)
+  steps_per_epoch = data.steps_per_epoch(config.train.batch_size)
+  if steps_per_epoch == 0:
+    raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the "
+                      f"{data.source.get('num_train')} training examples of {config.data.name} "
+                      f"({data.source.get('kind')}), so not one batch fits; use a smaller batch "
+                      "or more data.")
   total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
   if total_steps <= 0:
     raise ConfigError("Nothing to train: set train.num_steps or train.num_epochs to more than 0.")
-  try:
-    model = nn_lib.build_model(config.model.name, **nn_lib.model_kwargs(config.model))
-  except ValueError as e:
-    raise ConfigError(f"model: {e}") from e
+  model = build_model(config, data.model_hints)
+  task = tasks.make_task(data)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  train_step = step_lib.make_train_step(model, tx, schedule)
-  image_shape = data.train.image.shape[1:]
-  batch_size = config.train.batch_size
-  batch_shapes = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32),
-                  "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  train_step = step_lib.make_train_step(model, tx, schedule, task)
+  batch_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                              data.example_batch(config.train.batch_size))
+  example_inputs = task.model_inputs(data.example_batch(1))
 
   def init_loop():
     """Everything a resumed run needs to continue bit for bit, besides the data iterator."""
     root_key = jax.random.key(config.seed)
     state = step_lib.create_train_state(model, tx, jax.random.fold_in(root_key, 0),
-                                        jnp.zeros((1, *image_shape), jnp.float32))
+                                        *example_inputs)
     rng = jax.random.fold_in(root_key, 1)
     metric_shapes = jax.eval_shape(train_step, state, batch_shapes, rng)[1]
     return {"state": state, "metric_sums": step_lib.init_metric_sums(metric_shapes),
             "rng": jax.random.key_data(rng)}  # Raw key data: checkpoints store plain arrays.
 
+  try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
+    jax.eval_shape(init_loop)  # into a config error now rather than a traceback later.
+  except ValueError as e:
+    raise ConfigError(f"model {config.model.name!r} does not fit the data: {e}") from e
   init_loop = jax.jit(init_loop, out_shardings=mesh_lib.replicated(mesh))
-  return Setup(model, tx, schedule, mesh, train_step, init_loop, total_steps, steps_per_epoch)
+  return Setup(model, task, tx, schedule, mesh, train_step, init_loop, total_steps,
+               steps_per_epoch)
 
 
 def abstract_loop(setup: Setup) -> Any:
@@ -104,17 +132,14 @@ def abstract_loop(setup: Setup) -> Any:
                       jax.eval_shape(setup.init_loop))
 
 
-def evaluate(eval_step, state, split: data_lib.Split, batch_size: int, mesh) -> dict[str, float]:
-  """Loss and accuracy over every example of `split`, each counted exactly once."""
+def evaluate(eval_step, state, data: data_lib.Dataset, task, batch_size: int,
+             mesh) -> dict[str, float]:
+  """The task's metrics over every example of the evaluation split, each counted exactly once."""
   sums = None
-  for batch in data_lib.eval_batches(split, batch_size=batch_size):
+  for batch in data.eval_batches(batch_size=batch_size):
     out = eval_step(state, mesh_lib.shard_batch(batch, mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
-  count = float(sums["count"])
-  return {"eval/loss": float(sums["loss_sum"]) / count,
-          "eval/accuracy": float(sums["correct"]) / count,
-          "eval/num_examples": count}
+  return task.eval_metrics(jax.device_get(sums))
 
 
 class _StopSignal:
@@ -167,15 +192,28 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   if saved_source and saved_source.get("num_train") != data.source.get("num_train"):
     raise CheckpointError(
         f"Workdir {workdir} was trained on {saved_source.get('num_train')} training examples "
-        f"({saved_source.get('kind')}), this run has {data.source.get('num_train')} "
+        f"(or tokens, for text) from {saved_source.get('path', 'its data')} "
+        f"({saved_source.get('kind')}); this run has {data.source.get('num_train')} "
         f"({data.source.get('kind')}); the saved data position would not fit. Point data.dir at "
         "the data it was trained on, or use a new --workdir.")
 
   # ---------------------------------------------------------------- Mesh, model, optimizer
   setup = build(config, data)
+
+  # ---------------------------------------------------------------- Input
+  # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
+  data_seed = int(np.random.SeedSequence([config.seed, 1]).generate_state(1)[0])
+  train_iter = iter(data.train_batches(
+      batch_size=config.train.batch_size // jax.process_count(), seed=data_seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch))
+
+  # ---------------------------------------------------------------- Workdir files, step functions
+  workdir_lib.check_tokenizer(workdir, data.tokenizer)
   workdir_lib.write_config(workdir, config)  # Only once the config is known to work.
+  workdir_lib.write_tokenizer(workdir, data.tokenizer)
   mesh, total_steps = setup.mesh, setup.total_steps
-  eval_step = jax.jit(step_lib.make_eval_step(setup.model))
+  eval_step = jax.jit(step_lib.make_eval_step(setup.model, setup.task))
   # Outputs keep the inputs' replicated sharding, so the train step never compiles twice.
   reset_sums = jax.jit(step_lib.reset_metric_sums, out_shardings=mesh_lib.replicated(mesh))
 
@@ -185,14 +223,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   def train_and_accumulate(state, sums, batch, rng):
     state, metrics = setup.train_step(state, batch, rng)
     return state, step_lib.accumulate_metrics(sums, metrics, state.step), metrics["train/loss"]
-
-  # ---------------------------------------------------------------- Input
-  # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
-  data_seed = int(np.random.SeedSequence([config.seed, 1]).generate_state(1)[0])
-  train_iter = iter(data_lib.train_batches(
-      data.train, batch_size=config.train.batch_size // jax.process_count(), seed=data_seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      num_threads=config.data.num_threads, prefetch=config.data.prefetch))
 
   # ---------------------------------------------------------------- Initial state or resume
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
@@ -216,6 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   progress = Progress(total_steps=total_steps, initial_step=start_step,
                       enabled=show_progress, is_main_process=jax.process_index() == 0)
   cfg = config.train
+  tokens_per_example = setup.task.tokens_per_example(data.example_batch(1))
   eval_every = cfg.eval_every_steps or setup.steps_per_epoch
   eval_metrics: dict[str, float] = {}
   pending = None  # (step, metric sums) to read once the next step is dispatched.
@@ -234,6 +265,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
       t_last, step_last = now, step
       perf = {"perf/examples_per_sec": cfg.batch_size / seconds_per_step,
               "perf/seconds_per_step": seconds_per_step}
+      if tokens_per_example:
+        perf["perf/tokens_per_sec"] = perf["perf/examples_per_sec"] * tokens_per_example
       writer.write(step, {**means, **perf})
       progress.update(step, {**means, **perf})
 
@@ -261,11 +294,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         if step % eval_every == 0 or step == total_steps:
           flush()
           eval_start = time.perf_counter()
-          eval_metrics = evaluate(eval_step, state, data.test, config.data.eval_batch_size, mesh)
+          eval_metrics = evaluate(eval_step, state, data, setup.task, config.data.eval_batch_size,
+                              mesh)
           t_last += time.perf_counter() - eval_start  # Training throughput leaves evals out.
           writer.write(step, eval_metrics)
-          progress.message(f"step {step}: eval loss {eval_metrics['eval/loss']:.4f}, "
-                           f"accuracy {eval_metrics['eval/accuracy']:.4f}")
+          progress.message(f"step {step}: {setup.task.summary(eval_metrics)}")
 
         checkpoint_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
         if checkpoint_due or step == total_steps or stop.signum is not None:
@@ -278,7 +311,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           checkpointer.wait()
           progress.message(f"Stopped by signal {stop.signum} after step {step}; checkpoint "
                            f"saved. Run the same command to resume.")
-          return TrainResult(step, eval_metrics, interrupted_by=stop.signum)
+          return TrainResult(step, eval_metrics, interrupted_by=stop.signum,
+                             summary=setup.task.summary(eval_metrics) if eval_metrics else "")
       flush()
   except NonFiniteLossError as e:
     checkpointer.wait()
@@ -295,15 +329,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     progress.close()
 
   if start_step >= total_steps:  # Already trained this far: report the saved model.
-    eval_metrics = evaluate(eval_step, state, data.test, config.data.eval_batch_size, mesh)
-  return TrainResult(max(start_step, total_steps), eval_metrics)
+    eval_metrics = evaluate(eval_step, state, data, setup.task, config.data.eval_batch_size,
+                              mesh)
+  return TrainResult(max(start_step, total_steps), eval_metrics,
+                     summary=setup.task.summary(eval_metrics))
 
 
-def evaluate_workdir(workdir: str | Path, step: int | None = None) -> tuple[int, dict[str, float]]:
-  """Evaluates the checkpoint at `step` (default: the latest) of a run on its test split."""
+def evaluate_workdir(workdir: str | Path,
+                     step: int | None = None) -> tuple[int, dict[str, float], str]:
+  """Evaluates the checkpoint at `step` (default: the latest) of a run on its evaluation split.
+
+  Returns (step, metrics, the metrics in words).
+  """
   workdir = Path(workdir)
   config = workdir_lib.load_config(workdir)
   data = load_data(config)
+  workdir_lib.check_tokenizer(workdir, data.tokenizer)
   setup = build(config, data)
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR, read_only=True)
   try:
@@ -314,5 +355,6 @@ def evaluate_workdir(workdir: str | Path, step: int | None = None) -> tuple[int,
     state = checkpointer.restore(step, abstract_loop(setup))["state"]
   finally:
     checkpointer.close()
-  eval_step = jax.jit(step_lib.make_eval_step(setup.model))
-  return step, evaluate(eval_step, state, data.test, config.data.eval_batch_size, setup.mesh)
+  eval_step = jax.jit(step_lib.make_eval_step(setup.model, setup.task))
+  metrics = evaluate(eval_step, state, data, setup.task, config.data.eval_batch_size, setup.mesh)
+  return step, metrics, setup.task.summary(metrics)

@@ -2,6 +2,7 @@
 
     config.json     the resolved config of the latest run
     metadata.json   one record per run (versions, devices, data source, command line)
+    tokenizer.json  the vocabulary of text data, for evaluation and sampling
     metrics.jsonl   see jaxdl.metrics
     tensorboard/    TensorBoard event files
     checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
@@ -25,6 +26,7 @@ from jaxdl.errors import CheckpointError
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 CHECKPOINT_DIR = "checkpoints"
+TOKENIZER_FILE = "tokenizer.json"
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
              "ml_collections")
 
@@ -132,3 +134,31 @@ def last_data_source(workdir: Path) -> dict[str, Any] | None:
     return None
   runs = json.loads(path.read_text()).get("runs", [])
   return runs[-1].get("data") if runs else None
+
+
+def check_tokenizer(workdir: Path, tokenizer: Any) -> None:
+  """Refuses data whose vocabulary differs from the one the workdir's checkpoints were trained
+  with: token ids would silently mean other characters or words."""
+  path = workdir / TOKENIZER_FILE
+  if not path.is_file() or not has_checkpoints(workdir):
+    return
+  if tokenizer is None or tokenizer.to_json() != path.read_text():
+    raise CheckpointError(
+        f"The data's vocabulary differs from the one {workdir} was trained with ({path}); the "
+        "saved model's token ids would mean other tokens. Point data.dir at the text it was "
+        "trained on, or use a new --workdir.")
+
+
+def write_tokenizer(workdir: Path, tokenizer: Any) -> None:
+  if tokenizer is not None and jax.process_index() == 0:
+    _write_atomic(workdir / TOKENIZER_FILE, tokenizer.to_json())
+
+
+def load_tokenizer(workdir: str | Path) -> Any:
+  """The tokenizer a text run saved, to encode prompts and decode samples."""
+  from jaxdl.data import tokenizers  # pylint: disable=g-import-not-at-top
+  path = Path(workdir) / TOKENIZER_FILE
+  if not path.is_file():
+    raise CheckpointError(f"{workdir} has no {TOKENIZER_FILE}: it was not trained on text, so "
+                          "there is no vocabulary to sample with.")
+  return tokenizers.tokenizer_from_json(path.read_text())

@@ -97,3 +97,32 @@ def test_experiment_errors(tmp_path):
   (tmp_path / "broken.py").write_text("def get_config(:\n")
   with pytest.raises(ConfigError, match="SyntaxError"):
     config_lib.load_experiment(tmp_path / "broken.py")
+
+
+@pytest.mark.parametrize("experiment", sorted(p.name for p in (REPO / "experiments").glob("*.py")))
+def test_every_experiment_builds_its_model(experiment):
+  """Each experiment names a registered model whose arguments exist, and its data options are
+  complete (config.json records every value a run used)."""
+  from jaxdl import data as data_lib
+  from jaxdl import nn as nn_lib
+
+  config = config_lib.load_experiment(REPO / "experiments" / experiment)
+  cls, _ = nn_lib.registry.resolve(config.model.name)
+  kwargs = nn_lib.model_kwargs(config.model)
+  for hint in ("vocab_size", "num_classes"):
+    if hint in nn_lib.registry.model_fields(cls) and not kwargs.get(hint):
+      kwargs[hint] = 16
+  model = nn_lib.build_model(config.model.name, **kwargs)
+  assert isinstance(model, cls)
+  assert set(data_lib.DATASETS[config.data.name].options) <= set(config.data.keys())
+
+
+def test_experiment_variants(tmp_path):
+  gpt = REPO / "experiments" / "shakespeare_char_gpt.py"
+  full, cpu = config_lib.load_experiment(gpt), config_lib.load_experiment(f"{gpt}:cpu")
+  assert full.model.embed_dim == 384 and cpu.model.embed_dim == 128
+  assert cpu.data.block_size == cpu.model.block_size == 64
+  with pytest.raises(ConfigError, match="unknown variant 'gpu'"):
+    config_lib.load_experiment(f"{gpt}:gpu")
+  with pytest.raises(ConfigError, match="takes no variant"):
+    config_lib.load_experiment(f"{REPO / 'experiments' / 'mnist_cnn.py'}:cpu")

@@ -124,7 +124,7 @@ def test_swapped_files(tmp_path):
 
 
 def test_unknown_dataset():
-  with pytest.raises(DataError, match=r"Unknown dataset 'mnsit'. Known datasets: mnist"):
+  with pytest.raises(DataError, match=r"Unknown dataset 'mnsit'. Did you mean mnist\? Known datasets: "):
     load_dataset("mnsit")
 
 

@@ -49,6 +49,30 @@ def test_eight_devices_follow_one_device(tmp_path):
   assert b[30]["eval/num_examples"] == 2000
 
 
+GPT_RUN = ["train", str(REPO / "experiments" / "shakespeare_char_gpt.py") + ":cpu",
+           "model.num_layers=2", "model.embed_dim=32", "model.num_heads=2",
+           "model.block_size=32", "data.block_size=32", "train.num_steps=20",
+           "train.batch_size=16", "train.log_every_steps=10", "train.eval_every_steps=20",
+           "optimizer.warmup_steps=5", "data.eval_batch_size=256", "--no-progress"]
+
+
+def test_gpt_on_eight_devices_follows_one_device(tmp_path):
+  """Token batches [B, T] split over devices along B, like images."""
+  run = lambda name, n: subprocess.run(
+      [sys.executable, "-m", "jaxdl.cli", *GPT_RUN, "--workdir", str(tmp_path / name)], cwd=REPO,
+      env={**os.environ, "JAXDL_OFFLINE": "1",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"},
+      capture_output=True, text=True, timeout=600)
+  one, eight = run("one", 1), run("eight", 8)
+  assert one.returncode == 0, one.stderr
+  assert eight.returncode == 0, eight.stderr
+  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
+  for step in (10, 20):
+    np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
+  np.testing.assert_allclose(b[20]["eval/loss"], a[20]["eval/loss"], rtol=2e-3)
+  assert b[20]["eval/num_tokens"] == a[20]["eval/num_tokens"]
+
+
 def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
   result = _train(tmp_path / "odd", 8, "train.batch_size=60")
   assert result.returncode == 2

@@ -48,7 +48,8 @@ def _one_update(tx, grads, params):
 
 @pytest.mark.parametrize("name, overrides, reference", [
     ("adam", {}, lambda: optax.adam(1e-3)),
-    ("adamw", {"weight_decay": 0.1}, lambda: optax.adamw(1e-3, weight_decay=0.1)),
+    ("adamw", {"weight_decay": 0.1, "weight_decay_mask": "all"},
+     lambda: optax.adamw(1e-3, weight_decay=0.1)),
     ("sgd", {"momentum": 0.9, "nesterov": True},
      lambda: optax.sgd(1e-3, momentum=0.9, nesterov=True)),
     ("sgd", {}, lambda: optax.sgd(1e-3)),
@@ -70,9 +71,21 @@ def test_optimizers_equal_optax(name, overrides, reference):
 
 def test_sgd_weight_decay_adds_to_gradient():
   params = {"w": jnp.array([2.0])}
-  tx, _ = make_optimizer(_opt_config(name="sgd", learning_rate=0.5, weight_decay=0.1), 10)
+  tx, _ = make_optimizer(_opt_config(name="sgd", learning_rate=0.5, weight_decay=0.1,
+                                     weight_decay_mask="all"), 10)
   new = _one_update(tx, {"w": jnp.array([1.0])}, params)
   assert float(new["w"][0]) == pytest.approx(2.0 - 0.5 * (1.0 + 0.1 * 2.0))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_weight_decay_skips_biases_and_norms_by_default(name):
+  """The default mask decays matrices (kernels, embeddings) only, as GPT-2 and BERT do."""
+  params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  tx, _ = make_optimizer(_opt_config(name=name, learning_rate=0.5, weight_decay=0.1), 10)
+  new = _one_update(tx, zero_grads, params)
+  np.testing.assert_allclose(new["bias"], 2.0)  # No gradient, no decay: unchanged.
+  np.testing.assert_allclose(new["kernel"], 2.0 - 0.5 * 0.1 * 2.0, rtol=1e-6)
 
 
 def test_gradient_clipping_by_global_norm():
@@ -89,6 +102,7 @@ def test_gradient_clipping_by_global_norm():
     ({"schedule": "linear"}, "Unknown optimizer.schedule"),
     ({"schedule": "cosine", "warmup_steps": 20}, "must exceed optimizer.warmup_steps"),
     ({"name": "adam", "nesterov": True}, "applies to sgd only"),
+    ({"name": "adamw", "weight_decay_mask": "biases"}, "Unknown optimizer.weight_decay_mask"),
 ])
 def test_bad_optimizer_config(overrides, message):
   with pytest.raises(ConfigError, match=message):

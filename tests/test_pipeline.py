@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdl.data import LoadedData, Split, eval_batches, train_batches
-from jaxdl.data.pipeline import steps_per_epoch
+from jaxdl.data.pipeline import ArrayDataset, ArraySplit, steps_per_epoch
 from jaxdl.errors import DataError
 
 
@@ -166,3 +166,69 @@ def test_loaded_data_checks_label_range():
   bad = Split(image=good.image, label=np.array([0, 1, 2, 3, 10], np.int32))
   with pytest.raises(DataError, match=r"test labels range over \[0, 10\], outside \[0, 10\)"):
     LoadedData(train=good, test=bad, num_classes=10, source={"kind": "test"})
+
+
+# LoadedData and ArrayDataset as jaxdl.data.base.Dataset.
+
+
+def test_loaded_data_implements_the_dataset_protocol():
+  data = LoadedData(train=_split(20), test=_split(10), num_classes=20, source={"kind": "test"})
+  assert (data.task, data.input_key, data.tokenizer) == ("classify", "image", None)
+  assert data.model_hints == {"num_classes": 20}
+  example = data.example_batch(6)
+  assert set(example) == {"image", "label"}
+  assert example["image"].shape == (6, 4, 3, 1) and example["image"].dtype == np.float32
+  assert example["label"].shape == (6,) and example["label"].dtype == np.int32
+  assert not example["image"].any() and not example["label"].any()
+  assert data.steps_per_epoch(6) == steps_per_epoch(20, 6) == 3
+  # The method is the module-level pipeline, batch for batch (resumed runs depend on it).
+  method = _take(data.train_batches(batch_size=4, seed=2, shard_index=1, shard_count=2), 7)
+  module = _take(train_batches(data.train, batch_size=4, seed=2, shard_index=1, shard_count=2), 7)
+  assert _labels(method) == _labels(module)
+  for a, b in zip(method, module):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  evals = list(data.eval_batches(batch_size=4))
+  assert [b["mask"].tolist() for b in evals][-1] == [True, True, False, False]
+  assert np.concatenate([b["label"][b["mask"]] for b in evals]).tolist() == list(range(10))
+
+
+def _array_dataset(num_train=12, num_test=5):
+  def split(n, offset):
+    rows = np.arange(offset, offset + n)
+    return ArraySplit({"tokens": np.stack([rows, rows * 10], axis=1).astype(np.int32),
+                       "label": (rows % 2).astype(np.int32)})
+  return ArrayDataset(train=split(num_train, 0), test=split(num_test, 100), task="classify",
+                      input_key="tokens", model_hints={"num_classes": 2},
+                      source={"kind": "test", "num_train": num_train})
+
+
+def test_array_dataset_batches():
+  data = _array_dataset()
+  batches = _take(data.train_batches(batch_size=4, seed=0), 6)  # Two epochs of 3 batches.
+  for batch in batches:
+    assert batch["tokens"].dtype == np.int32 and batch["tokens"].shape == (4, 2)
+    # Rows stay whole: each row's columns and label belong to the same example.
+    np.testing.assert_array_equal(batch["tokens"][:, 1], batch["tokens"][:, 0] * 10)
+    np.testing.assert_array_equal(batch["label"], batch["tokens"][:, 0] % 2)
+  for epoch in (batches[:3], batches[3:]):
+    assert sorted(np.concatenate([b["tokens"][:, 0] for b in epoch]).tolist()) == list(range(12))
+  assert data.steps_per_epoch(4) == 3
+  evals = list(data.eval_batches(batch_size=2))
+  assert [b["mask"].tolist() for b in evals] == [[True, True], [True, True], [True, False]]
+  last = evals[-1]
+  assert last["tokens"].dtype == np.int32 and last["tokens"].tolist() == [[104, 1040], [0, 0]]
+  example = data.example_batch(3)
+  assert example["tokens"].shape == (3, 2) and example["label"].shape == (3,)
+
+
+def test_array_split_and_dataset_checks():
+  with pytest.raises(DataError, match="same number of rows"):
+    ArraySplit({"a": np.zeros((3, 2)), "b": np.zeros(4)})
+  good = ArraySplit({"tokens": np.zeros((3, 4), np.int32)})
+  other = ArraySplit({"tokens": np.zeros((3, 5), np.int32)})
+  with pytest.raises(DataError, match="Train and test splits hold different arrays"):
+    ArrayDataset(train=good, test=other, task="lm", input_key="tokens", model_hints={},
+                 source={"kind": "test"})
+  with pytest.raises(DataError, match="input_key 'src' is not one of"):
+    ArrayDataset(train=good, test=good, task="lm", input_key="src", model_hints={},
+                 source={"kind": "test"})

@@ -244,9 +244,9 @@ def test_finished_run_reports_without_training(reference_run):
 
 def test_evaluate_workdir_matches_training_eval(reference_run):
   workdir, result = reference_run
-  step, metrics = trainer.evaluate_workdir(workdir)
+  step, metrics, _ = trainer.evaluate_workdir(workdir)
   assert step == 60 and metrics == result.eval_metrics
-  step, metrics = trainer.evaluate_workdir(workdir, step=50)
+  step, metrics, _ = trainer.evaluate_workdir(workdir, step=50)
   assert step == 50 and metrics["eval/num_examples"] == 2000.0
   with pytest.raises(CheckpointError, match="no checkpoint for step 7"):
     trainer.evaluate_workdir(workdir, step=7)

@@ -2,9 +2,13 @@
 
 Mirrors serve the same data with different compression (or none), so a file is identified by the
 SHA-256 of its *uncompressed* content: any mirror's bytes are accepted if they decode to the right
-data. A download goes to a temporary file next to its final name and is renamed with `os.replace`
-only after the checksum matched, so an interrupted or corrupt download never sits under the final
-name where the next run would trust it.
+data. Where a dataset publishes only the MD5 of its archive (CIFAR, Fashion-MNIST), the MD5 of the
+downloaded bytes is checked instead. A download goes to a temporary file next to its final name
+and is renamed with `os.replace` only after the checksum matched, so an interrupted or corrupt
+download never sits under the final name where the next run would trust it.
+
+Also here: where the cache is (`cache_root`) and whether downloads are allowed
+(`download_refusal`), the same for every dataset.
 """
 
 from __future__ import annotations
@@ -32,6 +36,36 @@ DEFAULT_TIMEOUT_S = 10.0
 
 _CHUNK_BYTES = 1 << 20
 
+_OFFLINE_VALUES = {"1", "true", "yes", "on"}
+_ONLINE_VALUES = {"", "0", "false", "no", "off"}
+
+
+def cache_root() -> Path:
+  """The folder that holds each dataset's cache: $JAXDL_DATA_DIR, else ~/.cache/jaxdl."""
+  root = os.environ.get("JAXDL_DATA_DIR")
+  return Path(root).expanduser() if root else Path.home() / ".cache" / "jaxdl"
+
+
+def download_refusal(allow_download: bool | None) -> str | None:
+  """Why downloading is not allowed, or None if it is.
+
+  `allow_download` decides when it is not None; otherwise the environment variable JAXDL_OFFLINE
+  does (1/true/yes/on forbid downloads).
+
+  Raises:
+    DataError: JAXDL_OFFLINE holds a value that is neither on nor off.
+  """
+  if allow_download is not None:
+    return None if allow_download else "downloads are disabled (data.download=false)"
+  value = os.environ.get("JAXDL_OFFLINE", "")
+  if value.strip().lower() in _OFFLINE_VALUES:
+    return f"downloads are disabled (JAXDL_OFFLINE={value})"
+  if value.strip().lower() in _ONLINE_VALUES:
+    return None
+  raise DataError(
+      f"JAXDL_OFFLINE is set to {value!r}; set it to 1 to forbid downloads or 0 (or unset it) "
+      f"to allow them.")
+
 
 def content_sha256(path: str | os.PathLike) -> str:
   """SHA-256 hex digest of a file's content, decompressed first if the file is gzip.
@@ -50,24 +84,39 @@ def content_sha256(path: str | os.PathLike) -> str:
   return digest.hexdigest()
 
 
+def file_md5(path: str | os.PathLike) -> str:
+  """MD5 hex digest of a file's bytes as stored (not decompressed)."""
+  digest = hashlib.md5(usedforsecurity=False)
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK_BYTES):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
 def download_verified(
     urls: Sequence[str],
     dest: str | os.PathLike,
-    sha256: str,
+    sha256: str | None = None,
     *,
+    md5: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> str:
-  """Fetches the first of `urls` whose content has SHA-256 `sha256` and stores it at `dest`.
+  """Fetches the first of `urls` whose bytes pass the given checksums and stores it at `dest`.
 
-  The URLs are alternatives for the same file (mirrors), tried in order; a failed connection,
-  HTTP error, timeout or checksum mismatch moves on to the next one. `dest`'s directory is created
-  if needed. Returns the URL that was used.
+  `sha256` is of the file's content after gzip decompression (see `content_sha256`), `md5` of the
+  bytes as downloaded; at least one must be given, and every one given must match. The URLs are
+  alternatives for the same file (mirrors), tried in order; a failed connection, HTTP error,
+  timeout or checksum mismatch moves on to the next one. `dest`'s directory is created if needed.
+  Returns the URL that was used.
 
   Raises:
     DataError: no URL produced the expected content (the message lists each URL and why), or the
       destination directory cannot be written.
   """
   dest = Path(dest)
+  if sha256 is None and md5 is None:
+    raise ValueError("download_verified needs a sha256 or an md5 checksum; never trust a download "
+                     "unchecked.")
   if not urls:
     raise DataError(f"No URL to download {dest.name!r} from.")
   try:
@@ -81,7 +130,7 @@ def download_verified(
   for url in urls:
     logger.info("Downloading %s to %s", url, dest)
     try:
-      _fetch_one(url, dest, sha256, timeout_s)
+      _fetch_one(url, dest, sha256, md5, timeout_s)
       return url
     except _MirrorFailed as e:
       logger.warning("Download of %s failed: %s", url, e)
@@ -95,7 +144,8 @@ class _MirrorFailed(Exception):
   """One URL did not deliver the file; the next mirror may."""
 
 
-def _fetch_one(url: str, dest: Path, sha256: str, timeout_s: float) -> None:
+def _fetch_one(url: str, dest: Path, sha256: str | None, md5: str | None,
+               timeout_s: float) -> None:
   """Downloads `url` into a temporary file beside `dest`, checks it, renames it to `dest`."""
   try:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -117,12 +167,17 @@ def _fetch_one(url: str, dest: Path, sha256: str, timeout_s: float) -> None:
       received = tmp.tell()
       if promised is not None and promised.isdigit() and received != int(promised):
         raise _MirrorFailed(f"the connection closed after {received} of {promised} bytes")
-    try:
-      actual = content_sha256(tmp_name)
-    except (OSError, EOFError, zlib.error) as e:
-      raise _MirrorFailed(f"the downloaded file is a damaged gzip stream ({e})") from e
-    if actual != sha256:
-      raise _MirrorFailed(f"checksum mismatch: expected SHA-256 {sha256}, got {actual}")
+    if md5 is not None:
+      actual = file_md5(tmp_name)
+      if actual != md5:
+        raise _MirrorFailed(f"checksum mismatch: expected MD5 {md5}, got {actual}")
+    if sha256 is not None:
+      try:
+        actual = content_sha256(tmp_name)
+      except (OSError, EOFError, zlib.error) as e:
+        raise _MirrorFailed(f"the downloaded file is a damaged gzip stream ({e})") from e
+      if actual != sha256:
+        raise _MirrorFailed(f"checksum mismatch: expected SHA-256 {sha256}, got {actual}")
     # mkstemp creates the file readable by its owner only; a cache may be shared.
     os.chmod(tmp_name, 0o644)
     os.replace(tmp_name, dest)

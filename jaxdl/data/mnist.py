@@ -4,13 +4,15 @@ The sources are tried in that order (see `load_mnist`). A directory the user nam
 second-guessed: if files are missing there, that is an error, not a reason to quietly train on
 other data. The shipped subset is the last resort so that examples and tests work offline; it is
 announced with a warning because accuracy on it is lower than on the full set.
+
+Fashion-MNIST ships in the same four IDX files; jaxdl.data.fashion_mnist reuses `find_files`,
+`load_files` and `download_files` from here.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,15 +56,10 @@ MIRRORS = (
 
 SUBSET_PACKAGE_DIR = "mnist_subset"
 
-_OFFLINE_VALUES = {"1", "true", "yes", "on"}
-_ONLINE_VALUES = {"", "0", "false", "no", "off"}
-
 
 def cache_dir() -> Path:
   """Where downloaded MNIST lives: $JAXDL_DATA_DIR/mnist, else ~/.cache/jaxdl/mnist."""
-  root = os.environ.get("JAXDL_DATA_DIR")
-  base = Path(root).expanduser() if root else Path.home() / ".cache" / "jaxdl"
-  return base / "mnist"
+  return download.cache_root() / "mnist"
 
 
 def load_mnist(
@@ -97,24 +94,25 @@ def load_mnist(
           f"MNIST data directory {str(directory)!r} {problem}. Fix data.dir so it points at a "
           f"directory with the four MNIST files {', '.join(FILES.values())}, or leave it empty "
           f"to use the cache at {str(cache_dir())!r} (downloading into it when needed).")
-    return _load_files(found, {"kind": "data_dir", "path": str(directory.resolve())})
+    return load_files(found, {"kind": "data_dir", "path": str(directory.resolve())})
 
   cache = cache_dir()
   found, missing = find_files(cache)
   if not missing:
-    return _load_files(found, {"kind": "cache", "path": str(cache.resolve())})
+    return load_files(found, {"kind": "cache", "path": str(cache.resolve())})
 
-  refusal = _download_refusal(allow_download)
+  refusal = download.download_refusal(allow_download)
   if refusal:
     has = "has no MNIST files" if len(missing) == len(FILES) else f"lacks {', '.join(missing)}"
     return _load_shipped_subset(reason=f"the cache {str(cache)!r} {has} and {refusal}")
   try:
-    used_mirrors = _download(missing, cache, MIRRORS if mirrors is None else mirrors)
+    used_mirrors = download_files(missing, cache, MIRRORS if mirrors is None else mirrors,
+                                  sha256=SHA256)
   except DataError as e:
     return _load_shipped_subset(reason=f"downloading MNIST failed: {e}")
   found, _ = find_files(cache)
-  return _load_files(found, {"kind": "download", "path": str(cache.resolve()),
-                             "url": ", ".join(used_mirrors)})
+  return load_files(found, {"kind": "download", "path": str(cache.resolve()),
+                            "url": ", ".join(used_mirrors)})
 
 
 def find_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
@@ -130,21 +128,36 @@ def find_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
   return found, missing
 
 
-def _download(names: Sequence[str], cache: Path, mirrors: Sequence[str]) -> list[str]:
-  """Downloads each named file into `cache`; returns the distinct mirror bases used, in order."""
+def download_files(names: Sequence[str], cache: Path, mirrors: Sequence[str], *,
+                   sha256: dict[str, str] | None = None,
+                   md5: dict[str, str] | None = None) -> list[str]:
+  """Downloads "<name>.gz" for each name into `cache`, checked against `sha256[name]` (of the
+  content) and/or `md5[name]` (of the .gz); returns the distinct mirror bases used, in order.
+  """
   used = []
   for name in names:
     urls = [mirror.rstrip("/") + f"/{name}.gz" for mirror in mirrors]
-    url = download.download_verified(urls, cache / f"{name}.gz", SHA256[name])
+    url = download.download_verified(urls, cache / f"{name}.gz",
+                                     None if sha256 is None else sha256[name],
+                                     md5=None if md5 is None else md5[name])
     base = url[:-len(f"{name}.gz")]
     if base not in used:
       used.append(base)
   return used
 
 
-def _load_files(paths: dict[str, Path], source: dict) -> LoadedData:
+def load_files(paths: dict[str, Path], source: dict, *, dataset: str = "MNIST",
+               augment=None) -> LoadedData:
+  """Reads the four IDX files `paths` (role -> path, as from `find_files`) into a LoadedData.
+
+  Args:
+    source: provenance without the counts, which are added.
+    dataset: the dataset's name for error messages ("MNIST", "Fashion-MNIST").
+    augment: passed on to LoadedData.
+  """
   arrays = {role: read_idx(path) for role, path in paths.items()}
-  return _assemble(arrays, {role: str(path) for role, path in paths.items()}, source)
+  return _assemble(arrays, {role: str(path) for role, path in paths.items()}, source,
+                   dataset=dataset, augment=augment)
 
 
 def _load_shipped_subset(reason: str) -> LoadedData:
@@ -171,7 +184,8 @@ def _load_shipped_subset(reason: str) -> LoadedData:
   return data
 
 
-def _assemble(arrays: dict[str, np.ndarray], names: dict[str, str], source: dict) -> LoadedData:
+def _assemble(arrays: dict[str, np.ndarray], names: dict[str, str], source: dict, *,
+              dataset: str = "MNIST", augment=None) -> LoadedData:
   """Checks the four arrays against each other and builds the splits (adding a channel axis)."""
   splits = {}
   for split in ("train", "test"):
@@ -180,11 +194,12 @@ def _assemble(arrays: dict[str, np.ndarray], names: dict[str, str], source: dict
     if image.ndim != 3 or image.dtype != np.uint8:
       raise DataError(
           f"{image_file!r} should hold uint8 images [N, 28, 28], but holds {image.dtype} with "
-          f"shape {image.shape}. It is not an MNIST image file; check which file is where.")
+          f"shape {image.shape}. It is not an image file of {dataset}; check which file is "
+          f"where.")
     if label.ndim != 1 or label.dtype != np.uint8:
       raise DataError(
           f"{label_file!r} should hold uint8 labels [N], but holds {label.dtype} with shape "
-          f"{label.shape}. It is not an MNIST label file; check which file is where.")
+          f"{label.shape}. It is not a label file of {dataset}; check which file is where.")
     if len(image) != len(label):
       raise DataError(
           f"{image_file!r} holds {len(image)} images but {label_file!r} holds {len(label)} "
@@ -193,18 +208,5 @@ def _assemble(arrays: dict[str, np.ndarray], names: dict[str, str], source: dict
     splits[split] = Split(image=image[..., None], label=label.astype(np.int32))
   source = {**source, "num_train": len(splits["train"]), "num_test": len(splits["test"])}
   return LoadedData(train=splits["train"], test=splits["test"], num_classes=NUM_CLASSES,
-                    source=source)
+                    source=source, augment=augment)
 
-
-def _download_refusal(allow_download: bool | None) -> str | None:
-  """Why downloading is not allowed, or None if it is."""
-  if allow_download is not None:
-    return None if allow_download else "downloads are disabled (data.download=false)"
-  value = os.environ.get("JAXDL_OFFLINE", "")
-  if value.strip().lower() in _OFFLINE_VALUES:
-    return f"downloads are disabled (JAXDL_OFFLINE={value})"
-  if value.strip().lower() in _ONLINE_VALUES:
-    return None
-  raise DataError(
-      f"JAXDL_OFFLINE is set to {value!r}; set it to 1 to forbid downloads or 0 (or unset it) "
-      f"to allow them.")

@@ -1,17 +1,26 @@
 """In-memory splits and the Grain pipelines that batch them for training and evaluation.
 
-The datasets jaxdl trains on fit in host memory, so a split is a pair of numpy arrays and the
+The datasets jaxdl trains on fit in host memory, so a split is a few equal-length numpy arrays
+(`Split` for images and labels, `ArraySplit` for any named arrays, e.g. token ids) and the
 pipeline shuffles and batches *indices*; each batch is then gathered from the arrays with one
 fancy-indexing call. That keeps the per-batch Python work constant in the batch size, and the
 pipeline's state is just a position in a deterministic index stream, which is what makes
 `get_state()` / `set_state()` resume exactly.
+
+`LoadedData` (images) and `ArrayDataset` (token arrays: text classification, seq2seq) are the
+`jaxdl.data.base.Dataset`s built on these splits. An image dataset may carry an `Augment`
+(jaxdl.data.augment.ImageAugment): it changes each training batch with random numbers drawn from
+the batch's position in the stream, so augmented runs resume exactly too, and normalises evaluation
+batches. The option checks at the end are shared by the dataset loaders, whose options arrive from
+the config as `data.<option>`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import grain
 import numpy as np
@@ -56,9 +65,127 @@ class Split:
   def __len__(self) -> int:
     return len(self.label)
 
+  def take(self, rows) -> dict[str, np.ndarray]:
+    """The batch of `rows` (an index array or a slice): {"image": float32 in [0, 1], "label"}."""
+    return {"image": _scale(self.image[rows]), "label": self.label[rows]}
+
 
 @dataclasses.dataclass(frozen=True)
-class LoadedData:
+class ArraySplit:
+  """One split of a dataset held as named, equal-length numpy arrays (row i is example i).
+
+  Batches are these arrays' rows, unchanged: {name: array[rows]}.
+
+  Attributes:
+    arrays: name -> array [N, ...], all with the same N.
+  """
+
+  arrays: Mapping[str, np.ndarray]
+
+  def __post_init__(self):
+    arrays = {name: np.asarray(array) for name, array in self.arrays.items()}
+    if not arrays:
+      raise DataError("An ArraySplit needs at least one named array.")
+    lengths = {name: len(array) if array.ndim else None for name, array in arrays.items()}
+    if None in lengths.values() or len(set(lengths.values())) != 1:
+      shapes = {name: array.shape for name, array in arrays.items()}
+      raise DataError(
+          f"The arrays of a split must all have the same number of rows (axis 0), got shapes "
+          f"{shapes}; row i of every array must describe example i.")
+    object.__setattr__(self, "arrays", arrays)
+
+  def __len__(self) -> int:
+    return len(next(iter(self.arrays.values())))
+
+  def take(self, rows) -> dict[str, np.ndarray]:
+    """The batch of `rows` (an index array or a slice): {name: array[rows]}."""
+    return {name: array[rows] for name, array in self.arrays.items()}
+
+
+class Rows(Protocol):
+  """What the pipelines need of a split: its size and a batch gathered from given rows."""
+
+  def __len__(self) -> int: ...
+
+  def take(self, rows) -> dict[str, np.ndarray]: ...
+
+
+class Augment(Protocol):
+  """What the pipelines need of an augmentation (jaxdl.data.augment.ImageAugment is one)."""
+
+  def train(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+    """The training batch changed at random; must use only `rng` for randomness."""
+
+  def eval(self, batch: dict[str, np.ndarray]) -> dict:
+    """The evaluation batch, changed deterministically (e.g. normalised) or not at all."""
+
+
+class InMemoryBatches:
+  """The `Dataset` methods of a dataset whose splits are `Rows` in `self.train` / `self.test`.
+
+  Training batches are per-epoch permutations (`train_batches`), evaluation covers `self.test`
+  once with padding (`eval_batches`); both go through `self.augment` when it is set.
+  """
+
+  train: Rows
+  test: Rows
+  augment: Augment | None = None
+
+  def train_batches(self, *, batch_size: int, seed: int, shard_index: int = 0,
+                    shard_count: int = 1, num_threads: int = 2,
+                    prefetch: int = 4) -> grain.IterDataset:
+    """An endless stream of shuffled batches of one shard of the training split."""
+    return train_batches(self.train, batch_size=batch_size, seed=seed, shard_index=shard_index,
+                         shard_count=shard_count, num_threads=num_threads, prefetch=prefetch,
+                         augment=self.augment)
+
+  def steps_per_epoch(self, batch_size: int) -> int:
+    """Updates per pass over the training split at global batch `batch_size`."""
+    return steps_per_epoch(len(self.train), batch_size)
+
+  def eval_batches(self, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """The test split once, in order, padded to `batch_size`, with "mask" bool [B]."""
+    return eval_batches(self.test, batch_size=batch_size, augment=self.augment)
+
+  def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros shaped and typed like a training batch of `batch_size`."""
+    check_positive_int("batch_size", batch_size)
+    return {name: np.zeros((batch_size, *array.shape[1:]), array.dtype)
+            for name, array in self.train.take(slice(0, 0)).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset(InMemoryBatches):
+  """A `Dataset` of two `ArraySplit`s, e.g. token ids and labels, or source/target pairs.
+
+  Attributes:
+    train, test: the splits; both hold the same array names with the same row shapes.
+    task, input_key, model_hints, tokenizer, source: as in `jaxdl.data.base.Dataset`.
+  """
+
+  train: ArraySplit
+  test: ArraySplit
+  task: str
+  input_key: str
+  model_hints: dict[str, Any]
+  source: dict[str, Any]
+  tokenizer: Any = None
+
+  def __post_init__(self):
+    train_rows = {name: (a.shape[1:], a.dtype) for name, a in self.train.arrays.items()}
+    test_rows = {name: (a.shape[1:], a.dtype) for name, a in self.test.arrays.items()}
+    if train_rows != test_rows:
+      raise DataError(
+          f"Train and test splits hold different arrays (name: (row shape, dtype)): train "
+          f"{train_rows}, test {test_rows} (source: {self.source}); both must be built the "
+          f"same way.")
+    if self.input_key not in train_rows:
+      raise DataError(f"input_key {self.input_key!r} is not one of the split's arrays "
+                      f"{sorted(train_rows)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedData(InMemoryBatches):
   """A dataset ready for training, plus a record of where it came from.
 
   Attributes:
@@ -66,14 +193,30 @@ class LoadedData:
     test: the evaluation split.
     num_classes: labels lie in [0, num_classes).
     source: JSON-serialisable provenance, e.g. {"kind": "cache", "path": ..., "num_train": ...,
-      "num_test": ...}; "kind" is one of "data_dir", "cache", "download", "shipped_subset", and
-      "url" is present for downloads. Runs store it so a result can be traced to its data.
+      "num_test": ...}; "kind" is one of "data_dir", "system" (a copy installed by the OS package
+      manager), "cache", "download", "shipped_subset", and "url" is present for downloads. Runs
+      store it so a result can be traced to its data.
+    augment: changes training batches at random and normalises all batches; None for plain
+      [0, 1] images (see jaxdl.data.augment).
+
+  It is a `jaxdl.data.base.Dataset` with task "classify", input "image" and model hint
+  {"num_classes": num_classes}.
   """
 
   train: Split
   test: Split
   num_classes: int
   source: dict
+  augment: Augment | None = None
+
+  # The jaxdl.data.base.Dataset attributes that are the same for every image dataset.
+  task: ClassVar[str] = "classify"
+  input_key: ClassVar[str] = "image"
+  tokenizer: ClassVar[Any] = None
+
+  @property
+  def model_hints(self) -> dict[str, Any]:
+    return {"num_classes": self.num_classes}
 
   def __post_init__(self):
     if self.train.image.shape[1:] != self.test.image.shape[1:]:
@@ -91,13 +234,13 @@ class LoadedData:
 
 def steps_per_epoch(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
   """Number of batches one shard yields per epoch of `train_batches` (the same for every shard)."""
-  _check_positive_int("batch_size", batch_size)
-  _check_positive_int("shard_count", shard_count)
+  check_positive_int("batch_size", batch_size)
+  check_positive_int("shard_count", shard_count)
   return (num_examples // shard_count) // batch_size
 
 
 def train_batches(
-    split: Split,
+    split: Rows,
     *,
     batch_size: int,
     seed: int,
@@ -106,10 +249,12 @@ def train_batches(
     shard_count: int = 1,
     num_threads: int = 2,
     prefetch: int = 4,
+    augment: Augment | None = None,
 ) -> grain.IterDataset:
   """Shuffled training batches of one shard of `split`, reshuffled every epoch.
 
-  Yields dicts {"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}. Each epoch is a
+  Yields `split.take(rows)` for batches of rows: for a `Split`, dicts
+  {"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}. Each epoch is a
   fresh permutation of the shard's examples, cut into full batches; the last
   `shard size % batch_size` examples of each permutation are dropped (different ones every epoch)
   so every batch has the same shape. The order depends only on `seed`, so a run is reproducible,
@@ -120,21 +265,20 @@ def train_batches(
   of steps per epoch, `steps_per_epoch(len(split), batch_size, shard_count)`, and none is left
   waiting for the others in a collective.
 
+  With `augment`, each batch becomes `augment.train(batch, rng)` where rng is numpy's generator
+  seeded with (seed, epoch, batch index within the epoch, shard_index): a pure function of the
+  batch's position, so augmentation is reproducible and resumes exactly as well, whichever thread
+  computes it.
+
   Args:
     num_epochs: passes over the data; None repeats forever.
     num_threads, prefetch: grain.ReadOptions for gathering batches in background threads.
+    augment: random changes to training batches (jaxdl.data.augment.ImageAugment), or None.
   """
-  _check_positive_int("batch_size", batch_size)
-  _check_positive_int("shard_count", shard_count)
-  if not _is_int(shard_index) or not 0 <= shard_index < shard_count:
-    raise DataError(f"shard_index must be in [0, {shard_count}), got {shard_index!r}.")
-  if not _is_int(seed) or not 0 <= seed <= _MAX_SEED:
-    raise DataError(f"The data seed must be an integer in [0, 2**32 - 1], got {seed!r}.")
+  check_train_args(batch_size=batch_size, seed=seed, shard_index=shard_index,
+                   shard_count=shard_count, num_threads=num_threads, prefetch=prefetch)
   if num_epochs is not None:
-    _check_positive_int("num_epochs", num_epochs)
-  for name, value in (("num_threads", num_threads), ("prefetch", prefetch)):
-    if not _is_int(value) or value < 0:
-      raise DataError(f"{name} must be a non-negative integer, got {value!r}.")
+    check_positive_int("num_epochs", num_epochs)
 
   shard_size = len(split) // shard_count
   if batch_size > shard_size:
@@ -153,44 +297,51 @@ def train_batches(
   shard_rows = np.arange(shard_size * shard_count)[shard_index::shard_count]
   return (
       grain.MapDataset.range(num_batches)
-      .map(_EpochBatch(split, shard_rows, batch_size, batches_per_epoch, seed))
+      .map(_EpochBatch(split, shard_rows, batch_size, batches_per_epoch, seed, shard_index,
+                       augment))
       .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
 
 
-def eval_batches(split: Split, *, batch_size: int) -> Iterator[dict]:
+def eval_batches(split: Rows, *, batch_size: int,
+                 augment: Augment | None = None) -> Iterator[dict]:
   """Every example of `split` exactly once, in order, in batches of `batch_size`.
 
   The last batch is padded with zeros to full size so evaluation compiles for one shape only;
   its "mask" (bool [B]) is True for the real rows, and metrics must be weighted by it. Yields
-  {"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B], "mask": bool [B]}. Creating the
-  generator is free, so call this again for every evaluation.
+  `split.take(rows)` plus "mask"; for a `Split`, {"image": float32 [B, H, W, C] in [0, 1],
+  "label": int32 [B], "mask": bool [B]}. Creating the generator is free, so call this again for
+  every evaluation. With `augment`, the real rows go through `augment.eval` (normalisation)
+  before padding, so padded rows stay zero.
   """
-  _check_positive_int("batch_size", batch_size)  # Checked now, not at the first next().
-  return _padded_batches(split, batch_size)
+  check_positive_int("batch_size", batch_size)  # Checked now, not at the first next().
+  return _padded_batches(split, batch_size, augment)
 
 
-def _padded_batches(split: Split, batch_size: int) -> Iterator[dict]:
+def _padded_batches(split: Rows, batch_size: int, augment: Augment | None) -> Iterator[dict]:
   for start in range(0, len(split), batch_size):
-    image = _scale(split.image[start:start + batch_size])
-    label = split.label[start:start + batch_size]
-    num_real = len(label)
+    batch = split.take(slice(start, start + batch_size))
+    if augment is not None:
+      batch = augment.eval(batch)
+    num_real = min(batch_size, len(split) - start)
     mask = np.ones(batch_size, dtype=bool)
     if num_real < batch_size:
       padding = batch_size - num_real
-      image = np.concatenate([image, np.zeros((padding, *image.shape[1:]), np.float32)])
-      label = np.concatenate([label, np.zeros(padding, np.int32)])
+      batch = {name: np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
+               for name, array in batch.items()}
       mask[num_real:] = False
-    yield {"image": image, "label": label, "mask": mask}
+    yield {**batch, "mask": mask}
 
 
 class _EpochBatch:
   """Batch number -> that batch of examples. Epoch e is a permutation of the shard's rows drawn
-  from numpy's generator seeded with (seed, e), cut into `batches_per_epoch` full batches."""
+  from numpy's generator seeded with (seed, e), cut into `batches_per_epoch` full batches; batch p
+  of epoch e is augmented with the generator seeded with (seed, e, p, shard_index)."""
 
-  def __init__(self, split: Split, rows: np.ndarray, batch_size: int, batches_per_epoch: int,
-               seed: int):
+  def __init__(self, split: Rows, rows: np.ndarray, batch_size: int, batches_per_epoch: int,
+               seed: int, shard_index: int = 0, augment: Augment | None = None):
     self._split, self._rows, self._batch_size = split, rows, batch_size
     self._batches_per_epoch, self._seed = batches_per_epoch, seed
+    self._shard_index, self._augment = shard_index, augment
     self._cached = (-1, rows)  # (epoch, its permutation), replaced whole so threads can share it.
 
   def _permutation(self, epoch: int) -> np.ndarray:
@@ -204,7 +355,11 @@ class _EpochBatch:
     epoch, position = divmod(int(batch_index), self._batches_per_epoch)
     start = position * self._batch_size
     indices = self._permutation(epoch)[start:start + self._batch_size]
-    return {"image": _scale(self._split.image[indices]), "label": self._split.label[indices]}
+    batch = self._split.take(indices)
+    if self._augment is not None:
+      rng = np.random.default_rng([self._seed, epoch, position, self._shard_index])
+      batch = self._augment.train(batch, rng)
+    return batch
 
   def __repr__(self) -> str:
     return f"_EpochBatch(num_examples={len(self._rows)}, batch_size={self._batch_size})"
@@ -215,10 +370,53 @@ def _scale(image: np.ndarray) -> np.ndarray:
   return image.astype(np.float32) / np.float32(255)
 
 
+def check_train_args(*, batch_size, seed, shard_index, shard_count, num_threads,
+                     prefetch) -> None:
+  """Checks the arguments every `Dataset.train_batches` takes; raises DataError if one is bad."""
+  check_positive_int("batch_size", batch_size)
+  check_positive_int("shard_count", shard_count)
+  if not _is_int(shard_index) or not 0 <= shard_index < shard_count:
+    raise DataError(f"shard_index must be in [0, {shard_count}), got {shard_index!r}.")
+  if not _is_int(seed) or not 0 <= seed <= _MAX_SEED:
+    raise DataError(f"The data seed must be an integer in [0, 2**32 - 1], got {seed!r}.")
+  for name, value in (("num_threads", num_threads), ("prefetch", prefetch)):
+    if not _is_int(value) or value < 0:
+      raise DataError(f"{name} must be a non-negative integer, got {value!r}.")
+
+
+# Option checks for the dataset loaders. Options come from the config as `data.<name>`, so the
+# messages name them that way.
+
+
+def check_int_option(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
+  """Returns `value` as an int if it is an integer in [minimum, maximum]; else DataError."""
+  if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+    bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    raise DataError(f"data.{name} must be an integer {bounds}, got {value!r}.")
+  return int(value)
+
+
+def check_fraction_option(name: str, value) -> float:
+  """Returns `value` as a float if it lies strictly between 0 and 1; else DataError."""
+  if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+      or not 0 < value < 1):
+    raise DataError(f"data.{name} must be a number strictly between 0 and 1, got {value!r}.")
+  return float(value)
+
+
+def check_choice_option(name: str, value, choices: Sequence[str]) -> str:
+  """Returns `value` if it is one of `choices`; else DataError listing them."""
+  if value not in choices:
+    raise DataError(f"data.{name} must be one of {', '.join(map(repr, choices))}, got "
+                    f"{value!r}.")
+  return value
+
+
 def _is_int(value) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _check_positive_int(name: str, value) -> None:
+def check_positive_int(name: str, value) -> None:
+  """Raises DataError unless `value` is an integer >= 1 (not a bool)."""
   if not _is_int(value) or value < 1:
     raise DataError(f"{name} must be a positive integer, got {value!r}.")

@@ -1,6 +1,49 @@
-"""Pure Flax Linen models. This package imports jax and flax only: no optimizers, files or data."""
+"""Pure Flax Linen models. This package imports jax and flax only: no optimizers, files or data.
 
+Families, one a file: `cnn` (the seed's MNIST CNN), `cells` and `recurrent` (RNN, LSTM and GRU on
+lax.scan), `rnn_models` (models built on them), `attention` (dot-product and multi-head attention
+with masks and a KV cache), `transformer` (blocks), and the models built of blocks: `gpt`, `bert`,
+`seq2seq`, `vit`; the vision CNNs `vgg`, `resnet`, `densenet`. `registry` finds models and their
+standard configurations by name.
+"""
+
+from jaxdl.nn import registry
+from jaxdl.nn.attention import (MultiHeadAttention, causal_mask, combine_masks,
+                                dot_product_attention, length_mask, padding_mask)
+from jaxdl.nn.bert import BERT_PRESETS, BertClassifier, BertEncoder, BertForMaskedLM
+from jaxdl.nn.cells import GRUCell, LSTMCell, SimpleRNNCell, make_cell
 from jaxdl.nn.cnn import MnistCNN
-from jaxdl.nn.registry import MODELS, build_model, model_kwargs
+from jaxdl.nn.densenet import DENSENET_PRESETS, DenseNet
+from jaxdl.nn.gpt import GPT, GPT_PRESETS
+from jaxdl.nn.recurrent import Bidirectional, Recurrent, StackedRNN
+from jaxdl.nn.registry import MODELS, PRESETS, build_model, model_kwargs, register
+from jaxdl.nn.resnet import CIFAR_RESNET_PRESETS, RESNET_PRESETS, CifarResNet, ResNet
+from jaxdl.nn.rnn_models import RNNLanguageModel, RNNTextClassifier, RowsRNNClassifier
+from jaxdl.nn.seq2seq import SEQ2SEQ_PRESETS, Seq2SeqTransformer, greedy_decode
+from jaxdl.nn.transformer import Mlp, TransformerBlock
+from jaxdl.nn.vgg import VGG, VGG_PRESETS
+from jaxdl.nn.vit import VIT_PRESETS, ViT
 
-__all__ = ["MODELS", "MnistCNN", "build_model", "model_kwargs"]
+register("rows_rnn", RowsRNNClassifier)
+register("rnn_lm", RNNLanguageModel)
+register("rnn_classifier", RNNTextClassifier)
+register("gpt", GPT, GPT_PRESETS)
+register("bert_classifier", BertClassifier, BERT_PRESETS)
+register("bert_mlm", BertForMaskedLM, {f"{k}_mlm": v for k, v in BERT_PRESETS.items()})
+register("transformer", Seq2SeqTransformer, SEQ2SEQ_PRESETS)
+register("vgg", VGG, VGG_PRESETS)  # vgg11 ... vgg19, *_bn
+register("resnet", ResNet, RESNET_PRESETS)  # resnet18 ... resnet152, resnet18_cifar
+register("cifar_resnet", CifarResNet, CIFAR_RESNET_PRESETS)  # resnet20 ... resnet110
+register("densenet", DenseNet, DENSENET_PRESETS)
+register("vit", ViT, VIT_PRESETS)  # vit_{tiny,small,base,large}_patch16_224, vit_mnist, vit_cifar
+
+__all__ = [
+    "CIFAR_RESNET_PRESETS", "CifarResNet", "DENSENET_PRESETS", "DenseNet", "RESNET_PRESETS",
+    "ResNet", "VGG", "VGG_PRESETS", "VIT_PRESETS", "ViT",
+    "BERT_PRESETS", "Bidirectional", "BertClassifier", "BertEncoder", "BertForMaskedLM", "GPT",
+    "GPT_PRESETS", "GRUCell", "LSTMCell", "MODELS", "Mlp", "MnistCNN", "MultiHeadAttention",
+    "PRESETS", "RNNLanguageModel", "RNNTextClassifier", "Recurrent", "RowsRNNClassifier",
+    "SEQ2SEQ_PRESETS", "Seq2SeqTransformer", "SimpleRNNCell", "StackedRNN", "TransformerBlock",
+    "build_model", "causal_mask", "combine_masks", "dot_product_attention", "greedy_decode",
+    "length_mask", "make_cell", "model_kwargs", "padding_mask", "register", "registry",
+]

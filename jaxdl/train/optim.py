@@ -2,12 +2,25 @@
 
 from typing import Any, Mapping
 
+import jax
 import optax
 
 from jaxdl.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
+DECAY_MASKS = ("matrices", "all")
+
+
+def weight_decay_mask(cfg: Mapping[str, Any]):
+  """Which parameters weight decay applies to: "matrices" (kernels and embeddings, ndim >= 2; not
+  biases or normalisation scales, as in GPT-2, BERT and most modern recipes) or "all"."""
+  if cfg["weight_decay_mask"] == "all":
+    return None
+  if cfg["weight_decay_mask"] == "matrices":
+    return lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  raise ConfigError(f"Unknown optimizer.weight_decay_mask {cfg['weight_decay_mask']!r}; choose one "
+                    f"of {DECAY_MASKS}.")
 
 
 def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
@@ -38,11 +51,11 @@ def make_optimizer(cfg: Mapping[str, Any],
     tx = optax.adam(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"])
   elif name == "adamw":
     tx = optax.adamw(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
-                     weight_decay=cfg["weight_decay"])
+                     weight_decay=cfg["weight_decay"], mask=weight_decay_mask(cfg))
   elif name == "sgd":
     tx = optax.sgd(schedule, momentum=cfg["momentum"] or None, nesterov=cfg["nesterov"])
     if cfg["weight_decay"]:
-      tx = optax.chain(optax.add_decayed_weights(cfg["weight_decay"]), tx)
+      tx = optax.chain(optax.add_decayed_weights(cfg["weight_decay"], weight_decay_mask(cfg)), tx)
   else:
     raise ConfigError(f"Unknown optimizer.name {name!r}; choose one of {OPTIMIZERS}.")
   if cfg["nesterov"] and name != "sgd":

@@ -8,8 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdl.train import tasks
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+cross_entropy = tasks.cross_entropy
 
 
 @flax.struct.dataclass
@@ -21,21 +24,17 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array,
-                       example_input: jax.Array) -> TrainState:
-  variables = model.init(init_key, example_input, train=False)
+                       *example_inputs: jax.Array) -> TrainState:
+  """Initialises the model on `example_inputs` (the task's model inputs; a batch of 1 will do)."""
+  variables = model.init(init_key, *example_inputs, train=False)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
                     opt_state=tx.init(params))
 
 
-def cross_entropy(logits_BK: jax.Array, labels_B: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy [B], computed in float32 whatever the logits' dtype."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BK.astype(jnp.float32), labels_B)
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> Callable[[TrainState, Batch, jax.Array],
-                                                          tuple[TrainState, Metrics]]:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    task: Any = tasks.Classification()) -> Callable[
+                        [TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Returns train_step(state, batch, rng) -> (state, metrics); `rng` is the run's training key."""
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
@@ -45,18 +44,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     def loss_fn(params):
       variables = {"params": params, **state.model_state}
-      logits_BK, new_model_state = model.apply(
-          variables, batch["image"], train=True, rngs={"dropout": step_rng}, mutable=mutable)
-      loss = cross_entropy(logits_BK, batch["label"]).mean()
-      return loss, (logits_BK, new_model_state)
+      outputs, new_model_state = model.apply(
+          variables, *task.model_inputs(batch), train=True, rngs={"dropout": step_rng},
+          mutable=mutable)
+      loss, metrics = task.loss(outputs, batch)
+      return loss, (metrics, new_model_state)
 
-    (loss, (logits_BK, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "train/loss": loss,
-        "train/accuracy": jnp.mean(jnp.argmax(logits_BK, -1) == batch["label"]),
+        **metrics,
         "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         "train/grad_norm": optax.tree.norm(grads),
         "train/param_norm": optax.tree.norm(params),
@@ -69,19 +68,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+def make_eval_step(model: nn.Module, task: Any = tasks.Classification()) -> Callable[
+    [TrainState, Batch], Metrics]:
   """Returns eval_step(state, batch) -> sums over the batch's real (mask=True) examples."""
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    logits_BK = model.apply({"params": state.params, **state.model_state}, batch["image"],
-                            train=False)
-    mask_B = batch["mask"].astype(jnp.float32)
-    correct_B = (jnp.argmax(logits_BK, -1) == batch["label"]).astype(jnp.float32)
-    return {
-        "loss_sum": jnp.sum(cross_entropy(logits_BK, batch["label"]) * mask_B),
-        "correct": jnp.sum(correct_B * mask_B),
-        "count": jnp.sum(mask_B),
-    }
+    return task.eval_sums(model, {"params": state.params, **state.model_state}, batch)
 
   return eval_step
 

@@ -1,0 +1,278 @@
+"""Language modelling on any UTF-8 text: a token stream cut into random windows.
+
+`load_text` reads a text file, or a directory of `*.txt` files joined in name order, or (with no
+`data_dir`) the Shakespeare corpus shipped with jaxdl; tokenizes it with a character or byte
+tokenizer; and splits the token stream by position: the last `val_fraction` is validation, as in
+nanoGPT. Training batches are windows of `block_size + 1` tokens at random positions (the model
+reads the first `block_size` and predicts the last `block_size`); evaluation reads the validation
+stream once in consecutive windows.
+"""
+
+from __future__ import annotations
+
+import bz2
+import dataclasses
+import hashlib
+import importlib.resources
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grain
+import numpy as np
+
+from jaxdl.data import pipeline
+from jaxdl.data.tokenizers import ByteTokenizer, CharTokenizer
+from jaxdl.errors import DataError
+
+# The options of `load_text`, with their defaults (config keys data.<option>).
+OPTIONS = {"tokenizer": "char", "block_size": 256, "val_fraction": 0.1}
+TOKENIZERS = ("char", "byte")
+
+# Seven tragedies, ~1.0 MB of text (see make_shakespeare_corpus), bzip2-compressed. The digest is
+# of the file as shipped, so a damaged or truncated copy is caught before it is decompressed.
+SHIPPED_CORPUS = "shakespeare/tragedies.txt.bz2"
+SHIPPED_CORPUS_SHA256 = "410507d99a2cf2daaa4992dd14adf3f7966551e60e11e680835fc9e8eb9f7303"
+
+# Works in a directory are joined with one blank line between them.
+WORK_SEPARATOR = "\n\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextDataset:
+  """A token stream for language modelling, split by position into training and validation.
+
+  Training batches are {"tokens": int32 [B, block_size + 1]}: batch i of shard s holds B windows
+  whose starts are drawn uniformly from all valid starts of the training stream by numpy's
+  generator seeded with (seed, i, s). Batches are independent of each other, so the stream is
+  deterministic for a seed, differs between shards, and resumes exactly from a batch index.
+
+  Attributes:
+    train_tokens: the training token stream [N_train] (an unsigned dtype wide enough for the ids).
+    val_tokens: the validation token stream [N_val], the text that follows the training stream.
+    block_size: tokens the model reads per window; a window holds one more (the last target).
+    tokenizer: the tokenizer that made the streams.
+    source: provenance {"kind", "path", "files", "num_train", "num_val", "tokenizer"}.
+  """
+
+  train_tokens: np.ndarray
+  val_tokens: np.ndarray
+  block_size: int
+  tokenizer: CharTokenizer | ByteTokenizer
+  source: dict[str, Any]
+
+  task: ClassVar[str] = "lm"
+  input_key: ClassVar[str] = "tokens"
+
+  def __post_init__(self):
+    window = self.block_size + 1
+    if len(self.train_tokens) < window or len(self.val_tokens) < window:
+      raise DataError(
+          f"The text ({self.source.get('path')}) gives {len(self.train_tokens)} training and "
+          f"{len(self.val_tokens)} validation tokens, but each split needs at least "
+          f"block_size + 1 = {window} for one window. Use more text, a smaller data.block_size, "
+          f"or a data.val_fraction that leaves enough for both splits.")
+
+  @property
+  def model_hints(self) -> dict[str, Any]:
+    return {"vocab_size": self.tokenizer.vocab_size}
+
+  def train_batches(self, *, batch_size: int, seed: int, shard_index: int = 0,
+                    shard_count: int = 1, num_threads: int = 2,
+                    prefetch: int = 4) -> grain.IterDataset:
+    """An endless stream of {"tokens": int32 [batch_size, block_size + 1]} random windows.
+
+    One Grain element per batch (batch index -> windows), so `iter(...)` gives an iterator whose
+    get_state()/set_state() resume exactly. `shard_count` only needs to be valid: shards differ
+    through `shard_index` in the seed.
+    """
+    pipeline.check_train_args(batch_size=batch_size, seed=seed, shard_index=shard_index,
+                              shard_count=shard_count, num_threads=num_threads, prefetch=prefetch)
+    windows = _RandomWindows(self.train_tokens, self.block_size, batch_size, seed, shard_index)
+    return (
+        grain.MapDataset.range(sys.maxsize)
+        .map(windows)
+        .to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                           prefetch_buffer_size=prefetch)))
+
+  def steps_per_epoch(self, batch_size: int) -> int:
+    """Updates that read about as many windows' worth of tokens as the training stream holds."""
+    pipeline.check_positive_int("batch_size", batch_size)
+    return max(1, len(self.train_tokens) // (batch_size * self.block_size))
+
+  def val_windows(self) -> np.ndarray:
+    """int32 [W, block_size + 1]: the validation stream in windows starting 0, T, 2T, ...
+
+    Consecutive windows share one token (the last target of one is the first input of the next),
+    so every validation token after the first is predicted exactly once, except the last
+    `(N_val - 1) % T`, which do not fill a window.
+    """
+    starts = np.arange(0, len(self.val_tokens) - self.block_size, self.block_size)
+    return _gather(self.val_tokens, starts, self.block_size)
+
+  def eval_batches(self, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """`val_windows()` once, in order, as {"tokens", "mask" bool [B]}, padded to `batch_size`."""
+    pipeline.check_positive_int("batch_size", batch_size)
+    return pipeline.eval_batches(pipeline.ArraySplit({"tokens": self.val_windows()}),
+                                 batch_size=batch_size)
+
+  def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros shaped and typed like a training batch of `batch_size`."""
+    pipeline.check_positive_int("batch_size", batch_size)
+    return {"tokens": np.zeros((batch_size, self.block_size + 1), np.int32)}
+
+
+class _RandomWindows:
+  """Batch index -> {"tokens": int32 [B, T + 1]}, windows at starts drawn for that batch alone."""
+
+  def __init__(self, stream: np.ndarray, block_size: int, batch_size: int, seed: int,
+               shard_index: int):
+    self._stream, self._block_size, self._batch_size = stream, block_size, batch_size
+    self._seed, self._shard_index = seed, shard_index
+    self._num_starts = len(stream) - block_size  # Starts 0 .. N - T - 1 fit a T + 1 window.
+
+  def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self._seed, int(batch_index), self._shard_index])
+    starts = rng.integers(0, self._num_starts, size=self._batch_size)
+    return {"tokens": _gather(self._stream, starts, self._block_size)}
+
+  def __repr__(self) -> str:
+    return (f"_RandomWindows(num_tokens={len(self._stream)}, block_size={self._block_size}, "
+            f"batch_size={self._batch_size})")
+
+
+def _gather(stream: np.ndarray, starts: np.ndarray, block_size: int) -> np.ndarray:
+  """int32 [len(starts), block_size + 1]: the windows of `stream` at `starts`."""
+  return stream[starts[:, None] + np.arange(block_size + 1)].astype(np.int32)
+
+
+def load_text(
+    data_dir: str = "",
+    *,
+    allow_download: bool | None = None,
+    tokenizer: str = "char",
+    block_size: int = 256,
+    val_fraction: float = 0.1,
+) -> TextDataset:
+  """Loads a text for language modelling.
+
+  Args:
+    data_dir: a UTF-8 text file, or a directory whose `*.txt` files are joined in name order with
+      a blank line between them; empty for the Shakespeare corpus shipped with jaxdl.
+    allow_download: unused (text is never downloaded); accepted like every loader's.
+    tokenizer: "char" (the sorted unique characters of the whole text, both splits, as nanoGPT
+      does, so validation never meets an unknown character) or "byte" (UTF-8 bytes, 256 ids).
+    block_size: tokens per training window the model reads.
+    val_fraction: the last this fraction of the token stream is the validation split.
+
+  Raises:
+    DataError: a bad option; the path is missing, empty or not UTF-8; or the text is too short for
+      one window of `block_size + 1` tokens in either split.
+  """
+  del allow_download  # Nothing to download.
+  pipeline.check_choice_option("tokenizer", tokenizer, TOKENIZERS)
+  block_size = pipeline.check_int_option("block_size", block_size, minimum=1)
+  val_fraction = pipeline.check_fraction_option("val_fraction", val_fraction)
+
+  if data_dir:
+    path = Path(data_dir).expanduser()
+    text, num_files = read_texts(path)
+    source = {"kind": "data_dir", "path": str(path.resolve()), "files": num_files}
+  else:
+    text, resource = load_shipped_corpus()
+    source = {"kind": "shipped_corpus", "path": resource, "files": 1}
+
+  if tokenizer == "char":
+    tok = CharTokenizer.fit(text)
+  else:
+    tok = ByteTokenizer()
+  # The narrowest unsigned dtype that holds every id keeps big corpora small in memory; batches
+  # are converted to int32 as they are gathered.
+  dtype = next(t for t in (np.uint8, np.uint16, np.int32) if tok.vocab_size <= np.iinfo(t).max + 1)
+  stream = tok.encode(text).astype(dtype)
+  num_train = len(stream) - int(len(stream) * val_fraction)
+  source = {**source, "num_train": num_train, "num_val": len(stream) - num_train,
+            "tokenizer": tokenizer}
+  return TextDataset(train_tokens=stream[:num_train], val_tokens=stream[num_train:],
+                     block_size=block_size, tokenizer=tok, source=source)
+
+
+def read_texts(path: Path) -> tuple[str, int]:
+  """The text of a file, or of a directory's `*.txt` files joined by `join_works`; and the number
+  of files read.
+
+  Raises:
+    DataError: `path` is missing, is a directory without `*.txt` files, holds no text, or a file
+      is not UTF-8.
+  """
+  if path.is_dir():
+    files = sorted((p for p in path.glob("*.txt") if p.is_file()), key=lambda p: p.name)
+    if not files:
+      raise DataError(
+          f"The text directory {str(path)!r} holds no *.txt files. Put the training text there "
+          f"as UTF-8 files ending in .txt, or point data.dir at a text file.")
+  elif path.is_file():
+    files = [path]
+  else:
+    raise DataError(
+        f"The text path {str(path)!r} does not exist. Set data.dir to a UTF-8 text file or a "
+        f"directory of *.txt files, or leave it empty for the Shakespeare corpus shipped with "
+        f"jaxdl.")
+  texts = []
+  for file in files:
+    try:
+      raw = file.read_bytes()
+    except OSError as e:
+      raise DataError(f"Cannot read the text file {str(file)!r}: {e}.") from e
+    texts.append(decode_utf8(raw, str(file)))
+  text = join_works(texts)
+  if not text.strip():
+    what = (f"text file {str(path)!r} is" if path.is_file()
+            else f"{len(files)} *.txt files in {str(path)!r} are")
+    raise DataError(f"The {what} empty (or only whitespace); there is nothing to train on. Point "
+                    f"data.dir at the training text.")
+  return text, len(files)
+
+
+def join_works(texts: Sequence[str]) -> str:
+  """Joins texts with one blank line between them (trailing newlines of each are dropped)."""
+  return WORK_SEPARATOR.join(text.rstrip("\n") for text in texts)
+
+
+def decode_utf8(raw: bytes, name: str) -> str:
+  """`raw` decoded as UTF-8 (a leading byte-order mark dropped).
+
+  Raises:
+    DataError: naming `name` and the byte offset of the first invalid byte.
+  """
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(
+        f"{name!r} is not UTF-8 text: the byte at offset {e.start} (0x{raw[e.start]:02x}) is "
+        f"invalid ({e.reason}). Convert the file to UTF-8, e.g. for Latin-1 text "
+        f"`iconv -f latin1 -t utf-8 IN > OUT`.") from e
+  return text.removeprefix("\ufeff")
+
+
+def load_shipped_corpus() -> tuple[str, str]:
+  """The Shakespeare corpus shipped with jaxdl, checked against its SHA-256; and its location.
+
+  Raises:
+    DataError: the file is missing or damaged.
+  """
+  resource = importlib.resources.files(__package__).joinpath(SHIPPED_CORPUS)
+  rebuild = ("Reinstall jaxdl, or rebuild the file with `python -m "
+             "jaxdl.data.make_shakespeare_corpus ../shared/data/shakespeare jaxdl/data/shakespeare`"
+             ", or set data.dir to a text of your own.")
+  try:
+    compressed = resource.read_bytes()
+  except OSError as e:
+    raise DataError(f"The Shakespeare corpus shipped with jaxdl is missing: cannot read "
+                    f"{str(resource)!r} ({e}). {rebuild}") from e
+  digest = hashlib.sha256(compressed).hexdigest()
+  if digest != SHIPPED_CORPUS_SHA256:
+    raise DataError(f"The Shakespeare corpus shipped with jaxdl, {str(resource)!r}, is damaged: "
+                    f"its SHA-256 is {digest}, expected {SHIPPED_CORPUS_SHA256}. {rebuild}")
+  return decode_utf8(bz2.decompress(compressed), str(resource)), str(resource)

@@ -1,0 +1,167 @@
+"""BERT (Devlin et al. 2019): a bidirectional post-LN Transformer encoder and its two heads.
+
+    BertEncoder      tokens -> hidden [B, T, D]: token + learned position + segment embeddings,
+                     LayerNorm, dropout, post-LN blocks with (erf) GELU; pad tokens are masked out
+                     as keys.
+    BertClassifier   hidden[:, 0] ([CLS]) -> pooler Dense + tanh -> dropout -> Dense(num_classes).
+    BertForMaskedLM  hidden -> Dense + GELU + LayerNorm -> token embedding transposed + bias
+                     -> logits [B, T, V].
+
+Layout, initialisation (normal(0.02), zero biases) and LayerNorm epsilon (1e-12) follow Google's
+release and Hugging Face's BertModel, so parameter counts match theirs: bert_base's encoder and
+pooler have 109,482,240 parameters, bert_large's 335,141,888.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdl.nn.attention import padding_mask
+from jaxdl.nn.transformer import TransformerBlock, tied_logits
+
+Array = jax.Array
+
+BERT_PRESETS: dict[str, dict[str, Any]] = {
+    "bert_base": dict(vocab_size=30522, max_length=512, type_vocab_size=2, num_layers=12,
+                      num_heads=12, hidden_dim=768, mlp_dim=3072),
+    "bert_large": dict(vocab_size=30522, max_length=512, type_vocab_size=2, num_layers=24,
+                       num_heads=16, hidden_dim=1024, mlp_dim=4096),
+    # Google's BERT-Tiny (Turc et al. 2019, "Well-read students learn better").
+    "bert_tiny": dict(vocab_size=30522, max_length=512, type_vocab_size=2, num_layers=2,
+                      num_heads=2, hidden_dim=128, mlp_dim=512),
+}
+
+_INIT = nn.initializers.normal(0.02)
+
+
+class _BertFields(nn.Module):
+  """The fields shared by BERT's encoder and its heads (one config builds any of them).
+
+  Attributes:
+    vocab_size, max_length, type_vocab_size: sizes of the token, position and segment embeddings.
+    num_layers, num_heads, hidden_dim (D), mlp_dim: the encoder's shape.
+    dropout_rate: dropout on the embeddings and each residual branch.
+    attention_dropout_rate: dropout on attention probabilities; None = dropout_rate (as BERT).
+    num_classes: used by BertClassifier only (kept here so that all three share one config).
+    pad_id: token id whose positions are masked out as keys.
+    dtype, param_dtype, attention_impl, layer_norm_epsilon: as in GPT.
+  """
+
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  hidden_dim: int
+  mlp_dim: int
+  max_length: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float | None = None
+  num_classes: int = 2
+  pad_id: int = 0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: str = "plain"
+  layer_norm_epsilon: float = 1e-12
+
+
+class BertEncoder(_BertFields):
+  """BERT's encoder. tokens [B, T] (+ segment ids [B, T]) -> hidden states [B, T, D]."""
+
+  def setup(self):
+    embed = lambda num: nn.Embed(num, self.hidden_dim, embedding_init=_INIT, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+    self.word_embeddings = embed(self.vocab_size)
+    self.position_embeddings = embed(self.max_length)
+    self.segment_embeddings = embed(self.type_vocab_size)
+    self.embeddings_ln = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                                      param_dtype=self.param_dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+    attention_dropout = (self.dropout_rate if self.attention_dropout_rate is None
+                         else self.attention_dropout_rate)
+    self.blocks = [
+        TransformerBlock(self.num_heads, self.mlp_dim, pre_ln=False, activation="gelu",
+                         dropout_rate=self.dropout_rate, attention_dropout_rate=attention_dropout,
+                         layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                         param_dtype=self.param_dtype, kernel_init=_INIT,
+                         attention_impl=self.attention_impl, name=f"block_{i}")
+        for i in range(self.num_layers)]
+
+  def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None,
+               train: bool = False) -> Array:
+    """tokens [B, T], segment ids [B, T] (default all 0) -> hidden [B, T, D]."""
+    if tokens_BT.ndim != 2:
+      raise ValueError(f"BERT expects tokens [B, T]; got shape {tokens_BT.shape}.")
+    t = tokens_BT.shape[1]
+    if t > self.max_length:
+      raise ValueError(f"BERT: sequence length {t} exceeds max_length={self.max_length}; truncate "
+                       "the input or build the model with a larger max_length.")
+    if segment_ids_BT is None:
+      segment_ids_BT = jnp.zeros_like(tokens_BT)
+    elif segment_ids_BT.shape != tokens_BT.shape:
+      raise ValueError(f"segment_ids_BT {segment_ids_BT.shape} must have the tokens' shape "
+                       f"{tokens_BT.shape}.")
+    x_BTD = (self.word_embeddings(tokens_BT) + self.position_embeddings(jnp.arange(t))
+             + self.segment_embeddings(segment_ids_BT))
+    x_BTD = self.embeddings_ln(x_BTD)
+    x_BTD = self.dropout(x_BTD, deterministic=not train)
+    mask = padding_mask(tokens_BT, self.pad_id)
+    for block in self.blocks:
+      x_BTD = block(x_BTD, mask=mask, train=train)
+    return x_BTD
+
+  def attend(self, x_BTD: Array) -> Array:
+    """x @ word_embeddings^T: [B, T, D] -> float32 [B, T, V] (the MLM decoder's tied weights)."""
+    return tied_logits(x_BTD, self.word_embeddings.embedding)
+
+
+def _encoder_kwargs(module: nn.Module) -> dict[str, Any]:
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(_BertFields)
+          if f.init and f.name not in ("parent", "name")}
+
+
+class BertClassifier(_BertFields):
+  """BERT for sequence classification. tokens [B, T] -> logits [B, num_classes] (float32).
+
+  Same fields as BertEncoder; `num_classes` sets the output width. Parameters: the encoder's, the
+  pooler's (D * D + D) and the classifier's (D * num_classes + num_classes).
+  """
+
+  def setup(self):
+    self.encoder = BertEncoder(**_encoder_kwargs(self))
+    self.pooler = nn.Dense(self.hidden_dim, kernel_init=_INIT, dtype=self.dtype,
+                           param_dtype=self.param_dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+    self.classifier = nn.Dense(self.num_classes, kernel_init=_INIT, dtype=self.dtype,
+                               param_dtype=self.param_dtype)
+
+  def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None,
+               train: bool = False) -> Array:
+    hidden_BTD = self.encoder(tokens_BT, segment_ids_BT=segment_ids_BT, train=train)
+    pooled_BD = jnp.tanh(self.pooler(hidden_BTD[:, 0]))  # The [CLS] token's state.
+    pooled_BD = self.dropout(pooled_BD, deterministic=not train)
+    return self.classifier(pooled_BD).astype(jnp.float32)
+
+
+class BertForMaskedLM(_BertFields):
+  """BERT's masked-LM head on the encoder. tokens [B, T] -> logits [B, T, V] (float32).
+
+  The logits are scored at the masked positions by the loss; the model predicts at every position.
+  """
+
+  def setup(self):
+    self.encoder = BertEncoder(**_encoder_kwargs(self))
+    self.transform = nn.Dense(self.hidden_dim, kernel_init=_INIT, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    self.transform_ln = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                                     param_dtype=self.param_dtype)
+    self.output_bias = self.param("output_bias", nn.initializers.zeros_init(), (self.vocab_size,),
+                                  self.param_dtype)
+
+  def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None,
+               train: bool = False) -> Array:
+    hidden_BTD = self.encoder(tokens_BT, segment_ids_BT=segment_ids_BT, train=train)
+    h_BTD = self.transform_ln(nn.gelu(self.transform(hidden_BTD), approximate=False))
+    return self.encoder.attend(h_BTD) + self.output_bias.astype(jnp.float32)

@@ -1,0 +1,201 @@
+"""The training loop on sequence tasks: language models on the shipped Shakespeare corpus (GPT and
+LSTM), sequence-to-sequence on generated data, review classification; resume to the bit, the saved
+vocabulary, and sampling with `jaxdl generate`.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxdl import cli
+from jaxdl import config as config_lib
+from jaxdl import metrics as metrics_lib
+from jaxdl import sampling
+from jaxdl import trainer
+from jaxdl.errors import CheckpointError, ConfigError, UserError
+from tests.conftest import REPO, SHARED_DATA
+
+EXPERIMENTS = REPO / "experiments"
+TINY_GPT = ["model.num_layers=2", "model.num_heads=2", "model.embed_dim=32", "model.block_size=32",
+            "data.block_size=32", "train.batch_size=8", "data.eval_batch_size=64",
+            "train.log_every_steps=10", "train.eval_every_steps=1000",
+            "train.checkpoint_every_steps=20", "optimizer.warmup_steps=5",
+            "optimizer.learning_rate=3e-3",
+            # A fixed schedule length, so that a run stopped at 20 of 40 steps and resumed follows
+            # the same learning rates as one run straight to 40.
+            "optimizer.decay_steps=40"]
+TINY_LSTM = ["model.embed_dim=16", "model.features=32", "data.block_size=32", "train.batch_size=8",
+             "data.eval_batch_size=64", "train.log_every_steps=10", "train.eval_every_steps=1000",
+             "train.checkpoint_every_steps=20", "optimizer.warmup_steps=5",
+             "optimizer.learning_rate=3e-3"]
+
+
+def _config(experiment, *overrides):
+  config = config_lib.load_experiment(EXPERIMENTS / experiment)
+  config_lib.apply_overrides(config, list(overrides))
+  return config
+
+
+def _train_metrics(workdir):
+  """{step: train metrics}, timings left out."""
+  return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
+          for r in metrics_lib.read_metrics(workdir) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("gpt") / "run"
+  config = _config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=40")
+  return workdir, trainer.train(config, workdir, show_progress=False)
+
+
+def test_gpt_learns_characters_and_saves_its_vocabulary(gpt_run):
+  workdir, result = gpt_run
+  vocab = json.loads((workdir / "tokenizer.json").read_text())
+  assert vocab  # The vocabulary is in the workdir, for evaluation and sampling.
+  losses = [r["train/loss"] for r in _train_metrics(workdir).values()]
+  vocab_size = trainer.load_data(config_lib.from_json(
+      (workdir / "config.json").read_text())).model_hints["vocab_size"]
+  # Untrained, every character is about equally likely: loss ln(V). Forty steps learn the
+  # character frequencies at least.
+  assert losses[0] == pytest.approx(np.log(vocab_size), rel=0.25)
+  assert losses[-1] < losses[0] - 0.5
+  m = result.eval_metrics
+  assert m["eval/perplexity"] == pytest.approx(np.exp(m["eval/loss"]), rel=1e-6)
+  assert m["eval/num_tokens"] == m["eval/num_examples"] * 32
+  first = metrics_lib.read_metrics(workdir)[0]
+  assert first["perf/tokens_per_sec"] == pytest.approx(first["perf/examples_per_sec"] * 32)
+
+
+def test_eval_command_reproduces_the_final_evaluation(gpt_run, capsys):
+  workdir, result = gpt_run
+  step, metrics, summary = trainer.evaluate_workdir(workdir)
+  assert step == 40 and metrics == result.eval_metrics
+  assert cli.main(["eval", str(workdir)]) == 0
+  assert capsys.readouterr().out.strip() == f"step 40: {summary}"
+  assert summary.startswith("validation loss")
+
+
+def test_gpt_resume_is_bit_exact(gpt_run, tmp_path):
+  workdir, _ = gpt_run
+  resumed = tmp_path / "resumed"
+  trainer.train(_config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=20"), resumed,
+                show_progress=False)
+  trainer.train(_config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=40"), resumed,
+                show_progress=False)
+  assert _train_metrics(resumed) == _train_metrics(workdir)
+
+
+def test_generate_is_deterministic_for_a_seed(gpt_run):
+  workdir, _ = gpt_run
+  sample = lambda seed: sampling.generate_from_workdir(workdir, "ROMEO:", max_new_tokens=40,
+                                                       temperature=1.0, top_k=10, seed=seed)
+  first = sample(0)
+  assert first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 40
+  assert sample(0) == first
+  assert sample(1) != first
+  # Longer than the 32-token context: the sampler re-reads the newest half and goes on.
+  long = sampling.generate_from_workdir(workdir, "\n", max_new_tokens=80, temperature=0.0)
+  assert len(long) == 81
+
+
+def test_generate_rejects_characters_outside_the_vocabulary(gpt_run):
+  workdir, _ = gpt_run
+  with pytest.raises(UserError, match="€"):
+    sampling.generate_from_workdir(workdir, "price: 5€", max_new_tokens=5)
+
+
+def test_generate_command(gpt_run, capsys):
+  workdir, _ = gpt_run
+  assert cli.main(["generate", str(workdir), "--prompt", "KING", "--max-new-tokens", "12",
+                   "--seed", "3"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("KING") and len(out.rstrip("\n")) >= len("KING")
+  assert cli.main(["generate", str(workdir), "--prompt", "KING", "--max-new-tokens", "12",
+                   "--seed", "3"]) == 0
+  assert capsys.readouterr().out == out
+
+
+def test_greedy_sampling_equals_argmax_of_full_forward(gpt_run):
+  """Greedy decoding with the KV cache picks, at every step, the argmax of a full forward pass
+  over everything so far."""
+  workdir, _ = gpt_run
+  config = config_lib.from_json((workdir / "config.json").read_text())
+  data = trainer.load_data(config)
+  model = trainer.build_model(config, data.model_hints)
+  from jaxdl.checkpoint import Checkpointer
+  checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
+  params = checkpointer.restore_as_saved(checkpointer.latest_step())["state"]["params"]
+  checkpointer.close()
+  prompt = data.tokenizer.encode("First Citizen:")
+  new = sampling.generate(model, params, prompt, max_new_tokens=10, temperature=0.0)
+  tokens = list(prompt)
+  for token in new:
+    logits = model.apply({"params": params}, np.asarray([tokens], np.int32))
+    assert int(np.argmax(logits[0, -1])) == int(token)
+    tokens.append(int(token))
+
+
+def test_lstm_language_model_trains_and_samples_with_its_carry(tmp_path):
+  workdir = tmp_path / "lstm"
+  config = _config("shakespeare_char_lstm.py", *TINY_LSTM, "train.num_steps=30")
+  trainer.train(config, workdir, show_progress=False)
+  losses = [r["train/loss"] for r in _train_metrics(workdir).values()]
+  assert losses[-1] < losses[0]
+  text = sampling.generate_from_workdir(workdir, "To be", max_new_tokens=25, seed=7)
+  assert text.startswith("To be") and len(text) == 30
+  assert sampling.generate_from_workdir(workdir, "To be", max_new_tokens=25, seed=7) == text
+
+
+def test_vocabulary_change_is_refused_on_resume(gpt_run, tmp_path):
+  workdir, _ = gpt_run
+  other_text = tmp_path / "other.txt"
+  other_text.write_text("a small text with another alphabet " * 400)
+  config = _config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=60",
+                   f"data.dir={other_text}")
+  with pytest.raises(CheckpointError):
+    trainer.train(config, workdir, show_progress=False)
+
+
+def test_config_contradicting_the_data_is_refused(tmp_path):
+  config = _config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=2")
+  config.model.vocab_size = 50
+  with pytest.raises(ConfigError, match="vocab_size"):
+    trainer.train(config, tmp_path / "w", show_progress=False)
+  assert not (tmp_path / "w").exists()
+
+
+def test_context_longer_than_the_model_is_a_config_error(tmp_path):
+  config = _config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "data.block_size=64")
+  with pytest.raises(ConfigError, match="block_size"):
+    trainer.train(config, tmp_path / "w", show_progress=False)
+
+
+def test_unknown_data_option_names_the_options():
+  config = config_lib.load_experiment(EXPERIMENTS / "shakespeare_char_gpt.py")
+  with pytest.raises(ConfigError, match="Did you mean data.block_size"):
+    config.data.blok_size = 3
+    trainer.train(config, "/nonexistent/never/written", show_progress=False)
+
+
+def test_seq2seq_reports_exact_match_of_greedy_decoding(tmp_path):
+  config = _config("reverse_transformer.py", "train.num_steps=30", "data.num_train=2000",
+                   "data.num_test=100", "model.num_layers=1", "model.embed_dim=32",
+                   "model.mlp_dim=64", "data.eval_batch_size=50", "train.log_every_steps=10",
+                   "optimizer.warmup_steps=5")
+  result = trainer.train(config, tmp_path / "s2s", show_progress=False)
+  m = result.eval_metrics
+  assert 0.0 <= m["eval/exact_match"] <= m["eval/accuracy"] <= 1.0
+  assert m["eval/num_examples"] == 100
+  assert "exact match" in result.summary
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "rotten_tomatoes").is_dir(),
+                    reason="the review corpus lives in ../shared/data (jaxdl dev machines only)")
+def test_bert_classifies_reviews(tmp_path):
+  config = _config("reviews_bert.py", f"data.dir={SHARED_DATA / 'rotten_tomatoes'}",
+                   "train.num_steps=30", "train.log_every_steps=10", "optimizer.warmup_steps=5")
+  result = trainer.train(config, tmp_path / "bert", show_progress=False)
+  assert result.eval_metrics["eval/num_examples"] > 1000
+  assert 0.4 < result.eval_metrics["eval/accuracy"] <= 1.0
