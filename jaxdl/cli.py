@@ -1,4 +1,4 @@
-"""`jaxdl train | eval | generate | plot`: the command line.
+"""`jaxdl train | eval | generate | plot | summary`: the command line.
 
 A UserError (bad override, missing file, incompatible workdir) prints one message and exits with
 status 2; `--debug` shows the traceback as well.
@@ -43,6 +43,29 @@ def _parser() -> argparse.ArgumentParser:
   plot = sub.add_parser("plot", help="plot loss and accuracy curves of runs")
   plot.add_argument("workdirs", nargs="+")
   plot.add_argument("-o", "--output", required=True, help="image file to write, e.g. curves.png")
+
+  summary = sub.add_parser(
+      "summary", help="parameters, forward FLOPs and memory of a model (weights never allocated)")
+  summary.add_argument("experiment", nargs="?",
+                       help="experiment file, e.g. experiments/mnist_cnn.py (or use --model)")
+  summary.add_argument("overrides", nargs="*", metavar="key.path=value",
+                       help="config overrides, as for train")
+  summary.add_argument("--model", help="a model or preset instead of an experiment, e.g. resnet50, "
+                       "vit_base_patch16_224, gpt2_small")
+  summary.add_argument("--input-shape", help="with --model: the input's shape, batch first, e.g. "
+                       "1,224,224,3 or 1,1024")
+  summary.add_argument("--input-dtype", default="float32",
+                       help="with --model: float32 (images, default) or int32 (token ids)")
+  summary.add_argument("--num-classes", type=int, help="with --model: the output classes")
+  summary.add_argument("--vocab-size", type=int,
+                       help="with --model: the vocabulary, for models without a default")
+  summary.add_argument("--dtype", help="with --model: the compute dtype, e.g. bfloat16")
+  summary.add_argument("--optimizer", default="adam",
+                       help="with --model: adam (default), adamw or sgd, to size its state")
+  summary.add_argument("--full", action="store_true",
+                       help="one row per array even for models with more than 200")
+  summary.add_argument("--no-flops", action="store_true",
+                       help="skip compiling the forward pass (FLOPs n/a)")
   return parser
 
 
@@ -94,11 +117,41 @@ def _plot(args) -> int:
   return 0
 
 
+def _summary(args) -> int:
+  from jaxdl import summary  # pylint: disable=g-import-not-at-top
+
+  model_flags = {"--input-shape": args.input_shape, "--num-classes": args.num_classes,
+                 "--vocab-size": args.vocab_size, "--dtype": args.dtype}
+  if args.model:
+    if args.experiment or args.overrides:
+      raise UserError("Give an experiment file or --model NAME, not both (key=value overrides "
+                      "apply to experiments only).")
+    heading, result = summary.for_model(
+        args.model, args.input_shape, input_dtype=args.input_dtype, num_classes=args.num_classes,
+        vocab_size=args.vocab_size, dtype=args.dtype, optimizer=args.optimizer,
+        flops=not args.no_flops)
+  elif args.experiment:
+    given = [flag for flag, value in model_flags.items() if value is not None]
+    if given:
+      raise UserError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} with "
+                      "--model only; an experiment takes its model and input shape from its "
+                      "config and data.")
+    heading, result = summary.for_experiment(args.experiment, args.overrides,
+                                             flops=not args.no_flops)
+  else:
+    raise UserError("Give an experiment file (jaxdl summary experiments/mnist_cnn.py) or a model "
+                    "and input shape (jaxdl summary --model resnet50 --input-shape 1,224,224,3).")
+  print(heading)
+  print(summary.format_summary(result, full=args.full))
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = _parser()
   # Overrides may come before or after options: `train EXP a=1 --workdir W b=2`.
   args, extra = parser.parse_known_args(argv)
-  strays = [a for a in extra if args.command != "train" or a.startswith("-") or "=" not in a]
+  strays = [a for a in extra
+            if args.command not in ("train", "summary") or a.startswith("-") or "=" not in a]
   if strays:
     parser.error(f"unrecognized arguments: {' '.join(strays)}")
   if extra:
@@ -108,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
   # Orbax and absl log every save at INFO; only their warnings matter to a user.
   for name in ("absl", "jax", "orbax"):
     logging.getLogger(name).setLevel(logging.WARNING)
-  handlers = {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot}
+  handlers = {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot,
+              "summary": _summary}
   try:
     return handlers[args.command](args)
   except UserError as e:

@@ -6,6 +6,7 @@ override of a key that does not exist is a typo, and we say which keys are close
 """
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -58,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 100
   c.train.max_checkpoints = 3  # How many of the latest checkpoints to keep.
   c.train.async_checkpointing = True
+  c.train.label_smoothing = 0.0  # Classification and seq2seq training loss; 0: off.
+  c.train.ema_decay = 0.0  # > 0: evaluate a moving average of the parameters, e.g. 0.999.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -148,7 +151,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
       raise ConfigError(f"Override {override!r} is not of the form key.path=value "
                         "(for example train.batch_size=128).")
     if key not in flat:
-      raise ConfigError(f"Unknown config key {key!r}.{_suggest(key, flat)}")
+      field = _model_field(config, key)
+      if field is None:
+        raise ConfigError(f"Unknown config key {key!r}.{_suggest(key, flat)}")
+      # An argument of the model that the experiment leaves at its default, e.g. model.dtype.
+      default = field.default if isinstance(field.default, _PLAIN_TYPES) else None
+      flat[key] = default
     value = parse_value(key, text, flat[key])
     parent, _, leaf = key.rpartition(".")
     node = config
@@ -157,6 +165,23 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     with node.ignore_type():
       node[leaf] = value
     flat[key] = value
+
+
+_PLAIN_TYPES = (bool, int, float, str, tuple, list)
+
+
+def _model_field(config: ml_collections.ConfigDict, key: str):
+  """The dataclass field of the configured model that `model.<name>` names, if there is one."""
+  prefix, _, name = key.partition(".")
+  if prefix != "model" or "." in name or "name" not in config.get("model", {}):
+    return None
+  from jaxdl.nn import registry  # pylint: disable=g-import-not-at-top
+  try:
+    cls, _ = registry.resolve(config.model.name)
+  except ValueError:
+    return None
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+  return fields.get(name) if name not in ("parent", "name") else None
 
 
 def _suggest(key: str, flat: dict[str, Any]) -> str:

@@ -99,9 +99,15 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   if total_steps <= 0:
     raise ConfigError("Nothing to train: set train.num_steps or train.num_epochs to more than 0.")
   model = build_model(config, data.model_hints)
-  task = tasks.make_task(data)
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ConfigError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
+                      "moving average off, 0.999 is typical.")
+  try:
+    task = tasks.make_task(data, label_smoothing=config.train.label_smoothing)
+  except ValueError as e:
+    raise ConfigError(f"train.label_smoothing: {e}") from e
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  train_step = step_lib.make_train_step(model, tx, schedule, task)
+  train_step = step_lib.make_train_step(model, tx, schedule, task, config.train.ema_decay)
   batch_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                               data.example_batch(config.train.batch_size))
   example_inputs = task.model_inputs(data.example_batch(1))
@@ -110,7 +116,7 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     """Everything a resumed run needs to continue bit for bit, besides the data iterator."""
     root_key = jax.random.key(config.seed)
     state = step_lib.create_train_state(model, tx, jax.random.fold_in(root_key, 0),
-                                        *example_inputs)
+                                        *example_inputs, ema=config.train.ema_decay > 0)
     rng = jax.random.fold_in(root_key, 1)
     metric_shapes = jax.eval_shape(train_step, state, batch_shapes, rng)[1]
     return {"state": state, "metric_sums": step_lib.init_metric_sums(metric_shapes),

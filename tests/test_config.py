@@ -126,3 +126,12 @@ def test_experiment_variants(tmp_path):
     config_lib.load_experiment(f"{gpt}:gpu")
   with pytest.raises(ConfigError, match="takes no variant"):
     config_lib.load_experiment(f"{REPO / 'experiments' / 'mnist_cnn.py'}:cpu")
+
+
+def test_any_model_argument_can_be_overridden():
+  """Arguments the experiment leaves at their default are still keys: model.dtype, for one."""
+  config = config_lib.load_experiment(REPO / "experiments" / "fashion_mnist_resnet.py")
+  config_lib.apply_overrides(config, ["model.dtype=bfloat16", "model.zero_init_residual=true"])
+  assert config.model.dtype == "bfloat16" and config.model.zero_init_residual is True
+  with pytest.raises(ConfigError, match="Did you mean model.dtype"):
+    config_lib.apply_overrides(config, ["model.dtyp=float32"])

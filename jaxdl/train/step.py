@@ -21,21 +21,31 @@ class TrainState:
   params: Any
   model_state: Any  # Non-parameter collections, e.g. {"batch_stats": ...}; {} for most models.
   opt_state: optax.OptState
+  # Exponential moving average of the parameters, which evaluation then uses; None when off.
+  ema_params: Any = None
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array,
-                       *example_inputs: jax.Array) -> TrainState:
-  """Initialises the model on `example_inputs` (the task's model inputs; a batch of 1 will do)."""
+                       *example_inputs: jax.Array, ema: bool = False) -> TrainState:
+  """Initialises the model on `example_inputs` (the task's model inputs; a batch of 1 will do).
+
+  With `ema`, the state also holds a moving average of the parameters, starting at them.
+  """
   variables = model.init(init_key, *example_inputs, train=False)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                    opt_state=tx.init(params))
+                    opt_state=tx.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    task: Any = tasks.Classification()) -> Callable[
+                    task: Any = tasks.Classification(), ema_decay: float = 0.0) -> Callable[
                         [TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-  """Returns train_step(state, batch, rng) -> (state, metrics); `rng` is the run's training key."""
+  """Returns train_step(state, batch, rng) -> (state, metrics); `rng` is the run's training key.
+
+  `ema_decay` > 0 updates `state.ema_params` (which must exist) after every step:
+  ema <- decay * ema + (1 - decay) * params.
+  """
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     # The step's randomness depends only on the step number, never on host-side call order.
@@ -61,8 +71,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         "train/param_norm": optax.tree.norm(params),
         "train/update_norm": optax.tree.norm(updates),
     }
+    ema_params = state.ema_params
+    if ema_decay:
+      ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params,
+                                params)
     new_state = state.replace(step=state.step + 1, params=params,
-                              model_state=dict(new_model_state), opt_state=opt_state)
+                              model_state=dict(new_model_state), opt_state=opt_state,
+                              ema_params=ema_params)
     return new_state, metrics
 
   return train_step
@@ -70,10 +85,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
 def make_eval_step(model: nn.Module, task: Any = tasks.Classification()) -> Callable[
     [TrainState, Batch], Metrics]:
-  """Returns eval_step(state, batch) -> sums over the batch's real (mask=True) examples."""
+  """Returns eval_step(state, batch) -> sums over the batch's real (mask=True) examples.
+
+  Evaluates the moving average of the parameters when the state keeps one.
+  """
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    return task.eval_sums(model, {"params": state.params, **state.model_state}, batch)
+    params = state.params if state.ema_params is None else state.ema_params
+    return task.eval_sums(model, {"params": params, **state.model_state}, batch)
 
   return eval_step
 

@@ -20,9 +20,17 @@ import optax
 Batch = dict[str, jax.Array]
 
 
-def cross_entropy(logits_BK: jax.Array, labels_B: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy (any leading shape), in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BK.astype(jnp.float32), labels_B)
+def cross_entropy(logits_BK: jax.Array, labels_B: jax.Array,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy (any leading shape), in float32.
+
+  With `label_smoothing` = a, the target is (1 - a) * one_hot + a / K (Szegedy et al. 2016).
+  """
+  logits_BK = logits_BK.astype(jnp.float32)
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B)
+  targets_BK = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BK.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits_BK, targets_BK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +38,14 @@ class Classification:
   """One label per example: `model(batch[input_key]) -> logits [B, K]`, scored on batch["label"]."""
 
   input_key: str = "image"
+  label_smoothing: float = 0.0  # Training loss only; evaluation reports the plain cross-entropy.
   name: str = "classify"
 
   def model_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
     return (batch[self.input_key],)
 
   def loss(self, outputs_BK: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    loss = cross_entropy(outputs_BK, batch["label"]).mean()
+    loss = cross_entropy(outputs_BK, batch["label"], self.label_smoothing).mean()
     accuracy = jnp.mean(jnp.argmax(outputs_BK, -1) == batch["label"])
     return loss, {"train/loss": loss, "train/accuracy": accuracy}
 
@@ -110,19 +119,20 @@ class SequenceToSequence:
   bos_id: int = 1
   eos_id: int = 2
   pad_id: int = 0
+  label_smoothing: float = 0.0  # Training loss only, as in "Attention is all you need" (0.1).
   name: str = "seq2seq"
 
   def model_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
     return (batch["src"], batch["tgt"][:, :-1])
 
-  def _token_loss(self, logits_BTV, batch):
+  def _token_loss(self, logits_BTV, batch, label_smoothing=0.0):
     targets_BT = batch["tgt"][:, 1:]
     weights_BT = (targets_BT != self.pad_id).astype(jnp.float32)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
-    return cross_entropy(logits_BTV, targets_BT), correct_BT, weights_BT
+    return cross_entropy(logits_BTV, targets_BT, label_smoothing), correct_BT, weights_BT
 
   def loss(self, outputs_BTV: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    loss_BT, correct_BT, weights_BT = self._token_loss(outputs_BTV, batch)
+    loss_BT, correct_BT, weights_BT = self._token_loss(outputs_BTV, batch, self.label_smoothing)
     num_tokens = jnp.maximum(weights_BT.sum(), 1.0)
     loss = jnp.sum(loss_BT * weights_BT) / num_tokens
     return loss, {"train/loss": loss, "train/accuracy": jnp.sum(correct_BT * weights_BT) / num_tokens}
@@ -158,12 +168,18 @@ class SequenceToSequence:
 TASKS = {"classify": Classification, "lm": LanguageModelling, "seq2seq": SequenceToSequence}
 
 
-def make_task(dataset) -> Any:
+def make_task(dataset, *, label_smoothing: float = 0.0) -> Any:
   """The task a dataset asks for, configured from its attributes (input key, special ids)."""
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing}.")
   if dataset.task == "classify":
-    return Classification(input_key=dataset.input_key)
+    return Classification(input_key=dataset.input_key, label_smoothing=label_smoothing)
   if dataset.task == "lm":
+    if label_smoothing:
+      raise ValueError("label smoothing is for classification and seq2seq, not language models "
+                       "(it would blur the next-token distribution the loss measures).")
     return LanguageModelling()
   if dataset.task == "seq2seq":
-    return SequenceToSequence(bos_id=dataset.bos_id, eos_id=dataset.eos_id, pad_id=dataset.pad_id)
+    return SequenceToSequence(bos_id=dataset.bos_id, eos_id=dataset.eos_id, pad_id=dataset.pad_id,
+                              label_smoothing=label_smoothing)
   raise ValueError(f"Dataset task {dataset.task!r} is not one of {sorted(TASKS)}.")
