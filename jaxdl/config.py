@@ -65,10 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd
   c.optimizer.learning_rate = 1e-3  # Peak learning rate.
-  c.optimizer.schedule = "constant"  # constant | cosine (both after `warmup_steps` of linear warmup)
+  c.optimizer.schedule = "constant"  # constant | cosine | step (after `warmup_steps` of warmup)
   c.optimizer.warmup_steps = 0
   c.optimizer.decay_steps = 0  # Cosine length; 0: the whole run.
   c.optimizer.end_learning_rate = 0.0  # Where the cosine ends.
+  c.optimizer.decay_boundaries = [0.5, 0.75]  # step: fractions of the run where the rate drops,
+  c.optimizer.decay_factor = 0.1  # each time multiplied by this.
   c.optimizer.b1 = 0.9  # adam, adamw
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8

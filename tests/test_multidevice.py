@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 
@@ -71,6 +72,42 @@ def test_gpt_on_eight_devices_follows_one_device(tmp_path):
     np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
   np.testing.assert_allclose(b[20]["eval/loss"], a[20]["eval/loss"], rtol=2e-3)
   assert b[20]["eval/num_tokens"] == a[20]["eval/num_tokens"]
+
+
+BN_EXPERIMENT = """
+from jaxdl.config import base_config
+
+def get_config():
+  config = base_config()
+  config.model = {"name": "resnet20", "width": 4, "num_classes": 10}  # BatchNorm in every block.
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.momentum = 0.9
+  return config
+"""
+
+
+@pytest.mark.slow  # Two runs compiling a ResNet; CI runs it.
+def test_batch_norm_statistics_are_global_over_eight_devices(tmp_path):
+  """The batch is one global array split over devices, so BatchNorm normalises with (and keeps the
+  running averages of) the statistics of the whole batch, as on one device."""
+  experiment = tmp_path / "bn_experiment.py"
+  experiment.write_text(BN_EXPERIMENT)
+  run = lambda name, n: subprocess.run(
+      [sys.executable, "-m", "jaxdl.cli", "train", str(experiment), "train.num_steps=10",
+       "train.batch_size=32", "train.log_every_steps=5", "data.eval_batch_size=400",
+       "--no-progress", "--workdir", str(tmp_path / name)], cwd=REPO,
+      env={**os.environ, "JAXDL_OFFLINE": "1",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"},
+      capture_output=True, text=True, timeout=900)
+  one, eight = run("one", 1), run("eight", 8)
+  assert one.returncode == 0, one.stderr
+  assert eight.returncode == 0, eight.stderr
+  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
+  for step in (5, 10):
+    np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
+  # Evaluation uses the running statistics: equal only if they were averaged over all devices.
+  np.testing.assert_allclose(b[10]["eval/loss"], a[10]["eval/loss"], rtol=2e-3)
 
 
 def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):

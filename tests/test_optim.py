@@ -107,3 +107,16 @@ def test_gradient_clipping_by_global_norm():
 def test_bad_optimizer_config(overrides, message):
   with pytest.raises(ConfigError, match=message):
     make_optimizer(_opt_config(**overrides), total_steps=10)
+
+
+def test_step_schedule_drops_at_fractions_of_the_run():
+  cfg = _opt_config(schedule="step", learning_rate=0.1, decay_boundaries=[0.5, 0.75],
+                    decay_factor=0.1)
+  schedule = make_schedule(cfg, total_steps=100)
+  np.testing.assert_allclose([schedule(s) for s in (0, 49, 50, 74, 75, 99)],
+                             [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-5)
+  warm = make_schedule(_opt_config(schedule="step", learning_rate=0.1, warmup_steps=10), 100)
+  np.testing.assert_allclose([warm(s) for s in (0, 5, 10, 49, 50, 75)],
+                             [0.0, 0.05, 0.1, 0.1, 0.01, 0.001], rtol=1e-5)
+  with pytest.raises(ConfigError, match="decay_boundaries"):
+    make_schedule(_opt_config(schedule="step", decay_boundaries=[50]), 100)

@@ -29,7 +29,6 @@ register("rnn_lm", RNNLanguageModel)
 register("rnn_classifier", RNNTextClassifier)
 register("gpt", GPT, GPT_PRESETS)
 register("bert_classifier", BertClassifier, BERT_PRESETS)
-register("bert_mlm", BertForMaskedLM, {f"{k}_mlm": v for k, v in BERT_PRESETS.items()})
 register("transformer", Seq2SeqTransformer, SEQ2SEQ_PRESETS)
 register("vgg", VGG, VGG_PRESETS)  # vgg11 ... vgg19, *_bn
 register("resnet", ResNet, RESNET_PRESETS)  # resnet18 ... resnet152, resnet18_cifar

@@ -8,7 +8,7 @@ import optax
 from jaxdl.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step")
 DECAY_MASKS = ("matrices", "all")
 
 
@@ -24,7 +24,9 @@ def weight_decay_mask(cfg: Mapping[str, Any]):
 
 
 def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 over `warmup_steps`, then constant or cosine decay to `end_learning_rate`."""
+  """Linear warmup from 0 over `warmup_steps`, then constant, cosine decay to `end_learning_rate`,
+  or steps: the rate is multiplied by `decay_factor` at each of `decay_boundaries`, given as
+  fractions of the run (He et al.'s CIFAR recipe: [0.5, 0.75] and 0.1)."""
   peak, warmup = cfg["learning_rate"], cfg["warmup_steps"]
   if cfg["schedule"] == "constant":
     if warmup <= 0:
@@ -39,6 +41,20 @@ def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=decay_steps,
         end_value=cfg["end_learning_rate"])
+  if cfg["schedule"] == "step":
+    boundaries = sorted(cfg["decay_boundaries"])
+    if not boundaries or not all(0 < b < 1 for b in boundaries):
+      raise ConfigError(f"optimizer.decay_boundaries={list(cfg['decay_boundaries'])} must be "
+                        "fractions of the run in (0, 1), e.g. [0.5, 0.75], for the step schedule.")
+    steps = {}  # Step -> factor; boundaries falling on one step multiply.
+    for b in boundaries:
+      step = max(warmup, int(b * total_steps))
+      steps[step] = steps.get(step, 1.0) * cfg["decay_factor"]
+    decay = optax.piecewise_constant_schedule(peak, steps)
+    if warmup <= 0:
+      return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                                 lambda step: decay(step + warmup)], [warmup])
   raise ConfigError(f"Unknown optimizer.schedule {cfg['schedule']!r}; choose one of {SCHEDULES}.")
 
 
