@@ -18,12 +18,16 @@ RUN = ["train", str(REPO / "experiments" / "mnist_cnn.py"), "train.num_steps=30"
        "data.eval_batch_size=400", "--no-progress"]
 
 
-def _train(workdir, num_devices, *extra):
+def _run(args, workdir, num_devices):
+  """`jaxdl ARGS --workdir WORKDIR` in a fresh process that sees `num_devices` CPU devices."""
   env = {**os.environ, "JAXDL_OFFLINE": "1",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
-  return subprocess.run([sys.executable, "-m", "jaxdl.cli", *RUN, *extra, "--workdir",
-                         str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
+  return subprocess.run([sys.executable, "-m", "jaxdl.cli", *args, "--workdir", str(workdir)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _train(workdir, num_devices, *extra):
+  return _run([*RUN, *extra], workdir, num_devices)
 
 
 def _final(workdir):
@@ -59,12 +63,7 @@ GPT_RUN = ["train", str(REPO / "experiments" / "shakespeare_char_gpt.py") + ":cp
 
 def test_gpt_on_eight_devices_follows_one_device(tmp_path):
   """Token batches [B, T] split over devices along B, like images."""
-  run = lambda name, n: subprocess.run(
-      [sys.executable, "-m", "jaxdl.cli", *GPT_RUN, "--workdir", str(tmp_path / name)], cwd=REPO,
-      env={**os.environ, "JAXDL_OFFLINE": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"},
-      capture_output=True, text=True, timeout=600)
-  one, eight = run("one", 1), run("eight", 8)
+  one, eight = _run(GPT_RUN, tmp_path / "one", 1), _run(GPT_RUN, tmp_path / "eight", 8)
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
   a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
@@ -93,14 +92,9 @@ def test_batch_norm_statistics_are_global_over_eight_devices(tmp_path):
   running averages of) the statistics of the whole batch, as on one device."""
   experiment = tmp_path / "bn_experiment.py"
   experiment.write_text(BN_EXPERIMENT)
-  run = lambda name, n: subprocess.run(
-      [sys.executable, "-m", "jaxdl.cli", "train", str(experiment), "train.num_steps=10",
-       "train.batch_size=32", "train.log_every_steps=5", "data.eval_batch_size=400",
-       "--no-progress", "--workdir", str(tmp_path / name)], cwd=REPO,
-      env={**os.environ, "JAXDL_OFFLINE": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"},
-      capture_output=True, text=True, timeout=900)
-  one, eight = run("one", 1), run("eight", 8)
+  args = ["train", str(experiment), "train.num_steps=10", "train.batch_size=32",
+          "train.log_every_steps=5", "data.eval_batch_size=400", "--no-progress"]
+  one, eight = _run(args, tmp_path / "one", 1), _run(args, tmp_path / "eight", 8)
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
   a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
