@@ -6,7 +6,6 @@ override of a key that does not exist is a typo, and we say which keys are close
 """
 
 import ast
-import dataclasses
 import difflib
 import importlib.util
 import json
@@ -16,6 +15,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from jaxdl import data as data_lib
+from jaxdl import sweep as sweep_lib
 from jaxdl.errors import ConfigError
 
 # Keys that may differ between the run that wrote a workdir and the run that resumes it: they change
@@ -39,8 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # `name` picks a model from jaxdl.nn.MODELS; every other key is a constructor argument.
-  c.model = ml_collections.ConfigDict({"name": "mnist_cnn"})
+  # `name` picks a model from jaxdl.nn.MODELS; every other key is a constructor argument. `cls`,
+  # when set, names any model by import path instead: "pkg.module:Name" or "path/file.py:Name",
+  # a Linen module class or a function returning a module (see jaxdl.models).
+  c.model = ml_collections.ConfigDict({"name": "mnist_cnn", "cls": ""})
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist"
@@ -79,6 +81,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.0  # sgd; 0 means plain SGD.
   c.optimizer.nesterov = False
   c.optimizer.grad_clip_norm = 0.0  # Clip gradients by global norm; 0: off.
+  # Parameters selected by regular expressions matched in full against their paths, such as
+  # "encoder/.*/kernel" (`jaxdl summary` lists the paths):
+  c.optimizer.freeze = []  # Never updated, and given no optimizer state.
+  c.optimizer.lr_multipliers = []  # [(pattern, factor), ...]: the first match scales the rate.
+  c.optimizer.no_weight_decay = []  # Excluded from weight decay on top of weight_decay_mask.
+
+  # Initialise (part of) the model from another run's checkpoint before step 0: transfer learning.
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ""  # A workdir, or one of its checkpoints (workdir/checkpoints/STEP).
+  # [(target prefix, source prefix), ...]: the source's parameters (and BatchNorm statistics)
+  # under each source prefix go to the same paths under the target prefix; [] copies all of them.
+  c.init.mapping = []
+
+  # Train many runs in one compiled program (jaxdl.sweep): N seeds, and/or lists of values for
+  # optimizer scalars, e.g. sweep.optimizer.learning_rate=[1e-3,3e-4].
+  c.sweep = ml_collections.ConfigDict({"seeds": 0})
   return c
 
 
@@ -152,17 +170,22 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     if not sep or not key:
       raise ConfigError(f"Override {override!r} is not of the form key.path=value "
                         "(for example train.batch_size=128).")
-    if key not in flat:
-      field = _model_field(config, key)
-      if field is None:
+    if key not in flat and key.startswith("sweep."):
+      _check_sweep_key(key, flat)
+      flat[key] = None  # A list of values, parsed as a Python literal.
+    elif key not in flat:
+      takes, default = _model_argument(config, key)
+      if not takes:
         raise ConfigError(f"Unknown config key {key!r}.{_suggest(key, flat)}")
       # An argument of the model that the experiment leaves at its default, e.g. model.dtype.
-      default = field.default if isinstance(field.default, _PLAIN_TYPES) else None
-      flat[key] = default
+      flat[key] = default if isinstance(default, _PLAIN_TYPES) else None
     value = parse_value(key, text, flat[key])
     parent, _, leaf = key.rpartition(".")
     node = config
     for part in parent.split(".") if parent else ():
+      if part not in node:  # sweep.optimizer.learning_rate creates sweep.optimizer.
+        with node.ignore_type():
+          node[part] = ml_collections.ConfigDict()
       node = node[part]
     with node.ignore_type():
       node[leaf] = value
@@ -172,18 +195,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
 _PLAIN_TYPES = (bool, int, float, str, tuple, list)
 
 
-def _model_field(config: ml_collections.ConfigDict, key: str):
-  """The dataclass field of the configured model that `model.<name>` names, if there is one."""
+def _check_sweep_key(key: str, flat: dict[str, Any]) -> None:
+  swept = key.partition(".")[2]
+  if swept not in sweep_lib.SWEEPABLE:
+    problem = "is not a config key" if swept not in flat else "cannot be swept in one program"
+    raise ConfigError(f"{key}: {swept!r} {problem}; the keys a sweep can vary are sweep.seeds and "
+                      f"{', '.join('sweep.' + k for k in sweep_lib.SWEEPABLE)}.")
+
+
+def _model_argument(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
+  """(whether `key` is model.<an argument of the configured model>, the argument's default)."""
   prefix, _, name = key.partition(".")
   if prefix != "model" or "." in name or "name" not in config.get("model", {}):
-    return None
-  from jaxdl.nn import registry  # pylint: disable=g-import-not-at-top
-  try:
-    cls, _ = registry.resolve(config.model.name)
-  except ValueError:
-    return None
-  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-  return fields.get(name) if name not in ("parent", "name") else None
+    return False, None
+  from jaxdl import models  # pylint: disable=g-import-not-at-top  # Imports jaxdl.nn, i.e. flax.
+  return models.argument_default(config.model, name)
 
 
 def _suggest(key: str, flat: dict[str, Any]) -> str:

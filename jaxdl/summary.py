@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax
 import flax.linen as nn
@@ -36,6 +36,7 @@ class Row:
   path: str  # Module path and name, e.g. "layer1_0/conv1/kernel".
   shape: tuple[int, ...]
   dtype: str
+  frozen: bool = False  # A parameter `optimizer.freeze` keeps from training.
 
   @property
   def count(self) -> int:
@@ -55,6 +56,7 @@ class Summary:
   flops: float | None  # One forward pass (train=False) at the example inputs; None if unknown.
   param_bytes: int
   opt_bytes: int | None  # The optimizer state for the params; None without an optimizer.
+  frozen_params: int = 0  # Elements of the "params" arrays that are frozen (in total_params).
 
 
 def _abstract(tree: Any) -> Any:
@@ -89,7 +91,8 @@ def _flops(compiled: Any) -> float | None:
 
 
 def summarize(model: nn.Module, example_inputs: Any,
-              tx: optax.GradientTransformation | None = None, *, flops: bool = True) -> Summary:
+              tx: optax.GradientTransformation | None = None, *, flops: bool = True,
+              frozen_mask: Callable[[Any], Any] | None = None) -> Summary:
   """Shapes, counts, FLOPs and memory of `model` applied to `example_inputs`.
 
   Args:
@@ -99,6 +102,8 @@ def summarize(model: nn.Module, example_inputs: Any,
       jax.ShapeDtypeStruct; only shapes and dtypes are used. FLOPs are for this batch size.
     tx: an optax optimizer whose state to size; None leaves `opt_bytes` None.
     flops: False skips compiling the forward pass (`flops` is then None).
+    frozen_mask: params -> a tree of bools like it, True where frozen
+      (jaxdl.train.optim.frozen_mask); frozen rows are marked in the table.
 
   Returns:
     A Summary. No weights are allocated and the model is never run.
@@ -111,11 +116,16 @@ def summarize(model: nn.Module, example_inputs: Any,
   variables = flax.core.unfreeze(variables)
   # "params" first; paths in natural order (layer_2 before layer_10), as eval_shape sorts keys.
   collections = sorted(variables, key=lambda c: (c != "params", c))
-  rows = [Row(c, path, tuple(x.shape), jnp.dtype(x.dtype).name)
+  params = variables.get("params", {})
+  frozen = set()
+  if frozen_mask is not None:
+    flat_mask = flax.traverse_util.flatten_dict(flax.core.unfreeze(frozen_mask(params)), sep="/")
+    frozen = {path for path, is_frozen in flat_mask.items() if is_frozen}
+  rows = [Row(c, path, tuple(x.shape), jnp.dtype(x.dtype).name,
+              frozen=c == "params" and path in frozen)
           for c in collections
           for path, x in sorted(flax.traverse_util.flatten_dict(variables[c], sep="/").items(),
                                 key=lambda item: _natural_key(item[0]))]
-  params = variables.get("params", {})
 
   forward_flops = None
   if flops:
@@ -124,7 +134,8 @@ def summarize(model: nn.Module, example_inputs: Any,
   opt_bytes = None if tx is None else _nbytes(jax.eval_shape(tx.init, params))
   return Summary(rows=rows, total_params=sum(r.count for r in rows if r.trainable),
                  non_trainable=sum(r.count for r in rows if not r.trainable),
-                 flops=forward_flops, param_bytes=_nbytes(params), opt_bytes=opt_bytes)
+                 flops=forward_flops, param_bytes=_nbytes(params), opt_bytes=opt_bytes,
+                 frozen_params=sum(r.count for r in rows if r.frozen))
 
 
 # ------------------------------------------------------------------------------ Text
@@ -157,13 +168,17 @@ def _group_by_module(rows: list[Row]) -> list[tuple[str, str, str, str, int]]:
       cells.append(_cells(members[0]))
       continue
     dtypes = {r.dtype for r in members}
-    cells.append((collection, f"{module}/*", f"{len(members)} arrays",
+    num_frozen = sum(r.frozen for r in members)
+    note = "" if not num_frozen else (
+        " (frozen)" if num_frozen == len(members) else f" ({num_frozen} frozen)")
+    cells.append((collection, f"{module}/*{note}", f"{len(members)} arrays",
                   dtypes.pop() if len(dtypes) == 1 else "mixed", sum(r.count for r in members)))
   return cells
 
 
 def _cells(row: Row) -> tuple[str, str, str, str, int]:
-  return row.collection, row.path, str(row.shape), row.dtype, row.count
+  return row.collection, row.path + (" (frozen)" if row.frozen else ""), str(row.shape), \
+      row.dtype, row.count
 
 
 def format_summary(summary: Summary, full: bool = False) -> str:
@@ -194,6 +209,10 @@ def format_summary(summary: Summary, full: bool = False) -> str:
     lines.append(f"({len(summary.rows)} arrays summed per top-level module; --full lists each)")
   lines.append("")
   lines.append(f"total params: {summary.total_params} ({human_count(summary.total_params)})")
+  if summary.frozen_params:
+    trainable = summary.total_params - summary.frozen_params
+    lines.append(f"frozen params: {summary.frozen_params} ({human_count(summary.frozen_params)}); "
+                 f"trained: {trainable} ({human_count(trainable)})")
   lines.append(f"non-trainable variables: {summary.non_trainable}"
                + (f" ({human_count(summary.non_trainable)})" if summary.non_trainable else ""))
   if summary.flops is None:
@@ -216,11 +235,12 @@ def _describe_inputs(inputs: Sequence[Any]) -> str:
                    for x in _abstract(tuple(inputs)))
 
 
-def _summarize_or_explain(model, inputs, tx, what: str, flops: bool) -> Summary:
+def _summarize_or_explain(model, inputs, tx, what: str, flops: bool,
+                          frozen_mask: Callable[[Any], Any] | None = None) -> Summary:
   """summarize(), with a model's complaint about its input (a context longer than block_size, an
   image of the wrong rank) turned into one line for the user."""
   try:
-    return summarize(model, inputs, tx, flops=flops)
+    return summarize(model, inputs, tx, flops=flops, frozen_mask=frozen_mask)
   except (ValueError, TypeError, flax.errors.FlaxError) as e:
     raise ConfigError(f"{what} does not fit inputs {_describe_inputs(inputs)}: {e}") from e
 
@@ -243,8 +263,9 @@ def for_experiment(experiment: str, overrides: Sequence[str] = (), *,
   # The schedule does not change the optimizer state's shapes; any length past the warmup will do.
   tx, _ = optim.make_optimizer(config.optimizer,
                                max(config.train.num_steps, config.optimizer.warmup_steps + 1))
-  what = f"model {config.model.name!r}"
-  summary = _summarize_or_explain(model, inputs, tx, what, flops)
+  what = f"model {config.model.get('cls') or config.model.name!r}"
+  frozen_mask = lambda params: optim.frozen_mask(config.optimizer, params)
+  summary = _summarize_or_explain(model, inputs, tx, what, flops, frozen_mask)
   heading = (f"{what} ({type(model).__name__}) of {experiment}, inputs "
              f"{_describe_inputs(inputs)}, optimizer {config.optimizer.name}")
   return heading, summary

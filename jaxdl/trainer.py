@@ -21,7 +21,9 @@ import numpy as np
 
 from jaxdl import data as data_lib
 from jaxdl import metrics as metrics_lib
-from jaxdl import nn as nn_lib
+from jaxdl import models
+from jaxdl import sweep as sweep_lib
+from jaxdl import transfer as transfer_lib
 from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -56,6 +58,11 @@ class Setup:
   init_loop: Any  # Jitted () -> the loop state of step 0: {"state", "metric_sums", "rng"}.
   total_steps: int
   steps_per_epoch: int
+  # A sweep's members (jaxdl.sweep), or None for a single run. In a sweep every array of the loop
+  # state and of a batch has a leading member axis, and `update`/`eval_step` are vmapped over it.
+  members: list[sweep_lib.Member] | None = None
+  update: Any = None  # Pure (state, sums, batch, rng) -> (state, sums, loss): a step, accumulated.
+  eval_step: Any = None  # Pure (state, batch) -> metric sums over the batch.
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
@@ -64,25 +71,8 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
 
 
 def build_model(config: ml_collections.ConfigDict, model_hints: dict[str, Any]) -> Any:
-  """The configured model, with the arguments the data dictates (number of classes, vocabulary
-  size) filled in where the config leaves them unset (0 or None), and checked where it sets them."""
-  try:
-    cls, preset = nn_lib.registry.resolve(config.model.name)
-    kwargs = nn_lib.model_kwargs(config.model)
-    fields = nn_lib.registry.model_fields(cls)
-    for key, value in model_hints.items():
-      if key not in fields:
-        continue
-      configured = kwargs.get(key, preset.get(key))
-      if configured in (None, 0):
-        kwargs[key] = value
-      elif configured != value:
-        raise ConfigError(
-            f"model.{key}={configured} contradicts the data, which has {key}={value}; remove "
-            f"model.{key} from the config (it is taken from the data) or set it to {value}.")
-    return nn_lib.build_model(config.model.name, **kwargs)
-  except ValueError as e:
-    raise ConfigError(f"model: {e}") from e
+  """The configured model (jaxdl.models), with what the data dictates filled in and checked."""
+  return models.build_model(config.model, model_hints)
 
 
 def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
@@ -112,23 +102,52 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
                               data.example_batch(config.train.batch_size))
   example_inputs = task.model_inputs(data.example_batch(1))
 
-  def init_loop():
+  def step_fn_and_tx(hparams):
+    """The train step and optimizer of a run; a sweep member's optimizer is built with its own
+    values of the swept keys (traced scalars; {} in a single run or a sweep of seeds only)."""
+    if not hparams:
+      return train_step, tx
+    member_tx, member_schedule = optim.make_optimizer(
+        sweep_lib.with_values(config.optimizer, "optimizer", hparams), total_steps)
+    return step_lib.make_train_step(model, member_tx, member_schedule, task,
+                                    config.train.ema_decay), member_tx
+
+  def init_loop(seed, hparams):
     """Everything a resumed run needs to continue bit for bit, besides the data iterator."""
-    root_key = jax.random.key(config.seed)
-    state = step_lib.create_train_state(model, tx, jax.random.fold_in(root_key, 0),
+    step_fn, run_tx = step_fn_and_tx(hparams)
+    root_key = jax.random.key(seed)
+    state = step_lib.create_train_state(model, run_tx, jax.random.fold_in(root_key, 0),
                                         *example_inputs, ema=config.train.ema_decay > 0)
     rng = jax.random.fold_in(root_key, 1)
-    metric_shapes = jax.eval_shape(train_step, state, batch_shapes, rng)[1]
+    metric_shapes = jax.eval_shape(step_fn, state, batch_shapes, rng)[1]
     return {"state": state, "metric_sums": step_lib.init_metric_sums(metric_shapes),
             "rng": jax.random.key_data(rng)}  # Raw key data: checkpoints store plain arrays.
 
+  def update(state, sums, batch, rng, hparams):
+    """One train step, and its metrics added to the interval's sums."""
+    state, metrics = step_fn_and_tx(hparams)[0](state, batch, rng)
+    return state, step_lib.accumulate_metrics(sums, metrics, state.step), metrics["train/loss"]
+
+  eval_step = step_lib.make_eval_step(model, task)
+  members = sweep_lib.members(config)
+  if members is None:
+    init = functools.partial(init_loop, config.seed, {})
+    update = functools.partial(update, hparams={})
+  else:  # Every member's loop state, batch and key stacked along a leading axis.
+    seeds = jnp.asarray([m.seed for m in members], jnp.int32)
+    hparams = sweep_lib.member_hparams(members)
+    init = functools.partial(jax.vmap(init_loop), seeds, hparams)
+    update = functools.partial(jax.vmap(update), hparams=hparams)
+    eval_step = jax.vmap(eval_step, in_axes=(0, None))  # Every member sees the same eval data.
+
   try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
-    jax.eval_shape(init_loop)  # into a config error now rather than a traceback later.
+    jax.eval_shape(init)  # into a config error now rather than a traceback later.
   except ValueError as e:
-    raise ConfigError(f"model {config.model.name!r} does not fit the data: {e}") from e
-  init_loop = jax.jit(init_loop, out_shardings=mesh_lib.replicated(mesh))
-  return Setup(model, task, tx, schedule, mesh, train_step, init_loop, total_steps,
-               steps_per_epoch)
+    raise ConfigError(f"model {config.model.get('cls') or config.model.name!r} does not fit the "
+                      f"data: {e}") from e
+  init = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))
+  return Setup(model, task, tx, schedule, mesh, train_step, init, total_steps, steps_per_epoch,
+               members, update, eval_step)
 
 
 def abstract_loop(setup: Setup) -> Any:
@@ -138,14 +157,31 @@ def abstract_loop(setup: Setup) -> Any:
                       jax.eval_shape(setup.init_loop))
 
 
-def evaluate(eval_step, state, data: data_lib.Dataset, task, batch_size: int,
-             mesh) -> dict[str, float]:
-  """The task's metrics over every example of the evaluation split, each counted exactly once."""
+def evaluate(eval_step, state, data: data_lib.Dataset, setup: Setup,
+             batch_size: int) -> dict[str, float]:
+  """The task's metrics over every example of the evaluation split, each counted exactly once;
+  for a sweep, each member's and their mean and std (jaxdl.sweep.aggregate)."""
   sums = None
   for batch in data.eval_batches(batch_size=batch_size):
-    out = eval_step(state, mesh_lib.shard_batch(batch, mesh))
+    out = eval_step(state, mesh_lib.shard_batch(batch, setup.mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  return task.eval_metrics(jax.device_get(sums))
+  sums = jax.device_get(sums)
+  if setup.members is None:
+    return setup.task.eval_metrics(sums)
+  return sweep_lib.aggregate([setup.task.eval_metrics(member_sums)
+                              for member_sums in sweep_lib.unstack(sums, len(setup.members))])
+
+
+def describe(setup: Setup, metrics: dict[str, float]) -> str:
+  """An evaluation in words; for a sweep, the mean and then one line per member."""
+  if setup.members is None:
+    return setup.task.summary(metrics)
+  lines = [f"mean of {len(setup.members)} sweep members: {setup.task.summary(metrics)}"]
+  for i, member in enumerate(setup.members):
+    prefix = f"member{i}/"
+    own = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    lines.append(f"  member {i} ({member.label}): {setup.task.summary(own)}")
+  return "\n".join(lines)
 
 
 class _StopSignal:
@@ -172,18 +208,72 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _raise_if_nonfinite(sums: dict[str, Any]) -> None:
-  bad_step = int(jax.device_get(sums["first_nonfinite_step"]))
-  if bad_step >= 0:
-    raise NonFiniteLossError(f"Training diverged at step {bad_step}: the loss, gradients or "
+def _raise_if_nonfinite(sums: dict[str, Any], members: list[sweep_lib.Member] | None) -> None:
+  bad_steps = np.atleast_1d(jax.device_get(sums["first_nonfinite_step"]))
+  if (bad_steps >= 0).any():
+    step = int(bad_steps[bad_steps >= 0].min())
+    which = ""
+    if members is not None:
+      which = " in sweep member(s) " + ", ".join(
+          f"{i} ({m.label})" for i, m in enumerate(members) if bad_steps[i] >= 0)
+    raise NonFiniteLossError(f"Training diverged at step {step}{which}: the loss, gradients or "
                              "parameters became NaN or Inf.")
 
 
-def _interval_means(sums: dict[str, Any]) -> dict[str, float]:
+def _interval_means(sums: dict[str, Any],
+                    members: list[sweep_lib.Member] | None) -> dict[str, float]:
   """Host-side means of accumulated train metrics; stops the run on a NaN or Inf loss."""
   sums = jax.device_get(sums)
-  _raise_if_nonfinite(sums)
-  return {k: float(v) / int(sums["count"]) for k, v in sums["sums"].items()}
+  _raise_if_nonfinite(sums, members)
+  means = lambda s: {k: float(v) / int(s["count"]) for k, v in s["sums"].items()}
+  if members is None:
+    return means(sums)
+  return sweep_lib.aggregate([means(s) for s in sweep_lib.unstack(sums, len(members))])
+
+
+def _source_checkpoint(path_text: str) -> tuple[Path, int | None]:
+  """(checkpoint directory, step or None for the latest) that `init.checkpoint` names: a workdir,
+  its checkpoints/ directory, or one checkpoint, checkpoints/STEP."""
+  path = Path(path_text).expanduser()
+  if path.name.isdigit() and path.parent.name == workdir_lib.CHECKPOINT_DIR:
+    return path.parent, int(path.name)
+  if (path / workdir_lib.CHECKPOINT_DIR).is_dir():
+    return path / workdir_lib.CHECKPOINT_DIR, None
+  if path.name == workdir_lib.CHECKPOINT_DIR and path.is_dir():
+    return path, None
+  raise CheckpointError(f"init.checkpoint={path_text!r} is not a jaxdl workdir or checkpoint: "
+                        f"{'it does not exist' if not path.exists() else 'it has no checkpoints/'}."
+                        " Give the workdir of a finished run, or WORKDIR/checkpoints/STEP.")
+
+
+def _init_from_checkpoint(loop: dict[str, Any], init_config: ml_collections.ConfigDict,
+                          members: list[sweep_lib.Member] | None, mesh: Any) -> dict[str, Any]:
+  """The freshly initialised loop state with (part of) another run's parameters and BatchNorm
+  statistics copied in (jaxdl.transfer); every sweep member starts from the same copy."""
+  directory, step = _source_checkpoint(init_config.checkpoint)
+  checkpointer = Checkpointer(directory, read_only=True)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise CheckpointError(f"init.checkpoint: {directory} holds no checkpoints yet.")
+    source = checkpointer.restore_as_saved(steps[-1] if step is None else step)
+  finally:
+    checkpointer.close()
+  state = loop["state"]
+  member_states = [state] if members is None else sweep_lib.unstack(state, len(members))
+  new_states = []
+  for member_state in member_states:
+    params, model_state, copied = transfer_lib.transfer_variables(
+        member_state.params, member_state.model_state, source, list(init_config.mapping))
+    new_states.append(member_state.replace(
+        params=params, model_state=model_state,
+        # A copy: the train step donates the state, and one buffer cannot be donated twice.
+        ema_params=None if member_state.ema_params is None else jax.tree.map(jnp.copy, params)))
+  logger.info("Initialised %d parameter arrays from %s.", len(copied["params"]),
+              init_config.checkpoint)
+  if members is not None:
+    new_states = [jax.tree.map(lambda *xs: jnp.stack(xs), *new_states)]
+  return {**loop, "state": jax.device_put(new_states[0], mesh_lib.replicated(mesh))}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -207,28 +297,33 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   setup = build(config, data)
 
   # ---------------------------------------------------------------- Input
-  # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
-  data_seed = int(np.random.SeedSequence([config.seed, 1]).generate_state(1)[0])
-  train_iter = iter(data.train_batches(
-      batch_size=config.train.batch_size // jax.process_count(), seed=data_seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      num_threads=config.data.num_threads, prefetch=config.data.prefetch))
+  def batches_for(seed: int):
+    # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
+    data_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+    return iter(data.train_batches(
+        batch_size=config.train.batch_size // jax.process_count(), seed=data_seed,
+        shard_index=jax.process_index(), shard_count=jax.process_count(),
+        num_threads=config.data.num_threads, prefetch=config.data.prefetch))
+
+  members = setup.members
+  if members is None:
+    train_iter = batches_for(config.seed)
+  else:  # Each member reads the data in its own seed's order.
+    train_iter = sweep_lib.StackedIterator(batches_for, [m.seed for m in members])
 
   # ---------------------------------------------------------------- Workdir files, step functions
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   workdir_lib.write_config(workdir, config)  # Only once the config is known to work.
   workdir_lib.write_tokenizer(workdir, data.tokenizer)
   mesh, total_steps = setup.mesh, setup.total_steps
-  eval_step = jax.jit(step_lib.make_eval_step(setup.model, setup.task))
+  eval_step = jax.jit(setup.eval_step)
   # Outputs keep the inputs' replicated sharding, so the train step never compiles twice.
   reset_sums = jax.jit(step_lib.reset_metric_sums, out_shardings=mesh_lib.replicated(mesh))
-
   # One dispatch a step: the update and the running sums of its metrics, both buffers donated.
   # The step's loss comes back too, as a handle to wait on that step without touching donations.
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_and_accumulate(state, sums, batch, rng):
-    state, metrics = setup.train_step(state, batch, rng)
-    return state, step_lib.accumulate_metrics(sums, metrics, state.step), metrics["train/loss"]
+  train_and_accumulate = jax.jit(setup.update, donate_argnums=(0, 1))
+  shard_batch = functools.partial(mesh_lib.shard_batch, mesh=mesh,
+                                  member_axis=members is not None)
 
   # ---------------------------------------------------------------- Initial state or resume
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
@@ -240,6 +335,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     logger.info("Resuming %s from step %d.", workdir, start_step)
   else:
     loop = setup.init_loop()
+    if config.get("init", {}).get("checkpoint"):
+      loop = _init_from_checkpoint(loop, config.init, setup.members, mesh)
   if jax.process_index() == 0:
     metrics_lib.truncate_after(workdir, start_step)
   workdir_lib.append_run(workdir, workdir_lib.run_record(
@@ -265,11 +362,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if pending is not None:
       step, interval_sums = pending
       pending = None
-      means = _interval_means(interval_sums)  # Waits for `step` to finish on the device.
+      means = _interval_means(interval_sums, members)  # Waits for `step` on the device.
       now = time.perf_counter()
       seconds_per_step = (now - t_last) / (step - step_last)
       t_last, step_last = now, step
-      perf = {"perf/examples_per_sec": cfg.batch_size / seconds_per_step,
+      examples_per_step = cfg.batch_size * (len(members) if members else 1)
+      perf = {"perf/examples_per_sec": examples_per_step / seconds_per_step,
               "perf/seconds_per_step": seconds_per_step}
       if tokens_per_example:
         perf["perf/tokens_per_sec"] = perf["perf/examples_per_sec"] * tokens_per_example
@@ -280,7 +378,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   try:
     with stop:
       for step in range(start_step + 1, total_steps + 1):  # `step` counts updates done after it.
-        batch = mesh_lib.shard_batch(next(train_iter), mesh)
+        batch = shard_batch(next(train_iter))
         state, sums, loss = train_and_accumulate(state, sums, batch, rng)
         # The host runs at most MAX_STEPS_AHEAD steps ahead of the device: enough to keep it busy,
         # few enough that queued input batches cannot pile up in device memory.
@@ -300,16 +398,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         if step % eval_every == 0 or step == total_steps:
           flush()
           eval_start = time.perf_counter()
-          eval_metrics = evaluate(eval_step, state, data, setup.task, config.data.eval_batch_size,
-                              mesh)
+          eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
           t_last += time.perf_counter() - eval_start  # Training throughput leaves evals out.
           writer.write(step, eval_metrics)
-          progress.message(f"step {step}: {setup.task.summary(eval_metrics)}")
+          progress.message(f"step {step}: {describe(setup, eval_metrics)}")
 
         checkpoint_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
         if checkpoint_due or step == total_steps or stop.signum is not None:
           flush()
-          _raise_if_nonfinite(sums)  # Never save a state that a NaN has reached.
+          _raise_if_nonfinite(sums, members)  # Never save a state that a NaN has reached.
           checkpointer.save(step, {"state": state, "metric_sums": sums, "rng": rng_data},
                             train_iter)
 
@@ -318,7 +415,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           progress.message(f"Stopped by signal {stop.signum} after step {step}; checkpoint "
                            f"saved. Run the same command to resume.")
           return TrainResult(step, eval_metrics, interrupted_by=stop.signum,
-                             summary=setup.task.summary(eval_metrics) if eval_metrics else "")
+                             summary=describe(setup, eval_metrics) if eval_metrics else "")
       flush()
   except NonFiniteLossError as e:
     checkpointer.wait()
@@ -335,10 +432,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     progress.close()
 
   if start_step >= total_steps:  # Already trained this far: report the saved model.
-    eval_metrics = evaluate(eval_step, state, data, setup.task, config.data.eval_batch_size,
-                              mesh)
+    eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
   return TrainResult(max(start_step, total_steps), eval_metrics,
-                     summary=setup.task.summary(eval_metrics))
+                     summary=describe(setup, eval_metrics))
 
 
 def evaluate_workdir(workdir: str | Path,
@@ -361,6 +457,5 @@ def evaluate_workdir(workdir: str | Path,
     state = checkpointer.restore(step, abstract_loop(setup))["state"]
   finally:
     checkpointer.close()
-  eval_step = jax.jit(step_lib.make_eval_step(setup.model, setup.task))
-  metrics = evaluate(eval_step, state, data, setup.task, config.data.eval_batch_size, setup.mesh)
-  return step, metrics, setup.task.summary(metrics)
+  metrics = evaluate(jax.jit(setup.eval_step), state, data, setup, config.data.eval_batch_size)
+  return step, metrics, describe(setup, metrics)

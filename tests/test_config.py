@@ -101,19 +101,19 @@ def test_experiment_errors(tmp_path):
 
 @pytest.mark.parametrize("experiment", sorted(p.name for p in (REPO / "experiments").glob("*.py")))
 def test_every_experiment_builds_its_model(experiment):
-  """Each experiment names a registered model whose arguments exist, and its data options are
-  complete (config.json records every value a run used)."""
+  """Each experiment names a model (registered, or by import path) whose arguments exist, and its
+  data options are complete (config.json records every value a run used)."""
+  import flax.linen as nn
   from jaxdl import data as data_lib
-  from jaxdl import nn as nn_lib
+  from jaxdl import models
 
   config = config_lib.load_experiment(REPO / "experiments" / experiment)
-  cls, _ = nn_lib.registry.resolve(config.model.name)
-  kwargs = nn_lib.model_kwargs(config.model)
-  for hint in ("vocab_size", "num_classes"):
-    if hint in nn_lib.registry.model_fields(cls) and not kwargs.get(hint):
-      kwargs[hint] = 16
-  model = nn_lib.build_model(config.model.name, **kwargs)
-  assert isinstance(model, cls)
+  target, preset, _ = models.resolve_model(config.model)
+  accepted, _ = models.callable_arguments(target)
+  hints = {hint: 16 for hint in ("vocab_size", "num_classes")
+           if hint in accepted and not config.model.get(hint) and not preset.get(hint)}
+  model = models.build_model(config.model, hints)
+  assert isinstance(model, nn.Module)
   assert set(data_lib.DATASETS[config.data.name].options) <= set(config.data.keys())
 
 

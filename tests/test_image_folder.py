@@ -98,7 +98,8 @@ def test_normalisation_uses_the_training_images_statistics(folder):
       batch["image"][0], (data.test.image[0] / 255.0 - data.augment.mean) / data.augment.std,
       rtol=1e-5)
   assert image_folder.OPTIONS == {"image_size": 224, "augment": "flip", "normalize": True,
-                                  "crop_padding": 4, "padding_mode": "zero"}
+                                  "crop_padding": 4, "padding_mode": "zero",
+                                  "streaming": "auto"}
 
 
 def test_options_are_the_loaders_keyword_defaults():
@@ -161,8 +162,8 @@ def test_bad_layouts(folder, problem, message):
 
 def test_too_large_for_memory_is_refused(folder, monkeypatch):
   monkeypatch.setattr(image_folder, "MAX_BYTES", 6 * 8 * 8 * 3 - 1)
-  with pytest.raises(DataError, match=r"6 images at 8x8 need .* streaming pipeline"):
-    image_folder.load_image_folder(str(folder), image_size=8)
+  with pytest.raises(DataError, match=r"6 images at 8x8 need .* Set data.streaming=true"):
+    image_folder.load_image_folder(str(folder), image_size=8, streaming=False)
   with pytest.raises(DataError, match=r"data.image_size must be an integer >= 1, got 0"):
     image_folder.load_image_folder(str(folder), image_size=0)
 

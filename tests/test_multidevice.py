@@ -108,3 +108,16 @@ def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
   result = _train(tmp_path / "odd", 8, "train.batch_size=60")
   assert result.returncode == 2
   assert "train.batch_size=60 does not split evenly over 8 devices" in result.stderr
+
+
+def test_seed_sweep_on_eight_devices_follows_one_device(tmp_path):
+  """A sweep's batches [members, B, ...] split along B over the devices; each member's run is
+  the 1-device one up to the usual reduction-order rounding."""
+  sweep = ["sweep.seeds=2", "train.num_steps=20"]
+  one, eight = _train(tmp_path / "one", 1, *sweep), _train(tmp_path / "eight", 8, *sweep)
+  assert one.returncode == 0, one.stderr
+  assert eight.returncode == 0, eight.stderr
+  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
+  for key in ("member0/train/loss", "member1/train/loss"):
+    np.testing.assert_allclose(b[20][key], a[20][key], rtol=2e-3)
+  assert a[20]["member0/train/loss"] != a[20]["member1/train/loss"]

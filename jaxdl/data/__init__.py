@@ -1,4 +1,5 @@
-"""jaxdl's data layer: loading datasets into memory and batching them with Grain.
+"""jaxdl's data layer: loading datasets (into memory, or streaming image folders from disk) and
+batching them with Grain.
 
 Datasets are found by name in `DATASETS`: each entry is a loader and the options it takes. A loader
 takes `(data_dir: str = "", *, allow_download: bool | None = None, **options)` and returns an object

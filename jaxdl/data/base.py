@@ -1,6 +1,7 @@
 """What the trainer needs from a dataset, whatever it holds (images, text, token pairs).
 
-A dataset is loaded into host memory once and then hands out two kinds of batches:
+A dataset is loaded into host memory once (or, for large image folders, only its file list:
+jaxdl.data.image_stream decodes per example) and then hands out two kinds of batches:
 - training batches from a Grain pipeline: infinite, deterministic for a seed, sharded per process,
   resumable through the iterator's get_state()/set_state();
 - evaluation batches covering its evaluation split exactly once, padded to a fixed shape, with a
@@ -17,7 +18,8 @@ Implementations: `jaxdl.data.pipeline.LoadedData` (images and labels, e.g. MNIST
 `jaxdl.data.pipeline.ArrayDataset` (named arrays of token ids, shuffled per epoch: review sentiment
 in jaxdl.data.reviews, and jaxdl.data.synthetic's `Seq2SeqDataset`, which adds the pad_id, bos_id
 and eos_id a decoder needs); `jaxdl.data.text.TextDataset` (a token stream read in random
-windows, for language modelling).
+windows, for language modelling); `jaxdl.data.image_stream.StreamingImageFolder` (image files
+decoded and augmented per example in Grain threads, for ImageNet-sized folders).
 """
 
 from __future__ import annotations

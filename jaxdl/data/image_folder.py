@@ -4,14 +4,21 @@
     data_dir/val/<class>/...      (or data_dir/test/<class>/...; val is used when both exist)
 
 The classes are the sorted names of train's sub-folders, so label i is the i-th name (recorded in
-`source["classes"]`); the evaluation split may lack classes but must not add any. Every image is
-decoded with Pillow, converted to RGB, its shorter side resized to `image_size` and its centre
-cropped to a square, and the whole set is held in memory as uint8 [N, S, S, 3].
+`source["classes"]`); the evaluation split may lack classes but must not add any.
 
-Memory is the limit: N * S * S * 3 bytes, 150 KB an image at S = 224, so 10,000 images take 1.5
-GB. That suits small and medium folders; the loader refuses sets above `MAX_BYTES` rather than
-running the machine out of memory. ImageNet-scale folders need a streaming pipeline that decodes
-per batch, which jaxdl does not have yet.
+Two ways to serve the images, chosen by data.streaming:
+- In memory (false): every image is decoded with Pillow, converted to RGB, its shorter side
+  resized to `image_size` and its centre cropped to a square, and the whole set is held as uint8
+  [N, S, S, 3]: N * S * S * 3 bytes, 150 KB an image at S = 224, so 10,000 images take 1.5 GB.
+  Augmentation works on these small decoded images (data.augment=flip|crop|crop_flip|none) and
+  normalisation uses their own per-channel statistics. Sets above `MAX_BYTES` are refused rather
+  than running the machine out of memory.
+- Streaming (true): only the file list is held; each image is decoded when a batch needs it, in
+  Grain's worker threads (jaxdl.data.image_stream). That scales to ImageNet, allows the
+  random-resized crops of the original photo that ImageNet training uses
+  (data.augment=inception|flip|none), and normalises with ImageNet's statistics.
+"auto", the default, streams only the folders too large for memory. data.augment defaults to
+"flip" either way; ImageNet recipes set "inception" together with data.streaming=true.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxdl.data import augment as augment_lib
+from jaxdl.data import image_stream
 from jaxdl.data.pipeline import LoadedData, Split, check_int_option
 from jaxdl.errors import DataError
 
@@ -30,10 +38,11 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")  # Matched case-insensitively; other file
 EVAL_SPLITS = ("val", "test")
 MAX_BYTES = 8 * 2**30  # Largest decoded set held in memory (train and eval together).
 
-# data.* options and their defaults. Normalisation uses the training images' own per-channel
-# mean and std; flipping suits photos (not text or digits, where augment="none").
+# data.* options and their defaults. In memory, normalisation uses the training images' own
+# per-channel mean and std; flipping suits photos (not text or digits, where augment="none").
+# streaming: "auto" (stream when the decoded set exceeds MAX_BYTES), true or false.
 OPTIONS = {"image_size": 224, "augment": "flip", "normalize": True, "crop_padding": 4,
-           "padding_mode": "zero"}
+           "padding_mode": "zero", "streaming": "auto"}
 
 
 def load_image_folder(
@@ -45,20 +54,28 @@ def load_image_folder(
     normalize: bool = OPTIONS["normalize"],
     crop_padding: int = OPTIONS["crop_padding"],
     padding_mode: str = OPTIONS["padding_mode"],
+    streaming: bool | str = OPTIONS["streaming"],
     num_workers: int | None = None,
-) -> LoadedData:
+) -> LoadedData | image_stream.StreamingImageFolder:
   """Loads `data_dir/train` and `data_dir/val` (or `/test`) as images [N, S, S, 3] with S =
   `image_size`, and int32 labels indexing the sorted class folder names.
 
   Args:
     allow_download: unused; the images are the user's own.
     image_size: side S of the square images the model sees.
-    augment, normalize, crop_padding, padding_mode: see jaxdl.data.augment.from_options; the
-      statistics are the per-channel mean and std of the decoded training images.
-    num_workers: threads decoding images (Pillow releases the GIL); None: one per CPU.
+    augment, normalize, crop_padding, padding_mode: in memory, see
+      jaxdl.data.augment.from_options; the statistics are the per-channel mean and std of the
+      decoded training images. Streaming, see jaxdl.data.image_stream (crop_padding and
+      padding_mode are unused).
+    streaming: true: a `jaxdl.data.image_stream.StreamingImageFolder`, which decodes while
+      training; false: a `LoadedData` decoded into memory now; "auto": streaming only when the
+      decoded set would exceed `MAX_BYTES`.
+    num_workers: threads decoding images, all at once in memory or evaluation images when
+      streaming (Pillow releases the GIL); None: one per CPU.
 
   Raises:
-    DataError: the folder layout is wrong, an image cannot be decoded, or the set is too large.
+    DataError: the folder layout is wrong, an image cannot be decoded, the options do not fit
+      together, or the set is too large for memory and streaming is false.
   """
   del allow_download
   image_size = check_int_option("image_size", image_size, minimum=1)
@@ -87,13 +104,29 @@ def load_image_folder(
   if not eval_files:
     raise DataError(f"{str(root / eval_name)!r} holds no images ({', '.join(EXTENSIONS)}).")
 
+  source = {"kind": "data_dir", "path": str(root.resolve()), "num_train": len(train_files),
+            "num_test": len(eval_files), "eval_split": eval_name, "classes": classes,
+            "image_size": image_size}
   num_bytes = (len(train_files) + len(eval_files)) * image_size * image_size * 3
+  if _streams(streaming, num_bytes):
+    return image_stream.StreamingImageFolder(
+        train=image_stream.FileSplit.from_pairs(train_files),
+        test=image_stream.FileSplit.from_pairs(eval_files), num_classes=len(classes),
+        image_size=image_size, source={**source, "streaming": True}, augment=augment,
+        normalize=normalize, num_workers=num_workers)
+
+  if augment == "inception":
+    raise DataError(
+        "data.augment='inception' crops a random part of each original image, which only the "
+        "streaming pipeline keeps: set data.streaming=true, or use data.augment='flip', "
+        "'crop_flip', 'crop' or 'none' on the images decoded into memory.")
   if num_bytes > MAX_BYTES:
     raise DataError(
         f"{len(train_files) + len(eval_files)} images at {image_size}x{image_size} need "
         f"{num_bytes / 2**30:.1f} GiB in memory, more than the {MAX_BYTES / 2**30:.0f} GiB the "
-        f"image_folder dataset holds. Use a smaller data.image_size or fewer images; folders of "
-        f"this size need a streaming pipeline, which jaxdl does not have yet.")
+        f"image_folder dataset holds with data.streaming=false. Set data.streaming=true (or "
+        f"'auto') to decode the images while training in a streaming pipeline, or use a smaller "
+        f"data.image_size or fewer images.")
 
   workers = num_workers or os.cpu_count() or 1
   train = _decode_split(train_files, image_size, workers)
@@ -102,11 +135,20 @@ def load_image_folder(
   transform = augment_lib.from_options(
       augment=augment, normalize=normalize, crop_padding=crop_padding, padding_mode=padding_mode,
       mean=mean, std=std)
-  source = {"kind": "data_dir", "path": str(root.resolve()), "num_train": len(train),
-            "num_test": len(test), "eval_split": eval_name, "classes": classes,
-            "image_size": image_size}
   return LoadedData(train=train, test=test, num_classes=len(classes), source=source,
                     augment=transform)
+
+
+def _streams(streaming: bool | str, num_bytes: int) -> bool:
+  """Whether data.streaming (true, false or "auto") picks the streaming pipeline."""
+  if isinstance(streaming, (bool, np.bool_)):
+    return bool(streaming)
+  choice = streaming.lower() if isinstance(streaming, str) else None
+  if choice == "auto":
+    return num_bytes > MAX_BYTES
+  if choice in ("true", "false"):  # A command-line override of "auto" arrives as a string.
+    return choice == "true"
+  raise DataError(f"data.streaming must be 'auto', true or false, got {streaming!r}.")
 
 
 def channel_stats(image_NHWC: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -136,13 +178,17 @@ def _class_names(directory: Path, allow_empty: bool = False) -> list[str]:
 
 
 def _list_images(directory: Path, classes: list[str],
-                 require_every_class: bool) -> list[tuple[Path, int]]:
+                 require_every_class: bool) -> list[tuple[str, int]]:
   """(file, label) of every image under directory/<class>/, sorted by class then file name."""
   files = []
   for label, name in enumerate(classes):
     class_dir = directory / name
-    found = sorted(p for p in class_dir.iterdir()
-                   if p.is_file() and p.suffix.lower() in EXTENSIONS) if class_dir.is_dir() else []
+    found = []
+    if class_dir.is_dir():
+      # os.scandir knows which entries are files without a stat each: ImageNet has 1.28M.
+      with os.scandir(class_dir) as entries:
+        found = sorted(entry.path for entry in entries
+                       if entry.name.lower().endswith(EXTENSIONS) and entry.is_file())
     if not found and require_every_class:
       raise DataError(f"Class folder {str(class_dir)!r} holds no images "
                       f"({', '.join(EXTENSIONS)}); every training class needs some. Add images "
@@ -151,7 +197,7 @@ def _list_images(directory: Path, classes: list[str],
   return files
 
 
-def _decode_split(files: list[tuple[Path, int]], image_size: int, workers: int) -> Split:
+def _decode_split(files: list[tuple[str, int]], image_size: int, workers: int) -> Split:
   image = np.empty((len(files), image_size, image_size, 3), np.uint8)
 
   def decode_into(i: int) -> None:

@@ -62,17 +62,23 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     hints = "".join(f" ({k}: did you mean {c[0]}?)" for k, c in close.items() if c)
     raise ValueError(f"Model {name!r} takes no argument(s) {unknown}{hints}; it takes "
                      f"{sorted(fields)}.")
-  kwargs = {**preset, **kwargs}
+  return cls(**convert_dtype_args({**preset, **kwargs}))
+
+
+def convert_dtype_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+  """`kwargs` with arguments named `dtype`/`param_dtype` (or ending in `_dtype`) given as strings
+  such as "bfloat16", which is how configs hold them, turned into dtypes."""
+  out = dict(kwargs)
   for key, value in kwargs.items():
     if key.endswith("dtype") and isinstance(value, str):
       try:
-        kwargs[key] = jnp.dtype(value)
+        out[key] = jnp.dtype(value)
       except TypeError:
         raise ValueError(f"Model argument {key}={value!r} is not a dtype; use e.g. float32 or "
                          "bfloat16.") from None
-  return cls(**kwargs)
+  return out
 
 
 def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
-  """The constructor arguments in a `model` config section: everything but its `name`."""
-  return {k: v for k, v in model_config.items() if k != "name"}
+  """The constructor arguments in a `model` config section: everything but `name` and `cls`."""
+  return {k: v for k, v in model_config.items() if k not in ("name", "cls")}

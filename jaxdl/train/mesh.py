@@ -22,8 +22,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
+def batch_sharding(mesh: Mesh, member_axis: bool = False) -> NamedSharding:
+  """Batches split along `data`; a sweep's batches [members, B, ...] are split along axis 1."""
+  return NamedSharding(mesh, P(None, "data") if member_axis else P("data"))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
@@ -33,9 +34,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
                       f"of {n} (e.g. {key}={max(n, batch_size // n * n)}).")
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+                member_axis: bool = False) -> dict[str, jax.Array]:
   """Host numpy batch (this process's part of the global batch) -> global arrays split over `data`."""
-  sharding = batch_sharding(mesh)
+  sharding = batch_sharding(mesh, member_axis)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 

@@ -1,0 +1,155 @@
+"""Many runs in one compiled program: seeds and scalar hyperparameters, side by side under vmap.
+
+    jaxdl train experiments/mnist_cnn.py sweep.seeds=4
+    jaxdl train experiments/mnist_cnn.py sweep.optimizer.learning_rate=[1e-3,3e-4,1e-4]
+
+A sweep's members are every combination of `sweep.seeds` seeds (config.seed, config.seed + 1,
+...) and the listed values of each swept key. Member i is the run `jaxdl train ... seed=S key=V`
+would make: its own initialisation, dropout keys and data order (a Grain iterator of its own),
+only computed in one program: the trainer stacks the members' train states, batches and keys
+along a leading axis and `jax.vmap`s the train and eval steps over it. Checkpoints hold every
+member; metrics are logged per member (`member<i>/train/loss`) and as their mean (`train/loss`,
+so plots and summaries read a sweep like a single run) and standard deviation (`train/loss/std`).
+
+Only values that enter the computation arithmetically can differ between members in one program
+(shapes and Python control flow are fixed when it is traced): the seed, and the optimizer scalars
+in `SWEEPABLE`. Model arguments such as a dropout rate change the traced program; sweep them with
+separate runs.
+"""
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import numpy as np
+
+from jaxdl.errors import ConfigError
+
+# Config keys whose value may differ between the members of one sweep: each is used by the
+# optimizer (jaxdl.train.optim) in arithmetic only, so a traced value works in its place.
+SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.end_learning_rate",
+             "optimizer.b1", "optimizer.b2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of a sweep: its seed and the values it gives the swept keys."""
+  seed: int
+  values: dict[str, float]
+
+  @property
+  def label(self) -> str:
+    return " ".join([f"seed={self.seed}"] + [f"{k}={v:g}" for k, v in self.values.items()])
+
+
+def swept_values(sweep_config: Mapping[str, Any]) -> dict[str, list[float]]:
+  """{"optimizer.learning_rate": [...], ...} from the nested `sweep` config section."""
+  flat = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if hasattr(value, "items"):
+        walk(value, f"{prefix}{key}.")
+      else:
+        flat[f"{prefix}{key}"] = value
+
+  walk({k: v for k, v in sweep_config.items() if k != "seeds"}, "")
+  for key, values in flat.items():
+    if key not in SWEEPABLE:
+      raise ConfigError(
+          f"sweep.{key} cannot be swept in one program: only {', '.join(SWEEPABLE)} (and "
+          "sweep.seeds) can differ between the members of a sweep, since anything else changes "
+          "the compiled program. Run separate trainings for it.")
+    if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+      raise ConfigError(f"sweep.{key}={values!r} must be a non-empty list of numbers, e.g. "
+                        f"sweep.{key}=[1e-3,3e-4].")
+  return {key: [float(v) for v in flat[key]] for key in sorted(flat)}
+
+
+def members(config: Mapping[str, Any]) -> list[Member] | None:
+  """The members of the sweep `config["sweep"]` asks for, or None when it asks for none (a plain
+  run, with no member axis)."""
+  sweep = config.get("sweep", {})
+  seeds = sweep.get("seeds", 0)
+  if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+    raise ConfigError(f"sweep.seeds={seeds!r} must be a whole number >= 0 (0 or 1: one seed).")
+  values = swept_values(sweep)
+  if seeds <= 1 and not values:
+    return None
+  seed_list = [config["seed"] + i for i in range(max(seeds, 1))]
+  combos = itertools.product(seed_list, *values.values())
+  return [Member(seed, dict(zip(values, rest))) for seed, *rest in combos]
+
+
+def member_hparams(member_list: Sequence[Member]) -> dict[str, np.ndarray]:
+  """Swept key -> float32 [N], the value of each member; {} for a seeds-only sweep."""
+  keys = member_list[0].values
+  return {key: np.asarray([m.values[key] for m in member_list], np.float32) for key in keys}
+
+
+def with_values(section: Mapping[str, Any], prefix: str, values: Mapping[str, Any]) -> dict:
+  """A copy of config section `prefix` (e.g. "optimizer") as a dict, with the swept `values` of
+  its keys (full keys, "optimizer.learning_rate") put in."""
+  out = dict(section)
+  for key, value in values.items():
+    head, _, leaf = key.partition(".")
+    if head == prefix:
+      out[leaf] = value
+  return out
+
+
+def aggregate(per_member: Sequence[Mapping[str, float]]) -> dict[str, float]:
+  """Per-member metrics -> their mean under each key, `key/std`, and `member<i>/key`."""
+  out = {}
+  for key in per_member[0]:
+    values = np.asarray([m[key] for m in per_member], np.float64)
+    out[key] = float(values.mean())
+    out[f"{key}/std"] = float(values.std())
+  for i, metrics in enumerate(per_member):
+    out.update({f"member{i}/{key}": float(value) for key, value in metrics.items()})
+  return out
+
+
+class StackedIterator:
+  """The members' batches stacked along a new leading axis. Members with the same seed read the
+  same batches, so there is one iterator per distinct seed (`make_iterator(seed)`); its state,
+  which checkpoints save, is every such iterator's state."""
+
+  def __init__(self, make_iterator: Callable[[int], Any], member_seeds: Sequence[int]):
+    distinct = sorted(set(member_seeds))
+    self._iterators = [make_iterator(seed) for seed in distinct]
+    self._source = [distinct.index(seed) for seed in member_seeds]  # Member -> its iterator.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(it) for it in self._iterators]
+    return {key: np.stack([batches[i][key] for i in self._source]) for key in batches[0]}
+
+  # The interface grain.checkpoint.CheckpointHandler uses for iterators that are not Grain's own.
+  def get_state(self) -> bytes:
+    return json.dumps([it.get_state() for it in self._iterators]).encode()
+
+  def set_state(self, state: bytes) -> None:
+    states = json.loads(state)
+    if len(states) != len(self._iterators):
+      raise ConfigError(f"The checkpoint holds {len(states)} data positions, one per seed of the "
+                        f"sweep that wrote it, this run has {len(self._iterators)}; resume with "
+                        "the sweep it was written with.")
+    for it, seed_state in zip(self._iterators, states):
+      it.set_state(seed_state)
+
+  def start_prefetch(self) -> None:
+    for it in self._iterators:
+      if hasattr(it, "start_prefetch"):
+        it.start_prefetch()
+
+
+def unstack(tree: Any, num_members: int) -> list[Any]:
+  """A host tree whose leaves have a leading member axis -> one tree per member."""
+  import jax  # pylint: disable=g-import-not-at-top  # Only here: the rest is plain Python.
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_members)]

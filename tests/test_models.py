@@ -1,0 +1,143 @@
+"""Models by import path (jaxdl.models, `model.cls`): a module from outside jaxdl trains,
+checkpoints, resumes and evaluates like a built-in one; every misnamed path is explained."""
+
+import sys
+import textwrap
+
+import flax.linen as nn
+import numpy as np
+import pytest
+
+from jaxdl import config as config_lib
+from jaxdl import metrics as metrics_lib
+from jaxdl import models
+from jaxdl import trainer
+from jaxdl.errors import ConfigError
+from tests.conftest import REPO
+
+USER_MODULE = """
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxdl import nn as jnn
+
+
+class TinyNet(nn.Module):
+  num_classes: int
+  width: int = 16
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(8, (3, 3), strides=(2, 2))(x)
+    x = nn.relu(x).reshape((x.shape[0], -1))
+    x = nn.Dropout(0.1, deterministic=not train)(nn.relu(nn.Dense(self.width)(x)))
+    return nn.Dense(self.num_classes)(x).astype(jnp.float32)
+
+
+def make(num_classes, hidden=32):
+  # A function returning a module also works; num_classes comes from the data.
+  return TinyNet(num_classes=num_classes, width=hidden)
+
+
+def not_a_model(num_classes):
+  return 42
+
+NOT_CALLABLE = 3
+"""
+
+SMALL = ["train.batch_size=32", "train.log_every_steps=5", "train.eval_every_steps=10",
+         "train.checkpoint_every_steps=5", "data.eval_batch_size=500", "train.num_steps=10"]
+
+
+@pytest.fixture
+def user_package(tmp_path, monkeypatch):
+  """An importable module `userlayers` that lives outside jaxdl, and the same code as a file."""
+  (tmp_path / "pkg").mkdir()
+  (tmp_path / "pkg" / "userlayers.py").write_text(USER_MODULE)
+  (tmp_path / "model_file.py").write_text(USER_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+  yield tmp_path
+  sys.modules.pop("userlayers", None)
+
+
+def _config(*overrides):
+  config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  config_lib.apply_overrides(config, [*SMALL, *overrides])
+  return config
+
+
+def _metrics(workdir):
+  merged = {}
+  for record in metrics_lib.read_metrics(workdir):
+    merged.update({k: v for k, v in record.items() if not k.startswith("perf/")})
+  return merged
+
+
+def test_class_by_import_path_takes_config_arguments_and_data_hints(user_package):
+  config = _config("model.cls=userlayers:TinyNet", "model.width=24")
+  model = trainer.build_model(config, {"num_classes": 10})
+  assert type(model).__name__ == "TinyNet" and model.width == 24
+  assert model.num_classes == 10  # The experiment's model.num_classes=10 agrees with the data.
+  assert isinstance(model, nn.Module)
+
+
+def test_external_module_trains_resumes_and_evaluates_like_a_builtin(user_package, tmp_path):
+  spec = f"model.cls={user_package / 'model_file.py'}:make"
+  straight = trainer.train(_config(spec, "model.hidden=16"), tmp_path / "a", show_progress=False)
+  assert straight.step == 10
+  first = metrics_lib.read_metrics(tmp_path / "a")[0]["train/loss"]
+  assert _metrics(tmp_path / "a")["train/loss"] < first
+  # Stopped at step 5 and resumed: the same run, to the bit.
+  trainer.train(_config(spec, "model.hidden=16", "train.num_steps=5"), tmp_path / "b",
+                show_progress=False)
+  resumed = trainer.train(_config(spec, "model.hidden=16"), tmp_path / "b", show_progress=False)
+  assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+  step, metrics, _ = trainer.evaluate_workdir(tmp_path / "b")
+  assert step == 10 and metrics == resumed.eval_metrics
+
+
+def test_file_import_is_cached_per_path(user_package):
+  spec = f"{user_package / 'model_file.py'}:TinyNet"
+  assert models.import_model(spec) is models.import_model(spec)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("userlayers", "is not an import path"),
+    ("userlayers:Tiny Net", "is not an import path"),
+    ("no_such_package_xyz.layers:Net", "cannot import module 'no_such_package_xyz.layers'"),
+    ("userlayers:TinyNt", "Did you mean TinyNet"),
+    ("userlayers:NOT_CALLABLE", "names a int"),
+    ("missing_dir/model.py:Net", "does not exist"),
+])
+def test_bad_import_paths_are_explained(user_package, spec, message):
+  with pytest.raises(ConfigError, match=message):
+    models.import_model(spec)
+
+
+def test_bad_user_models_are_explained(user_package):
+  with pytest.raises(ConfigError, match="not a Flax Linen module"):
+    models.build_model({"name": "x", "cls": "userlayers:not_a_model"}, {"num_classes": 10})
+  with pytest.raises(ConfigError, match=r"takes no argument\(s\) \['depth'\].*width"):
+    models.build_model({"name": "x", "cls": "userlayers:TinyNet", "depth": 3},
+                       {"num_classes": 10})
+  with pytest.raises(ConfigError, match="contradicts the data"):
+    models.build_model({"name": "x", "cls": "userlayers:make", "num_classes": 3},
+                       {"num_classes": 10})
+  with pytest.raises(ConfigError, match="Unknown config key 'model.depth'"):
+    _config("model.cls=userlayers:make", "model.depth=3")
+
+
+def test_failing_user_file_is_explained(tmp_path):
+  (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+  with pytest.raises(ConfigError, match="importing .*broken.py.* failed: RuntimeError: boom"):
+    models.import_model(f"{tmp_path / 'broken.py'}:Net")
+
+
+def test_registered_names_still_build_and_reject_unknown_arguments():
+  model = models.build_model({"name": "resnet18", "num_classes": 0}, {"num_classes": 7})
+  assert model.num_classes == 7
+  with pytest.raises(ConfigError, match="Unknown model 'resnet1'.*model.cls"):
+    models.build_model({"name": "resnet1"})
+  with pytest.raises(ConfigError, match="dtype"):
+    models.build_model({"name": "mnist_cnn", "num_classes": 10, "dtype": "float33"})
+  assert np.dtype(models.build_model({"name": "mnist_cnn", "num_classes": 10,
+                                      "dtype": "bfloat16"}).dtype).name == "bfloat16"
