@@ -1,4 +1,4 @@
-"""N seeds in one vmapped program (`sweep.seeds=N`) against N separate single-seed steps.
+"""N seeds in one program (`sweep.seeds=N`, vmapped or mapped) against N separate single-seed steps.
 
 Run (from the repository root, offline, on the MNIST subset shipped with jaxdl):
     python benchmarks/sweep_vmap.py
@@ -6,11 +6,13 @@ Options: --members 4 --batch-size 64 --steps 30 --rounds 3 --experiment experime
 
 Both sides use the trainer's own jitted update (`jaxdl.trainer.build(...).update`, buffers donated)
 on the experiment's model and optimizer, with the same batches already on the device:
-  (a) vmapped: one step of the sweep's stacked state advances all N members;
-  (b) sequential: N single-run states, each stepped in turn, the way N separate runs share one
+  (a) vmapped: one step of the sweep's stacked state advances all N members (sweep.method=vmap);
+  (b) mapped: the same, members one after another in one compiled loop (sweep.method=map);
+  (c) sequential: N single-run states, each stepped in turn, the way N separate runs share one
       machine one after the other (or at once, fighting for the same cores).
-Each side is warmed up (compiled), then `--steps` steps are timed to block_until_ready; rounds
-alternate a, b, a, b. It prints the medians of examples/s (N * B * steps / seconds) and the ratio.
+Each is warmed up (compiled), then `--steps` steps are timed to block_until_ready; rounds
+alternate a, b, c, a, b, c. It prints the medians of examples/s (N * B * steps / seconds) and the
+ratios to sequential.
 Data loading is left out: it is the same work for both.
 
 Runtime: about a minute on 2 x86 CPU cores with the defaults.
@@ -62,32 +64,39 @@ def main():
   common = [f"train.batch_size={b}", "train.num_steps=1000"]
   _, data, single = _setup(args.experiment, common)
   _, _, swept = _setup(args.experiment, [*common, f"sweep.seeds={n}"])
+  _, _, mapped = _setup(args.experiment, [*common, f"sweep.seeds={n}", "sweep.method=map"])
   batch = next(iter(data.train_batches(batch_size=b, seed=0)))
   single_batch = jax.device_put(batch)
   stacked_batch = jax.device_put({k: np.stack([v] * n) for k, v in batch.items()})
   single_step = jax.jit(single.update, donate_argnums=(0, 1))
   swept_step = jax.jit(swept.update, donate_argnums=(0, 1))
+  mapped_step = jax.jit(mapped.update, donate_argnums=(0, 1))
   single_loops = [single.init_loop() for _ in range(n)]
-  swept_loop = swept.init_loop()
+  swept_loop, mapped_loop = swept.init_loop(), mapped.init_loop()
 
   def run_vmapped(steps):
     return _time(swept_step, swept_loop, stacked_batch, steps)
 
+  def run_mapped(steps):
+    return _time(mapped_step, mapped_loop, stacked_batch, steps)
+
   def run_sequential(steps):
     return sum(_time(single_step, loop, single_batch, steps) for loop in single_loops)
 
-  run_vmapped(2), run_sequential(2)  # Compile both.
-  rates = {"vmapped": [], "sequential": []}
+  runs = {"vmapped": run_vmapped, "mapped": run_mapped, "sequential": run_sequential}
+  for run in runs.values():
+    run(2)  # Compile.
+  rates = {name: [] for name in runs}
   for _ in range(args.rounds):
-    for name, run in (("vmapped", run_vmapped), ("sequential", run_sequential)):
+    for name, run in runs.items():
       rates[name].append(n * b * args.steps / run(args.steps))
-  vmapped, sequential = (statistics.median(rates[k]) for k in ("vmapped", "sequential"))
+  medians = {name: statistics.median(r) for name, r in rates.items()}
   print(f"{args.experiment}: {n} members, batch {b} each, {args.steps} steps, "
         f"{args.rounds} rounds; {jax.device_count()} {jax.devices()[0].platform} device(s)")
-  print(f"{'':>12}  examples/s (median)  rounds")
-  for name, median in (("vmapped", vmapped), ("sequential", sequential)):
-    print(f"{name:>12}  {median:19,.0f}  {', '.join(f'{r:,.0f}' for r in rates[name])}")
-  print(f"vmapped / sequential: {vmapped / sequential:.2f}x")
+  print(f"{'':>12}  examples/s (median)  vs sequential  rounds")
+  for name, median in medians.items():
+    print(f"{name:>12}  {median:19,.0f}  {median / medians['sequential']:11.2f}x  "
+          f"{', '.join(f'{r:,.0f}' for r in rates[name])}")
 
 
 if __name__ == "__main__":

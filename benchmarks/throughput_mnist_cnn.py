@@ -8,7 +8,7 @@ What it measures, per batch size, alternating jaxdl and plain runs (a, b, a, b, 
 times so that drifting machine load hits both alike:
   (a) jaxdl: `jaxdl.trainer.train` on experiments/mnist_cnn.py (Adam 1e-3) with train.batch_size=B,
       for warmup + `--steps` steps, logging every `steps/4` steps. Throughput is B over the mean of
-      `perf/seconds_per_step` of the logged intervals after the first (the first holds
+      `perf/step_time_ms` of the logged intervals after the first (the first holds
       compilation). Eval and the checkpoint happen only at the last step, after the last interval
       is timed; the wall time of the whole train() call is reported apart, for context.
   (b) plain: the loop one writes by hand: same model (jaxdl.nn.MnistCNN), optax.adam(1e-3), a
@@ -124,7 +124,7 @@ def run_jaxdl(batch_size: int, steps: int, data_dir: str) -> dict:
     trainer.train(config, workdir, show_progress=False)
     wall = time.perf_counter() - start
     records = metrics_lib.read_metrics(workdir)
-  seconds = [r["perf/seconds_per_step"] for r in records if "perf/seconds_per_step" in r]
+  seconds = [r["perf/step_time_ms"] / 1e3 for r in records if "perf/step_time_ms" in r]
   measured = seconds[1:]  # Drop the first interval: it holds compilation and the first batches.
   if len(measured) != INTERVALS:
     raise RuntimeError(f"Expected {INTERVALS + 1} logged intervals from jaxdl, got {len(seconds)}.")

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
   generate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely")
   generate.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
   generate.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  generate.add_argument("--member", type=int, default=0,
+                        help="which member of a sweep's run to sample from (default: 0)")
 
   plot = sub.add_parser("plot", help="plot loss and accuracy curves of runs")
   plot.add_argument("workdirs", nargs="+")
@@ -105,7 +107,8 @@ def _generate(args) -> int:
 
   text = sampling.generate_from_workdir(
       args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
-      temperature=args.temperature, top_k=args.top_k, seed=args.seed, step=args.step)
+      temperature=args.temperature, top_k=args.top_k, seed=args.seed, step=args.step,
+      member=args.member)
   print(text)
   return 0
 

@@ -24,7 +24,10 @@ RESUMABLE_KEYS = frozenset({
     "train.num_steps", "train.num_epochs", "train.eval_every_steps",
     "train.checkpoint_every_steps", "train.log_every_steps", "train.max_checkpoints",
     "train.async_checkpointing", "data.dir", "data.download", "data.num_threads",
-    "data.prefetch", "data.eval_batch_size",
+    "data.prefetch", "data.eval_batch_size", "train.grad_accum_steps", "sweep.method",
+    # Checkpoints do not depend on the device layout, so a run may resume on other hardware.
+    "parallel.strategy", "parallel.mesh.data", "parallel.mesh.fsdp", "parallel.distributed",
+    "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
 })
 
 REQUIRED_KEYS = (
@@ -63,6 +66,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpointing = True
   c.train.label_smoothing = 0.0  # Classification and seq2seq training loss; 0: off.
   c.train.ema_decay = 0.0  # > 0: evaluate a moving average of the parameters, e.g. 0.999.
+  # Split each batch into this many micro-batches whose gradients are averaged before one update:
+  # the update of the whole batch in a fraction of the activation memory.
+  c.train.grad_accum_steps = 1
+
+  # How a run spreads over devices and hosts (jaxdl.train.parallel).
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.strategy = "jit"  # jit: one program over a device mesh | pmap: replicated per device
+  # Mesh axis sizes (jit): the batch is split over data x fsdp devices; parameters and optimizer
+  # state are sharded over fsdp (1: replicated). -1 takes the devices left over.
+  c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # Multi-host: jax.distributed.initialize. auto: when a coordinator is given here or JAX detects
+  # a cluster (SLURM, Open MPI, Cloud TPU); on: always; off: never.
+  c.parallel.distributed = "auto"
+  c.parallel.coordinator_address = ""  # host:port of process 0
+  c.parallel.num_processes = 0  # 0: from the cluster environment.
+  c.parallel.process_id = -1  # -1: from the cluster environment.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -96,7 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Train many runs in one compiled program (jaxdl.sweep): N seeds, and/or lists of values for
   # optimizer scalars, e.g. sweep.optimizer.learning_rate=[1e-3,3e-4].
-  c.sweep = ml_collections.ConfigDict({"seeds": 0})
+  # method: vmap (members side by side) | map (one after another, each exactly its separate run).
+  c.sweep = ml_collections.ConfigDict({"seeds": 0, "method": "vmap"})
   return c
 
 
@@ -136,9 +156,23 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}; it must "
                       "return an ml_collections.ConfigDict (start from jaxdl.config.base_config()).")
   validate(config, source=str(path))
+  _relative_model_file(config)
   # The dataset's options join the config now, so they can be overridden and are saved.
   data_lib.complete_config(config.data)
   return config
+
+
+def _relative_model_file(config: ml_collections.ConfigDict) -> None:
+  """An experiment's `model.cls = f"{__file__}:make_model"` names its file by absolute path; keep
+  it relative to the current directory when the file lies under it, so a run's config.json
+  still works from another checkout of the same repository."""
+  spec = config.model.get("cls", "") if "model" in config else ""
+  where, sep, name = spec.rpartition(":")
+  if sep and where.endswith(".py") and Path(where).is_absolute():
+    try:
+      config.model.cls = f"{Path(where).relative_to(Path.cwd())}:{name}"
+    except ValueError:  # Not under the current directory: keep the absolute path.
+      pass
 
 
 def validate(config: ml_collections.ConfigDict, source: str = "the config") -> None:
@@ -171,7 +205,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
       raise ConfigError(f"Override {override!r} is not of the form key.path=value "
                         "(for example train.batch_size=128).")
     if key not in flat and key.startswith("sweep."):
-      _check_sweep_key(key, flat)
+      _check_sweep_key(config, key, flat)
       flat[key] = None  # A list of values, parsed as a Python literal.
     elif key not in flat:
       takes, default = _model_argument(config, key)
@@ -195,12 +229,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
 _PLAIN_TYPES = (bool, int, float, str, tuple, list)
 
 
-def _check_sweep_key(key: str, flat: dict[str, Any]) -> None:
+def _check_sweep_key(config: ml_collections.ConfigDict, key: str, flat: dict[str, Any]) -> None:
   swept = key.partition(".")[2]
-  if swept not in sweep_lib.SWEEPABLE:
-    problem = "is not a config key" if swept not in flat else "cannot be swept in one program"
-    raise ConfigError(f"{key}: {swept!r} {problem}; the keys a sweep can vary are sweep.seeds and "
-                      f"{', '.join('sweep.' + k for k in sweep_lib.SWEEPABLE)}.")
+  exists = swept in flat or _model_argument(config, swept)[0]
+  if not exists or not sweep_lib.sweepable(swept):
+    problem = "is not a config key" if not exists else "cannot be swept in one program"
+    raise ConfigError(f"{key}: {swept!r} {problem}; the keys a sweep can vary are sweep.seeds, "
+                      f"{sweep_lib.describe_sweepable()}.")
 
 
 def _model_argument(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:

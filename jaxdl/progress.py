@@ -36,7 +36,7 @@ class Progress:
       self._bar.update(step - self._step)
       self._bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{rate:,.0f}", refresh=False)
     else:
-      eta_s = (self.total_steps - step) * metrics.get("perf/seconds_per_step", float("nan"))
+      eta_s = (self.total_steps - step) * metrics.get("perf/step_time_ms", float("nan")) / 1e3
       logger.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %s", step, self.total_steps, loss,
                   rate, _format_seconds(eta_s))
     self._step = step

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl import sweep as sweep_lib
 from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, UserError
@@ -84,8 +85,9 @@ def generate(model, params: Any, prompt_ids: np.ndarray, *, max_new_tokens: int,
 
 def generate_from_workdir(workdir: str | Path, prompt: str, *, max_new_tokens: int,
                           temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                          step: int | None = None) -> str:
-  """Text sampled from the checkpoint at `step` (default: the latest) of a language-model run."""
+                          step: int | None = None, member: int = 0) -> str:
+  """Text sampled from the checkpoint at `step` (default: the latest) of a language-model run;
+  for a sweep's workdir (jaxdl.sweep), from its member `member`."""
   from jaxdl import trainer  # pylint: disable=g-import-not-at-top
 
   workdir = Path(workdir)
@@ -103,6 +105,12 @@ def generate_from_workdir(workdir: str | Path, prompt: str, *, max_new_tokens: i
     params = checkpointer.restore_as_saved(steps[-1] if step is None else step)["state"]["params"]
   finally:
     checkpointer.close()
+  members = sweep_lib.members(config)
+  if members is not None:  # Every array has a leading member axis.
+    if not 0 <= member < len(members):
+      raise UserError(f"--member {member}: the sweep in {workdir} has members 0 to "
+                      f"{len(members) - 1}.")
+    params = jax.tree.map(lambda x: x[member], params)
   prompt_ids = tokenizer.encode(prompt)
   new_ids = generate(model, params, prompt_ids, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_k=top_k, seed=seed)

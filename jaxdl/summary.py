@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdl import perf
 from jaxdl.errors import ConfigError
 
 MAX_ROWS = 200  # Above this many arrays, the table sums each top-level module unless full=True.
@@ -78,18 +79,6 @@ def _call_kwargs(model: nn.Module) -> dict[str, Any]:
   return {"train": False} if "train" in inspect.signature(model.__call__).parameters else {}
 
 
-def _flops(compiled: Any) -> float | None:
-  """FLOPs from XLA's cost analysis: a dict in jax 0.10, a list of one dict in older releases."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None  # Some backends do not implement it; the summary says "n/a" rather than failing.
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = cost.get("flops") if cost else None
-  return float(flops) if flops is not None and flops >= 0 else None
-
-
 def summarize(model: nn.Module, example_inputs: Any,
               tx: optax.GradientTransformation | None = None, *, flops: bool = True,
               frozen_mask: Callable[[Any], Any] | None = None) -> Summary:
@@ -130,7 +119,7 @@ def summarize(model: nn.Module, example_inputs: Any,
   forward_flops = None
   if flops:
     forward = jax.jit(lambda v, *x: model.apply(v, *x, **kwargs))
-    forward_flops = _flops(forward.lower(variables, *inputs).compile())
+    forward_flops = perf.compiled_flops(forward.lower(variables, *inputs).compile())
   opt_bytes = None if tx is None else _nbytes(jax.eval_shape(tx.init, params))
   return Summary(rows=rows, total_params=sum(r.count for r in rows if r.trainable),
                  non_trainable=sum(r.count for r in rows if not r.trainable),

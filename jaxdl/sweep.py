@@ -12,17 +12,20 @@ member; metrics are logged per member (`member<i>/train/loss`) and as their mean
 so plots and summaries read a sweep like a single run) and standard deviation (`train/loss/std`).
 
 Only values that enter the computation arithmetically can differ between members in one program
-(shapes and Python control flow are fixed when it is traced): the seed, and the optimizer scalars
-in `SWEEPABLE`. Model arguments such as a dropout rate change the traced program; sweep them with
-separate runs.
+(shapes and Python control flow are fixed when it is traced): the seed, the optimizer scalars in
+`SWEEPABLE`, and the models' dropout rates (`model.dropout_rate`, `model.attention_dropout_rate`,
+..., which every jaxdl.nn model accepts as a traced scalar). Other model arguments change the
+traced program; sweep them with separate runs.
 """
 
 import dataclasses
 import itertools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from jaxdl.errors import ConfigError
@@ -31,6 +34,17 @@ from jaxdl.errors import ConfigError
 # optimizer (jaxdl.train.optim) in arithmetic only, so a traced value works in its place.
 SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.end_learning_rate",
              "optimizer.b1", "optimizer.b2")
+# And model arguments that are dropout rates: each member's model is built with its traced rate.
+SWEEPABLE_MODEL_ARGUMENT = re.compile(r"model\.\w*drop\w*_rate")
+
+
+def sweepable(key: str) -> bool:
+  """Whether config key `key` may take a different value in each member of one sweep."""
+  return key in SWEEPABLE or bool(SWEEPABLE_MODEL_ARGUMENT.fullmatch(key))
+
+
+def describe_sweepable() -> str:
+  return ", ".join(f"sweep.{k}" for k in SWEEPABLE) + " and sweep.model.<dropout rate argument>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +69,13 @@ def swept_values(sweep_config: Mapping[str, Any]) -> dict[str, list[float]]:
       else:
         flat[f"{prefix}{key}"] = value
 
-  walk({k: v for k, v in sweep_config.items() if k != "seeds"}, "")
+  walk({k: v for k, v in sweep_config.items() if k not in ("seeds", "method")}, "")
   for key, values in flat.items():
-    if key not in SWEEPABLE:
+    if not sweepable(key):
       raise ConfigError(
-          f"sweep.{key} cannot be swept in one program: only {', '.join(SWEEPABLE)} (and "
-          "sweep.seeds) can differ between the members of a sweep, since anything else changes "
-          "the compiled program. Run separate trainings for it.")
+          f"sweep.{key} cannot be swept in one program: only sweep.seeds, "
+          f"{describe_sweepable()} can differ between the members of a sweep, since anything "
+          "else changes the compiled program. Run separate trainings for it.")
     if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
       raise ConfigError(f"sweep.{key}={values!r} must be a non-empty list of numbers, e.g. "
@@ -149,7 +163,41 @@ class StackedIterator:
         it.start_prefetch()
 
 
+METHODS = ("vmap", "map")
+
+
+def over_members(method: str) -> Callable[..., Callable[..., Any]]:
+  """How a sweep runs a per-member function over its stacked members (`sweep.method`):
+  "vmap" batches them into one computation (members side by side: fastest where one member
+  leaves the device idle); "map" runs them one after another in one compiled loop (jax.lax.map),
+  each member computed exactly as its separate run would be.
+
+  Returns wrap(fn, shared=()) -> fn over members; `shared[i]` marks arguments every member
+  reads whole (no member axis)."""
+  if method not in METHODS:
+    raise ConfigError(f"sweep.method={method!r} must be one of {', '.join(METHODS)}.")
+
+  def wrap(fn, shared=()):
+    shared = tuple(shared)
+    if method == "vmap":
+      in_axes = tuple(None if s else 0 for s in shared) or 0
+      return jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args, **kwargs):
+      flags = shared + (False,) * (len(args) - len(shared))
+      per_member = tuple(a for a, s in zip(args, flags) if not s)
+      def one(member_args):
+        it = iter(member_args)
+        full = [a if s else next(it) for a, s in zip(args, flags)]
+        member_kwargs = {k: v for k, v in zip(kwargs, member_args[len(per_member):])}
+        return fn(*full, **member_kwargs)
+      return jax.lax.map(one, per_member + tuple(kwargs.values()))
+
+    return mapped
+
+  return wrap
+
+
 def unstack(tree: Any, num_members: int) -> list[Any]:
   """A host tree whose leaves have a leading member axis -> one tree per member."""
-  import jax  # pylint: disable=g-import-not-at-top  # Only here: the rest is plain Python.
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_members)]

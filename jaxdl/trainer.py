@@ -20,16 +20,18 @@ import ml_collections
 import numpy as np
 
 from jaxdl import data as data_lib
+from jaxdl import distributed
 from jaxdl import metrics as metrics_lib
 from jaxdl import models
+from jaxdl import perf as perf_lib
 from jaxdl import sweep as sweep_lib
 from jaxdl import transfer as transfer_lib
 from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from jaxdl.progress import Progress
-from jaxdl.train import mesh as mesh_lib
 from jaxdl.train import optim
+from jaxdl.train import parallel
 from jaxdl.train import step as step_lib
 from jaxdl.train import tasks
 
@@ -42,7 +44,8 @@ MAX_STEPS_AHEAD = 2  # Train steps the host may dispatch before the device has f
 class TrainResult:
   step: int  # The step training reached (and saved).
   eval_metrics: dict[str, float]  # The last evaluation, {"eval/loss": ..., "eval/accuracy": ...}.
-  interrupted_by: int | None = None  # The signal that stopped training early, if any.
+  # The signal that stopped training early (0: one sent to another process of the run), if any.
+  interrupted_by: int | None = None
   summary: str = ""  # The last evaluation in words, e.g. "test accuracy 0.9905 (9905/10000), ...".
 
 
@@ -53,9 +56,9 @@ class Setup:
   task: Any  # jaxdl.train.tasks: which batch entries the model reads, the loss, the metrics.
   tx: Any
   schedule: Any
-  mesh: Any
+  layout: parallel.Layout  # Devices, and where the loop state and batches live on them.
   train_step: Any  # The pure step function, not yet jitted.
-  init_loop: Any  # Jitted () -> the loop state of step 0: {"state", "metric_sums", "rng"}.
+  init_loop: Any  # () -> the loop state of step 0, {"state", "metric_sums", "rng"}, laid out.
   total_steps: int
   steps_per_epoch: int
   # A sweep's members (jaxdl.sweep), or None for a single run. In a sweep every array of the loop
@@ -63,6 +66,7 @@ class Setup:
   members: list[sweep_lib.Member] | None = None
   update: Any = None  # Pure (state, sums, batch, rng) -> (state, sums, loss): a step, accumulated.
   eval_step: Any = None  # Pure (state, batch) -> metric sums over the batch.
+  init_fn: Any = None  # Pure () -> the loop state of step 0 in its global (saved) form.
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
@@ -75,10 +79,20 @@ def build_model(config: ml_collections.ConfigDict, model_hints: dict[str, Any]) 
   return models.build_model(config.model, model_hints)
 
 
-def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
-  mesh = mesh_lib.make_mesh()
-  mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
-  mesh_lib.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+def _check_and_count_steps(config: ml_collections.ConfigDict, data: data_lib.Dataset,
+                           layout: parallel.Layout) -> tuple[int, int]:
+  """(total steps, steps per epoch) of the run; ConfigError for settings that cannot work."""
+  layout.check_batch_size(config.train.batch_size, "train.batch_size")
+  layout.check_batch_size(config.data.eval_batch_size, "data.eval_batch_size")
+  grad_accum = config.train.get("grad_accum_steps", 1)
+  if (isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1
+      or (config.train.batch_size // layout.num_devices) % grad_accum):
+    raise ConfigError(f"train.grad_accum_steps={grad_accum!r} must be a whole number >= 1 that "
+                      f"divides each device's share of the batch ({config.train.batch_size} / "
+                      f"{layout.num_devices} devices).")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ConfigError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
+                      "moving average off, 0.999 is typical.")
   steps_per_epoch = data.steps_per_epoch(config.train.batch_size)
   if steps_per_epoch == 0:
     raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the "
@@ -88,16 +102,22 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
   if total_steps <= 0:
     raise ConfigError("Nothing to train: set train.num_steps or train.num_epochs to more than 0.")
+  return total_steps, steps_per_epoch
+
+
+def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
+  layout = parallel.make_layout(config.get("parallel", {}))
+  total_steps, steps_per_epoch = _check_and_count_steps(config, data, layout)
+  make_step = functools.partial(
+      step_lib.make_train_step, grad_accum_steps=config.train.get("grad_accum_steps", 1),
+      axis_name=parallel.PMAP_AXIS if layout.strategy == "pmap" else None)
   model = build_model(config, data.model_hints)
-  if not 0.0 <= config.train.ema_decay < 1.0:
-    raise ConfigError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
-                      "moving average off, 0.999 is typical.")
   try:
     task = tasks.make_task(data, label_smoothing=config.train.label_smoothing)
   except ValueError as e:
     raise ConfigError(f"train.label_smoothing: {e}") from e
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  train_step = step_lib.make_train_step(model, tx, schedule, task, config.train.ema_decay)
+  train_step = make_step(model, tx, schedule, task, config.train.ema_decay)
   batch_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                               data.example_batch(config.train.batch_size))
   example_inputs = task.model_inputs(data.example_batch(1))
@@ -109,8 +129,11 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
       return train_step, tx
     member_tx, member_schedule = optim.make_optimizer(
         sweep_lib.with_values(config.optimizer, "optimizer", hparams), total_steps)
-    return step_lib.make_train_step(model, member_tx, member_schedule, task,
-                                    config.train.ema_decay), member_tx
+    model_values = sweep_lib.with_values({}, "model", hparams)  # Dropout rates.
+    member_model = model if not model_values else models.build_model(
+        {**config.model, **model_values}, data.model_hints)
+    return (make_step(member_model, member_tx, member_schedule, task, config.train.ema_decay),
+            member_tx)
 
   def init_loop(seed, hparams):
     """Everything a resumed run needs to continue bit for bit, besides the data iterator."""
@@ -119,7 +142,7 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     state = step_lib.create_train_state(model, run_tx, jax.random.fold_in(root_key, 0),
                                         *example_inputs, ema=config.train.ema_decay > 0)
     rng = jax.random.fold_in(root_key, 1)
-    metric_shapes = jax.eval_shape(step_fn, state, batch_shapes, rng)[1]
+    metric_shapes = jax.eval_shape(_without_axis(step_fn, layout), state, batch_shapes, rng)[1]
     return {"state": state, "metric_sums": step_lib.init_metric_sums(metric_shapes),
             "rng": jax.random.key_data(rng)}  # Raw key data: checkpoints store plain arrays.
 
@@ -136,36 +159,51 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   else:  # Every member's loop state, batch and key stacked along a leading axis.
     seeds = jnp.asarray([m.seed for m in members], jnp.int32)
     hparams = sweep_lib.member_hparams(members)
-    init = functools.partial(jax.vmap(init_loop), seeds, hparams)
-    update = functools.partial(jax.vmap(update), hparams=hparams)
-    eval_step = jax.vmap(eval_step, in_axes=(0, None))  # Every member sees the same eval data.
+    over_members = sweep_lib.over_members(config.sweep.get("method", "vmap"))
+    init = functools.partial(over_members(init_loop), seeds, hparams)
+    update = functools.partial(over_members(update), hparams=hparams)
+    # Every member sees the same evaluation data.
+    eval_step = over_members(eval_step, shared=(False, True))
 
   try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
     jax.eval_shape(init)  # into a config error now rather than a traceback later.
   except ValueError as e:
     raise ConfigError(f"model {config.model.get('cls') or config.model.name!r} does not fit the "
                       f"data: {e}") from e
-  init = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))
-  return Setup(model, task, tx, schedule, mesh, train_step, init, total_steps, steps_per_epoch,
-               members, update, eval_step)
+  return Setup(model, task, tx, schedule, layout, train_step, functools.partial(layout.init, init),
+               total_steps, steps_per_epoch, members, update, eval_step, init)
+
+
+def _without_axis(step_fn, layout: parallel.Layout):
+  """`step_fn` made traceable outside pmap (for its output shapes): under pmap it averages over
+  PMAP_AXIS, which only exists inside, so trace it in a 1-wide vmap that names the axis."""
+  if layout.strategy != "pmap":
+    return step_fn
+  def traced(*args):
+    batched = jax.vmap(step_fn, axis_name=parallel.PMAP_AXIS, axis_size=1, in_axes=None,
+                       out_axes=0)
+    return jax.tree.map(lambda x: x[0], batched(*args))
+  return traced
 
 
 def abstract_loop(setup: Setup) -> Any:
   """Shapes, dtypes and shardings of the loop state, to restore a checkpoint into."""
-  sharding = mesh_lib.replicated(setup.mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      jax.eval_shape(setup.init_loop))
+  return setup.layout.abstract_saved(setup.init_fn)
 
 
 def evaluate(eval_step, state, data: data_lib.Dataset, setup: Setup,
              batch_size: int) -> dict[str, float]:
   """The task's metrics over every example of the evaluation split, each counted exactly once;
-  for a sweep, each member's and their mean and std (jaxdl.sweep.aggregate)."""
-  sums = None
+  for a sweep, each member's and their mean and std (jaxdl.sweep.aggregate).
+
+  `eval_step` is `setup.layout.compile_eval(setup.eval_step)`; every process reads the whole
+  split and evaluates its share of each batch.
+  """
+  layout, sums = setup.layout, None
+  member_axis = False  # Evaluation batches are the same for every sweep member.
   for batch in data.eval_batches(batch_size=batch_size):
-    out = eval_step(state, mesh_lib.shard_batch(batch, setup.mesh))
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
+    out = eval_step(state, layout.put_batch(layout.local_rows(batch), member_axis))
+    sums = out if sums is None else jax.tree.map(np.add, sums, out)
   if setup.members is None:
     return setup.task.eval_metrics(sums)
   return sweep_lib.aggregate([setup.task.eval_metrics(member_sums)
@@ -208,6 +246,19 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
+def _efficiency(compiled: Any, layout: parallel.Layout,
+                config: ml_collections.ConfigDict) -> perf_lib.Efficiency:
+  """The compiled step's FLOPs (XLA's cost analysis) against its devices' peak, and a log line."""
+  devices = list(layout.mesh.devices.flat)
+  efficiency = perf_lib.Efficiency.for_step(compiled, devices,
+                                            config.model.get("dtype") or "float32")
+  if efficiency.flops_per_step is not None:
+    logger.info("Train step: %.3g GFLOP%s; peak %s.", efficiency.flops_per_step / 1e9,
+                " (a lower bound: XLA counts a loop's body once, e.g. under gradient accumulation "
+                "or a scan)" if efficiency.lower_bound else "", efficiency.peak_source or "unknown")
+  return efficiency
+
+
 def _raise_if_nonfinite(sums: dict[str, Any], members: list[sweep_lib.Member] | None) -> None:
   bad_steps = np.atleast_1d(jax.device_get(sums["first_nonfinite_step"]))
   if (bad_steps >= 0).any():
@@ -222,8 +273,8 @@ def _raise_if_nonfinite(sums: dict[str, Any], members: list[sweep_lib.Member] | 
 
 def _interval_means(sums: dict[str, Any],
                     members: list[sweep_lib.Member] | None) -> dict[str, float]:
-  """Host-side means of accumulated train metrics; stops the run on a NaN or Inf loss."""
-  sums = jax.device_get(sums)
+  """Host-side means of accumulated train metrics (host arrays, Layout.to_host); stops the run
+  on a NaN or Inf loss."""
   _raise_if_nonfinite(sums, members)
   means = lambda s: {k: float(v) / int(s["count"]) for k, v in s["sums"].items()}
   if members is None:
@@ -247,9 +298,10 @@ def _source_checkpoint(path_text: str) -> tuple[Path, int | None]:
 
 
 def _init_from_checkpoint(loop: dict[str, Any], init_config: ml_collections.ConfigDict,
-                          members: list[sweep_lib.Member] | None, mesh: Any) -> dict[str, Any]:
-  """The freshly initialised loop state with (part of) another run's parameters and BatchNorm
-  statistics copied in (jaxdl.transfer); every sweep member starts from the same copy."""
+                          members: list[sweep_lib.Member] | None) -> dict[str, Any]:
+  """The freshly initialised loop state (global form) with (part of) another run's parameters
+  and BatchNorm statistics copied in (jaxdl.transfer); every sweep member starts from the same
+  copy."""
   directory, step = _source_checkpoint(init_config.checkpoint)
   checkpointer = Checkpointer(directory, read_only=True)
   try:
@@ -273,12 +325,15 @@ def _init_from_checkpoint(loop: dict[str, Any], init_config: ml_collections.Conf
               init_config.checkpoint)
   if members is not None:
     new_states = [jax.tree.map(lambda *xs: jnp.stack(xs), *new_states)]
-  return {**loop, "state": jax.device_put(new_states[0], mesh_lib.replicated(mesh))}
+  # Back where each array was (replicated, or split by FSDP).
+  return {**loop, "state": jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+                                        new_states[0], state)}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           command: list[str] | None = None, show_progress: bool = True) -> TrainResult:
   workdir = Path(workdir)
+  distributed.initialize(config.get("parallel", {}))  # Multi-host: before any device is used.
 
   # ---------------------------------------------------------------- Workdir and data
   workdir_lib.check_can_train(workdir, config)
@@ -315,15 +370,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   workdir_lib.write_config(workdir, config)  # Only once the config is known to work.
   workdir_lib.write_tokenizer(workdir, data.tokenizer)
-  mesh, total_steps = setup.mesh, setup.total_steps
-  eval_step = jax.jit(setup.eval_step)
-  # Outputs keep the inputs' replicated sharding, so the train step never compiles twice.
-  reset_sums = jax.jit(step_lib.reset_metric_sums, out_shardings=mesh_lib.replicated(mesh))
+  layout, total_steps = setup.layout, setup.total_steps
+  eval_step = layout.compile_eval(setup.eval_step)
+  # Outputs keep the inputs' layout, so the train step never compiles twice.
+  reset_sums = layout.compile_elementwise(step_lib.reset_metric_sums, layout.replicated())
   # One dispatch a step: the update and the running sums of its metrics, both buffers donated.
   # The step's loss comes back too, as a handle to wait on that step without touching donations.
-  train_and_accumulate = jax.jit(setup.update, donate_argnums=(0, 1))
-  shard_batch = functools.partial(mesh_lib.shard_batch, mesh=mesh,
-                                  member_axis=members is not None)
+  train_and_accumulate = layout.compile_update(
+      setup.update, layout.saved_shardings(jax.eval_shape(setup.init_fn)))
+  put_batch = functools.partial(layout.put_batch, member_axis=members is not None)
 
   # ---------------------------------------------------------------- Initial state or resume
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
@@ -331,12 +386,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
                               async_save=config.train.async_checkpointing)
   start_step = checkpointer.latest_step() or 0
   if start_step:
-    loop = checkpointer.restore(start_step, abstract_loop(setup), train_iter)
+    loop = layout.from_saved(checkpointer.restore(start_step, abstract_loop(setup), train_iter))
     logger.info("Resuming %s from step %d.", workdir, start_step)
+  elif config.get("init", {}).get("checkpoint"):
+    loop = layout.to_saved(setup.init_loop())
+    loop = layout.from_saved(_init_from_checkpoint(loop, config.init, setup.members))
   else:
     loop = setup.init_loop()
-    if config.get("init", {}).get("checkpoint"):
-      loop = _init_from_checkpoint(loop, config.init, setup.members, mesh)
   if jax.process_index() == 0:
     metrics_lib.truncate_after(workdir, start_step)
   workdir_lib.append_run(workdir, workdir_lib.run_record(
@@ -353,24 +409,28 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   eval_every = cfg.eval_every_steps or setup.steps_per_epoch
   eval_metrics: dict[str, float] = {}
   pending = None  # (step, metric sums) to read once the next step is dispatched.
+  efficiency = None  # FLOPs of the compiled step and the devices' peak: perf/mfu.
+  compile_seconds = None  # Logged once, with the first interval.
   in_flight = collections.deque()  # Loss handles of dispatched steps not yet waited for.
   t_last, step_last = time.perf_counter(), start_step
 
   def flush():
     """Writes the pending interval's means, timed from when its last step finished."""
-    nonlocal pending, t_last, step_last
+    nonlocal pending, t_last, step_last, compile_seconds
     if pending is not None:
       step, interval_sums = pending
       pending = None
-      means = _interval_means(interval_sums, members)  # Waits for `step` on the device.
+      means = _interval_means(layout.to_host(interval_sums), members)  # Waits for `step`.
       now = time.perf_counter()
       seconds_per_step = (now - t_last) / (step - step_last)
       t_last, step_last = now, step
       examples_per_step = cfg.batch_size * (len(members) if members else 1)
       perf = {"perf/examples_per_sec": examples_per_step / seconds_per_step,
-              "perf/seconds_per_step": seconds_per_step}
+              "perf/step_time_ms": seconds_per_step * 1e3, **efficiency.metrics(seconds_per_step)}
       if tokens_per_example:
         perf["perf/tokens_per_sec"] = perf["perf/examples_per_sec"] * tokens_per_example
+      if compile_seconds is not None:
+        perf["perf/compile_seconds"], compile_seconds = compile_seconds, None
       writer.write(step, {**means, **perf})
       progress.update(step, {**means, **perf})
 
@@ -378,7 +438,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   try:
     with stop:
       for step in range(start_step + 1, total_steps + 1):  # `step` counts updates done after it.
-        batch = shard_batch(next(train_iter))
+        batch = put_batch(next(train_iter))
+        if efficiency is None:  # Compiled apart, so that throughput leaves compilation out.
+          compile_start = time.perf_counter()
+          compiled = train_and_accumulate.lower(state, sums, batch, rng).compile()
+          compile_seconds = time.perf_counter() - compile_start
+          t_last += compile_seconds
+          efficiency = _efficiency(compiled, layout, config)
         state, sums, loss = train_and_accumulate(state, sums, batch, rng)
         # The host runs at most MAX_STEPS_AHEAD steps ahead of the device: enough to keep it busy,
         # few enough that queued input batches cannot pile up in device memory.
@@ -403,18 +469,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           writer.write(step, eval_metrics)
           progress.message(f"step {step}: {describe(setup, eval_metrics)}")
 
+        # A signal reaches one process; all of them save at the same step and stop.
+        stopping = distributed.any_process(stop.signum is not None)
         checkpoint_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
-        if checkpoint_due or step == total_steps or stop.signum is not None:
+        if checkpoint_due or step == total_steps or stopping:
           flush()
-          _raise_if_nonfinite(sums, members)  # Never save a state that a NaN has reached.
-          checkpointer.save(step, {"state": state, "metric_sums": sums, "rng": rng_data},
-                            train_iter)
+          # Never save a state that a NaN has reached.
+          _raise_if_nonfinite(layout.to_host(sums), members)
+          checkpointer.save(step, layout.to_saved(
+              {"state": state, "metric_sums": sums, "rng": rng_data}), train_iter)
 
-        if stop.signum is not None:
+        if stopping:
           checkpointer.wait()
-          progress.message(f"Stopped by signal {stop.signum} after step {step}; checkpoint "
-                           f"saved. Run the same command to resume.")
-          return TrainResult(step, eval_metrics, interrupted_by=stop.signum,
+          cause = f"signal {stop.signum}" if stop.signum else "a signal to another process"
+          progress.message(f"Stopped by {cause} after step {step}; checkpoint saved. Run the "
+                           "same command to resume.")
+          return TrainResult(step, eval_metrics, interrupted_by=stop.signum or 0,
                              summary=describe(setup, eval_metrics) if eval_metrics else "")
       flush()
   except NonFiniteLossError as e:
@@ -454,8 +524,9 @@ def evaluate_workdir(workdir: str | Path,
     if not steps:
       raise CheckpointError(f"{workdir} has no checkpoints yet; train it first.")
     step = steps[-1] if step is None else step
-    state = checkpointer.restore(step, abstract_loop(setup))["state"]
+    state = setup.layout.from_saved(checkpointer.restore(step, abstract_loop(setup)))["state"]
   finally:
     checkpointer.close()
-  metrics = evaluate(jax.jit(setup.eval_step), state, data, setup, config.data.eval_batch_size)
+  metrics = evaluate(setup.layout.compile_eval(setup.eval_step), state, data, setup,
+                     config.data.eval_batch_size)
   return step, metrics, describe(setup, metrics)

@@ -263,16 +263,94 @@ def test_epochs_are_permutations_with_correct_labels(folder):
   assert epochs[0] != epochs[1] != epochs[2]  # Reshuffled every epoch.
 
 
-def test_shards_are_disjoint_equal_and_cover_the_files(folder):
+def test_single_process_order_is_the_epoch_permutation_as_before(folder):
   data = _stream(folder, augment="none", normalize=False)
-  seen = []
-  for shard in range(2):
-    batches, _ = _take(data.train_batches(batch_size=3, seed=0, shard_index=shard,
-                                          shard_count=2), 4)
-    ids = [_image_ids(b["image"]) for b in batches]
-    assert sorted(ids[0] + ids[1]) == sorted(ids[2] + ids[3]) == list(range(shard, 12, 2))
-    seen.append(set(ids[0] + ids[1]))
-  assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(12))
+  batches, _ = _take(data.train_batches(batch_size=5, seed=0), 4)  # 2 epochs of 2 batches.
+  ids = [_image_ids(b["image"]) for b in batches]
+  # Recorded from the stream before shards became slices of global batches: unchanged.
+  assert ids == [[9, 2, 7, 4, 5], [11, 0, 3, 6, 10], [0, 7, 1, 11, 3], [10, 4, 6, 9, 8]]
+  for epoch in range(2):
+    expected = np.random.default_rng([0, epoch]).permutation(NUM_TRAIN)[:10].tolist()
+    assert ids[2 * epoch] + ids[2 * epoch + 1] == expected
+
+
+@pytest.mark.parametrize("shard_count", [2, 3])
+def test_shards_take_contiguous_slices_of_the_global_batches(folder, shard_count):
+  data = _stream(folder, augment="none", normalize=False)
+  per_epoch = NUM_TRAIN // (2 * shard_count)  # Global batches of 2 * shard_count images.
+  shards = [_take(data.train_batches(batch_size=2, seed=0, shard_index=i,
+                                     shard_count=shard_count), 2 * per_epoch)[0]
+            for i in range(shard_count)]
+  for epoch in range(2):
+    permutation = np.random.default_rng([0, epoch]).permutation(NUM_TRAIN)
+    for g in range(per_epoch):
+      for i, batches in enumerate(shards):
+        start = (g * shard_count + i) * 2
+        assert (_image_ids(batches[epoch * per_epoch + g]["image"])
+                == permutation[start:start + 2].tolist())
+  # The shards of one epoch are disjoint and hold every file.
+  first_epoch = [row for batches in shards for b in batches[:per_epoch]
+                 for row in _image_ids(b["image"])]
+  assert sorted(first_epoch) == list(range(NUM_TRAIN))
+
+
+@pytest.fixture
+def noise_folder(tmp_path):
+  """train/{ant,bee}: 12 noise images 16x20 or 20x16, so that every crop and flip shows."""
+  root = tmp_path / "noise"
+  for i in range(NUM_TRAIN):
+    height, width = (20, 16) if i % 2 else (16, 20)
+    _save(root / "train" / CLASSES[i % 2] / f"{i:02d}.png", _noise(height, width, seed=100 + i))
+  _save(root / "val" / "ant" / "v.png", _noise(8, 8, seed=0))
+  return root
+
+
+def test_single_process_augmentation_is_seeded_by_global_position_as_before(noise_folder):
+  data = _stream(noise_folder, normalize=False)
+  batches, _ = _take(data.train_batches(batch_size=5, seed=11), 3)  # 2 batches an epoch.
+  files = data.train.files
+  for n, batch in enumerate(batches):
+    epoch, batch_in_epoch = divmod(n, 2)
+    permutation = np.random.default_rng([11, epoch]).permutation(NUM_TRAIN)
+    for j in range(5):
+      position = batch_in_epoch * 5 + j
+      rng = np.random.default_rng([11, epoch, position, 0])
+      expected = image_stream.decode_train(files[permutation[position]], 8, "inception", rng)
+      np.testing.assert_array_equal(batch["image"][j],
+                                    expected.astype(np.float32) / np.float32(255))
+      assert batch["label"][j] == data.train.label[permutation[position]]
+  # Recorded from the stream before shards became slices of global batches: unchanged.
+  assert [b["label"].tolist() for b in batches] == [[0, 1, 1, 0, 1], [1, 0, 0, 1, 0],
+                                                    [0, 0, 1, 1, 1]]
+  np.testing.assert_allclose([b["image"].astype(np.float64).sum() for b in batches],
+                             [476.98040502984077, 476.4980528578162, 502.10589542333037],
+                             rtol=1e-9)
+
+
+@pytest.mark.parametrize("shard_count", [2, 3])
+def test_shards_concatenate_to_the_single_process_batches_augmentation_included(
+    noise_folder, shard_count):
+  data = _stream(noise_folder)
+  # 12 // (2 * shard_count) global batches an epoch: 4 steps cross into the second epoch.
+  single, _ = _take(data.train_batches(batch_size=2 * shard_count, seed=5), 4)
+  shards = [_take(data.train_batches(batch_size=2, seed=5, shard_index=i,
+                                     shard_count=shard_count), 4)[0]
+            for i in range(shard_count)]
+  for step, expected in enumerate(single):
+    for key in ("image", "label"):
+      got = np.concatenate([batches[step][key] for batches in shards])
+      np.testing.assert_array_equal(got, expected[key])
+
+
+def test_a_shard_resumes_exactly(noise_folder):
+  data = _stream(noise_folder)
+  stream = data.train_batches(batch_size=2, seed=3, shard_index=1, shard_count=2)
+  uninterrupted, _ = _take(stream, 5)  # 3 global batches an epoch: crosses an epoch boundary.
+  _, state = _take(stream, 2)
+  resumed, _ = _take(stream, 3, state=state)
+  for expected, got in zip(uninterrupted[2:], resumed):
+    np.testing.assert_array_equal(got["image"], expected["image"])
+    np.testing.assert_array_equal(got["label"], expected["label"])
 
 
 def test_stream_is_deterministic_whatever_the_threads(folder):
@@ -333,11 +411,17 @@ def test_bad_layout_is_reported_as_for_the_in_memory_folder(folder):
     _stream(folder)
 
 
-def test_batch_larger_than_a_shard(folder):
+def test_batch_larger_than_the_data(folder):
   data = _stream(folder)
-  with pytest.raises(DataError, match=r"batch_size 7 is larger than the 6 training images per "
-                                      r"shard \(12 split over 2 shards\)"):
+  with pytest.raises(DataError, match=r"batch_size 13 is larger than the 12 training images, so "
+                                      r"not one full batch fits\. Use a batch size of at most "
+                                      r"12\."):
+    data.train_batches(batch_size=13, seed=0)
+  # With shards it is the global batch that must fit.
+  with pytest.raises(DataError, match=r"batch_size 14 \(7 on each of 2 shards\) is larger than "
+                                      r"the 12 training images.*at most 6 per shard\."):
     data.train_batches(batch_size=7, seed=0, shard_count=2)
+  data.train_batches(batch_size=6, seed=0, shard_index=1, shard_count=2)  # Exactly fits.
   with pytest.raises(DataError, match="batch_size must be a positive integer"):
     data.eval_batches(batch_size=0)
 

@@ -141,3 +141,14 @@ def test_registered_names_still_build_and_reject_unknown_arguments():
     models.build_model({"name": "mnist_cnn", "num_classes": 10, "dtype": "float33"})
   assert np.dtype(models.build_model({"name": "mnist_cnn", "num_classes": 10,
                                       "dtype": "bfloat16"}).dtype).name == "bfloat16"
+
+
+def test_experiment_model_file_is_kept_relative_to_the_current_directory(monkeypatch, tmp_path):
+  """`model.cls = f"{__file__}:make_model"` is absolute; config.json keeps it relative to the
+  directory commands run from, so a workdir works from another checkout."""
+  experiment = REPO / "experiments" / "mnist_cnn_rnn.py"
+  monkeypatch.chdir(REPO)
+  assert config_lib.load_experiment(experiment).model.cls == (
+      "experiments/mnist_cnn_rnn.py:make_model")
+  monkeypatch.chdir(tmp_path)  # Not under it: the absolute path is the only one that works.
+  assert config_lib.load_experiment(experiment).model.cls == f"{experiment}:make_model"

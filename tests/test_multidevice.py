@@ -61,9 +61,12 @@ GPT_RUN = ["train", str(REPO / "experiments" / "shakespeare_char_gpt.py") + ":cp
            "optimizer.warmup_steps=5", "data.eval_batch_size=256", "--no-progress"]
 
 
-def test_gpt_on_eight_devices_follows_one_device(tmp_path):
-  """Token batches [B, T] split over devices along B, like images."""
-  one, eight = _run(GPT_RUN, tmp_path / "one", 1), _run(GPT_RUN, tmp_path / "eight", 8)
+@pytest.mark.parametrize("strategy", ["jit", pytest.param("pmap", marks=pytest.mark.slow)])
+def test_gpt_on_eight_devices_follows_one_device(tmp_path, strategy):
+  """Token batches [B, T] split over devices along B, like images (the CPU GPT has no dropout,
+  so pmap computes the same function too)."""
+  one = _run(GPT_RUN, tmp_path / "one", 1)
+  eight = _run([*GPT_RUN, f"parallel.strategy={strategy}"], tmp_path / "eight", 8)
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
   a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
@@ -86,15 +89,18 @@ def get_config():
 """
 
 
-@pytest.mark.slow  # Two runs compiling a ResNet; CI runs it.
-def test_batch_norm_statistics_are_global_over_eight_devices(tmp_path):
-  """The batch is one global array split over devices, so BatchNorm normalises with (and keeps the
-  running averages of) the statistics of the whole batch, as on one device."""
+@pytest.mark.slow  # Runs compiling a ResNet; CI runs it.
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_batch_norm_statistics_are_global_over_eight_devices(tmp_path, strategy):
+  """jit: the batch is one global array split over devices, so BatchNorm normalises with (and
+  keeps the running averages of) the statistics of the whole batch, as on one device. pmap: each
+  device's BatchNorm averages its statistics with the others' (pmean), to the same effect."""
   experiment = tmp_path / "bn_experiment.py"
   experiment.write_text(BN_EXPERIMENT)
   args = ["train", str(experiment), "train.num_steps=10", "train.batch_size=32",
           "train.log_every_steps=5", "data.eval_batch_size=400", "--no-progress"]
-  one, eight = _run(args, tmp_path / "one", 1), _run(args, tmp_path / "eight", 8)
+  one = _run(args, tmp_path / "one", 1)
+  eight = _run([*args, f"parallel.strategy={strategy}"], tmp_path / "eight", 8)
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
   a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
@@ -110,6 +116,7 @@ def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
   assert "train.batch_size=60 does not split evenly over 8 devices" in result.stderr
 
 
+@pytest.mark.slow  # Two sweeps; CI runs it.
 def test_seed_sweep_on_eight_devices_follows_one_device(tmp_path):
   """A sweep's batches [members, B, ...] split along B over the devices; each member's run is
   the 1-device one up to the usual reduction-order rounding."""
@@ -121,3 +128,23 @@ def test_seed_sweep_on_eight_devices_follows_one_device(tmp_path):
   for key in ("member0/train/loss", "member1/train/loss"):
     np.testing.assert_allclose(b[20][key], a[20][key], rtol=2e-3)
   assert a[20]["member0/train/loss"] != a[20]["member1/train/loss"]
+
+
+LSTM_RUN = ["train", str(REPO / "experiments" / "mnist_rows_lstm.py"), "model.features=32",
+            "train.num_steps=20", "train.batch_size=32", "train.log_every_steps=10",
+            "train.eval_every_steps=20", "data.eval_batch_size=400", "data.download=false",
+            "--no-progress"]
+
+
+@pytest.mark.slow  # Three runs compiling a scanned LSTM.
+def test_lstm_on_eight_devices_follows_one_device_under_both_strategies(tmp_path):
+  one = _run(LSTM_RUN, tmp_path / "one", 1)
+  assert one.returncode == 0, one.stderr
+  a = _final(tmp_path / "one")
+  for strategy in ("jit", "pmap"):
+    eight = _run([*LSTM_RUN, f"parallel.strategy={strategy}"], tmp_path / strategy, 8)
+    assert eight.returncode == 0, eight.stderr
+    b = _final(tmp_path / strategy)
+    for step in (10, 20):
+      np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
+    np.testing.assert_allclose(b[20]["eval/loss"], a[20]["eval/loss"], rtol=2e-3)

@@ -75,13 +75,27 @@ def test_shards_are_disjoint_equal_and_cover_the_data():
 
 
 def test_uneven_shards_are_trimmed_to_the_same_size():
-  split = _split(26)  # 26 // 3 = 8 examples per shard; 2 examples belong to no shard.
+  split = _split(26)  # One global batch of 3 x 8 per epoch; 2 examples left out.
   shards = [
       np.concatenate(_labels(train_batches(
           split, batch_size=8, seed=0, num_epochs=1, shard_index=i, shard_count=3)))
       for i in range(3)]
   assert [len(s) for s in shards] == [8, 8, 8]
   assert len(set(np.concatenate(shards).tolist())) == 24
+
+
+@pytest.mark.parametrize("shard_count", [2, 4])
+def test_shards_together_yield_the_single_process_batches(shard_count):
+  """Process i of n takes rows [i * B/n, (i + 1) * B/n) of each global batch of B: a run sees the
+  same data whatever the number of processes."""
+  split = _split(50)
+  whole = _labels(train_batches(split, batch_size=8, seed=3, num_epochs=3))
+  shards = [_labels(train_batches(split, batch_size=8 // shard_count, seed=3, num_epochs=3,
+                                  shard_index=i, shard_count=shard_count))
+            for i in range(shard_count)]
+  assert len(whole) == 18 == steps_per_epoch(50, 8 // shard_count, shard_count) * 3
+  for step, batch in enumerate(whole):
+    np.testing.assert_array_equal(np.concatenate([s[step] for s in shards]), batch)
 
 
 def test_get_state_set_state_resumes_exactly():
@@ -108,7 +122,8 @@ def test_finite_epochs_stop():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"batch_size": 11}, r"batch_size 11 is larger than the 10 training examples"),
-    ({"batch_size": 4, "shard_count": 3}, r"larger than the 3 training examples per shard"),
+    ({"batch_size": 4, "shard_count": 3},
+     r"batch_size 12 \(4 on each of 3 shards\) is larger than the 10 training examples"),
     ({"batch_size": 0}, r"batch_size must be a positive integer"),
     ({"batch_size": 2, "seed": -1}, r"seed must be an integer in \[0, 2\*\*32 - 1\]"),
     ({"batch_size": 2, "shard_index": 2, "shard_count": 2}, r"shard_index must be in \[0, 2\)"),

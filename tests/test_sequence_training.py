@@ -5,6 +5,7 @@ vocabulary, and sampling with `jaxdl generate`.
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -130,11 +131,12 @@ def test_greedy_sampling_equals_argmax_of_full_forward(gpt_run):
   checkpointer.close()
   prompt = data.tokenizer.encode("First Citizen:")
   new = sampling.generate(model, params, prompt, max_new_tokens=10, temperature=0.0)
-  tokens = list(prompt)
-  for token in new:
-    logits = model.apply({"params": params}, np.asarray([tokens], np.int32))
-    assert int(np.argmax(logits[0, -1])) == int(token)
-    tokens.append(int(token))
+  # One causal forward pass over prompt + generated text scores every prefix at once: position t
+  # sees tokens 0..t only, exactly what the cached decoder saw when it picked token t + 1.
+  tokens = np.asarray([list(prompt) + [int(t) for t in new]], np.int32)
+  logits = jax.jit(model.apply)({"params": params}, tokens)
+  for i, token in enumerate(new):
+    assert int(np.argmax(logits[0, len(prompt) - 1 + i])) == int(token)
 
 
 def test_lstm_language_model_trains_and_samples_with_its_carry(tmp_path):
@@ -191,6 +193,7 @@ def test_seq2seq_reports_exact_match_of_greedy_decoding(tmp_path):
   assert "exact match" in result.summary
 
 
+@pytest.mark.slow  # A few epochs of BERT on real reviews; CI runs it.
 @pytest.mark.skipif(not (SHARED_DATA / "rotten_tomatoes").is_dir(),
                     reason="the review corpus lives in ../shared/data (jaxdl dev machines only)")
 def test_bert_classifies_reviews(tmp_path):
@@ -199,3 +202,16 @@ def test_bert_classifies_reviews(tmp_path):
   result = trainer.train(config, tmp_path / "bert", show_progress=False)
   assert result.eval_metrics["eval/num_examples"] > 1000
   assert 0.4 < result.eval_metrics["eval/accuracy"] <= 1.0
+
+
+@pytest.mark.slow  # A sweep of two GPTs; CI runs it.
+def test_generate_from_a_sweep_member(tmp_path):
+  """A sweep's checkpoint holds every member; `--member` picks whose parameters sample."""
+  workdir = tmp_path / "sweep"
+  trainer.train(_config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=3",
+                        "sweep.seeds=2"), workdir, show_progress=False)
+  sample = lambda member: sampling.generate_from_workdir(
+      workdir, "ROMEO:", max_new_tokens=20, temperature=0.0, member=member)
+  assert sample(0) != sample(1)  # Different seeds, different weights.
+  with pytest.raises(UserError, match="--member 2: the sweep .* has members 0 to 1"):
+    sample(2)

@@ -137,6 +137,7 @@ def test_each_seed_member_follows_its_separate_run(seed_runs):
   assert "member 1 (seed=1)" in result.summary
 
 
+@pytest.mark.slow  # Two more sweeps; CI runs it.
 def test_sweep_checkpoint_holds_every_member_and_resumes_exactly(seed_runs, tmp_path):
   root, _, _ = seed_runs
   checkpointer = Checkpointer(root / "sweep" / "checkpoints", read_only=True)
@@ -154,6 +155,7 @@ def test_sweep_checkpoint_holds_every_member_and_resumes_exactly(seed_runs, tmp_
       "member1/eval/loss"]
 
 
+@pytest.mark.slow  # A sweep and a run; CI runs it.
 def test_learning_rate_sweep_gives_each_member_its_value(tmp_path):
   result = trainer.train(_config("sweep.optimizer.learning_rate=[1e-3,1e-4]"), tmp_path / "lr",
                          show_progress=False)
@@ -167,3 +169,45 @@ def test_learning_rate_sweep_gives_each_member_its_value(tmp_path):
   np.testing.assert_allclose(swept["member1/train/loss"], alone_metrics["train/loss"], rtol=RTOL)
   np.testing.assert_allclose(swept["member1/eval/loss"], alone_metrics["eval/loss"], rtol=RTOL)
   assert swept["member0/train/loss"] < swept["member1/train/loss"]  # 10x the rate: faster.
+
+
+def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tmp_path):
+  """sweep.method=map runs the members one after another in one compiled loop: each computes
+  exactly what its separate run does."""
+  root, _, _ = seed_runs
+  trainer.train(_config("sweep.seeds=2", "sweep.method=map"), tmp_path / "map",
+                show_progress=False)
+  swept = _last_metrics(tmp_path / "map")
+  for i, seed in enumerate((0, 1)):
+    alone = _last_metrics(root / f"seed{seed}")
+    for key, value in alone.items():
+      if key != "step":
+        assert swept[f"member{i}/{key}"] == value, key
+
+
+def test_unknown_sweep_method_is_refused():
+  with pytest.raises(ConfigError, match="sweep.method='pmap' must be one of vmap, map"):
+    sweep.over_members("pmap")
+
+
+TINY_GPT = ["model.num_layers=1", "model.num_heads=2", "model.embed_dim=32", "model.block_size=32",
+            "data.block_size=32", "train.batch_size=8", "data.eval_batch_size=64",
+            "train.log_every_steps=4", "train.eval_every_steps=1000", "train.num_steps=8",
+            "optimizer.warmup_steps=2", "optimizer.decay_steps=8"]
+
+
+@pytest.mark.slow  # Three small GPT runs; CI runs it.
+def test_dropout_rate_sweep_gives_each_member_its_rate(tmp_path):
+  """Each member's model is built with its (traced) dropout rate: member i follows the separate
+  run with model.dropout_rate set to its value."""
+  def run(name, *extra):
+    config = config_lib.load_experiment(f"{REPO / 'experiments' / 'shakespeare_char_gpt.py'}:cpu")
+    config_lib.apply_overrides(config, [*TINY_GPT, *extra])
+    trainer.train(config, tmp_path / name, show_progress=False)
+    return _last_metrics(tmp_path / name)
+  swept = run("sweep", "sweep.model.dropout_rate=[0.0,0.3]")
+  for i, rate in enumerate((0.0, 0.3)):
+    alone = run(f"rate{i}", f"model.dropout_rate={rate}")
+    for key in ("train/loss", "eval/loss"):
+      np.testing.assert_allclose(swept[f"member{i}/{key}"], alone[key], rtol=RTOL, err_msg=key)
+  assert swept["member0/train/loss"] != swept["member1/train/loss"]

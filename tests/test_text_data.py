@@ -82,17 +82,36 @@ def test_train_windows_match_a_numpy_stream_of_ordinary_text(tmp_path):
       assert (all_windows == window).all(axis=1).any()
 
 
+def _tokens(data, count, **kwargs):
+  return np.stack([b["tokens"] for b in _take(data.train_batches(**kwargs), count)])
+
+
 def test_same_seed_same_batches_other_seed_or_shard_other_batches(counting_lm):
-  def tokens(**kwargs):
-    return np.stack([b["tokens"] for b in _take(counting_lm.train_batches(batch_size=4, **kwargs),
-                                                10)])
-  reference = tokens(seed=3)
-  np.testing.assert_array_equal(tokens(seed=3), reference)
-  assert not np.array_equal(tokens(seed=4), reference)
-  shard0 = tokens(seed=3, shard_index=0, shard_count=2)
-  shard1 = tokens(seed=3, shard_index=1, shard_count=2)
+  reference = _tokens(counting_lm, 10, batch_size=4, seed=3)
+  np.testing.assert_array_equal(_tokens(counting_lm, 10, batch_size=4, seed=3), reference)
+  assert not np.array_equal(_tokens(counting_lm, 10, batch_size=4, seed=4), reference)
+  shard0 = _tokens(counting_lm, 10, batch_size=4, seed=3, shard_index=0, shard_count=2)
+  shard1 = _tokens(counting_lm, 10, batch_size=4, seed=3, shard_index=1, shard_count=2)
   assert not np.array_equal(shard0, shard1)
-  np.testing.assert_array_equal(tokens(seed=3, shard_index=1, shard_count=2), shard1)
+  np.testing.assert_array_equal(
+      _tokens(counting_lm, 10, batch_size=4, seed=3, shard_index=1, shard_count=2), shard1)
+
+
+def test_single_process_starts_are_drawn_as_before(counting_lm):
+  starts = _tokens(counting_lm, 3, batch_size=4, seed=3)[:, :, 0]
+  # Recorded from the stream before shards became slices of global batches: unchanged.
+  assert starts.tolist() == [[115, 12, 25, 33], [138, 35, 82, 57], [119, 3, 80, 105]]
+  for k, batch_starts in enumerate(starts):  # 150 - 8 = 142 valid starts.
+    expected = np.random.default_rng([3, k, 0]).integers(0, 142, size=4)
+    np.testing.assert_array_equal(batch_starts, expected)
+
+
+@pytest.mark.parametrize("shard_count", [2, 3])
+def test_shards_concatenate_to_the_single_process_batches(counting_lm, shard_count):
+  single = _tokens(counting_lm, 6, batch_size=3 * shard_count, seed=7)
+  shards = [_tokens(counting_lm, 6, batch_size=3, seed=7, shard_index=i, shard_count=shard_count)
+            for i in range(shard_count)]
+  np.testing.assert_array_equal(np.concatenate(shards, axis=1), single)
 
 
 def test_get_state_set_state_resumes_mid_stream(counting_lm):

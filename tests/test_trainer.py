@@ -15,6 +15,7 @@ import pytest
 
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
+from jaxdl import perf
 from jaxdl import trainer
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, NonFiniteLossError
@@ -75,7 +76,17 @@ def test_run_writes_its_files(reference_run):
   for r in records:
     if "train/loss" in r:
       assert {"train/accuracy", "train/learning_rate", "train/grad_norm",
-              "perf/examples_per_sec", "perf/seconds_per_step"} <= set(r)
+              "perf/examples_per_sec", "perf/step_time_ms", "perf/tflops_per_sec",
+              "perf/mfu"} <= set(r)
+      # Efficiency: the step's FLOPs (XLA's count) at the measured rate, against the CPU's peak.
+      assert 0 < r["perf/mfu"] < 1
+      np.testing.assert_allclose(r["perf/tflops_per_sec"] * 1e12 / r["perf/mfu"],
+                                 perf.measured_cpu_peak("float32"), rtol=1e-6)
+      np.testing.assert_allclose(
+          r["perf/tflops_per_sec"] * 1e12 * r["perf/step_time_ms"] / 1e3, 32 * 3 * 5.67e6,
+          rtol=0.5)  # ~3x the forward pass (5.67 MFLOP an example) at batch 32.
+  # Compilation is timed apart, once, and left out of the throughput.
+  assert [r["step"] for r in records if "perf/compile_seconds" in r] == [10]
   # Full precision: every float reads back to exactly the value written.
   for line, record in zip(lines, records):
     assert json.dumps(record) == line

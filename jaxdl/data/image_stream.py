@@ -4,15 +4,18 @@ It serves image folders too large to decode into memory: ImageNet's 1.28M traini
 take about 190 GB as 224x224 uint8. `jaxdl.data.image_folder.load_image_folder` scans the folder
 and returns this dataset when data.streaming is true, or "auto" and the decoded set would not fit.
 
-Training is a Grain pipeline over example numbers. Example n of a shard's stream is position p of
-epoch e (n = e * examples_per_epoch + p); epoch e is a permutation of the shard's files drawn from
-numpy's generator seeded with (seed, e), and the example's random crop and flip come from the
-generator seeded with (seed, e, p, shard_index). Each example is a pure function of n, so the
-stream does not depend on which worker thread decodes which file, and the iterator's state (the
-next n) resumes it exactly. Grain's worker threads decode examples in parallel (Pillow releases
-the GIL while decoding and resizing) and one more thread stacks them into batches ahead of the
-train step. Decoding is CPU-bound, so throughput grows with data.num_threads up to the number of
-cores.
+Training is a Grain pipeline over example numbers. Epoch e is one permutation of all the training
+files, drawn from numpy's generator seeded with (seed, e), cut into global batches of
+batch_size * shard_count files; shard i (process i of a multi-host run) takes the contiguous rows
+[i * batch_size, (i + 1) * batch_size) of each. The example at global position p of epoch e gets
+its random crop and flip from the generator seeded with (seed, e, p, 0) (the 0 keeps
+single-process streams as they were when the shard index stood there). Nothing depends on the
+number of shards, so the shards together see exactly the batches, augmentation included, that one
+process would. Example n of a shard's stream is a pure function of n, so the stream does not
+depend on which worker thread decodes which file, and the iterator's state (the next n) resumes it
+exactly. Grain's worker threads decode examples in parallel (Pillow releases the GIL while
+decoding and resizing) and one more thread stacks them into batches ahead of the train step.
+Decoding is CPU-bound, so throughput grows with data.num_threads up to the number of cores.
 
 Training augmentation (data.augment):
 - "inception": torchvision's RandomResizedCrop (a crop of 8-100% of the area, aspect ratio 3/4 to
@@ -152,17 +155,19 @@ class StreamingImageFolder:
                     prefetch: int = 4) -> grain.IterDataset:
     """An endless stream of augmented batches of one shard of the training files.
 
-    Shards are disjoint and all hold `len(train) // shard_count` files, strided (file i belongs
-    to shard i % shard_count), so every process runs `steps_per_epoch` steps an epoch. Each
-    epoch is a fresh permutation of the shard's files cut into full batches; the last
-    `shard size % batch_size` files of each permutation are left out (different ones every
-    epoch). `iter(...)` gives a grain DatasetIterator whose get_state()/set_state() resume
-    exactly.
+    Each epoch is a fresh permutation of all the training files cut into full global batches of
+    `batch_size * shard_count`; the last `len(train) % (batch_size * shard_count)` files of each
+    permutation are left out (different ones every epoch). Shard i yields rows
+    [i * batch_size, (i + 1) * batch_size) of each global batch, augmented as one process would
+    augment them, so the concatenated batches of shards 0 .. shard_count - 1 are exactly the
+    single-process batches of `batch_size * shard_count`, and every process runs
+    `steps_per_epoch(batch_size * shard_count)` steps an epoch. `iter(...)` gives a grain
+    DatasetIterator whose get_state()/set_state() resume exactly.
 
     Args:
       batch_size: examples per batch (per process).
-      seed: an integer in [0, 2**32 - 1]; the stream depends on nothing else.
-      shard_index, shard_count: this process's shard of the training files.
+      seed: an integer in [0, 2**32 - 1]; the global stream depends on nothing else.
+      shard_index, shard_count: this process's slice of each global batch.
       num_threads: Grain threads decoding examples; 0 decodes in the consuming thread.
       prefetch: batches stacked ahead in a background thread, the decoding threads working up
         to max(batch_size, num_threads) examples ahead of it; 0 turns both off.
@@ -170,16 +175,16 @@ class StreamingImageFolder:
     pipeline.check_train_args(batch_size=batch_size, seed=seed, shard_index=shard_index,
                               shard_count=shard_count, num_threads=num_threads,
                               prefetch=prefetch)
-    shard_size = len(self.train) // shard_count
-    if batch_size > shard_size:
-      of_shard = f" per shard ({len(self.train)} split over {shard_count} shards)"
+    num_files, global_batch = len(self.train), batch_size * shard_count
+    if global_batch > num_files:
+      of_shards = f" ({batch_size} on each of {shard_count} shards)" if shard_count > 1 else ""
+      at_most = (f"{num_files // shard_count} per shard" if shard_count > 1
+                 else f"{num_files}")
       raise DataError(
-          f"batch_size {batch_size} is larger than the {shard_size} training images"
-          f"{of_shard if shard_count > 1 else ''}, so not one full batch fits. Use a batch size "
-          f"of at most {shard_size}.")
-    shard_rows = np.arange(shard_size * shard_count)[shard_index::shard_count]
-    decode = _TrainExample(self, shard_rows, shard_size // batch_size * batch_size, seed,
-                           shard_index)
+          f"batch_size {global_batch}{of_shards} is larger than the {num_files} training "
+          f"images, so not one full batch fits. Use a batch size of at most {at_most}.")
+    decode = _TrainExample(self, batch_size, num_files // global_batch, seed, shard_index,
+                           shard_count)
     # One Grain element per example, so the decoding spreads over all threads; batching the
     # examples in order keeps the batches aligned with epochs.
     read = grain.ReadOptions(num_threads=num_threads,
@@ -248,16 +253,18 @@ class StreamingImageFolder:
 class _TrainExample:
   """Example number -> {"image": float32 [S, S, 3], "label": int32}, a pure function of it.
 
-  Number n is position p = n % examples_per_epoch of epoch e = n // examples_per_epoch, whose
-  permutation of the shard's rows is drawn from numpy's generator seeded with (seed, e); the
-  augmentation uses the generator seeded with (seed, e, p, shard_index). Called from several
-  threads at once.
+  Number n of shard i's stream is row j = n % B of its batch g = n // B % G of epoch
+  e = n // (B * G) (B the per-shard batch size, G global batches an epoch), that is, global
+  position p = g * B * shard_count + i * B + j of epoch e. The file there comes from the
+  permutation of all the files drawn from numpy's generator seeded with (seed, e); the
+  augmentation uses the generator seeded with (seed, e, p, 0). Called from several threads at
+  once.
   """
 
-  def __init__(self, data: StreamingImageFolder, rows: np.ndarray, examples_per_epoch: int,
-               seed: int, shard_index: int):
-    self._data, self._rows, self._examples_per_epoch = data, rows, examples_per_epoch
-    self._seed, self._shard_index = seed, shard_index
+  def __init__(self, data: StreamingImageFolder, batch_size: int, batches_per_epoch: int,
+               seed: int, shard_index: int, shard_count: int):
+    self._data, self._batch_size, self._batches_per_epoch = data, batch_size, batches_per_epoch
+    self._seed, self._shard_index, self._shard_count = seed, shard_index, shard_count
     # The two latest epochs' permutations: around an epoch boundary threads decode from both.
     # Replaced whole under the lock, read without it.
     self._permutations: tuple[tuple[int, np.ndarray], ...] = ()
@@ -271,21 +278,27 @@ class _TrainExample:
       for cached_epoch, permutation in self._permutations:
         if cached_epoch == epoch:
           return permutation
-      permutation = np.random.default_rng([self._seed, epoch]).permutation(self._rows)
+      permutation = np.random.default_rng([self._seed, epoch]).permutation(
+          len(self._data.train))
       self._permutations = ((epoch, permutation), *self._permutations[:1])
       return permutation
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
-    epoch, position = divmod(int(index), self._examples_per_epoch)
+    batch, row_in_batch = divmod(int(index), self._batch_size)
+    epoch, batch_in_epoch = divmod(batch, self._batches_per_epoch)
+    position = ((batch_in_epoch * self._shard_count + self._shard_index) * self._batch_size
+                + row_in_batch)
     row = self._permutation(epoch)[position]
-    rng = np.random.default_rng([self._seed, epoch, position, self._shard_index])
+    # The literal 0 stands where the shard index once was: single-process streams are unchanged.
+    rng = np.random.default_rng([self._seed, epoch, position, 0])
     data = self._data
     image = decode_train(data.train.files[row], data.image_size, data.augment, rng)
     return {"image": data.model_input(image), "label": data.train.label[row]}
 
   def __repr__(self) -> str:
-    return (f"_TrainExample(num_files={len(self._rows)}, "
-            f"examples_per_epoch={self._examples_per_epoch})")
+    return (f"_TrainExample(num_files={len(self._data.train)}, batch_size={self._batch_size}, "
+            f"batches_per_epoch={self._batches_per_epoch}, shard={self._shard_index} of "
+            f"{self._shard_count})")
 
 
 class _PrefetchBatches(grain.IterDataset):

@@ -233,10 +233,11 @@ class LoadedData(InMemoryBatches):
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
-  """Number of batches one shard yields per epoch of `train_batches` (the same for every shard)."""
+  """Number of batches one shard yields per epoch of `train_batches` (the same for every shard):
+  global batches of batch_size * shard_count."""
   check_positive_int("batch_size", batch_size)
   check_positive_int("shard_count", shard_count)
-  return (num_examples // shard_count) // batch_size
+  return num_examples // (batch_size * shard_count)
 
 
 def train_batches(
@@ -254,21 +255,21 @@ def train_batches(
   """Shuffled training batches of one shard of `split`, reshuffled every epoch.
 
   Yields `split.take(rows)` for batches of rows: for a `Split`, dicts
-  {"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}. Each epoch is a
-  fresh permutation of the shard's examples, cut into full batches; the last
-  `shard size % batch_size` examples of each permutation are dropped (different ones every epoch)
-  so every batch has the same shape. The order depends only on `seed`, so a run is reproducible,
-  and `iter(...)` gives a grain DatasetIterator whose get_state()/set_state() resume exactly.
-
-  Shards are disjoint and all hold `len(split) // shard_count` examples (the last
-  `len(split) % shard_count` examples belong to no shard), so every process runs the same number
-  of steps per epoch, `steps_per_epoch(len(split), batch_size, shard_count)`, and none is left
-  waiting for the others in a collective.
+  {"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}. Each epoch is a fresh
+  permutation of all the examples, cut into full *global* batches of `batch_size * shard_count`;
+  the last `len(split) % (batch_size * shard_count)` examples of each permutation are dropped
+  (different ones every epoch) so every batch has the same shape. Shard i (process i of a
+  multi-host run) yields rows [i * batch_size, (i + 1) * batch_size) of each global batch, so
+  the shards together see exactly the batches one process would: the data a run trains on does
+  not depend on how many processes share it. The order depends only on `seed`, so a run is
+  reproducible, and `iter(...)` gives a grain DatasetIterator whose get_state()/set_state() resume
+  exactly.
 
   With `augment`, each batch becomes `augment.train(batch, rng)` where rng is numpy's generator
   seeded with (seed, epoch, batch index within the epoch, shard_index): a pure function of the
   batch's position, so augmentation is reproducible and resumes exactly as well, whichever thread
-  computes it.
+  computes it. (Each process draws for its own rows, so the random crops and flips, unlike the
+  order, do differ between runs on different numbers of processes.)
 
   Args:
     num_epochs: passes over the data; None repeats forever.
@@ -280,25 +281,23 @@ def train_batches(
   if num_epochs is not None:
     check_positive_int("num_epochs", num_epochs)
 
-  shard_size = len(split) // shard_count
-  if batch_size > shard_size:
-    of_shard = ""
-    if shard_count > 1:
-      of_shard = f" per shard ({len(split)} split over {shard_count} shards)"
+  global_batch = batch_size * shard_count
+  if global_batch > len(split):
+    of_shards = f" ({batch_size} on each of {shard_count} shards)" if shard_count > 1 else ""
     raise DataError(
-        f"batch_size {batch_size} is larger than the {shard_size} training examples{of_shard}, "
-        f"so not one full batch fits. Use a batch size of at most {shard_size}.")
+        f"batch_size {global_batch}{of_shards} is larger than the {len(split)} training "
+        f"examples, so not one full batch fits. Use a batch size of at most "
+        f"{len(split) // shard_count * shard_count if shard_count > 1 else len(split)}.")
 
-  batches_per_epoch = shard_size // batch_size
+  batches_per_epoch = len(split) // global_batch
   # One Grain element per *batch*: a per-example shuffle costs a Python call per example, which on
   # a 2-core machine takes CPU from the train step (~2 ms a batch of 64). Grain still provides the
   # iteration, the background threads and the resumable state (the batch index).
   num_batches = sys.maxsize if num_epochs is None else num_epochs * batches_per_epoch
-  shard_rows = np.arange(shard_size * shard_count)[shard_index::shard_count]
   return (
       grain.MapDataset.range(num_batches)
-      .map(_EpochBatch(split, shard_rows, batch_size, batches_per_epoch, seed, shard_index,
-                       augment))
+      .map(_EpochBatch(split, np.arange(len(split)), batch_size, batches_per_epoch, seed,
+                       shard_index, shard_count, augment))
       .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
 
 
@@ -333,15 +332,17 @@ def _padded_batches(split: Rows, batch_size: int, augment: Augment | None) -> It
 
 
 class _EpochBatch:
-  """Batch number -> that batch of examples. Epoch e is a permutation of the shard's rows drawn
-  from numpy's generator seeded with (seed, e), cut into `batches_per_epoch` full batches; batch p
-  of epoch e is augmented with the generator seeded with (seed, e, p, shard_index)."""
+  """Batch number -> this shard's part of that global batch. Epoch e is a permutation of `rows`
+  drawn from numpy's generator seeded with (seed, e), cut into `batches_per_epoch` global batches
+  of batch_size * shard_count rows, of which the shard takes its contiguous slice; batch p of
+  epoch e is augmented with the generator seeded with (seed, e, p, shard_index)."""
 
   def __init__(self, split: Rows, rows: np.ndarray, batch_size: int, batches_per_epoch: int,
-               seed: int, shard_index: int = 0, augment: Augment | None = None):
+               seed: int, shard_index: int = 0, shard_count: int = 1,
+               augment: Augment | None = None):
     self._split, self._rows, self._batch_size = split, rows, batch_size
     self._batches_per_epoch, self._seed = batches_per_epoch, seed
-    self._shard_index, self._augment = shard_index, augment
+    self._shard_index, self._shard_count, self._augment = shard_index, shard_count, augment
     self._cached = (-1, rows)  # (epoch, its permutation), replaced whole so threads can share it.
 
   def _permutation(self, epoch: int) -> np.ndarray:
@@ -353,7 +354,7 @@ class _EpochBatch:
 
   def __call__(self, batch_index: int) -> dict:
     epoch, position = divmod(int(batch_index), self._batches_per_epoch)
-    start = position * self._batch_size
+    start = (position * self._shard_count + self._shard_index) * self._batch_size
     indices = self._permutation(epoch)[start:start + self._batch_size]
     batch = self._split.take(indices)
     if self._augment is not None:

@@ -43,10 +43,12 @@ WORK_SEPARATOR = "\n\n"
 class TextDataset:
   """A token stream for language modelling, split by position into training and validation.
 
-  Training batches are {"tokens": int32 [B, block_size + 1]}: batch i of shard s holds B windows
-  whose starts are drawn uniformly from all valid starts of the training stream by numpy's
-  generator seeded with (seed, i, s). Batches are independent of each other, so the stream is
-  deterministic for a seed, differs between shards, and resumes exactly from a batch index.
+  Training batches are {"tokens": int32 [B, block_size + 1]}. Global batch i holds
+  B * shard_count windows whose starts are drawn uniformly from all valid starts of the training
+  stream by numpy's generator seeded with (seed, i, 0); shard s takes the contiguous windows
+  [s * B, (s + 1) * B). So the shards together see exactly the batches one process would, whatever
+  their number. Batches are independent of each other, so the stream is deterministic for a seed
+  and resumes exactly from a batch index.
 
   Attributes:
     train_tokens: the training token stream [N_train] (an unsigned dtype wide enough for the ids).
@@ -83,13 +85,16 @@ class TextDataset:
                     prefetch: int = 4) -> grain.IterDataset:
     """An endless stream of {"tokens": int32 [batch_size, block_size + 1]} random windows.
 
-    One Grain element per batch (batch index -> windows), so `iter(...)` gives an iterator whose
-    get_state()/set_state() resume exactly. `shard_count` only needs to be valid: shards differ
-    through `shard_index` in the seed.
+    Shard `shard_index` yields windows [shard_index * batch_size, (shard_index + 1) * batch_size)
+    of each global batch of `batch_size * shard_count` windows, so the concatenated batches of
+    shards 0 .. shard_count - 1 are exactly the single-process batches of that size. One Grain
+    element per batch (batch index -> windows), so `iter(...)` gives an iterator whose
+    get_state()/set_state() resume exactly.
     """
     pipeline.check_train_args(batch_size=batch_size, seed=seed, shard_index=shard_index,
                               shard_count=shard_count, num_threads=num_threads, prefetch=prefetch)
-    windows = _RandomWindows(self.train_tokens, self.block_size, batch_size, seed, shard_index)
+    windows = _RandomWindows(self.train_tokens, self.block_size, batch_size, seed, shard_index,
+                             shard_count)
     return (
         grain.MapDataset.range(sys.maxsize)
         .map(windows)
@@ -124,22 +129,28 @@ class TextDataset:
 
 
 class _RandomWindows:
-  """Batch index -> {"tokens": int32 [B, T + 1]}, windows at starts drawn for that batch alone."""
+  """Batch index -> {"tokens": int32 [B, T + 1]}: this shard's slice of the global batch's windows,
+  whose starts are drawn for that batch alone."""
 
   def __init__(self, stream: np.ndarray, block_size: int, batch_size: int, seed: int,
-               shard_index: int):
+               shard_index: int, shard_count: int):
     self._stream, self._block_size, self._batch_size = stream, block_size, batch_size
-    self._seed, self._shard_index = seed, shard_index
+    self._seed, self._shard_index, self._shard_count = seed, shard_index, shard_count
     self._num_starts = len(stream) - block_size  # Starts 0 .. N - T - 1 fit a T + 1 window.
 
   def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([self._seed, int(batch_index), self._shard_index])
-    starts = rng.integers(0, self._num_starts, size=self._batch_size)
-    return {"tokens": _gather(self._stream, starts, self._block_size)}
+    # Every shard draws the whole global batch's starts (cheap next to gathering the windows) and
+    # keeps its slice. The literal 0 stands where the shard index once was, so single-process
+    # streams are unchanged.
+    rng = np.random.default_rng([self._seed, int(batch_index), 0])
+    starts = rng.integers(0, self._num_starts, size=self._batch_size * self._shard_count)
+    first = self._shard_index * self._batch_size
+    return {"tokens": _gather(self._stream, starts[first:first + self._batch_size],
+                              self._block_size)}
 
   def __repr__(self) -> str:
     return (f"_RandomWindows(num_tokens={len(self._stream)}, block_size={self._block_size}, "
-            f"batch_size={self._batch_size})")
+            f"batch_size={self._batch_size}, shard={self._shard_index} of {self._shard_count})")
 
 
 def _gather(stream: np.ndarray, starts: np.ndarray, block_size: int) -> np.ndarray:

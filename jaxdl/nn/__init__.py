@@ -3,8 +3,9 @@
 Families, one a file: `cnn` (the seed's MNIST CNN), `cells` and `recurrent` (RNN, LSTM and GRU on
 lax.scan), `rnn_models` (models built on them), `attention` (dot-product and multi-head attention
 with masks and a KV cache), `transformer` (blocks), and the models built of blocks: `gpt`, `bert`,
-`seq2seq`, `vit`; the vision CNNs `vgg`, `resnet`, `densenet`. `registry` finds models and their
-standard configurations by name.
+`seq2seq`, `vit`; the vision CNNs `vgg`, `resnet`, `densenet`. `compose` assembles models from
+parts (Sequential, Residual, Parallel and adapters); `dropout` is Flax's Dropout that also takes a
+traced rate (for sweeps). `registry` finds models and their standard configurations by name.
 """
 
 from jaxdl.nn import registry
@@ -13,6 +14,9 @@ from jaxdl.nn.attention import (MultiHeadAttention, causal_mask, combine_masks,
 from jaxdl.nn.bert import BERT_PRESETS, BertClassifier, BertEncoder, BertForMaskedLM
 from jaxdl.nn.cells import GRUCell, LSTMCell, SimpleRNNCell, make_cell
 from jaxdl.nn.cnn import MnistCNN
+from jaxdl.nn.compose import (RNN, AttentionPooling, BatchNorm, Classifier, Dropout, Embed, Flatten,
+                              GlobalAvgPool, ImageRows, ImageTokens, Parallel, Pool,
+                              PositionEmbedding, Residual, Sequential, takes_train)
 from jaxdl.nn.densenet import DENSENET_PRESETS, DenseNet
 from jaxdl.nn.gpt import GPT, GPT_PRESETS
 from jaxdl.nn.recurrent import Bidirectional, Recurrent, StackedRNN
@@ -45,4 +49,8 @@ __all__ = [
     "SEQ2SEQ_PRESETS", "Seq2SeqTransformer", "SimpleRNNCell", "StackedRNN", "TransformerBlock",
     "build_model", "causal_mask", "combine_masks", "dot_product_attention", "greedy_decode",
     "length_mask", "make_cell", "model_kwargs", "padding_mask", "register", "registry",
+    # compose: combinators and adapters.
+    "AttentionPooling", "BatchNorm", "Classifier", "Dropout", "Embed", "Flatten", "GlobalAvgPool",
+    "ImageRows", "ImageTokens", "Parallel", "Pool", "PositionEmbedding", "RNN", "Residual",
+    "Sequential", "takes_train",
 ]

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn.dropout import applies, check_rate, is_traced
+
 Array = jax.Array
 Initializer = nn.initializers.Initializer
 
@@ -98,7 +100,8 @@ def dot_product_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, *,
     bias: float, broadcastable to [B, N, T, S], added to the scaled logits (keep it finite: a row
       whose bias is -inf everywhere is NaN; use `mask` to exclude keys).
     dropout_rate, dropout_rng, deterministic: dropout on the attention probabilities, applied when
-      `dropout_rate > 0` and not `deterministic`.
+      not `deterministic` and `dropout_rate` is > 0 or traced (see jaxdl.nn.dropout; a traced
+      rate of 0 keeps every probability).
     implementation: "plain" (this file's einsums), "jax" (`jax.nn.dot_product_attention`, XLA's
       fused attention today) or "cudnn" (the same with cuDNN flash attention; GPU only, float16 or
       bfloat16, no dropout). All three give the same numbers up to rounding.
@@ -130,13 +133,14 @@ def dot_product_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, *,
   if mask is not None and mask.dtype != jnp.bool_:
     raise ValueError(f"mask must be boolean (True = attend), got {mask.dtype}; pass additive "
                      "float masks as `bias`.")
-  if not 0.0 <= dropout_rate < 1.0:
-    raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
-  use_dropout = dropout_rate > 0.0 and not deterministic
+  check_rate(dropout_rate, "dot_product_attention")
+  use_dropout = applies(dropout_rate, deterministic)
   if use_dropout and dropout_rng is None:
     raise ValueError("Attention dropout needs dropout_rng (or deterministic=True).")
   if use_dropout and implementation != "plain":
-    raise ValueError(f"implementation={implementation!r} has no attention dropout; use "
+    traced = (" (a traced rate, as in a sweep over dropout rates, always applies it, even at 0)"
+              if is_traced(dropout_rate) else "")
+    raise ValueError(f"implementation={implementation!r} has no attention dropout{traced}; use "
                      "implementation='plain', or attention dropout rate 0 (or train=False).")
 
   dtype = jnp.result_type(q_BTNH, k_BSKH, v_BSKH) if dtype is None else dtype
@@ -255,7 +259,7 @@ class MultiHeadAttention(nn.Module):
       k_BSKH, v_BSKH, mask = self._update_cache(k_BSKH, v_BSKH, mask)
 
     dropout_rng = None
-    if train and self.dropout_rate > 0.0:
+    if applies(self.dropout_rate, not train):
       dropout_rng = self.make_rng("dropout")
     out_BTNH = dot_product_attention(
         q_BTNH, k_BSKH, v_BSKH, mask=mask, dropout_rate=self.dropout_rate,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn.attention import padding_mask
+from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import TransformerBlock, tied_logits
 
 Array = jax.Array
@@ -78,7 +79,7 @@ class BertEncoder(_BertFields):
     self.segment_embeddings = embed(self.type_vocab_size)
     self.embeddings_ln = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
                                       param_dtype=self.param_dtype)
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = Dropout(self.dropout_rate)
     attention_dropout = (self.dropout_rate if self.attention_dropout_rate is None
                          else self.attention_dropout_rate)
     self.blocks = [
@@ -133,7 +134,7 @@ class BertClassifier(_BertFields):
     self.encoder = BertEncoder(**_encoder_kwargs(self))
     self.pooler = nn.Dense(self.hidden_dim, kernel_init=_INIT, dtype=self.dtype,
                            param_dtype=self.param_dtype)
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = Dropout(self.dropout_rate)
     self.classifier = nn.Dense(self.num_classes, kernel_init=_INIT, dtype=self.dtype,
                                param_dtype=self.param_dtype)
 

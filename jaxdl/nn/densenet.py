@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
 Array = jax.Array
@@ -74,7 +75,7 @@ class DenseLayer(_ConvBN):
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
     y = self.conv(self.bn_size * self.growth_rate, 1, "conv1")(self.bn_relu(x_BHWC, train, "norm1"))
     y = self.conv(self.growth_rate, 3, "conv2")(self.bn_relu(y, train, "norm2"))
-    y = nn.Dropout(self.drop_rate)(y, deterministic=not train)
+    y = Dropout(self.drop_rate)(y, deterministic=not train)
     return jnp.concatenate([x_BHWC, y], axis=-1)
 
 

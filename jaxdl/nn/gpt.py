@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn.attention import causal_mask
+from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock, tied_logits
 
 Array = jax.Array
@@ -113,7 +114,7 @@ class GPT(nn.Module):
         start = position.value
         position.value = start + t
     x_BTD = wte(tokens_BT) + wpe(start + jnp.arange(t))
-    x_BTD = nn.Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
+    x_BTD = Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
 
     attention_dropout = (self.dropout_rate if self.attention_dropout_rate is None
                          else self.attention_dropout_rate)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn.cells import CARRY_DTYPE, Carry, make_cell
+from jaxdl.nn.dropout import Dropout, check_rate, is_traced
 
 Array = jax.Array
 
@@ -218,10 +219,9 @@ class StackedRNN(nn.Module):
       raise ValueError(f"StackedRNN: num_layers must be >= 1, got {self.num_layers}.")
     if self.merge not in MERGES:
       raise ValueError(f"StackedRNN: unknown merge {self.merge!r}; choose one of {MERGES}.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"StackedRNN: dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    check_rate(self.dropout_rate, "StackedRNN")
     self.layers = [self._make_layer() for _ in range(self.num_layers)]
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = Dropout(self.dropout_rate)
 
   def _check_carries(self, carries: Sequence[Carry] | None) -> Sequence[Carry | None]:
     if carries is None:
@@ -251,7 +251,8 @@ class StackedRNN(nn.Module):
     finals = []
     x = x_BTD
     for i, layer in enumerate(self.layers):
-      if i > 0 and self.dropout_rate > 0:
+      # A Python rate of 0 skips the layer (no rng drawn); a traced rate always runs it.
+      if i > 0 and (is_traced(self.dropout_rate) or self.dropout_rate > 0):
         x = self.dropout(x, deterministic=not train)
       x, carry = layer(x, initial_carry=carries[i], mask_BT=mask_BT)
       finals.append(carry)

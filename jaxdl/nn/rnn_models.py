@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.recurrent import StackedRNN
 
 Array = jax.Array
@@ -71,7 +72,7 @@ class RNNLanguageModel(nn.Module):
       raise ValueError(f"RNNLanguageModel takes tokens [B, T]; got shape {tokens_BT.shape}.")
     rnn = StackedRNN(self.features, self.cell_type, num_layers=self.num_layers,
                      dropout_rate=self.dropout_rate, dtype=self.dtype, name="rnn")
-    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+    dropout = Dropout(self.dropout_rate, deterministic=not train)
     x_BTE = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(tokens_BT)
     x_BTE = dropout(x_BTE)
 
@@ -116,7 +117,7 @@ class RNNTextClassifier(nn.Module):
     rnn = StackedRNN(self.features, self.cell_type, num_layers=self.num_layers,
                      bidirectional=self.bidirectional, dropout_rate=self.dropout_rate,
                      dtype=self.dtype, name="rnn")
-    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+    dropout = Dropout(self.dropout_rate, deterministic=not train)
     x_BLE = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(tokens_BL)
     _, carries = rnn(dropout(x_BLE), mask_BT=tokens_BL != self.pad_id, train=train)
     h_BH = dropout(rnn.final_hidden(carries))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn.attention import causal_mask, padding_mask
+from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import TransformerBlock, sinusoidal_positions, tied_logits
 
 Array = jax.Array
@@ -69,7 +70,7 @@ class _Stack(nn.Module):
         start = position.value
         position.value = start + t
     x_BTD = x_BTD + sinusoidal_positions(start + jnp.arange(t), d).astype(x_BTD.dtype)
-    x_BTD = nn.Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
+    x_BTD = Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
     for i in range(self.num_layers):
       x_BTD = TransformerBlock(
           self.num_heads, self.mlp_dim, num_kv_heads=self.num_kv_heads, pre_ln=self.pre_ln,

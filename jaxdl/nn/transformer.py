@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn.attention import MultiHeadAttention
+from jaxdl.nn.dropout import Dropout
 
 Array = jax.Array
 Initializer = nn.initializers.Initializer
@@ -149,7 +150,7 @@ class TransformerBlock(nn.Module):
     def sublayer(x, fn, name):
       ln = nn.LayerNorm(self.layer_norm_epsilon, use_bias=self.use_bias, dtype=self.dtype,
                         param_dtype=self.param_dtype, name=f"{name}_ln")
-      drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+      drop = lambda y: Dropout(self.dropout_rate)(y, deterministic=not train)
       if self.pre_ln:
         return x + drop(fn(ln(x)))
       return ln(x + drop(fn(x)))

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
 Array = jax.Array
@@ -142,5 +143,5 @@ class VGG(nn.Module):
         name=name, **kw)
     for index in (0, 3):
       x = nn.relu(dense(self.hidden_dim, f"classifier_{index}")(x))
-      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+      x = Dropout(self.dropout_rate)(x, deterministic=not train)
     return dense(self.num_classes, "classifier_6", dot_general=F32_DOT_GENERAL)(x)

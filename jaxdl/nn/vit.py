@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock
 
 Array = jax.Array
@@ -120,7 +121,7 @@ class ViT(nn.Module):
     x_BTD = jnp.concatenate([cls_B1D, x_BND], axis=1)
     pos_1TD = self.param("pos_embed", _INIT, (1, num_patches + 1, d), self.param_dtype)
     x_BTD = x_BTD + pos_1TD.astype(self.dtype)
-    x_BTD = nn.Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
+    x_BTD = Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
 
     for i in range(self.num_layers):
       x_BTD = TransformerBlock(

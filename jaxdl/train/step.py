@@ -1,5 +1,6 @@
 """The train state and the pure train/eval step functions. Nothing here touches files."""
 
+import contextlib
 from typing import Any, Callable
 
 import flax
@@ -38,30 +39,174 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, init_
                     ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
+def sync_batch_norm(axis_name: str):
+  """Context manager: every `nn.BatchNorm` whose `axis_name` is None normalises over `axis_name`.
+
+  Under `jax.pmap` (or `vmap`/`shard_map` with a named axis) each device sees only its shard of
+  the batch, so a plain BatchNorm would normalise with per-device statistics and each device's
+  running averages would drift apart. Inside this context the batch mean and variance are
+  `lax.pmean`-ed over `axis_name`: training normalises with the statistics of the whole global
+  batch, as the single-device step does, and the running averages stay equal on every device.
+  BatchNorms that already name an axis, and every other layer, are left alone; with
+  `use_running_average=True` (evaluation) BatchNorm computes no statistics, so this is harmless.
+
+    with sync_batch_norm("batch"):
+      logits, new_state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  """
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"
+            and module.axis_name is None):
+      return next_fun(*args, **kwargs)
+    # Modules are frozen dataclasses; this instance exists only for the current `apply`, and the
+    # attribute is restored after the call, so nothing outside sees the change.
+    object.__setattr__(module, "axis_name", axis_name)
+    try:
+      return next_fun(*args, **kwargs)
+    finally:
+      object.__setattr__(module, "axis_name", None)
+
+  return nn.intercept_methods(interceptor)
+
+
+def _loss_weight_fn(task: Any) -> Callable[[Batch], jax.Array] | None:
+  """batch -> what the task's loss (and each of its metrics) is a mean over, counted in the batch;
+  None when that is the same for every equal-sized batch (one label per example, LM tokens).
+
+  Averaging two micro-batches' means gives the mean of their union only if weighted by these
+  counts: seq2seq losses are means over the non-padding target tokens, whose number differs between
+  micro-batches (and devices). Such a task states its weight with a `loss_weight(batch)` method
+  returning a count that adds up over examples (the weight of a batch is the sum of its parts').
+  """
+  return getattr(task, "loss_weight", None)
+
+
+def _weighted_mean(sum_tree: Any, total_weight: jax.Array) -> Any:
+  # A total weight of 0 (no scored token anywhere) means every weighted sum is 0 too: return 0.
+  total = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
+  return jax.tree.map(lambda s: s / total, sum_tree)
+
+
+def _mean_over_axis(tree: Any, weight: jax.Array | None, axis_name: str) -> Any:
+  """The mean of `tree` over the devices of `axis_name`, weighted by `weight` unless it is None."""
+  if weight is None:
+    return jax.lax.pmean(tree, axis_name)
+  mean = _weighted_mean(jax.lax.psum(jax.tree.map(lambda x: x * weight, tree), axis_name),
+                        jax.lax.psum(weight, axis_name))
+  return jax.tree.map(lambda m, x: m.astype(x.dtype), mean, tree)
+
+
+def split_micro_batches(batch: Batch, num_micro_batches: int) -> Batch:
+  """[B, ...] arrays -> [k, B/k, ...]; micro-batch i holds examples i, i + k, i + 2k, ...
+
+  Strided rather than contiguous so that, with the batch split over devices along B, every device
+  holds its share of every micro-batch (a contiguous split would leave devices idle).
+  """
+  k = num_micro_batches
+  sizes = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(batch)}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f"Gradient accumulation splits every batch array along its leading (batch) "
+                     f"axis, but the arrays' leading sizes are {sorted(map(str, sizes))}; give "
+                     "every entry of the batch the same leading size B.")
+  (size,) = sizes
+  if size % k:
+    raise ValueError(f"grad_accum_steps={k} does not divide the batch of {size} examples (per "
+                     f"device under pmap) into equal micro-batches; use a batch size that is a "
+                     f"multiple of {k} (e.g. {max(k, size // k * k)}) or fewer accumulation steps.")
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(size // k, k, *x.shape[1:]), 0, 1), batch)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    task: Any = tasks.Classification(), ema_decay: float = 0.0) -> Callable[
+                    task: Any = tasks.Classification(), ema_decay: float = 0.0, *,
+                    grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable[
                         [TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Returns train_step(state, batch, rng) -> (state, metrics); `rng` is the run's training key.
 
   `ema_decay` > 0 updates `state.ema_params` (which must exist) after every step:
   ema <- decay * ema + (1 - decay) * params.
+
+  `grad_accum_steps` = k > 1 splits the batch [B, ...] into k micro-batches of B/k examples
+  (`split_micro_batches`: micro-batch i is examples i, i + k, ...), averages their gradients in a
+  `lax.scan` (memory of one micro-batch) and applies ONE optimizer update. The task's metrics are
+  averaged over the micro-batches, weighted by what each loss is a mean over (`_loss_weight_fn`), so
+  loss, accuracy and gradient equal the big batch's up to rounding, seq2seq padding included.
+  What differs from one step on the big batch: micro-batch i draws dropout from
+  fold_in(step_rng, i), so the masks differ (equal in distribution); and BatchNorm normalises with
+  micro-batch statistics and updates its running averages k times, in order, so BatchNorm models
+  train differently (like a smaller batch), not only by rounding. k = 1 is exactly the plain step.
+
+  `axis_name` makes the step collective, for `jax.pmap(train_step, axis_name=axis_name)` with each
+  device holding a shard of the global batch: BatchNorm statistics are computed over the global
+  (micro-)batch (`sync_batch_norm`); gradients and the task's metrics are averaged over the axis
+  (weighted like the micro-batches) before the update, so every device applies the same update and
+  keeps identical parameters, optimizer and BatchNorm state; each device folds its axis index into
+  the step's key, so dropout masks differ between devices while `rng` is the same on all of them.
   """
+  if (isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int)
+      or grad_accum_steps < 1):
+    raise ValueError(f"grad_accum_steps must be a positive integer (1: no accumulation), got "
+                     f"{grad_accum_steps!r}.")
+  loss_weight = _loss_weight_fn(task)
+
+  def grads_and_metrics(params, model_state, batch, rng):
+    """The gradient, the task's metrics and the new non-parameter state of one (micro-)batch."""
+    mutable = list(model_state)
+
+    def loss_fn(params):
+      variables = {"params": params, **model_state}
+      with sync_batch_norm(axis_name) if axis_name is not None else contextlib.nullcontext():
+        outputs, new_model_state = model.apply(
+            variables, *task.model_inputs(batch), train=True, rngs={"dropout": rng},
+            mutable=mutable)
+      loss, metrics = task.loss(outputs, batch)
+      return loss, (metrics, new_model_state)
+
+    (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, metrics, dict(new_model_state)
+
+  def accumulated_grads_and_metrics(params, model_state, batch, step_rng):
+    """The (weighted) means over the k micro-batches, and the model state after the last one."""
+    micro_batches = split_micro_batches(batch, grad_accum_steps)
+    weights_k = (jax.vmap(loss_weight)(micro_batches) if loss_weight is not None
+                 else jnp.ones(grad_accum_steps, jnp.float32))
+    metric_shapes = jax.eval_shape(grads_and_metrics, params, model_state,
+                                   jax.tree.map(lambda x: x[0], micro_batches), step_rng)[1]
+    # Sums in float32 whatever the parameters' dtype, so that k small terms are not lost.
+    zeros = lambda t: jax.tree.map(
+        lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), t)
+
+    def add_micro_batch(carry, xs):
+      grad_sum, metric_sum, model_state = carry
+      micro_batch, weight, i = xs
+      grads, metrics, model_state = grads_and_metrics(params, model_state, micro_batch,
+                                                      jax.random.fold_in(step_rng, i))
+      add = lambda s, x: s + weight * x.astype(s.dtype)
+      return (jax.tree.map(add, grad_sum, grads), jax.tree.map(add, metric_sum, metrics),
+              model_state), None
+
+    (grad_sum, metric_sum, model_state), _ = jax.lax.scan(
+        add_micro_batch, (zeros(params), zeros(metric_shapes), model_state),
+        (micro_batches, weights_k, jnp.arange(grad_accum_steps)))
+    total_weight = jnp.sum(weights_k)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), _weighted_mean(grad_sum, total_weight),
+                         params)
+    return grads, _weighted_mean(metric_sum, total_weight), model_state
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     # The step's randomness depends only on the step number, never on host-side call order.
     step_rng = jax.random.fold_in(rng, state.step)
-    mutable = list(state.model_state)
-
-    def loss_fn(params):
-      variables = {"params": params, **state.model_state}
-      outputs, new_model_state = model.apply(
-          variables, *task.model_inputs(batch), train=True, rngs={"dropout": step_rng},
-          mutable=mutable)
-      loss, metrics = task.loss(outputs, batch)
-      return loss, (metrics, new_model_state)
-
-    (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    if axis_name is not None:
+      step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+    if grad_accum_steps == 1:
+      grads, metrics, new_model_state = grads_and_metrics(state.params, state.model_state, batch,
+                                                          step_rng)
+    else:
+      grads, metrics, new_model_state = accumulated_grads_and_metrics(
+          state.params, state.model_state, batch, step_rng)
+    if axis_name is not None:  # Every device applies the mean update of the global batch.
+      weight = loss_weight(batch) if loss_weight is not None else None
+      grads, metrics = _mean_over_axis((grads, metrics), weight, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {

@@ -137,6 +137,11 @@ class SequenceToSequence:
     loss = jnp.sum(loss_BT * weights_BT) / num_tokens
     return loss, {"train/loss": loss, "train/accuracy": jnp.sum(correct_BT * weights_BT) / num_tokens}
 
+  def loss_weight(self, batch: Batch) -> jax.Array:
+    """What the loss is a mean over: the batch's scored (non-padding) target tokens. Gradient
+    accumulation and pmap weight each part's mean by it, to get the whole batch's mean."""
+    return jnp.sum(batch["tgt"][:, 1:] != self.pad_id).astype(jnp.float32)
+
   def eval_sums(self, model, variables, batch: Batch) -> dict[str, jax.Array]:
     logits_BTV = model.apply(variables, *self.model_inputs(batch), train=False)
     loss_BT, correct_BT, weights_BT = self._token_loss(logits_BTV, batch)
