@@ -49,7 +49,12 @@ def _forward(model, variables, args, train):
   return y[0] if isinstance(y, tuple) else y  # StackedRNN: (outputs, carries).
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# The attention models share their dropout code with GPT; they run with the slow tests (CI).
+SLOW_MODELS = ("bert_classifier", "seq2seq", "vit")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS
+                                  else n for n in sorted(MODELS)])
 def test_vmap_over_rates_matches_python_float_rates(name):
   make, args = MODELS[name]
 

@@ -61,7 +61,8 @@ GPT_RUN = ["train", str(REPO / "experiments" / "shakespeare_char_gpt.py") + ":cp
            "optimizer.warmup_steps=5", "data.eval_batch_size=256", "--no-progress"]
 
 
-@pytest.mark.parametrize("strategy", ["jit", pytest.param("pmap", marks=pytest.mark.slow)])
+@pytest.mark.slow  # GPT on 8 devices; tests/test_parallel.py covers the layouts with the CNN.
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
 def test_gpt_on_eight_devices_follows_one_device(tmp_path, strategy):
   """Token batches [B, T] split over devices along B, like images (the CPU GPT has no dropout,
   so pmap computes the same function too)."""

@@ -171,6 +171,7 @@ def test_learning_rate_sweep_gives_each_member_its_value(tmp_path):
   assert swept["member0/train/loss"] < swept["member1/train/loss"]  # 10x the rate: faster.
 
 
+@pytest.mark.slow  # One more sweep; CI runs it.
 def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tmp_path):
   """sweep.method=map runs the members one after another in one compiled loop: each computes
   exactly what its separate run does."""
