@@ -64,6 +64,7 @@ import optax
 
 from jaxdl import config as config_lib
 from jaxdl import nn as nn_lib
+from jaxdl import perf
 from jaxdl.train import optim, tasks
 from jaxdl.train import step as step_lib
 
@@ -129,15 +130,6 @@ def compile_timed(jitted, *args):
   return compiled, time.perf_counter() - start
 
 
-def xla_flops(compiled) -> float | None:
-  """FLOPs per call from XLA's cost analysis (a dict in jax 0.10; older jax gave a list of them)."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  flops = (analysis or {}).get("flops")
-  return float(flops) if flops else None
-
-
 def lstm_variant(unroll: int, length: int, backward: bool = True) -> Variant:
   """jax.grad of sum(outputs) w.r.t. the params (backward=True), or just the outputs [B, T, H]."""
   b, d, h = LSTM_SHAPE["batch"], LSTM_SHAPE["features_in"], LSTM_SHAPE["features"]
@@ -161,7 +153,7 @@ def lstm_variant(unroll: int, length: int, backward: bool = True) -> Variant:
     name = "scan (unroll=1)" if unroll == 1 else f"unroll={unroll}"
   # Only the fully unrolled program is loop-free, so only its FLOP count is complete.
   return Variant(name, b * length, lambda: compiled(params, x_BTD), seconds,
-                 xla_flops(compiled) if unroll >= length else None)
+                 perf.compiled_flops(compiled) if unroll >= length else None)
 
 
 def gpt_variant(attention_impl: str) -> Variant:
@@ -184,7 +176,7 @@ def gpt_variant(attention_impl: str) -> Variant:
     return metrics["train/loss"]
 
   return Variant(f"attention_impl={attention_impl!r}", GPT_BATCH * GPT_TOKENS, call, seconds,
-                 xla_flops(compiled))
+                 perf.compiled_flops(compiled))
 
 
 def attention_variant(implementation: str) -> Variant:
@@ -202,7 +194,7 @@ def attention_variant(implementation: str) -> Variant:
 
   compiled, seconds = compile_timed(jax.jit(forward_backward), q_BTNH, k_BTNH, v_BTNH)
   return Variant(f"implementation={implementation!r}", b * t,
-                 lambda: compiled(q_BTNH, k_BTNH, v_BTNH), seconds, xla_flops(compiled))
+                 lambda: compiled(q_BTNH, k_BTNH, v_BTNH), seconds, perf.compiled_flops(compiled))
 
 
 def max_abs_diff(a, b) -> float:

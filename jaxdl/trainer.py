@@ -67,6 +67,7 @@ class Setup:
   update: Any = None  # Pure (state, sums, batch, rng) -> (state, sums, loss): a step, accumulated.
   eval_step: Any = None  # Pure (state, batch) -> metric sums over the batch.
   init_fn: Any = None  # Pure () -> the loop state of step 0 in its global (saved) form.
+  loop_shapes: Any = None  # jax.eval_shape(init_fn), traced once.
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
@@ -166,12 +167,13 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     eval_step = over_members(eval_step, shared=(False, True))
 
   try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
-    jax.eval_shape(init)  # into a config error now rather than a traceback later.
+    loop_shapes = jax.eval_shape(init)  # into a config error now rather than a traceback later.
   except ValueError as e:
     raise ConfigError(f"model {config.model.get('cls') or config.model.name!r} does not fit the "
                       f"data: {e}") from e
-  return Setup(model, task, tx, schedule, layout, train_step, functools.partial(layout.init, init),
-               total_steps, steps_per_epoch, members, update, eval_step, init)
+  return Setup(model, task, tx, schedule, layout, train_step,
+               functools.partial(layout.init, init, loop_shapes), total_steps, steps_per_epoch,
+               members, update, eval_step, init, loop_shapes)
 
 
 def _without_axis(step_fn, layout: parallel.Layout):
@@ -188,7 +190,7 @@ def _without_axis(step_fn, layout: parallel.Layout):
 
 def abstract_loop(setup: Setup) -> Any:
   """Shapes, dtypes and shardings of the loop state, to restore a checkpoint into."""
-  return setup.layout.abstract_saved(setup.init_fn)
+  return setup.layout.abstract_saved(setup.loop_shapes)
 
 
 def evaluate(eval_step, state, data: data_lib.Dataset, setup: Setup,
@@ -377,7 +379,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # One dispatch a step: the update and the running sums of its metrics, both buffers donated.
   # The step's loss comes back too, as a handle to wait on that step without touching donations.
   train_and_accumulate = layout.compile_update(
-      setup.update, layout.saved_shardings(jax.eval_shape(setup.init_fn)))
+      setup.update, layout.saved_shardings(setup.loop_shapes))
   put_batch = functools.partial(layout.put_batch, member_axis=members is not None)
 
   # ---------------------------------------------------------------- Initial state or resume

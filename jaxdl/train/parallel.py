@@ -110,18 +110,17 @@ class Layout:
     return jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, fsdp)),
                         abstract_loop)
 
-  def abstract_saved(self, init: Callable[[], Any]) -> Any:
-    """Shapes, dtypes and shardings of the loop state, to restore a checkpoint into."""
-    shapes = jax.eval_shape(init)
+  def abstract_saved(self, shapes: Any) -> Any:
+    """Shapes, dtypes and shardings of the loop state (`shapes`: its jax.eval_shape), to restore
+    a checkpoint into."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         shapes, self.saved_shardings(shapes))
 
   # ------------------------------------------------------------------ Run layout
 
-  def init(self, init: Callable[[], Any]) -> Any:
-    """The loop state of step 0, in the run layout."""
-    shardings = self.saved_shardings(jax.eval_shape(init))
-    return self.from_saved(jax.jit(init, out_shardings=shardings)())
+  def init(self, init: Callable[[], Any], shapes: Any) -> Any:
+    """The loop state of step 0 (`shapes`: jax.eval_shape of `init`), in the run layout."""
+    return self.from_saved(jax.jit(init, out_shardings=self.saved_shardings(shapes))())
 
   def from_saved(self, loop: Any) -> Any:
     """Global loop state (as initialised or restored) -> the run layout. Under pmap the train
