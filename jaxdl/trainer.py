@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdl import compile_cache
 from jaxdl import data as data_lib
 from jaxdl import distributed
+from jaxdl import host_memory
 from jaxdl import metrics as metrics_lib
 from jaxdl import models
 from jaxdl import perf as perf_lib
@@ -30,6 +32,7 @@ from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from jaxdl.progress import Progress
+from jaxdl.train import cpu_devices
 from jaxdl.train import optim
 from jaxdl.train import parallel
 from jaxdl.train import step as step_lib
@@ -106,11 +109,24 @@ def _check_and_count_steps(config: ml_collections.ConfigDict, data: data_lib.Dat
   return total_steps, steps_per_epoch
 
 
+def _grad_accum_unroll(setting: Any) -> bool:
+  """train.grad_accum_unroll: auto unrolls on the CPU, where XLA runs a looped step's convolutions
+  far more slowly (jaxdl.train.step); elsewhere the loop keeps one micro-batch in memory."""
+  if setting == "auto":
+    return jax.default_backend() == "cpu"
+  if isinstance(setting, str) and setting.lower() in ("true", "false"):  # A command-line value.
+    return setting.lower() == "true"
+  if not isinstance(setting, bool):
+    raise ConfigError(f"train.grad_accum_unroll={setting!r} must be auto, true or false.")
+  return setting
+
+
 def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   layout = parallel.make_layout(config.get("parallel", {}))
   total_steps, steps_per_epoch = _check_and_count_steps(config, data, layout)
   make_step = functools.partial(
       step_lib.make_train_step, grad_accum_steps=config.train.get("grad_accum_steps", 1),
+      grad_accum_unroll=_grad_accum_unroll(config.train.get("grad_accum_unroll", "auto")),
       axis_name=parallel.PMAP_AXIS if layout.strategy == "pmap" else None)
   model = build_model(config, data.model_hints)
   try:
@@ -332,10 +348,23 @@ def _init_from_checkpoint(loop: dict[str, Any], init_config: ml_collections.Conf
                                         new_states[0], state)}
 
 
+def _batch_sizes(config: ml_collections.ConfigDict) -> list[int]:
+  """The batch sizes every device count must divide: micro-batch (or batch), and eval batch."""
+  batch, accum = config.train.batch_size, config.train.get("grad_accum_steps", 1)
+  micro = batch // accum if isinstance(accum, int) and accum >= 1 and batch % accum == 0 else batch
+  return [micro, config.data.eval_batch_size]
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           command: list[str] | None = None, show_progress: bool = True) -> TrainResult:
   workdir = Path(workdir)
-  distributed.initialize(config.get("parallel", {}))  # Multi-host: before any device is used.
+  # Before any device is used: malloc settings (before XLA starts its threads), multi-host, how
+  # many devices this CPU host shows.
+  host_memory.configure(config.train.get("reuse_host_memory", "auto"))
+  distributed.initialize(config.get("parallel", {}))
+  cpu_devices.configure(config.get("parallel", {}), _batch_sizes(config),
+                        sweep=sweep_lib.members(config) is not None)
+  compile_cache.configure(config.train.get("compilation_cache", "auto"))
 
   # ---------------------------------------------------------------- Workdir and data
   workdir_lib.check_can_train(workdir, config)

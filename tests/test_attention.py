@@ -3,13 +3,14 @@ MultiHeadAttention module and its KV cache."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxdl.nn.attention import (MultiHeadAttention, causal_mask, combine_masks,
-                                dot_product_attention, length_mask, padding_mask)
+                                dot_product_attention, flat_apply, length_mask, padding_mask)
 
 B, T, N, H = 2, 5, 4, 8
 
@@ -293,3 +294,22 @@ def test_kv_cache_decoding_equals_full_causal_forward(num_kv_heads):
   with pytest.raises(ValueError, match="self-attention only"):
     jax.eval_shape(functools.partial(mha.apply, decode=True, mutable=["cache"]),
                    {"params": params, "cache": cache}, x, x)
+
+
+@pytest.mark.parametrize("feature_axes", [1, 2])
+def test_flat_apply_gives_the_layer_s_numbers_and_gradients(feature_axes):
+  """flat_apply only reshapes: outputs and kernel gradients equal the layer's on [B, T, ...]."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)[:2 + feature_axes]), jnp.float32)
+  layer = (nn.DenseGeneral((2, 3)) if feature_axes == 1 else
+           nn.DenseGeneral(7, axis=(-2, -1)))
+  params = layer.init(jax.random.key(0), x)
+  cotangent = jnp.asarray(rng.standard_normal(layer.apply(params, x).shape), jnp.float32)
+  run = lambda p, x, f: jnp.sum(f(p, x) * cotangent)
+  direct = lambda p, x: layer.apply(p, x)
+  flat = lambda p, x: flat_apply(lambda x: layer.apply(p, x), x, feature_axes)
+  np.testing.assert_allclose(flat(params, x), direct(params, x), rtol=1e-6, atol=1e-6)
+  g_flat, g_direct = (jax.grad(run, argnums=(0, 1))(params, x, f) for f in (flat, direct))
+  for a, b in zip(jax.tree.leaves(g_flat), jax.tree.leaves(g_direct)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+

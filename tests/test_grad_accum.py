@@ -111,6 +111,20 @@ def test_accumulation_equals_the_big_batch_step(opt):
   _assert_close(accum_metrics, big_metrics)
 
 
+@pytest.mark.parametrize("model", [_MLP(), _BNNet()], ids=["mlp", "batchnorm"])
+def test_unrolled_accumulation_equals_the_loop(model):
+  """train.grad_accum_unroll (auto on CPU) only changes how XLA runs the micro-batches."""
+  state, batches = _state(model, "adam"), [_batch(s) for s in range(3)]
+  looped = _run(_step(model, "adam", grad_accum_steps=4), state, batches)
+  unrolled = _run(_step(model, "adam", grad_accum_steps=4, grad_accum_unroll=True), state,
+                  batches)
+  _assert_close(unrolled, looped, rtol=1e-6, atol=1e-7)
+  step_fn = step_lib.make_train_step(model, OPTIMIZERS["adam"], SCHEDULE, grad_accum_steps=4,
+                                     grad_accum_unroll=True)
+  compiled = jax.jit(step_fn).lower(state, batches[0], jax.random.key(0)).compile().as_text()
+  assert " while(" not in compiled  # No loop left for XLA to run.
+
+
 def _plain_step(model, tx, task=tasks.Classification()):
   """The train step as it was before accumulation existed: k = 1 must stay exactly this."""
 

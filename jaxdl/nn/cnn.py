@@ -5,10 +5,15 @@ Keras original (TensorFlow CNN tutorial):
     -> Flatten -> Dense(64, relu) -> Dense(10)
 All convolutions are 'valid'; 93,322 parameters for 28x28x1 inputs. Kernels are Glorot-uniform and
 biases zero, which is how Keras initialises Conv2D and Dense. The softmax lives in the loss.
+
+`pool_impl` picks how the max-pools run (jaxdl.nn.pooling): "reshape" (default) gives the same
+numbers as Flax's `nn.max_pool` ("reduce_window") with a gradient ~2.5x cheaper on XLA:CPU.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxdl.nn import pooling
 
 # Keras' default kernel_initializer for Conv2D and Dense.
 glorot_uniform = nn.initializers.glorot_uniform()
@@ -19,6 +24,7 @@ class MnistCNN(nn.Module):
 
   num_classes: int = 10
   dtype: jnp.dtype = jnp.float32
+  pool_impl: str = "reshape"  # or "reduce_window" (Flax's nn.max_pool); same results.
 
   @nn.compact
   def __call__(self, x_BHWC: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -27,9 +33,9 @@ class MnistCNN(nn.Module):
         features, (3, 3), padding="VALID", kernel_init=glorot_uniform, dtype=self.dtype, name=name)
     x = x_BHWC.astype(self.dtype)
     x = nn.relu(conv(32, "conv1")(x))  # [B, 26, 26, 32]
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, 13, 13, 32]
+    x = pooling.max_pool(x, (2, 2), (2, 2), impl=self.pool_impl)  # [B, 13, 13, 32]
     x = nn.relu(conv(64, "conv2")(x))  # [B, 11, 11, 64]
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, 5, 5, 64]
+    x = pooling.max_pool(x, (2, 2), (2, 2), impl=self.pool_impl)  # [B, 5, 5, 64]
     x = nn.relu(conv(64, "conv3")(x))  # [B, 3, 3, 64]
     x = x.reshape((x.shape[0], -1))  # [B, 576], row-major like Keras' Flatten on NHWC
     x = nn.relu(nn.Dense(64, kernel_init=glorot_uniform, dtype=self.dtype, name="dense1")(x))

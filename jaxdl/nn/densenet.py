@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import pooling
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
@@ -89,7 +90,7 @@ class Transition(_ConvBN):
   @nn.compact
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
     x = self.conv(self.features, 1, "conv")(self.bn_relu(x_BHWC, train, "norm"))
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    return pooling.avg_pool(x, (2, 2), (2, 2))
 
 
 class DenseNet(_ConvBN):

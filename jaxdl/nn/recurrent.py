@@ -2,9 +2,11 @@
 
 `Recurrent` hoists the input projection of every timestep into one matmul, then scans only the
 recurrent half of the cell with Flax's lifted `nn.scan` (params broadcast, so they are created
-once and shared by all steps). Padding is given as per-example `lengths_B` or a boolean `mask_BT`
-(True = a real step): at a masked step an example's carry is frozen and its output is zero, so its
-final carry is the one at its last valid step.
+once and shared by all steps), or runs the cell's own `recurrence` over all steps when it has one
+(the LSTM's, with a hand-written backward pass: jaxdl.nn.cells.lstm_recurrence). Padding is given
+as per-example `lengths_B` or a boolean `mask_BT` (True = a real step): at a masked step an
+example's carry is frozen and its output is zero, so its final carry is the one at its last valid
+step.
 
 A backward layer scans from step T-1 down to 0 with the same mask. For padding at the end that is
 exactly "run each example's valid prefix from its last step back to step 0": the padded steps come
@@ -73,7 +75,9 @@ class Recurrent(nn.Module):
   """Runs `cell` over time in one direction.
 
   Attributes:
-    cell: a cell from jaxdl.nn.cells (anything with project_inputs, step, initialize_carry).
+    cell: a cell from jaxdl.nn.cells (anything with project_inputs, step, initialize_carry, and
+      optionally recurrence(carry, xg_TBG, valid_TB, reverse=, unroll=) -> (carry, y_TBH), which
+      then replaces the scan of `step`).
     reverse: scan from the last step to the first; outputs keep the original time order.
     unroll: timesteps per scan iteration (lax.scan's unroll); >1 can be faster on accelerators.
   """
@@ -103,6 +107,10 @@ class Recurrent(nn.Module):
     # Time-major for the scan; transpose x (D wide) rather than the projection (G*H wide).
     xg_TBG = self.cell.project_inputs(jnp.swapaxes(x_BTD, 0, 1))
     valid_TB = None if mask_BT is None else mask_BT.T
+    if hasattr(self.cell, "recurrence"):  # The cell's own loop over time (the LSTM's).
+      carry, y_TBH = self.cell.recurrence(carry, xg_TBG, valid_TB, reverse=self.reverse,
+                                          unroll=self.unroll)
+      return jnp.swapaxes(y_TBH, 0, 1), carry
     scan = nn.scan(_scan_body, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=0, out_axes=0, reverse=self.reverse, unroll=self.unroll)
     carry, y_TBH = scan(self.cell, carry, (xg_TBG, valid_TB))

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn.attention import flat_apply
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.recurrent import StackedRNN
 
@@ -88,7 +89,8 @@ class RNNLanguageModel(nn.Module):
       cache.value = carries
 
     y_BTH = dropout(y_BTH)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(y_BTH)
+    # On [B*T, H]: the same numbers, and a faster backward on CPU (jaxdl.nn.attention.flat_apply).
+    logits = flat_apply(nn.Dense(self.vocab_size, dtype=self.dtype, name="logits"), y_BTH)
     return logits.astype(jnp.float32)
 
 

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.nn.attention import MultiHeadAttention
+from jaxdl.nn.attention import MultiHeadAttention, flat_apply
 from jaxdl.nn.dropout import Dropout
 
 Array = jax.Array
@@ -83,9 +83,13 @@ class Mlp(nn.Module):
     dense = lambda features, init, name: nn.Dense(
         features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=init, name=name)
-    h_BTF = act(dense(self.mlp_dim, self.kernel_init, "fc_in")(x_BTD))
     out_init = self.kernel_init if self.out_kernel_init is None else self.out_kernel_init
-    return dense(x_BTD.shape[-1], out_init, "fc_out")(h_BTF)
+    fc_in = dense(self.mlp_dim, self.kernel_init, "fc_in")
+    fc_out = dense(x_BTD.shape[-1], out_init, "fc_out")
+    # On [B*T, D] rows rather than [B, T, D]: the same numbers, but XLA:CPU then contracts the
+    # kernels' gradients over one axis and skips a transposed copy of the activation's gradient
+    # (about a fifth of the CPU char GPT's step; see attention.flat_apply).
+    return flat_apply(lambda x_ND: fc_out(act(fc_in(x_ND))), x_BTD)
 
 
 class TransformerBlock(nn.Module):

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import pooling
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
@@ -105,6 +106,7 @@ class VGG(nn.Module):
   hidden_dim: int = 4096
   pool_size: int = 7
   dropout_rate: float = 0.5
+  pool_impl: str = "reshape"  # jaxdl.nn.pooling; "reduce_window" is Flax's, same results.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -123,7 +125,7 @@ class VGG(nn.Module):
     index = 0  # Position in torchvision's `features` Sequential, which names the layers.
     for v in VGG_CONFIGS[self.depth]:
       if v == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = pooling.max_pool(x, (2, 2), (2, 2), impl=self.pool_impl)
         index += 1
         continue
       features = max(1, round(v * self.width_multiplier))

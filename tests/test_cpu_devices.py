@@ -1,0 +1,81 @@
+"""parallel.cpu_devices: how many JAX devices a CPU host is split into, and when it applies.
+
+That training on 8 CPU devices follows the 1-device run (to float rounding) is tested in
+tests/test_parallel.py and tests/test_multidevice.py; this file tests the choice itself.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxdl.errors import ConfigError
+from jaxdl.train import cpu_devices
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("setting, batch_sizes, expected", [
+    ("auto", [64, 256], 8),
+    ("auto", [12, 100], 4),  # The most that divides both.
+    ("auto", [7, 256], 1),
+    ("auto", [], 8),
+    (2, [64, 256], 2),
+    ("3", [64], 3),  # From a command-line override; not checked against the batch here.
+])
+def test_choose(setting, batch_sizes, expected):
+  assert cpu_devices.choose(setting, batch_sizes) == expected
+
+
+@pytest.mark.parametrize("bad", [0, -2, "four", 2.5, True])
+def test_choose_rejects_bad_settings(bad):
+  with pytest.raises(ConfigError, match="parallel.cpu_devices=.*'auto' or a whole number"):
+    cpu_devices.choose(bad, [64])
+
+
+_PROBE = """
+import json, logging, sys
+import jax
+from jaxdl.train import cpu_devices
+parallel = json.loads(sys.argv[1])
+if parallel.pop("start_jax_first", False):
+  jax.devices()
+returned = cpu_devices.configure(parallel, [64, 400], sweep=parallel.pop("sweep", False))
+print(json.dumps({"returned": returned, "devices": jax.local_device_count()}))
+"""
+
+
+def _probe(parallel, xla_flags=None):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  if xla_flags:
+    env["XLA_FLAGS"] = xla_flags
+  out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(parallel)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+@pytest.mark.parametrize("parallel, xla_flags, expected", [
+    ({"cpu_devices": "auto"}, None, {"returned": 8, "devices": 8}),
+    ({"cpu_devices": 2}, None, {"returned": 2, "devices": 2}),
+    ({"cpu_devices": 1}, None, {"returned": 1, "devices": 1}),
+    # Whoever chose a count before wins over auto, and sweeps and pmap keep the host whole.
+    ({"cpu_devices": "auto"}, "--xla_force_host_platform_device_count=3",
+     {"returned": None, "devices": 3}),
+    ({"cpu_devices": "auto", "sweep": True}, None, {"returned": None, "devices": 1}),
+    ({"cpu_devices": "auto", "strategy": "pmap"}, None, {"returned": None, "devices": 1}),
+    # An explicit count beats an XLA flag.
+    ({"cpu_devices": 2}, "--xla_force_host_platform_device_count=3",
+     {"returned": 2, "devices": 2}),
+])
+def test_configure_in_a_fresh_process(parallel, xla_flags, expected):
+  result, _ = _probe(parallel, xla_flags)
+  assert result == expected
+
+
+def test_configure_after_jax_started_leaves_it_and_says_so():
+  result, stderr = _probe({"cpu_devices": 4, "start_jax_first": True})
+  assert result == {"returned": None, "devices": 1}
+  assert "parallel.cpu_devices=4 not applied: JAX already started with 1 CPU device" in stderr
