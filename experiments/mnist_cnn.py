@@ -28,4 +28,7 @@ def get_config():
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-3
   config.optimizer.eps = 1e-7  # Keras' Adam default (optax's is 1e-8).
+  # On a CPU: 8 JAX devices, the batch split over them, so that both cores of a small machine
+  # work (about 2x the examples/s of one device on 2 cores; results equal to float rounding).
+  config.parallel.cpu_devices = "auto"
   return config

@@ -85,9 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Mesh axis sizes (jit): the batch is split over data x fsdp devices; parameters and optimizer
   # state are sharded over fsdp (1: replicated). -1 takes the devices left over.
   c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-  # On a CPU host: how many JAX devices to split it into (jaxdl.train.cpu_devices). auto: 8, or
-  # the most that divides the batch sizes (both cores busy: ~1.6x faster on 2 cores); 1: one.
-  c.parallel.cpu_devices = "auto"
+  # On a CPU host: how many JAX devices to split it into (jaxdl.train.cpu_devices). 1: one;
+  # auto: 8, or the most that divides the batch sizes (the seed CNN: ~2x faster on 2 cores;
+  # recurrent models: slower, so 1 stays the default and experiments opt in).
+  c.parallel.cpu_devices = 1
   # Multi-host: jax.distributed.initialize. auto: when a coordinator is given here or JAX detects
   # a cluster (SLURM, Open MPI, Cloud TPU); on: always; off: never.
   c.parallel.distributed = "auto"

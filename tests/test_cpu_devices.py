@@ -61,14 +61,15 @@ def _probe(parallel, xla_flags=None):
     ({"cpu_devices": "auto"}, None, {"returned": 8, "devices": 8}),
     ({"cpu_devices": 2}, None, {"returned": 2, "devices": 2}),
     ({"cpu_devices": 1}, None, {"returned": 1, "devices": 1}),
-    # Whoever chose a count before wins over auto, and sweeps and pmap keep the host whole.
+    # Whoever chose a count before wins, and under auto sweeps and pmap keep the host whole.
     ({"cpu_devices": "auto"}, "--xla_force_host_platform_device_count=3",
      {"returned": None, "devices": 3}),
     ({"cpu_devices": "auto", "sweep": True}, None, {"returned": None, "devices": 1}),
     ({"cpu_devices": "auto", "strategy": "pmap"}, None, {"returned": None, "devices": 1}),
-    # An explicit count beats an XLA flag.
+    # The environment's choice wins over an explicit count too; 1 is the default.
     ({"cpu_devices": 2}, "--xla_force_host_platform_device_count=3",
-     {"returned": 2, "devices": 2}),
+     {"returned": None, "devices": 3}),
+    ({}, None, {"returned": 1, "devices": 1}),
 ])
 def test_configure_in_a_fresh_process(parallel, xla_flags, expected):
   result, _ = _probe(parallel, xla_flags)

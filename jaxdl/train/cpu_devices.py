@@ -8,17 +8,21 @@ so every core has work: on a 2-core machine the seed CNN trains ~1.6x faster
 (benchmarks/README.md, "cpu devices").
 
 `parallel.cpu_devices`:
-- "auto" (default): 8 devices, or the largest number that divides the batch sizes, when JAX runs
-  on the CPU and nothing else has chosen a device count. The count is fixed rather than the
-  machine's core count so that a run gives the same numbers on a laptop and on a 64-core server
-  (the mean over 8 shards adds in another order than over 1: results equal a 1-device run to
-  float rounding, not to the bit).
-- N >= 1: exactly N (1: the whole host is one device, XLA's default).
+- 1 (default): the whole host is one device, XLA's default.
+- "auto": 8 devices, or the largest number that divides the batch sizes, when JAX runs on the
+  CPU and nothing else has chosen a device count (experiments/mnist_cnn.py opts in). The count is
+  fixed rather than the machine's core count so that a run gives the same numbers on a laptop
+  and on a 64-core server (the mean over 8 shards adds in another order than over 1: results
+  equal a 1-device run to float rounding, not to the bit). It is not the default because it
+  pays only for models whose step is a few large operations: a recurrent model's loop of small
+  steps ran ~2.7x *slower* on 8 devices than on 1 (char LSTM, benchmarks/README.md), each
+  device's loop then competing for the cores step by step.
+- N >= 1: exactly N.
 
 It only acts before JAX starts its CPU backend: `jaxdl train` applies it first thing. A process
 that has already used JAX (a notebook, a test) keeps the devices it has; an explicit N that
-differs is then reported, not applied. An explicit `--xla_force_host_platform_device_count` in
-XLA_FLAGS, or `jax.config.update("jax_num_cpu_devices", N)`, wins over "auto".
+differs is then reported, not applied. `--xla_force_host_platform_device_count` in XLA_FLAGS,
+or `jax.config.update("jax_num_cpu_devices", N)` before the run, wins over this setting.
 """
 
 import logging
@@ -88,17 +92,18 @@ def configure(parallel_config: Any, batch_sizes: list[int], *, sweep: bool = Fal
     sweep: a vmapped sweep; "auto" then keeps one device (vmapped members' convolutions are not
       split over devices, so more devices would only copy the work).
   """
-  setting = parallel_config.get("cpu_devices", "auto")
+  setting = parallel_config.get("cpu_devices", 1)
   count = choose(setting, batch_sizes)
   explicit = str(setting) != "auto"
   if _backend_started():
-    if explicit and jax.default_backend() == "cpu" and jax.local_device_count() != count:
+    if count > 1 and jax.default_backend() == "cpu" and jax.local_device_count() != count:
       logger.warning("parallel.cpu_devices=%d not applied: JAX already started with %d CPU "
                      "device(s) in this process. Set it before JAX is first used (e.g. run "
                      "through `jaxdl train`).", count, jax.local_device_count())
     return None
-  if not explicit and (sweep or _count_chosen_elsewhere() or not targets_cpu()
-                       or jax.distributed.is_initialized()
+  if _count_chosen_elsewhere():  # The environment (XLA_FLAGS) or the program chose: it wins.
+    return None
+  if not explicit and (sweep or not targets_cpu() or jax.distributed.is_initialized()
                        or parallel_config.get("strategy", "jit") != "jit"):
     return None
   jax.config.update("jax_num_cpu_devices", count)
