@@ -80,7 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.reuse_host_memory = "auto"
 
   # How a run spreads over devices and hosts (jaxdl.train.parallel).
-  c.parallel = ml_collections.ConfigDict()
+  # Not type-safe: parallel.cpu_devices takes a count or "auto".
+  c.parallel = ml_collections.ConfigDict(type_safe=False)
   c.parallel.strategy = "jit"  # jit: one program over a device mesh | pmap: replicated per device
   # Mesh axis sizes (jit): the batch is split over data x fsdp devices; parameters and optimizer
   # state are sharded over fsdp (1: replicated). -1 takes the devices left over.
@@ -277,9 +278,15 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+# Keys that take a number or a word ("auto"): a number given on the command line is an int.
+COUNT_OR_WORD_KEYS = frozenset({"parallel.cpu_devices"})
+
+
 def parse_value(key: str, text: str, current: Any) -> Any:
   """Parses `text` to the type of `current`, the value it overrides."""
   text = text.strip()
+  if key in COUNT_OR_WORD_KEYS:
+    return int(text) if text.lstrip("-").isdigit() else text
   expected = type(current).__name__
 
   def wrong_type(hint: str = "") -> ConfigError:

@@ -80,3 +80,15 @@ def test_configure_after_jax_started_leaves_it_and_says_so():
   result, stderr = _probe({"cpu_devices": 4, "start_jax_first": True})
   assert result == {"returned": None, "devices": 1}
   assert "parallel.cpu_devices=4 not applied: JAX already started with 1 CPU device" in stderr
+
+
+def test_config_takes_a_count_or_auto():
+  from jaxdl import config as config_lib
+  config = config_lib.base_config()
+  assert config.parallel.cpu_devices == 1
+  config_lib.apply_overrides(config, ["parallel.cpu_devices=auto"])
+  assert config.parallel.cpu_devices == "auto"
+  experiment = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  assert experiment.parallel.cpu_devices == "auto"
+  config_lib.apply_overrides(experiment, ["parallel.cpu_devices=4"])
+  assert experiment.parallel.cpu_devices == 4
