@@ -185,11 +185,13 @@ def test_ctrl_c_saves_and_resumes_exactly(reference_run, tmp_path, monkeypatch):
       os.kill(os.getpid(), signal.SIGINT)
 
   monkeypatch.setattr(metrics_lib.MetricWriter, "write", write_then_interrupt)
+  # What train() must put back: the default handler, or SIG_IGN in a background job.
+  handler_before = signal.getsignal(signal.SIGINT)
   stopped = _train(run, "train.num_steps=60")
   monkeypatch.setattr(metrics_lib.MetricWriter, "write", original_write)
   assert stopped.interrupted_by == signal.SIGINT and 20 < stopped.step < 60
   assert Checkpointer(run / "checkpoints", read_only=True).latest_step() == stopped.step
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Handler restored.
+  assert signal.getsignal(signal.SIGINT) == handler_before  # Handler restored.
   _train(run, "train.num_steps=60")
   assert _metrics_by_step(run)[60] == _metrics_by_step(workdir)[60]
 

@@ -96,7 +96,8 @@ def configure(parallel_config: Any, batch_sizes: list[int], *, sweep: bool = Fal
   count = choose(setting, batch_sizes)
   explicit = str(setting) != "auto"
   if _backend_started():
-    if count > 1 and jax.default_backend() == "cpu" and jax.local_device_count() != count:
+    if (explicit and count > 1 and jax.default_backend() == "cpu"
+        and jax.local_device_count() != count):
       logger.warning("parallel.cpu_devices=%d not applied: JAX already started with %d CPU "
                      "device(s) in this process. Set it before JAX is first used (e.g. run "
                      "through `jaxdl train`).", count, jax.local_device_count())
