@@ -546,6 +546,9 @@ def evaluate_workdir(workdir: str | Path,
   """
   workdir = Path(workdir)
   config = workdir_lib.load_config(workdir)
+  # The devices the run trained on, so that `jaxdl eval` reproduces its evaluation exactly.
+  cpu_devices.configure(config.get("parallel", {}), _batch_sizes(config),
+                        sweep=sweep_lib.members(config) is not None)
   data = load_data(config)
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   setup = build(config, data)

@@ -92,3 +92,33 @@ def test_config_takes_a_count_or_auto():
   assert experiment.parallel.cpu_devices == "auto"
   config_lib.apply_overrides(experiment, ["parallel.cpu_devices=4"])
   assert experiment.parallel.cpu_devices == 4
+
+
+def test_cli_train_splits_the_host_and_eval_reproduces_its_evaluation(tmp_path):
+  """`jaxdl train` on the seed CNN (auto) runs on 8 CPU devices; `jaxdl eval` later in a fresh
+  process uses the run's devices again, so it reproduces the final evaluation to the bit."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", JAXDL_OFFLINE="1")
+  run = tmp_path / "run"
+  common = dict(cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  trained = subprocess.run(
+      [sys.executable, "-m", "jaxdl.cli", "train", str(REPO / "experiments" / "mnist_cnn.py"),
+       "train.num_steps=8", "train.batch_size=32", "train.log_every_steps=4",
+       "train.eval_every_steps=8", "data.eval_batch_size=400", "--workdir", str(run),
+       "--no-progress"], **common)
+  assert trained.returncode == 0, trained.stderr
+  assert "Split this CPU host into 8 JAX devices" in trained.stderr + trained.stdout
+  metadata = json.loads((run / "metadata.json").read_text())
+  runs = metadata if isinstance(metadata, list) else metadata.get("runs", [metadata])
+  assert len(runs[-1]["devices"]) == 8
+  final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  final_eval = [r for r in final if "eval/loss" in r][-1]
+  script = ("import json, sys, jax; from jaxdl import trainer; "
+            "step, metrics, _ = trainer.evaluate_workdir(sys.argv[1]); "
+            "print(json.dumps({'step': step, 'devices': jax.device_count(), **metrics}))")
+  evaluated = subprocess.run([sys.executable, "-c", script, str(run)], **common)
+  assert evaluated.returncode == 0, evaluated.stderr
+  again = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  assert again["step"] == 8 and again["devices"] == 8
+  assert again["eval/loss"] == final_eval["eval/loss"]
+  assert again["eval/accuracy"] == final_eval["eval/accuracy"]
