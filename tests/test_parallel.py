@@ -209,9 +209,17 @@ def test_grad_accumulation_follows_the_large_batch(tmp_path):
     return _by_step(tmp_path / name)
   big, accumulated = run("big"), run("accum", "train.grad_accum_steps=4")
   for step in (10, 20):
-    for key in ("train/loss", "train/accuracy", "train/grad_norm"):
-      np.testing.assert_allclose(accumulated[step][key], big[step][key], rtol=RTOL, err_msg=key)
-  np.testing.assert_allclose(accumulated[20]["eval/loss"], big[20]["eval/loss"], rtol=RTOL)
+    np.testing.assert_allclose(accumulated[step]["train/loss"], big[step]["train/loss"],
+                               rtol=RTOL, err_msg="train/loss")
+    # Gradient norms and the eval loss move more with Adam's amplified rounding than the train
+    # loss does (seen: 2.2e-3 and 2.1e-3): the documented 1e-2 for both.
+    np.testing.assert_allclose(accumulated[step]["train/grad_norm"], big[step]["train/grad_norm"],
+                               rtol=EVAL_RTOL, err_msg="train/grad_norm")
+    # Accuracy counts argmax decisions over the interval's 640 examples: rounding may flip a
+    # near-tie or two (seen: 3 of 640), so allow a few examples rather than a relative 2e-3.
+    np.testing.assert_allclose(accumulated[step]["train/accuracy"], big[step]["train/accuracy"],
+                               atol=5 / 640, rtol=0, err_msg="train/accuracy")
+  np.testing.assert_allclose(accumulated[20]["eval/loss"], big[20]["eval/loss"], rtol=EVAL_RTOL)
 
 
 def test_grad_accumulation_must_divide_the_batch():
