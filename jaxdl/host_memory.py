@@ -19,6 +19,7 @@ import ctypes.util
 import logging
 import platform
 
+from jaxdl.errors import ConfigError
 from jaxdl.train import cpu_devices
 
 logger = logging.getLogger("jaxdl")
@@ -45,7 +46,6 @@ def configure(setting: str) -> bool:
   """Applies `train.reuse_host_memory`; returns whether malloc is (now) set up for reuse."""
   global _applied
   if setting not in ("auto", "on", "off"):
-    from jaxdl.errors import ConfigError  # pylint: disable=import-outside-toplevel
     raise ConfigError(f"train.reuse_host_memory={setting!r} must be auto, on or off.")
   if setting == "off":
     return _applied

@@ -348,11 +348,13 @@ def _init_from_checkpoint(loop: dict[str, Any], init_config: ml_collections.Conf
                                         new_states[0], state)}
 
 
-def _batch_sizes(config: ml_collections.ConfigDict) -> list[int]:
-  """The batch sizes every device count must divide: micro-batch (or batch), and eval batch."""
+def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
+  """Applies parallel.cpu_devices (jaxdl.train.cpu_devices) before JAX starts; the count must
+  divide the micro-batch (or batch) and the eval batch."""
   batch, accum = config.train.batch_size, config.train.get("grad_accum_steps", 1)
   micro = batch // accum if isinstance(accum, int) and accum >= 1 and batch % accum == 0 else batch
-  return [micro, config.data.eval_batch_size]
+  cpu_devices.configure(config.get("parallel", {}), [micro, config.data.eval_batch_size],
+                        sweep=sweep_lib.members(config) is not None)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -362,8 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # many devices this CPU host shows.
   host_memory.configure(config.train.get("reuse_host_memory", "auto"))
   distributed.initialize(config.get("parallel", {}))
-  cpu_devices.configure(config.get("parallel", {}), _batch_sizes(config),
-                        sweep=sweep_lib.members(config) is not None)
+  _split_cpu_host(config)
   compile_cache.configure(config.train.get("compilation_cache", "auto"))
 
   # ---------------------------------------------------------------- Workdir and data
@@ -547,8 +548,7 @@ def evaluate_workdir(workdir: str | Path,
   workdir = Path(workdir)
   config = workdir_lib.load_config(workdir)
   # The devices the run trained on, so that `jaxdl eval` reproduces its evaluation exactly.
-  cpu_devices.configure(config.get("parallel", {}), _batch_sizes(config),
-                        sweep=sweep_lib.members(config) is not None)
+  _split_cpu_host(config)
   data = load_data(config)
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   setup = build(config, data)
