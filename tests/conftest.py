@@ -25,3 +25,18 @@ def shared_mnist() -> Path:
   if not (path / "train-images-idx3-ubyte.gz").exists():
     pytest.skip(f"full MNIST not found at {path} (../shared/data is only on jaxdl dev machines)")
   return path
+
+
+def seed_cnn_run(workdir: Path, *overrides: str) -> list[dict]:
+  """The logged records (perf/ timings left out) of 20 seed-CNN steps at batch 32 and an eval,
+  with `overrides`: for tests that a speed option leaves a run's numbers as they were."""
+  from jaxdl import config as config_lib
+  from jaxdl import metrics as metrics_lib
+  from jaxdl import trainer
+  config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  config_lib.apply_overrides(config, [
+      "train.batch_size=32", "train.num_steps=20", "train.log_every_steps=10",
+      "train.eval_every_steps=20", "data.eval_batch_size=500", *overrides])
+  trainer.train(config, workdir, show_progress=False)
+  return [{k: v for k, v in r.items() if not k.startswith("perf/")}
+          for r in metrics_lib.read_metrics(workdir)]

@@ -89,13 +89,13 @@ def test_config_takes_a_count_or_auto():
   config_lib.apply_overrides(config, ["parallel.cpu_devices=auto"])
   assert config.parallel.cpu_devices == "auto"
   experiment = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
-  assert experiment.parallel.cpu_devices == "auto"
+  assert experiment.parallel.cpu_devices == 1  # im2col convolutions keep both cores busy.
   config_lib.apply_overrides(experiment, ["parallel.cpu_devices=4"])
   assert experiment.parallel.cpu_devices == 4
 
 
 def test_cli_train_splits_the_host_and_eval_reproduces_its_evaluation(tmp_path):
-  """`jaxdl train` on the seed CNN (auto) runs on 8 CPU devices; `jaxdl eval` later in a fresh
+  """`jaxdl train` on the seed CNN with parallel.cpu_devices=auto runs on 8 CPU devices; `jaxdl eval` later in a fresh
   process uses the run's devices again, so it reproduces the final evaluation to the bit."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", JAXDL_OFFLINE="1")
@@ -104,8 +104,8 @@ def test_cli_train_splits_the_host_and_eval_reproduces_its_evaluation(tmp_path):
   trained = subprocess.run(
       [sys.executable, "-m", "jaxdl.cli", "train", str(REPO / "experiments" / "mnist_cnn.py"),
        "train.num_steps=8", "train.batch_size=32", "train.log_every_steps=4",
-       "train.eval_every_steps=8", "data.eval_batch_size=400", "--workdir", str(run),
-       "--no-progress"], **common)
+       "train.eval_every_steps=8", "data.eval_batch_size=400", "parallel.cpu_devices=auto",
+       "--workdir", str(run), "--no-progress"], **common)
   assert trained.returncode == 0, trained.stderr
   assert "Split this CPU host into 8 JAX devices" in trained.stderr + trained.stdout
   metadata = json.loads((run / "metadata.json").read_text())

@@ -68,20 +68,8 @@ def test_reduce_window_impl_and_bad_impl():
 
 def test_seed_cnn_trains_to_the_same_numbers_with_either_pool(tmp_path):
   """The speed option changes nothing a run computes: 20 steps and an eval, to the bit."""
-  from jaxdl import config as config_lib
-  from jaxdl import metrics as metrics_lib
-  from jaxdl import trainer
-  from tests.conftest import REPO
-
-  def run(impl):
-    config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
-    config_lib.apply_overrides(config, [
-        "train.batch_size=32", "train.num_steps=20", "train.log_every_steps=10",
-        "train.eval_every_steps=20", "data.eval_batch_size=500", f"model.pool_impl={impl}"])
-    trainer.train(config, tmp_path / impl, show_progress=False)
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")}
-            for r in metrics_lib.read_metrics(tmp_path / impl)]
-
-  fast, reference = run("reshape"), run("reduce_window")
+  from tests.conftest import seed_cnn_run
+  fast = seed_cnn_run(tmp_path / "reshape", "model.pool_impl=reshape")
+  reference = seed_cnn_run(tmp_path / "reduce_window", "model.pool_impl=reduce_window")
   assert fast == reference
   assert any("eval/loss" in r for r in fast)

@@ -8,11 +8,15 @@ biases zero, which is how Keras initialises Conv2D and Dense. The softmax lives 
 
 `pool_impl` picks how the max-pools run (jaxdl.nn.pooling): "reshape" (default) gives the same
 numbers as Flax's `nn.max_pool` ("reduce_window") with a gradient ~2.5x cheaper on XLA:CPU.
+`conv_impl` picks how the convolutions run (jaxdl.nn.conv): "auto" (default) is "im2col" on a
+single CPU device (matmuls over patches: the train step 1.6-1.7x faster there) and "xla"
+elsewhere; the two give the same parameters and results equal up to float rounding.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdl.nn import conv as conv_lib
 from jaxdl.nn import pooling
 
 # Keras' default kernel_initializer for Conv2D and Dense.
@@ -25,12 +29,15 @@ class MnistCNN(nn.Module):
   num_classes: int = 10
   dtype: jnp.dtype = jnp.float32
   pool_impl: str = "reshape"  # or "reduce_window" (Flax's nn.max_pool); same results.
+  conv_impl: str = "auto"  # "im2col", "xla" (Flax's nn.Conv) or "auto": im2col on one CPU.
 
   @nn.compact
   def __call__(self, x_BHWC: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     del train  # No dropout or BatchNorm; the argument keeps the model signature uniform.
+    conv_general_dilated = conv_lib.conv_general_dilated(self.conv_impl)
     conv = lambda features, name: nn.Conv(
-        features, (3, 3), padding="VALID", kernel_init=glorot_uniform, dtype=self.dtype, name=name)
+        features, (3, 3), padding="VALID", kernel_init=glorot_uniform, dtype=self.dtype,
+        conv_general_dilated=conv_general_dilated, name=name)
     x = x_BHWC.astype(self.dtype)
     x = nn.relu(conv(32, "conv1")(x))  # [B, 26, 26, 32]
     x = pooling.max_pool(x, (2, 2), (2, 2), impl=self.pool_impl)  # [B, 13, 13, 32]

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import conv as conv_lib
 from jaxdl.nn import pooling
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
@@ -96,6 +97,10 @@ class VGG(nn.Module):
     pool_size: side of the adaptive pool's output (7); 1 gives the small-image VGGs whose
       classifier reads a 512-vector.
     dropout_rate: dropout after each hidden classifier layer (rng stream "dropout").
+    pool_impl, conv_impl: how max-pools and convolutions run (jaxdl.nn.pooling, jaxdl.nn.conv);
+      the parameters are the same whichever is picked, and the results equal up to float
+      rounding. On a CPU the default im2col convolutions made a VGG-11 train step at batch 16 on
+      32x32 images 4.7x faster (100 against 472 ms).
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
   """
 
@@ -107,6 +112,7 @@ class VGG(nn.Module):
   pool_size: int = 7
   dropout_rate: float = 0.5
   pool_impl: str = "reshape"  # jaxdl.nn.pooling; "reduce_window" is Flax's, same results.
+  conv_impl: str = "auto"  # jaxdl.nn.conv: "im2col" on one CPU device (faster), else "xla".
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -122,6 +128,7 @@ class VGG(nn.Module):
       raise ValueError(f"VGG needs images of at least 32x32 (it halves them five times); got "
                        f"{x_BHWC.shape[1]}x{x_BHWC.shape[2]}. Resize or pad the inputs.")
     x = x_BHWC.astype(self.dtype)
+    conv_general_dilated = conv_lib.conv_general_dilated(self.conv_impl)
     index = 0  # Position in torchvision's `features` Sequential, which names the layers.
     for v in VGG_CONFIGS[self.depth]:
       if v == "M":
@@ -130,7 +137,8 @@ class VGG(nn.Module):
         continue
       features = max(1, round(v * self.width_multiplier))
       x = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_CONV_INIT,
-                  dtype=self.dtype, param_dtype=self.param_dtype, name=f"features_{index}")(x)
+                  dtype=self.dtype, param_dtype=self.param_dtype,
+                  conv_general_dilated=conv_general_dilated, name=f"features_{index}")(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, param_dtype=self.param_dtype,
