@@ -65,6 +65,21 @@ def test_channels_first_layout_falls_back_to_xla():
                                 lax.conv_general_dilated(x, kernel, (1, 1), "SAME"))
 
 
+def test_second_order_reverse_mode_matches_xla():
+  """A gradient penalty (the gradient of a gradient's norm) through im2col, as through XLA's."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, CHANNELS_LAST[2])
+
+  def penalty(fn):
+    loss = lambda k: jnp.sum(jnp.tanh(fn(x, k, (1, 1), "SAME", dimension_numbers=numbers,
+                                         precision="highest")))
+    return jax.grad(lambda k: jnp.sum(jax.grad(loss)(k) ** 2))(kernel)
+
+  np.testing.assert_allclose(penalty(conv.im2col_conv_general_dilated),
+                             penalty(lax.conv_general_dilated), rtol=1e-4, atol=1e-4)
+
+
 def test_window_larger_than_the_input_is_a_clear_error():
   x, kernel = jnp.zeros((1, 2, 2, 1)), jnp.zeros((3, 3, 1, 1))
   with pytest.raises(ValueError, match="window of 3 does not fit in a padded input of 2"):

@@ -20,6 +20,8 @@ per layer, which is one reason "auto" picks im2col only on a CPU (with one devic
 
 Unsupported arguments (input or kernel dilation, feature groups, layouts other than Flax's
 channels-last) fall back to `lax.conv_general_dilated`, so every `nn.Conv` keeps working.
+Reverse mode differentiates through it to any order; forward mode (`jax.jvp`, `jax.hessian`)
+does not, as for any `jax.custom_vjp`: pick `conv_impl="xla"` for that.
 """
 
 import functools

@@ -99,8 +99,8 @@ class VGG(nn.Module):
     dropout_rate: dropout after each hidden classifier layer (rng stream "dropout").
     pool_impl, conv_impl: how max-pools and convolutions run (jaxdl.nn.pooling, jaxdl.nn.conv);
       the parameters are the same whichever is picked, and the results equal up to float
-      rounding. On a CPU the default im2col convolutions made a VGG-11 train step at batch 16 on
-      32x32 images 4.7x faster (100 against 472 ms).
+      rounding. On a single CPU device the default (im2col) made a VGG-11 train step at batch 16
+      on 32x32 images 3.3x faster (168 against 547 ms: benchmarks/conv_impl.py --model vgg11).
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
   """
 
