@@ -131,10 +131,6 @@ def _patches(x_padded, kernel_size, strides, out_size):
   return jnp.concatenate(views, axis=-1)
 
 
-def _matmul(a, b, precision):
-  return jnp.matmul(a, b, precision=precision)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_im2col(x, kernel, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...],
                 precision=None):
@@ -161,7 +157,7 @@ def _conv_forward(x, kernel, strides, pads, precision):
                    for s, k, st in zip(x_padded.shape[1:-1], kernel_size, strides))
   patches = _patches(x_padded, kernel_size, strides, out_size)  # [B, *S_out, K*C]
   rows_NK = patches.reshape(-1, patches.shape[-1])
-  y_NO = _matmul(rows_NK, kernel.reshape(-1, kernel.shape[-1]), precision)
+  y_NO = jnp.matmul(rows_NK, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
   return y_NO.reshape(patches.shape[:-1] + y_NO.shape[-1:]), patches
 
 
@@ -176,8 +172,9 @@ def _conv_im2col_bwd(strides, pads, precision, residuals, dy):
   kernel_size, (c, o) = kernel.shape[:n], kernel.shape[n:]
   rows = math.prod(dy.shape[:-1])
   dy_NO = dy.reshape(rows, o)
-  dkernel_KO = _matmul(patches.reshape(rows, -1).T, dy_NO, precision)
-  dpatches = _matmul(dy_NO, kernel.reshape(-1, o).T, precision).reshape(patches.shape)
+  dkernel_KO = jnp.matmul(patches.reshape(rows, -1).T, dy_NO, precision=precision)
+  dpatches = jnp.matmul(dy_NO, kernel.reshape(-1, o).T,
+                        precision=precision).reshape(patches.shape)
   # Each view's gradient goes back where the view was cut from: a zero-padding of it to the
   # padded input's shape (interior padding for strides); the views' sum is the input gradient.
   # (Padding all of dpatches once and summing shifted slices of it measured no faster.)
