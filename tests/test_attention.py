@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxdl.nn.attention import (MultiHeadAttention, causal_mask, combine_masks,
-                                dot_product_attention, flat_apply, length_mask, padding_mask)
+                                dot_product_attention, flat_apply, length_mask, padding_mask,
+                                softmax)
 
 B, T, N, H = 2, 5, 4, 8
 
@@ -88,6 +89,45 @@ def test_softmax_is_stable_for_huge_logits():
   np.testing.assert_allclose(out, _np_attention(q * 1e3, k * 1e3, v), rtol=1e-4, atol=1e-4)
 
 
+def test_softmax_and_its_derivatives_equal_jax_nn_softmax():
+  # Rows as attention makes them: ordinary, huge, and partly masked with finfo.min.
+  logits = _normal((3, 4, 6), 11)
+  logits[1] *= 1e4
+  logits[2, :, 3:] = np.finfo(np.float32).min
+  logits = jnp.asarray(logits)
+  reference = functools.partial(jax.nn.softmax, axis=-1)
+  np.testing.assert_array_equal(softmax(logits), reference(logits))
+
+  cotangent = jnp.asarray(_normal(logits.shape, 12))
+  grad = jax.vjp(softmax, logits)[1](cotangent)[0]
+  grad_ref = jax.vjp(reference, logits)[1](cotangent)[0]
+  np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(grad[2, :, 3:], 0.0)  # Masked keys get no gradient.
+  # Each row's gradient sums to zero: softmax is invariant to adding a constant to a row.
+  np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-5)
+
+  tangent_out = jax.jvp(softmax, (logits,), (cotangent,))[1]
+  np.testing.assert_allclose(tangent_out, jax.jvp(reference, (logits,), (cotangent,))[1],
+                             rtol=1e-5, atol=1e-6)
+  second = lambda f: jax.grad(lambda x: jnp.sum(jax.grad(lambda y: jnp.sum(f(y) ** 3))(x) ** 2))
+  np.testing.assert_allclose(second(softmax)(logits[0]), second(reference)(logits[0]),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_softmax_gradient_has_no_reduction_on_cpu():
+  # Why `softmax` exists: XLA:CPU runs the reverse-mode row sum as a slow standalone reduction,
+  # so on the CPU the derivative uses matmuls against ones vectors instead.
+  if jax.default_backend() != "cpu":
+    pytest.skip("the matmul row sum is the CPU rule; other backends use jax.nn.softmax's")
+  logits = jnp.asarray(_normal((2, 5), 13))
+  grad_jaxpr = lambda f: str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(f(x) * logits)))(logits))
+  ours, reference = grad_jaxpr(softmax), grad_jaxpr(functools.partial(jax.nn.softmax, axis=-1))
+  # The forward pass's sum of exponentials stays; the backward pass's row sums are matmuls.
+  assert ours.count("dot_general") == 2 and "dot_general" not in reference
+  assert "reduce_sum" not in ours[ours.index("dot_general"):]
+  assert ours.count("reduce_sum") < reference.count("reduce_sum")
+
+
 @pytest.mark.parametrize("implementation", ["plain", "jax"])
 def test_fully_masked_rows_are_zero_not_nan(implementation):
   q, k, v = _qkv()
@@ -104,6 +144,16 @@ def test_fully_masked_rows_are_zero_not_nan(implementation):
   np.testing.assert_array_equal(grads[0, 2], 0.0)
 
 
+def _all_eqns(jaxpr):
+  """The equations of a jaxpr and of the jaxprs inside its calls (e.g. a custom_jvp's), in order."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)  # ClosedJaxpr -> Jaxpr
+      if hasattr(inner, "eqns"):
+        yield from _all_eqns(inner)
+
+
 def test_bfloat16_inputs_softmax_in_float32():
   q, k, v = _qkv(2)
   mask = MASKS["combined"][0]
@@ -117,7 +167,7 @@ def test_bfloat16_inputs_softmax_in_float32():
   np.testing.assert_allclose(np.asarray(out16, np.float32), expected, rtol=2e-2, atol=2e-2)
   # Structure: the softmax's exp and the logits' matmul run in float32.
   jaxpr = jax.make_jaxpr(lambda q, k, v: dot_product_attention(q, k, v, mask=mask))(q16, k16, v16)
-  eqns = jaxpr.jaxpr.eqns
+  eqns = list(_all_eqns(jaxpr.jaxpr))
   exps = [e for e in eqns if e.primitive.name == "exp"]
   assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)
   dots = [e for e in eqns if e.primitive.name == "dot_general"]
