@@ -20,7 +20,10 @@ def test_quick_run_times_both_implementations_on_the_same_training(tmp_path):
   row = next(line for line in proc.stdout.splitlines() if line.startswith("| 16 | 1 |"))
   cells = [c.strip() for c in row.strip("|").split("|")]
   xla_ms, im2col_ms, speedup = float(cells[2]), float(cells[3]), float(cells[6])
-  assert speedup == pytest.approx(xla_ms / im2col_ms, rel=0.01)
+  # The table rounds times to 0.1 ms and the speedup to 0.01; at a few ms a step that rounding
+  # alone moves xla_ms / im2col_ms by a few percent.
+  low, high = (xla_ms - 0.05) / (im2col_ms + 0.05), (xla_ms + 0.05) / (im2col_ms - 0.05)
+  assert low - 0.005 <= speedup <= high + 0.005
   runs = json.loads(out.read_text())["runs"]
   xla, im2col = runs["xla/1/16"][0], runs["im2col/1/16"][0]
   # The same model, batch and steps: the losses agree to float rounding.

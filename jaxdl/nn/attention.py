@@ -33,10 +33,11 @@ def _softmax_rowsum_as_matmul(logits: Array) -> Array:
 @_softmax_rowsum_as_matmul.defjvp
 def _softmax_jvp(primals, tangents):
   # d softmax = p * t - p * rowsum(p * t), the row sum broadcast back over the row. XLA:CPU runs
-  # the reverse-mode sum as a standalone XNNPACK reduction that took ~1 ms per layer in the char
-  # GPT's train step (20x its cost alone); as matmuls against ones vectors, (w @ 1_S1) @ 1_1S,
-  # the forward and the transposed (reverse-mode) rules have no reduction at all, and the step
-  # ran 7-9% faster (benchmarks/README.md). Equal to jax.nn.softmax's derivative up to rounding.
+  # the reverse-mode sum as a standalone XNNPACK reduction that took ~1.1 ms per layer in the
+  # char GPT's train step (~14x its cost alone); as matmuls against ones vectors, (w @ 1_S1) @
+  # 1_1S, the forward and the transposed (reverse-mode) rules have no reduction at all, and the
+  # step ran ~9% faster (benchmarks/README.md). Equal to jax.nn.softmax's derivative up to
+  # rounding.
   (logits,), (t,) = primals, tangents
   probs = jax.nn.softmax(logits, axis=-1)
   weighted = probs * t

@@ -9,7 +9,7 @@ biases zero, which is how Keras initialises Conv2D and Dense. The softmax lives 
 `pool_impl` picks how the max-pools run (jaxdl.nn.pooling): "reshape" (default) gives the same
 numbers as Flax's `nn.max_pool` ("reduce_window") with a gradient ~2.5x cheaper on XLA:CPU.
 `conv_impl` picks how the convolutions run (jaxdl.nn.conv): "auto" (default) is "im2col" on a
-single CPU device (matmuls over patches: the train step 1.7-2x faster there) and "xla"
+single CPU device (matmuls over patches: the train step 1.6-1.7x faster there) and "xla"
 elsewhere; the two give the same parameters and results equal up to float rounding.
 """
 

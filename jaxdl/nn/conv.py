@@ -8,12 +8,7 @@ machine whose matmuls run at ~280. Written as matmuls the same work runs near ma
     patches_NK = the kh*kw shifted views of the padded input, side by side   [B*Ho*Wo, kh*kw*C]
     y          = patches_NK @ kernel_KO                                       [B*Ho*Wo, O]
     d kernel   = patches_NK^T @ dy_NO
-    d input    = the kh*kw slices of dy_NO @ kernel_KO^T, added back where each view came from;
-                 or, for stride 1 on images at least 8 wide, XLA's own input gradient (a
-                 convolution of the padded dy with the flipped kernel), which XLA:CPU runs up
-                 to 6x faster there and up to 50x slower on images a few pixels wide
-                 (`_xla_input_gradient_is_faster`). Strided, XLA's version (a convolution of a
-                 dilated dy) was 1.7-3x slower.
+    d input    = the kh*kw slices of dy_NO @ kernel_KO^T, added back where each view came from
 
 `conv_general_dilated(impl)` gives a function with `lax.conv_general_dilated`'s signature, for
 Flax's `nn.Conv(conv_general_dilated=...)`: the parameters, their names and their initialisation
@@ -46,7 +41,7 @@ def resolve_impl(impl: str) -> str:
 
   "auto" is im2col on a CPU backend with one local device, else xla. Split into 8 CPU devices
   (parallel.cpu_devices), each device's share of the batch is small and XLA's convolutions were
-  faster there (benchmarks/conv_impl.py: im2col 0.81x at batch 64 on 8 devices, 1.7-2x on one).
+  faster there (benchmarks/conv_impl.py: im2col 0.77-0.83x on 8 devices, 1.6-1.7x on one).
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"Unknown convolution implementation {impl!r}; choose one of {CONV_IMPLS} "
@@ -173,53 +168,13 @@ def _conv_im2col_fwd(x, kernel, strides, pads, precision):
 
 def _conv_im2col_bwd(strides, pads, precision, residuals, dy):
   patches, kernel, x_shape = residuals
-  o = kernel.shape[-1]
+  n = len(strides)
+  kernel_size, (c, o) = kernel.shape[:n], kernel.shape[n:]
   rows = math.prod(dy.shape[:-1])
   dy_NO = dy.reshape(rows, o)
   dkernel_KO = jnp.matmul(patches.reshape(rows, -1).T, dy_NO, precision=precision)
-  dkernel = dkernel_KO.reshape(kernel.shape).astype(kernel.dtype)
-  if _xla_input_gradient_is_faster(strides, kernel.shape[:len(strides)], dy.shape[1:-1]):
-    dx = _xla_input_gradient(dy, kernel, x_shape, pads, precision)
-  else:
-    dx = _col2im_input_gradient(dy_NO, kernel, x_shape, strides, pads, precision, patches.shape)
-  return dx.astype(patches.dtype), dkernel
-
-
-# XLA:CPU's input gradient (a convolution) against the sum of padded views, alone, per layer:
-# it was 2.4-6x faster on large images with few channels (the views' sum writes kh*kw padded
-# copies of the input: the seed CNN's conv2 at batch 256, 7.4 against 17.9 ms) and 3-50x
-# slower on images a few pixels wide (4x4 and 2x2 with 512 channels, deep in VGG: 106 against
-# 2 ms at 2x2), close in between. Measured in `benchmarks/conv_impl.py` and the README there.
-_MIN_SPATIAL_FOR_XLA = 8
-
-
-def _xla_input_gradient_is_faster(strides, kernel_size, out_spatial) -> bool:
-  """Whether to take XLA's input gradient: stride 1, a window wider than 1x1 (a 1x1 one is a plain
-  matmul either way) and every output axis at least _MIN_SPATIAL_FOR_XLA wide."""
-  return (all(s == 1 for s in strides) and any(k > 1 for k in kernel_size)
-          and min(out_spatial) >= _MIN_SPATIAL_FOR_XLA)
-
-
-def _xla_input_gradient(dy, kernel, x_shape, pads, precision):
-  """The transpose of the (stride-1, channels-last) convolution x -> x * kernel, applied to dy."""
-  n = len(pads)
-  spatial = tuple(range(1, n + 1))
-  dimension_numbers = lax.ConvDimensionNumbers(
-      lhs_spec=(0, n + 1) + spatial, rhs_spec=(n + 1, n) + tuple(range(n)),
-      out_spec=(0, n + 1) + spatial)
-  kernel = kernel.astype(dy.dtype)
-  conv = lambda x: lax.conv_general_dilated(x, kernel, (1,) * n, pads,
-                                            dimension_numbers=dimension_numbers,
-                                            precision=precision)
-  return jax.linear_transpose(conv, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dy)[0]
-
-
-def _col2im_input_gradient(dy_NO, kernel, x_shape, strides, pads, precision, patches_shape):
-  """dy_NO @ kernel^T, each of its kh*kw views summed back where it was cut from."""
-  n = len(strides)
-  kernel_size, c, o = kernel.shape[:n], kernel.shape[n], kernel.shape[-1]
   dpatches = jnp.matmul(dy_NO, kernel.reshape(-1, o).T,
-                        precision=precision).reshape(patches_shape)
+                        precision=precision).reshape(patches.shape)
   # Each view's gradient goes back where the view was cut from: a zero-padding of it to the
   # padded input's shape (interior padding for strides); the views' sum is the input gradient.
   # (Padding all of dpatches once and summing shifted slices of it measured no faster.)
@@ -234,7 +189,8 @@ def _col2im_input_gradient(dy_NO, kernel, x_shape, strides, pads, precision, pat
     placed = lax.pad(view, jnp.zeros((), view.dtype), pad_config)
     dx_padded = placed if dx_padded is None else dx_padded + placed
   crop = (slice(None),) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, x_shape[1:-1]))
-  return dx_padded[crop + (slice(None),)]
+  dx = dx_padded[crop + (slice(None),)].astype(patches.dtype)
+  return dx, dkernel_KO.reshape(kernel.shape).astype(kernel.dtype)
 
 
 conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)

@@ -100,7 +100,7 @@ class VGG(nn.Module):
     pool_impl, conv_impl: how max-pools and convolutions run (jaxdl.nn.pooling, jaxdl.nn.conv);
       the parameters are the same whichever is picked, and the results equal up to float
       rounding. On a single CPU device the default (im2col) made a VGG-11 train step at batch 16
-      on 32x32 images 3.9x faster (153 against 591 ms: benchmarks/conv_impl.py --model vgg11).
+      on 32x32 images 3.3x faster (168 against 547 ms: benchmarks/conv_impl.py --model vgg11).
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
   """
 
