@@ -1,8 +1,8 @@
 """XLA's convolutions against jaxdl's im2col ones (`model.conv_impl`), in jaxdl's own train step.
 
-    python benchmarks/conv_impl.py                        # seed CNN, batch 64 and 256, 1 and 8 devices
+    python benchmarks/conv_impl.py          # seed CNN, batch 64 and 256, 1 and 8 devices
     python benchmarks/conv_impl.py --model vgg11 --batch-sizes 16 --devices 1
-    python benchmarks/conv_impl.py --quick                # smoke run, well under a minute
+    python benchmarks/conv_impl.py --quick  # smoke run, well under a minute
 
 Every (implementation, device count, batch size) runs in its own worker process (the CPU device
 count is fixed when JAX starts): the experiment's model and optimizer, `make_train_step` jitted
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     args.rounds, args.steps, args.batch_sizes, args.devices = 1, 5, "16", "1"
   batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
   device_counts = [int(d) for d in args.devices.split(",")]
-  settings = [(impl, d, b) for b in batch_sizes for d in device_counts for impl in ("xla", "im2col")]
+  settings = [(impl, d, b)
+              for b in batch_sizes for d in device_counts for impl in ("xla", "im2col")]
   runs = {s: [] for s in settings}
   started = time.time()
   for round_index in range(args.rounds):

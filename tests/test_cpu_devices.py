@@ -95,8 +95,9 @@ def test_config_takes_a_count_or_auto():
 
 
 def test_cli_train_splits_the_host_and_eval_reproduces_its_evaluation(tmp_path):
-  """`jaxdl train` on the seed CNN with parallel.cpu_devices=auto runs on 8 CPU devices; `jaxdl eval` later in a fresh
-  process uses the run's devices again, so it reproduces the final evaluation to the bit."""
+  """`jaxdl train` on the seed CNN with parallel.cpu_devices=auto runs on 8 CPU devices; `jaxdl
+  eval` later in a fresh process uses the run's devices again, so it reproduces the final
+  evaluation to the bit."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", JAXDL_OFFLINE="1")
   run = tmp_path / "run"
