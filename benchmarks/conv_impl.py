@@ -1,15 +1,22 @@
-"""XLA's convolutions against jaxdl's im2col ones (`model.conv_impl`), in jaxdl's own train step.
+"""XLA's convolutions against jaxdl's im2col ones, in jaxdl's own train step.
 
     python benchmarks/conv_impl.py          # seed CNN, batch 64 and 256, 1 and 8 devices
     python benchmarks/conv_impl.py --model vgg11 --batch-sizes 16 --devices 1
+    python benchmarks/conv_impl.py --impls im2col,fused --devices 1   # the pool fusion alone
     python benchmarks/conv_impl.py --quick  # smoke run, well under a minute
+
+The implementations (model settings): "xla" is `model.conv_impl=xla` (Flax's nn.Conv), "im2col"
+is `model.conv_impl=im2col model.fuse_conv_pool=false` (matmuls over patches, then separate bias,
+ReLU and pool), "fused" is `model.conv_impl=im2col` with its default `fuse_conv_pool=true` (each
+convolution followed by a max-pool runs with its bias, ReLU and pool as one op).
 
 Every (implementation, device count, batch size) runs in its own worker process (the CPU device
 count is fixed when JAX starts): the experiment's model and optimizer, `make_train_step` jitted
 with the state donated and the batch split over the devices as the trainer splits it, random
 images. A worker warms up, then times `--steps` steps one by one and reports the median, the 10th
 percentile and the process CPU time per step. The configurations alternate for `--rounds` rounds;
-the table gives the medians over rounds and im2col's speedup over XLA in the same setting.
+the table gives the medians over rounds and each implementation's speedup over the first one in
+`--impls` in the same setting.
 """
 
 import argparse
@@ -25,6 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # name: (model config, image shape)
     "mnist_cnn": ({"name": "mnist_cnn"}, (28, 28, 1)),
     "vgg11": ({"name": "vgg", "depth": 11, "pool_size": 1, "hidden_dim": 512}, (32, 32, 3)),
+}
+IMPLS = {  # name: model settings
+    "xla": {"conv_impl": "xla"},
+    "im2col": {"conv_impl": "im2col", "fuse_conv_pool": False},
+    "fused": {"conv_impl": "im2col", "fuse_conv_pool": True},
 }
 
 
@@ -43,7 +55,7 @@ def worker(args) -> None:
 
   model_config, image_shape = MODELS[args.model]
   config = base_config()
-  config.model = dict(model_config, conv_impl=args.impl, num_classes=10)
+  config.model = dict(model_config, **IMPLS[args.impl], num_classes=10)
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-3
   model = models.build_model(config.model, {"num_classes": 10, "input_shape": image_shape})
@@ -94,10 +106,12 @@ def main(argv=None) -> int:
   p.add_argument("--devices", default="1,8", help="comma-separated CPU device counts")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps", type=int, default=40, help="timed steps per worker run")
+  p.add_argument("--impls", default="xla,im2col,fused",
+                 help=f"comma-separated, from {', '.join(IMPLS)}; speedups are over the first")
   p.add_argument("--json", metavar="OUT", help="also write every run to OUT")
   p.add_argument("--quick", action="store_true", help="1 round, 5 steps, batch 16, 1 device")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  p.add_argument("--impl", choices=("xla", "im2col"), help=argparse.SUPPRESS)
+  p.add_argument("--impl", choices=sorted(IMPLS), help=argparse.SUPPRESS)
   p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:
@@ -108,8 +122,11 @@ def main(argv=None) -> int:
     args.rounds, args.steps, args.batch_sizes, args.devices = 1, 5, "16", "1"
   batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
   device_counts = [int(d) for d in args.devices.split(",")]
-  settings = [(impl, d, b)
-              for b in batch_sizes for d in device_counts for impl in ("xla", "im2col")]
+  impls = args.impls.split(",")
+  unknown = [i for i in impls if i not in IMPLS]
+  if unknown or not impls:
+    p.error(f"--impls: unknown {unknown}; choose from {', '.join(IMPLS)}")
+  settings = [(impl, d, b) for b in batch_sizes for d in device_counts for impl in impls]
   runs = {s: [] for s in settings}
   started = time.time()
   for round_index in range(args.rounds):
@@ -121,19 +138,20 @@ def main(argv=None) -> int:
             f"{result['median_ms']:.1f} ms (CPU {result['cpu_ms']:.1f} ms)", flush=True)
   print(f"\n{args.model}, {args.rounds} round(s) of {args.steps} steps, "
         f"{time.time() - started:.0f} s\n")
-  print("| batch | devices | XLA ms/step | im2col ms/step | XLA ex/s | im2col ex/s | "
-        "im2col speedup | CPU ms/step XLA / im2col |")
-  print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+  base = impls[0]
+  print("| batch | devices | " + " | ".join(f"{i} ms/step" for i in impls) + " | "
+        + " | ".join(f"{i} speedup" for i in impls[1:]) + " | CPU ms/step "
+        + " / ".join(impls) + " |")
+  print("|--:|--:|" + "--:|" * (2 * len(impls)))
   summary = []
   for b in batch_sizes:
     for d in device_counts:
-      xla_ms = statistics.median(r["median_ms"] for r in runs[("xla", d, b)])
-      im2col_ms = statistics.median(r["median_ms"] for r in runs[("im2col", d, b)])
-      cpu = [statistics.median(r["cpu_ms"] for r in runs[(i, d, b)]) for i in ("xla", "im2col")]
-      print(f"| {b} | {d} | {xla_ms:.1f} | {im2col_ms:.1f} | {b / xla_ms * 1e3:,.0f} | "
-            f"{b / im2col_ms * 1e3:,.0f} | {xla_ms / im2col_ms:.2f} | "
-            f"{cpu[0]:.1f} / {cpu[1]:.1f} |")
-      summary.append({"batch_size": b, "devices": d, "xla_ms": xla_ms, "im2col_ms": im2col_ms})
+      ms = {i: statistics.median(r["median_ms"] for r in runs[(i, d, b)]) for i in impls}
+      cpu = [statistics.median(r["cpu_ms"] for r in runs[(i, d, b)]) for i in impls]
+      print(f"| {b} | {d} | " + " | ".join(f"{ms[i]:.1f}" for i in impls) + " | "
+            + " | ".join(f"{ms[base] / ms[i]:.2f}" for i in impls[1:]) + " | "
+            + " / ".join(f"{c:.1f}" for c in cpu) + " |")
+      summary.append({"batch_size": b, "devices": d, **{f"{i}_ms": ms[i] for i in impls}})
   if args.json:
     Path(args.json).write_text(json.dumps(
         {"summary": summary, "runs": {"/".join(map(str, s)): r for s, r in runs.items()}},

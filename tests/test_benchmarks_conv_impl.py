@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/conv_impl.py: both implementations run, train alike, and are tabled."""
+"""Smoke test of benchmarks/conv_impl.py: every implementation runs, trains alike, is tabled."""
 
 import json
 import subprocess
@@ -10,22 +10,28 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow  # Two worker processes that import jax and compile: ~25 s on 2 cores.
-def test_quick_run_times_both_implementations_on_the_same_training(tmp_path):
+@pytest.mark.slow  # Three worker processes that import jax and compile: ~35 s on 2 cores.
+def test_quick_run_times_every_implementation_on_the_same_training(tmp_path):
   out = tmp_path / "conv.json"
   proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "conv_impl.py"), "--quick",
                          "--json", str(out)], cwd=REPO, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  row = next(line for line in proc.stdout.splitlines() if line.startswith("| 16 | 1 |"))
-  cells = [c.strip() for c in row.strip("|").split("|")]
-  xla_ms, im2col_ms, speedup = float(cells[2]), float(cells[3]), float(cells[6])
-  # The table rounds times to 0.1 ms and the speedup to 0.01; at a few ms a step that rounding
-  # alone moves xla_ms / im2col_ms by a few percent.
-  low, high = (xla_ms - 0.05) / (im2col_ms + 0.05), (xla_ms + 0.05) / (im2col_ms - 0.05)
-  assert low - 0.005 <= speedup <= high + 0.005
+  lines = proc.stdout.splitlines()
+  header = next(line for line in lines if line.startswith("| batch |"))
+  row = next(line for line in lines if line.startswith("| 16 | 1 |"))
+  cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                   [c.strip() for c in row.strip("|").split("|")]))
   runs = json.loads(out.read_text())["runs"]
-  xla, im2col = runs["xla/1/16"][0], runs["im2col/1/16"][0]
-  # The same model, batch and steps: the losses agree to float rounding.
-  assert im2col["loss"] == pytest.approx(xla["loss"], rel=1e-4)
-  assert 0 < xla["p10_ms"] <= xla["median_ms"] and im2col["cpu_ms"] > 0
+  xla_ms = float(cells["xla ms/step"])
+  for impl in ("im2col", "fused"):
+    impl_ms, speedup = float(cells[f"{impl} ms/step"]), float(cells[f"{impl} speedup"])
+    # The table rounds times to 0.1 ms and the speedup to 0.01; at a few ms a step that
+    # rounding alone moves xla_ms / impl_ms by a few percent.
+    low, high = (xla_ms - 0.05) / (impl_ms + 0.05), (xla_ms + 0.05) / (impl_ms - 0.05)
+    assert low - 0.005 <= speedup <= high + 0.005, impl
+    # The same model, batch and steps: the losses agree to float rounding.
+    assert runs[f"{impl}/1/16"][0]["loss"] == pytest.approx(runs["xla/1/16"][0]["loss"],
+                                                           rel=1e-4)
+  xla = runs["xla/1/16"][0]
+  assert 0 < xla["p10_ms"] <= xla["median_ms"] and runs["fused/1/16"][0]["cpu_ms"] > 0

@@ -107,7 +107,8 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   return y if preferred_element_type is None else y.astype(preferred_element_type)
 
 
-def _output_size(size: int, kernel: int, stride: int) -> int:
+def output_size(size: int, kernel: int, stride: int) -> int:
+  """A VALID convolution's output length along one axis of the (padded) input."""
   if size < kernel:
     raise ValueError(f"A convolution window of {kernel} does not fit in a padded input of "
                      f"{size}; pad the input or use a smaller kernel.")
@@ -153,7 +154,7 @@ def _conv_forward(x, kernel, strides, pads, precision):
     raise ValueError(f"conv_im2col: a kernel {kernel.shape} [*K, C, O] does not fit an input "
                      f"{x.shape} [B, *S, C] (C must match).")
   x_padded = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-  out_size = tuple(_output_size(s, k, st)
+  out_size = tuple(output_size(s, k, st)
                    for s, k, st in zip(x_padded.shape[1:-1], kernel_size, strides))
   patches = _patches(x_padded, kernel_size, strides, out_size)  # [B, *S_out, K*C]
   rows_NK = patches.reshape(-1, patches.shape[-1])
@@ -175,9 +176,17 @@ def _conv_im2col_bwd(strides, pads, precision, residuals, dy):
   dkernel_KO = jnp.matmul(patches.reshape(rows, -1).T, dy_NO, precision=precision)
   dpatches = jnp.matmul(dy_NO, kernel.reshape(-1, o).T,
                         precision=precision).reshape(patches.shape)
-  # Each view's gradient goes back where the view was cut from: a zero-padding of it to the
-  # padded input's shape (interior padding for strides); the views' sum is the input gradient.
-  # (Padding all of dpatches once and summing shifted slices of it measured no faster.)
+  dx = input_gradient(dpatches, c, kernel_size, strides, pads, x_shape).astype(patches.dtype)
+  return dx, dkernel_KO.reshape(kernel.shape).astype(kernel.dtype)
+
+
+def input_gradient(dpatches, c: int, kernel_size, strides, pads, x_shape):
+  """The input gradient [B, *S, C] from the patches' gradient [B, *S_out, prod(K) * C].
+
+  Each view's gradient goes back where the view was cut from: a zero-padding of it to the padded
+  input's shape (interior padding for strides); the views' sum is the input gradient. (Padding
+  all of dpatches once and summing shifted slices of it measured no faster.)
+  """
   padded_shape = tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[1:-1], pads))
   dx_padded = None
   for index, offset in enumerate(_offsets(kernel_size)):
@@ -189,8 +198,7 @@ def _conv_im2col_bwd(strides, pads, precision, residuals, dy):
     placed = lax.pad(view, jnp.zeros((), view.dtype), pad_config)
     dx_padded = placed if dx_padded is None else dx_padded + placed
   crop = (slice(None),) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, x_shape[1:-1]))
-  dx = dx_padded[crop + (slice(None),)].astype(patches.dtype)
-  return dx, dkernel_KO.reshape(kernel.shape).astype(kernel.dtype)
+  return dx_padded[crop + (slice(None),)]
 
 
 conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)

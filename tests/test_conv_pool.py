@@ -1,0 +1,188 @@
+"""jaxdl.nn.conv_pool: conv + bias + ReLU + max-pool as one op equals the separate layers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdl.nn import conv, conv_pool, pooling
+from jaxdl.nn.cnn import MnistCNN
+from jaxdl.nn.vgg import VGG
+
+CASES = [  # x shape, kernel shape, pads, window
+    ((4, 28, 28, 1), (3, 3, 1, 8), ((0, 0), (0, 0)), (2, 2)),  # The seed CNN's conv1.
+    ((3, 13, 13, 5), (3, 3, 5, 6), ((0, 0), (0, 0)), (2, 2)),  # conv2: the pool drops a row.
+    ((2, 9, 10, 3), (3, 3, 3, 4), ((1, 1), (1, 1)), (2, 2)),  # VGG's padding, odd sizes.
+    ((2, 8, 7, 2), (5, 3, 2, 3), ((2, 1), (0, 2)), (2, 2)),  # Uneven kernel and padding.
+    ((2, 12, 12, 2), (3, 3, 2, 3), ((0, 0), (0, 0)), (3, 3)),  # A 3x3 pool.
+    ((2, 10, 9, 2), (3, 3, 2, 3), ((1, 1), (1, 1)), (2, 1)),  # A 2x1 pool.
+    ((2, 16, 3), (3, 3, 4), ((1, 1),), (2,)),  # One spatial axis.
+]
+
+
+def _separate(x, kernel, bias, pads, window):
+  """The unfused reference: im2col convolution, bias, ReLU, then the tiling max-pool."""
+  y = conv.conv_im2col(x, kernel, (1,) * len(window), pads, "highest") + bias
+  return pooling.max_pool(jax.nn.relu(y), window, window)
+
+
+def _fused(x, kernel, bias, pads, window):
+  return conv_pool.conv_relu_max_pool(x, kernel, bias, pads, window, "highest")
+
+
+def _inputs(x_shape, kernel_shape, seed, integers):
+  rng = np.random.default_rng(seed)
+  draw = ((lambda s: rng.integers(-2, 3, s)) if integers else rng.standard_normal)
+  return (jnp.asarray(draw(x_shape), jnp.float32), jnp.asarray(draw(kernel_shape), jnp.float32),
+          jnp.asarray(draw(kernel_shape[-1:]), jnp.float32))
+
+
+def _value_and_grads(fn, args, pads, window, seed, integers=False):
+  y, vjp = jax.vjp(lambda *a: fn(*a, pads, window), *args)
+  rng = np.random.default_rng(seed + 1)
+  dy = rng.integers(-3, 4, y.shape) if integers else rng.standard_normal(y.shape)
+  dy = jnp.asarray(dy, jnp.float32)
+  return y, vjp(dy)
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,pads,window", CASES)
+def test_equals_the_separate_layers(x_shape, kernel_shape, pads, window):
+  """The same outputs to the bit; gradients equal up to the order of the kernel/bias sums."""
+  args = _inputs(x_shape, kernel_shape, 0, integers=False)
+  want, want_grads = _value_and_grads(_separate, args, pads, window, 0)
+  got, got_grads = _value_and_grads(_fused, args, pads, window, 0)
+  assert got.shape == want.shape
+  np.testing.assert_array_equal(got, want)
+  for name, g, w in zip(("x", "kernel", "bias"), got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,pads,window", CASES[:3] + CASES[4:5])
+def test_ties_and_dead_relus_route_the_gradient_as_select_and_scatter(x_shape, kernel_shape,
+                                                                      pads, window):
+  """Small integers (inputs, kernel, bias and output gradient) make ties in most pool windows
+  and many exact zeros before the ReLU; every sum is then exact,
+  so the gradients must agree to the bit: a tie goes to the first maximum in
+  row-major order (as select_and_scatter, which tests/test_pooling.py checks), and a window
+  whose maximum is <= 0 passes no gradient (relu'(0) = 0)."""
+  x, kernel, bias = _inputs(x_shape, kernel_shape, 3, integers=True)
+  args = (x, kernel, bias - 6)  # Enough windows entirely <= 0 after the bias.
+  y = _fused(*args, pads, window)
+  assert 0.05 < float(jnp.mean(y == 0)) < 0.95  # Dead ReLUs are exercised.
+  want, want_grads = _value_and_grads(_separate, args, pads, window, 3, integers=True)
+  got, got_grads = _value_and_grads(_fused, args, pads, window, 3, integers=True)
+  np.testing.assert_array_equal(got, want)
+  for name, g, w in zip(("x", "kernel", "bias"), got_grads, want_grads):
+    np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+def test_constant_input_sends_each_gradient_to_the_first_phase():
+  """With every window tied, only the top-left conv output of each window gets gradient: the
+  kernel gradient is then the sum of dy times those pixels' patches, computed here by hand."""
+  x = jnp.ones((1, 6, 6, 1))
+  kernel = jnp.ones((3, 3, 1, 2))
+  bias = jnp.array([0.5, -20.0])  # Channel 1's ReLU is off everywhere: no gradient at all.
+  dy = jnp.arange(8.0).reshape(1, 2, 2, 2)
+  _, vjp = jax.vjp(lambda k, b: conv_pool.conv_relu_max_pool(x, k, b, ((0, 0), (0, 0)), (2, 2)),
+                   kernel, bias)
+  dkernel, dbias = vjp(dy)
+  np.testing.assert_array_equal(dbias, [dy[..., 0].sum(), 0.0])
+  np.testing.assert_array_equal(dkernel[..., 0, 0], jnp.full((3, 3), dy[..., 0].sum()))
+  np.testing.assert_array_equal(dkernel[..., 1], 0.0)
+
+
+def test_second_order_matches_the_separate_layers():
+  args = _inputs((2, 9, 9, 2), (3, 3, 2, 3), 5, integers=False)
+  pads, window = ((1, 1), (1, 1)), (2, 2)
+
+  def curvature(fn):
+    inner = lambda k: jnp.sum(fn(args[0], k, args[2], pads, window) ** 2)
+    return jax.grad(lambda k: jnp.sum(jax.grad(inner)(k) ** 2))(args[1])
+
+  np.testing.assert_allclose(curvature(_fused), curvature(_separate), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_shapes_are_clear_errors():
+  x = jnp.zeros((1, 5, 5, 2))
+  with pytest.raises(ValueError, match=r"kernel \(3, 3, 3, 4\).*do not fit an input"):
+    conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 3, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2))
+  with pytest.raises(ValueError, match=r"pool does not fit the convolution's \(3, 3\) output"):
+    conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (4, 4))
+
+
+def test_module_has_flax_convs_parameters_and_works_in_bfloat16():
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 3))
+  init = nn.initializers.glorot_uniform()
+  fused = conv_pool.ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init)
+  layer = nn.Conv(8, (3, 3), padding="SAME", kernel_init=init)
+  params = fused.init(jax.random.key(1), x)
+  assert jax.tree.map(np.array_equal, params, layer.init(jax.random.key(1), x)) == jax.tree.map(
+      lambda _: True, params)
+  want = pooling.max_pool(nn.relu(layer.apply(params, x)), (2, 2), (2, 2))
+  np.testing.assert_allclose(fused.apply(params, x), want, rtol=1e-6, atol=1e-6)
+  half = conv_pool.ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init,
+                                   dtype=jnp.bfloat16)
+  y = half.apply(params, x)
+  assert y.dtype == jnp.bfloat16 and y.shape == (2, 6, 6, 8)
+  np.testing.assert_allclose(np.float32(y), want, atol=0.05)
+  grads = jax.grad(lambda p: jnp.sum(half.apply(p, x).astype(jnp.float32)))(params)
+  assert grads["params"]["kernel"].dtype == jnp.float32  # param_dtype, as Flax's.
+
+
+def _logits_and_grads(model, params, x, labels):
+  def loss(params):
+    logits = model.apply(params, x)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+  return jax.jit(jax.value_and_grad(loss))(params), jax.jit(model.apply)(params, x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda fuse: MnistCNN(conv_impl="im2col", fuse_conv_pool=fuse),
+    lambda fuse: VGG(depth=11, num_classes=10, width_multiplier=0.125, hidden_dim=16,
+                     pool_size=1, conv_impl="im2col", fuse_conv_pool=fuse),
+], ids=["mnist_cnn", "vgg11"])
+def test_models_give_the_same_numbers_fused_or_not(make):
+  """Same parameter trees; the same logits to the bit; loss gradients to float rounding."""
+  shape = (8, 28, 28, 1) if make(True).__class__ is MnistCNN else (4, 32, 32, 3)
+  x = jax.random.uniform(jax.random.key(0), shape)
+  labels = jax.random.randint(jax.random.key(1), (shape[0],), 0, 10)
+  fused, separate = make(True), make(False)
+  params = separate.init(jax.random.key(2), x)
+  assert jax.tree.map(np.array_equal, params, fused.init(jax.random.key(2), x)) == jax.tree.map(
+      lambda _: True, params)
+  (loss_f, grads_f), logits_f = _logits_and_grads(fused, params, x, labels)
+  (loss_s, grads_s), logits_s = _logits_and_grads(separate, params, x, labels)
+  np.testing.assert_array_equal(logits_f, logits_s)
+  assert loss_f == loss_s
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(grads_f)[0],
+                          jax.tree.leaves(grads_s)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+def test_fusion_is_used_only_with_im2col_and_the_reshape_pool():
+  x = jnp.zeros((2, 28, 28, 1))
+
+  def ops(**kwargs):
+    model = MnistCNN(**kwargs)
+    params = model.init(jax.random.key(0), x)
+    return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(p, x))))(params))
+
+  # The fused op's forward keeps, per pooled output, the phase its gradient goes to, as int8.
+  assert "i8[2,13,13,32]" in ops(conv_impl="im2col")
+  for kwargs in ({"conv_impl": "im2col", "fuse_conv_pool": False},
+                 {"conv_impl": "im2col", "pool_impl": "reduce_window"}, {"conv_impl": "xla"}):
+    assert "i8[" not in ops(**kwargs), kwargs
+
+
+def test_seed_cnn_trains_to_the_same_numbers_fused_or_not(tmp_path):
+  """20 trainer steps and an eval: losses and accuracies agree to float rounding."""
+  from tests.conftest import seed_cnn_run
+  fused = seed_cnn_run(tmp_path / "fused", "model.conv_impl=im2col")
+  separate = seed_cnn_run(tmp_path / "separate", "model.conv_impl=im2col",
+                          "model.fuse_conv_pool=false")
+  assert [r.keys() for r in fused] == [r.keys() for r in separate]
+  assert any("eval/loss" in r for r in fused)
+  for got, want in zip(fused, separate):
+    for key, value in want.items():
+      np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
