@@ -39,11 +39,19 @@ def _inputs(x_shape, kernel_shape, seed, integers):
 
 
 def _value_and_grads(fn, args, pads, window, seed, integers=False):
-  y, vjp = jax.vjp(lambda *a: fn(*a, pads, window), *args)
+  """fn's output and its input, kernel and bias gradients for a random output gradient (one jit:
+  op-by-op dispatch of the backward pass was the slow part of these tests)."""
+  forward = lambda *a: fn(*a, pads, window)
+  y_shape = jax.eval_shape(forward, *args).shape
   rng = np.random.default_rng(seed + 1)
-  dy = rng.integers(-3, 4, y.shape) if integers else rng.standard_normal(y.shape)
-  dy = jnp.asarray(dy, jnp.float32)
-  return y, vjp(dy)
+  dy = rng.integers(-3, 4, y_shape) if integers else rng.standard_normal(y_shape)
+
+  @jax.jit
+  def run(args, dy):
+    y, vjp = jax.vjp(forward, *args)
+    return y, vjp(dy)
+
+  return run(args, jnp.asarray(dy, jnp.float32))
 
 
 @pytest.mark.parametrize("x_shape,kernel_shape,pads,window", CASES)
@@ -98,7 +106,7 @@ def test_second_order_matches_the_separate_layers():
 
   def curvature(fn):
     inner = lambda k: jnp.sum(fn(args[0], k, args[2], pads, window) ** 2)
-    return jax.grad(lambda k: jnp.sum(jax.grad(inner)(k) ** 2))(args[1])
+    return jax.jit(jax.grad(lambda k: jnp.sum(jax.grad(inner)(k) ** 2)))(args[1])
 
   np.testing.assert_allclose(curvature(_fused), curvature(_separate), rtol=1e-4, atol=1e-4)
 
@@ -119,28 +127,31 @@ def test_module_has_flax_convs_parameters_and_works_in_bfloat16():
   params = fused.init(jax.random.key(1), x)
   assert jax.tree.map(np.array_equal, params, layer.init(jax.random.key(1), x)) == jax.tree.map(
       lambda _: True, params)
-  want = pooling.max_pool(nn.relu(layer.apply(params, x)), (2, 2), (2, 2))
-  np.testing.assert_allclose(fused.apply(params, x), want, rtol=1e-6, atol=1e-6)
+  want = jax.jit(lambda p: pooling.max_pool(nn.relu(layer.apply(p, x)), (2, 2), (2, 2)))(params)
+  np.testing.assert_allclose(jax.jit(fused.apply)(params, x), want, rtol=1e-6, atol=1e-6)
   half = conv_pool.ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init,
                                    dtype=jnp.bfloat16)
-  y = half.apply(params, x)
+  y = jax.jit(half.apply)(params, x)
   assert y.dtype == jnp.bfloat16 and y.shape == (2, 6, 6, 8)
   np.testing.assert_allclose(np.float32(y), want, atol=0.05)
-  grads = jax.grad(lambda p: jnp.sum(half.apply(p, x).astype(jnp.float32)))(params)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(half.apply(p, x).astype(jnp.float32))))(params)
   assert grads["params"]["kernel"].dtype == jnp.float32  # param_dtype, as Flax's.
 
 
 def _logits_and_grads(model, params, x, labels):
   def loss(params):
     logits = model.apply(params, x)
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-  return jax.jit(jax.value_and_grad(loss))(params), jax.jit(model.apply)(params, x)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), logits
+  (loss_value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return (loss_value, grads), logits
 
 
 @pytest.mark.parametrize("make", [
     lambda fuse: MnistCNN(conv_impl="im2col", fuse_conv_pool=fuse),
-    lambda fuse: VGG(depth=11, num_classes=10, width_multiplier=0.125, hidden_dim=16,
-                     pool_size=1, conv_impl="im2col", fuse_conv_pool=fuse),
+    pytest.param(lambda fuse: VGG(depth=11, num_classes=10, width_multiplier=0.125,
+                                  hidden_dim=16, pool_size=1, conv_impl="im2col",
+                                  fuse_conv_pool=fuse),
+                 marks=pytest.mark.slow),  # Compiling VGG-11's gradient twice: ~45 s.
 ], ids=["mnist_cnn", "vgg11"])
 def test_models_give_the_same_numbers_fused_or_not(make):
   """Same parameter trees; the same logits to the bit; loss gradients to float rounding."""
@@ -165,7 +176,7 @@ def test_fusion_is_used_only_with_im2col_and_the_reshape_pool():
 
   def ops(**kwargs):
     model = MnistCNN(**kwargs)
-    params = model.init(jax.random.key(0), x)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)  # Traced only: no compute.
     return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(p, x))))(params))
 
   # The fused op's forward keeps, per pooled output, the phase its gradient goes to, as int8.

@@ -3,9 +3,11 @@
 Families, one a file: `cnn` (the seed's MNIST CNN), `cells` and `recurrent` (RNN, LSTM and GRU on
 lax.scan), `rnn_models` (models built on them), `attention` (dot-product and multi-head attention
 with masks and a KV cache), `transformer` (blocks), and the models built of blocks: `gpt`, `bert`,
-`seq2seq`, `vit`; the vision CNNs `vgg`, `resnet`, `densenet`. `compose` assembles models from
-parts (Sequential, Residual, Parallel and adapters); `dropout` is Flax's Dropout that also takes a
-traced rate (for sweeps). `registry` finds models and their standard configurations by name.
+`seq2seq`, `vit`; the vision CNNs `vgg`, `resnet`, `densenet`, and the faster CPU layers they use:
+`conv` (im2col convolutions), `conv_pool` (convolution, bias, ReLU and max-pool as one op),
+`pooling`. `compose` assembles models from parts (Sequential, Residual, Parallel and adapters);
+`dropout` is Flax's Dropout that also takes a traced rate (for sweeps). `registry` finds models
+and their standard configurations by name.
 """
 
 from jaxdl.nn import registry
@@ -17,6 +19,7 @@ from jaxdl.nn.cnn import MnistCNN
 from jaxdl.nn.compose import (RNN, AttentionPooling, BatchNorm, Classifier, Dropout, Embed, Flatten,
                               GlobalAvgPool, ImageRows, ImageTokens, Parallel, Pool,
                               PositionEmbedding, Residual, Sequential, takes_train)
+from jaxdl.nn.conv_pool import ConvReluMaxPool
 from jaxdl.nn.densenet import DENSENET_PRESETS, DenseNet
 from jaxdl.nn.gpt import GPT, GPT_PRESETS
 from jaxdl.nn.recurrent import Bidirectional, Recurrent, StackedRNN
@@ -42,7 +45,7 @@ register("vit", ViT, VIT_PRESETS)  # vit_{tiny,small,base,large}_patch16_224, vi
 
 __all__ = [
     "CIFAR_RESNET_PRESETS", "CifarResNet", "DENSENET_PRESETS", "DenseNet", "RESNET_PRESETS",
-    "ResNet", "VGG", "VGG_PRESETS", "VIT_PRESETS", "ViT",
+    "ResNet", "VGG", "VGG_PRESETS", "VIT_PRESETS", "ViT", "ConvReluMaxPool",
     "BERT_PRESETS", "Bidirectional", "BertClassifier", "BertEncoder", "BertForMaskedLM", "GPT",
     "GPT_PRESETS", "GRUCell", "LSTMCell", "MODELS", "Mlp", "MnistCNN", "MultiHeadAttention",
     "PRESETS", "RNNLanguageModel", "RNNTextClassifier", "Recurrent", "RowsRNNClassifier",
