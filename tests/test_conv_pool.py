@@ -117,6 +117,10 @@ def test_bad_shapes_are_clear_errors():
     conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 3, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2))
   with pytest.raises(ValueError, match=r"pool does not fit the convolution's \(3, 3\) output"):
     conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (4, 4))
+  with pytest.raises(ValueError, match=r"\(9, 9\) pool window has 81 positions; at most 64.*"
+                                       r"jaxdl.nn.pooling.max_pool separately"):
+    conv_pool.conv_relu_max_pool(jnp.zeros((1, 20, 20, 2)), jnp.zeros((3, 3, 2, 4)),
+                                 jnp.zeros(4), ((0, 0),) * 2, (9, 9))
 
 
 def test_module_has_flax_convs_parameters_and_works_in_bfloat16():
