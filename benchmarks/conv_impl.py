@@ -139,18 +139,17 @@ def main(argv=None) -> int:
   print(f"\n{args.model}, {args.rounds} round(s) of {args.steps} steps, "
         f"{time.time() - started:.0f} s\n")
   base = impls[0]
-  print("| batch | devices | " + " | ".join(f"{i} ms/step" for i in impls) + " | "
-        + " | ".join(f"{i} speedup" for i in impls[1:]) + " | CPU ms/step "
-        + " / ".join(impls) + " |")
+  row = lambda cells: print("| " + " | ".join(cells) + " |")
+  row(["batch", "devices"] + [f"{i} ms/step" for i in impls]
+      + [f"{i} speedup" for i in impls[1:]] + ["CPU ms/step " + " / ".join(impls)])
   print("|--:|--:|" + "--:|" * (2 * len(impls)))
   summary = []
   for b in batch_sizes:
     for d in device_counts:
       ms = {i: statistics.median(r["median_ms"] for r in runs[(i, d, b)]) for i in impls}
       cpu = [statistics.median(r["cpu_ms"] for r in runs[(i, d, b)]) for i in impls]
-      print(f"| {b} | {d} | " + " | ".join(f"{ms[i]:.1f}" for i in impls) + " | "
-            + " | ".join(f"{ms[base] / ms[i]:.2f}" for i in impls[1:]) + " | "
-            + " / ".join(f"{c:.1f}" for c in cpu) + " |")
+      row([str(b), str(d)] + [f"{ms[i]:.1f}" for i in impls]
+          + [f"{ms[base] / ms[i]:.2f}" for i in impls[1:]] + [" / ".join(f"{c:.1f}" for c in cpu)])
       summary.append({"batch_size": b, "devices": d, **{f"{i}_ms": ms[i] for i in impls}})
   if args.json:
     Path(args.json).write_text(json.dumps(
