@@ -120,7 +120,7 @@ def _offsets(kernel_size: Sequence[int]):
   return itertools.product(*[range(k) for k in kernel_size])
 
 
-def _patches(x_padded, kernel_size, strides, out_size):
+def extract_patches(x_padded, kernel_size, strides, out_size):
   """[B, *S_padded, C] -> [B, *S_out, prod(K) * C]: each window position's view, side by side."""
   views = []
   for offset in _offsets(kernel_size):
@@ -156,7 +156,7 @@ def _conv_forward(x, kernel, strides, pads, precision):
   x_padded = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
   out_size = tuple(output_size(s, k, st)
                    for s, k, st in zip(x_padded.shape[1:-1], kernel_size, strides))
-  patches = _patches(x_padded, kernel_size, strides, out_size)  # [B, *S_out, K*C]
+  patches = extract_patches(x_padded, kernel_size, strides, out_size)  # [B, *S_out, K*C]
   rows_NK = patches.reshape(-1, patches.shape[-1])
   y_NO = jnp.matmul(rows_NK, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
   return y_NO.reshape(patches.shape[:-1] + y_NO.shape[-1:]), patches

@@ -51,17 +51,13 @@ def _phases(window: Sequence[int]):
 
 def _phase_patches(x_padded, kernel_size, window, pooled_size):
   """[B, *S_padded, C] -> [B, *pooled, P * prod(K) * C]: for each pool phase, the patches of the
-  conv output pixel it holds, side by side. One concatenate of strided views, and the reshape to
-  matmul rows [B * pooled * P, prod(K) * C] is free."""
-  views = []
-  for phase in _phases(window):
-    for tap in itertools.product(*[range(k) for k in kernel_size]):
-      start = (0,) + tuple(p + t for p, t in zip(phase, tap)) + (0,)
-      limit = ((x_padded.shape[0],) + tuple(s + w * (n - 1) + 1 for s, w, n in
-                                             zip(start[1:], window, pooled_size))
-               + (x_padded.shape[-1],))
-      views.append(lax.slice(x_padded, start, limit, (1,) + tuple(window) + (1,)))
-  return jnp.concatenate(views, axis=-1)
+  conv output pixel it holds, side by side: im2col's patches of the input shifted by the phase,
+  at the pool's stride. One concatenate of strided views (XLA merges the nested slices and
+  concatenates), and the reshape to matmul rows [B * pooled * P, prod(K) * C] is free."""
+  return jnp.concatenate([
+      conv_lib.extract_patches(x_padded[(slice(None),) + tuple(slice(p, None) for p in phase)],
+                               kernel_size, window, pooled_size)
+      for phase in _phases(window)], axis=-1)
 
 
 def _forward(x, kernel, bias, pads, window, precision):
