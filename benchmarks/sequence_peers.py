@@ -1,9 +1,11 @@
-"""CPU training throughput of jaxdl's char LSTM and char GPT against the same models in PyTorch.
+"""CPU training throughput of jaxdl's char LSTM and char GPT against the same models in PyTorch
+and in plain Flax.
 
 Run (from the repository root, with a Python that has both jaxdl and torch):
     /work/benchvenv/bin/python benchmarks/sequence_peers.py
-Options: --rounds 3 --seconds 3 --only lstm_char,gpt_char --quick --json OUT
-         --omp-wait-policy passive|active|default --xla-flags "..." --env KEY=VALUE (repeatable)
+Options: --rounds 3 --seconds 3 --only lstm_char,gpt_char --frameworks jaxdl,torch,flax --quick
+         --json OUT --omp-wait-policy passive|active|default --xla-flags "..."
+         --env KEY=VALUE (repeatable)
 
 Each comparison is one full training step (forward, loss, backward, gradient clipping, optimizer
 update) of the same model at the same shapes with the same optimizer, in tokens/s (batch x time
@@ -26,18 +28,29 @@ predicted per second):
          clip_grad_norm_, torch.optim.Adam / AdamW (decay on >= 2-d parameters, as nanoGPT) and a
          LambdaLR warmup + cosine schedule. PyTorch's LSTM has two bias vectors per layer
          (b_ih, b_hh) where jaxdl's has one, hence 2 x 4H more parameters per layer; the GPTs
-         have equal counts. Both print them.
-Both train on one fixed batch of random tokens (the same numpy draw). Each framework runs in its
+         have equal counts. Every worker prints its count.
+  flax:  plain Flax Linen + Optax, what a user writes without jaxdl: nn.Embed -> nn.RNN(
+         nn.OptimizedLSTMCell) per layer (nn.Dropout as the torch model's) -> nn.Dense, or the
+         torch GPT in Linen (fused qkv nn.Dense, nn.dot_product_attention with a causal mask,
+         nn.gelu(approximate=True), nn.LayerNorm(use_bias=False), head tied by wte.attend, GPT-2's
+         init); optax.softmax_cross_entropy_with_integer_labels, optax.chain(
+         clip_by_global_norm, adam / adamw masked to >= 2-d parameters) on
+         warmup_cosine_decay_schedule; jax.jit with the (params, opt_state, step) state donated
+         (the step count folded into the dropout key), each step run to block_until_ready; XLA's
+         and glibc's defaults, none of jaxdl's CPU settings. Its GPT has the torch GPT's count;
+         OptimizedLSTMCell, like jaxdl's LSTM, has one bias vector per gate.
+All train on one fixed batch of random tokens (the same numpy draw). Each framework runs in its
 own worker process (`--worker NAME --comparison C`), which builds and warms up its step (compile,
 first steps), fixes how many steps fill about `--seconds` (at least 2), prints a JSON line, and
 then times that many steps each time the driver writes "run" on its stdin, answering with one JSON
 line. The driver alternates the workers of a comparison for `--rounds` rounds, round r starting
-with worker r (mod 2), so that load drifting on the machine hits both alike; only one worker
-computes at a time. The table gives medians over rounds of tokens/s, ms/step and CPU ms/step (the
-CPU time of all the worker's threads per step: near ms/step x cores used; it does not count time
-other jobs took), jaxdl/torch as the median of the per-round ratios (each pair ran back to back),
-and each round's figures. It exits 0 whatever the numbers; a framework that is not installed is
-skipped with a note.
+with worker r (mod the number of workers), so that load drifting on the machine hits all alike;
+only one worker computes at a time. The table gives medians over rounds of tokens/s, ms/step and
+CPU ms/step (the CPU time of all the worker's threads per step: near ms/step x cores used; it
+does not count time other jobs took), jaxdl/torch and jaxdl/flax as the medians of the per-round
+ratios (the workers of a round ran one after the other), and each round's figures. It exits 0
+whatever the numbers; a framework that is not installed (torch, in jaxdl's own venv) is skipped
+with a note.
 
 Environment of the workers: the driver's, plus
   --omp-wait-policy (torch; default passive): OMP_WAIT_POLICY for PyTorch's OpenMP threads. With
@@ -45,15 +58,17 @@ Environment of the workers: the driver's, plus
       2-thread PyTorch step ran 20-40x slower (a 2-layer LSTM fwd+bwd: 3.1 s instead of 0.07 s),
       because a barrier waits for a thread that is not running. `active` or `default` on a quiet
       machine measures PyTorch as it ships.
-  --xla-flags (jaxdl): added to XLA_FLAGS.
-  --env KEY=VALUE (both): e.g. glibc malloc settings (see benchmarks/README.md).
+  --xla-flags (jaxdl, flax): added to XLA_FLAGS.
+  --env KEY=VALUE (all): e.g. glibc malloc settings (see benchmarks/README.md), which jaxdl sets
+      for itself (train.reuse_host_memory) and the flax worker runs without.
 
 Noise: the figures come from a VM whose 2 cores are shared with other jobs; one run's throughput
 can move by 10-20% from the next, and by 2x when other jobs start or stop. Read the per-round
 ratios.
 
-Runtime: about 2-3 minutes on 2 x86 CPU cores with the defaults; `--quick` (1 round, 0.5 s per
-worker, smaller LSTMs) is a 40-70 s smoke run.
+Runtime, on 2 x86 CPU cores with the defaults: about 2-3 minutes for jaxdl and torch, about half
+as long again with flax (estimated). `--quick` (1 round, 0.5 s per worker, smaller LSTMs) is a
+smoke run: 40-70 s for jaxdl and torch; 108 s for all three with another job on the cores.
 """
 
 import os
@@ -74,7 +89,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAMEWORKS = ("jaxdl", "torch")
+FRAMEWORKS = ("jaxdl", "torch", "flax")
+# Modules each framework's worker imports (jaxdl brings jax, flax and optax).
+REQUIRES = {"jaxdl": ("jax",), "torch": ("torch",), "flax": ("flax", "optax")}
+JAX_FRAMEWORKS = ("jaxdl", "flax")  # The workers that --xla-flags applies to.
 MIN_STEPS = 2  # Timed steps per worker per round, however slow the step.
 VOCAB = 65  # The char tokenizer's vocabulary on the shipped Shakespeare corpus.
 
@@ -293,13 +311,157 @@ def torch_step(spec: dict):
   return step, params, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+# ---------------------------------------------------------------- Flax worker
+
+def flax_models():
+  """The models in plain Flax Linen, as a user would write them without jaxdl."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  class CharLSTM(nn.Module):
+    """Embed -> dropout -> nn.RNN(OptimizedLSTMCell) layers, dropout between -> dropout -> Dense."""
+
+    vocab_size: int
+    embed_dim: int
+    features: int
+    num_layers: int
+    dropout_rate: float
+
+    @nn.compact
+    def __call__(self, tokens_BT, train: bool):
+      drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+      x_BTD = drop(nn.Embed(self.vocab_size, self.embed_dim)(tokens_BT))
+      for i in range(self.num_layers):
+        x_BTD = nn.RNN(nn.OptimizedLSTMCell(self.features), name=f"lstm_{i}")(x_BTD)
+        if i < self.num_layers - 1:  # Between layers, as nn.LSTM's dropout; the last gets `drop`.
+          x_BTD = drop(x_BTD)
+      return nn.Dense(self.vocab_size)(drop(x_BTD))
+
+  class Block(nn.Module):
+    """nanoGPT's pre-LN block, as the torch Block: fused qkv, causal attention, GELU(tanh) MLP."""
+
+    num_heads: int
+    num_layers: int  # For GPT-2's smaller init of the projections back into the residual stream.
+    use_bias: bool
+
+    @nn.compact
+    def __call__(self, x_BTD):
+      b, t, d = x_BTD.shape
+      init = nn.initializers.normal(0.02)
+      residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
+      dense = lambda n, kernel_init, name: nn.Dense(n, use_bias=self.use_bias,
+                                                    kernel_init=kernel_init, name=name)
+      # epsilon 1e-5: PyTorch's (Flax's default is 1e-6).
+      norm = lambda name: nn.LayerNorm(1e-5, use_bias=self.use_bias, name=name)
+      qkv_BT3D = dense(3 * d, init, "qkv")(norm("ln_1")(x_BTD))
+      heads = lambda z_BTD: z_BTD.reshape(b, t, self.num_heads, d // self.num_heads)
+      q_BTHK, k_BTHK, v_BTHK = map(heads, jnp.split(qkv_BT3D, 3, axis=-1))
+      y_BTHK = nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, deterministic=True,
+                                        mask=nn.make_causal_mask(x_BTD[..., 0]))
+      x_BTD = x_BTD + dense(d, residual_init, "proj")(y_BTHK.reshape(b, t, d))
+      h_BTF = nn.gelu(dense(4 * d, init, "fc")(norm("ln_2")(x_BTD)), approximate=True)
+      return x_BTD + dense(d, residual_init, "fc_out")(h_BTF)
+
+  class GPT(nn.Module):
+    """nanoGPT: token + position embeddings -> blocks -> LayerNorm -> head tied to wte."""
+
+    vocab_size: int
+    block_size: int
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    use_bias: bool
+
+    @nn.compact
+    def __call__(self, tokens_BT, train: bool):
+      del train  # No dropout: compared at dropout_rate=0, as the torch GPT.
+      init = nn.initializers.normal(0.02)
+      wte = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=init, name="wte")
+      wpe = nn.Embed(self.block_size, self.embed_dim, embedding_init=init, name="wpe")
+      x_BTD = wte(tokens_BT) + wpe(jnp.arange(tokens_BT.shape[1]))
+      for i in range(self.num_layers):
+        x_BTD = Block(self.num_heads, self.num_layers, self.use_bias, name=f"block_{i}")(x_BTD)
+      return wte.attend(nn.LayerNorm(1e-5, use_bias=self.use_bias, name="ln_f")(x_BTD))
+
+  return CharLSTM, GPT
+
+
+def flax_model(m):
+  """The Flax model for the experiment's `model` config section."""
+  CharLSTM, GPT = flax_models()
+  if m["name"] == "rnn_lm":
+    return CharLSTM(VOCAB, m["embed_dim"], m["features"], m["num_layers"], m["dropout_rate"])
+  if m.get("dropout_rate", 0.0):
+    raise ValueError("the Flax GPT here has no dropout; compare at dropout_rate=0")
+  return GPT(VOCAB, m["block_size"], m["num_layers"], m["num_heads"], m["embed_dim"],
+             m["use_bias"])
+
+
+def flax_optimizer(opt, total_steps: int):
+  """Clipping, then Adam or AdamW on the torch worker's warmup + cosine schedule."""
+  import jax
+  import optax
+  schedule = optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
+                                                total_steps, opt.end_learning_rate)
+  if opt.name == "adamw":  # Decay only matrices (>= 2-d: kernels, embeddings), as torch's groups.
+    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    adam = optax.adamw(schedule, opt.b1, opt.b2, opt.eps, weight_decay=opt.weight_decay,
+                       mask=matrices)
+  else:
+    adam = optax.adam(schedule, opt.b1, opt.b2, opt.eps)
+  if opt.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adam)
+  return adam
+
+
+def flax_step(spec: dict):
+  """(step() -> loss to block on, params, versions): Flax Linen + Optax, jitted, state donated."""
+  import flax
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  config = experiment_config(spec)
+  model = flax_model(config.model)
+  tx = flax_optimizer(config.optimizer, config.train.num_steps)
+  tokens = jnp.asarray(token_batch(spec))
+  inputs_BT, targets_BT = tokens[:, :-1], tokens[:, 1:]
+  # Jitted: op by op (each op compiled alone) the GPT's init took 7 s here, jitted 3-5 s.
+  init = jax.jit(lambda key: model.init(key, inputs_BT, train=False)["params"])
+  params = init(jax.random.key(config.seed))
+  dropout_key = jax.random.key(1)
+
+  def train_step(state, inputs_BT, targets_BT):
+    params, opt_state, step = state
+
+    def loss_fn(params):
+      # A fresh dropout mask each step: the step count, carried in the state, folded into a key.
+      rngs = {"dropout": jax.random.fold_in(dropout_key, step)}
+      logits_BTV = model.apply({"params": params}, inputs_BT, train=True, rngs=rngs)
+      return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, step + 1), loss
+
+  train_step = jax.jit(train_step, donate_argnums=0)
+  count = sum(x.size for x in jax.tree.leaves(params))
+  holder = {"state": (params, tx.init(params), jnp.zeros((), jnp.int32))}
+
+  def step():
+    holder["state"], loss = train_step(holder["state"], inputs_BT, targets_BT)
+    return jax.block_until_ready(loss)
+
+  return step, count, {"jax": jax.__version__, "flax": flax.__version__}
+
+
 def worker(framework: str, comparison: str, seconds: float, quick: bool) -> int:
   """Builds and warms up one step, then times it on every "run" read from stdin (JSON replies)."""
   spec = comparison_spec(comparison, quick)
   start = time.perf_counter()
-  build = jaxdl_step if framework == "jaxdl" else torch_step
+  build = {"jaxdl": jaxdl_step, "torch": torch_step, "flax": flax_step}[framework]
   step, params, versions = build(spec)
-  first_loss = float(step())  # jaxdl: compiles here.
+  first_loss = float(step())  # jaxdl, flax: compile here.
   step()
   setup = time.perf_counter() - start
   t0 = time.perf_counter()
@@ -360,29 +522,31 @@ class Worker:
 
 
 def worker_env(framework: str, args) -> dict:
-  """The worker's environment: the driver's, plus --omp-wait-policy (torch), --xla-flags (jaxdl)."""
+  """The worker's environment: the driver's, plus --omp-wait-policy (torch), --xla-flags (jaxdl,
+  flax)."""
   env = dict(os.environ)
   if framework == "torch" and args.omp_wait_policy != "default":
     env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
-  if framework == "jaxdl" and args.xla_flags:
+  if framework in JAX_FRAMEWORKS and args.xla_flags:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   env.update(args.env)
   return env
 
 
-def available_frameworks() -> tuple[list[str], list[str]]:
+def available_frameworks(selected=FRAMEWORKS) -> tuple[list[str], list[str]]:
+  """(the selected frameworks whose modules import here, notes on those skipped)."""
   found, notes = [], []
-  for name in FRAMEWORKS:
-    module = "jax" if name == "jaxdl" else name
-    if importlib.util.find_spec(module) is None:
-      notes.append(f"{name}: not installed in {sys.executable}; skipped")
+  for name in selected:
+    missing = [m for m in REQUIRES[name] if importlib.util.find_spec(m) is None]
+    if missing:
+      notes.append(f"{name}: {', '.join(missing)} not installed in {sys.executable}; skipped")
     else:
       found.append(name)
   return found, notes
 
 
 def run_comparison(comparison: str, frameworks: list[str], args) -> list[dict]:
-  """One row per framework: per-round tokens/s, their median, and jaxdl/torch per round."""
+  """One row per framework: per-round tokens/s, their median, and jaxdl/peer per round."""
   spec = comparison_spec(comparison, args.quick)
   workers = []
   try:
@@ -404,14 +568,11 @@ def run_comparison(comparison: str, frameworks: list[str], args) -> list[dict]:
   finally:
     for w in workers:
       w.close()
+  paired = paired_ratios(rounds)
   rows = []
   for w in workers:
     tps = [x["tokens_per_sec"] for x in rounds[w.framework]]
-    ratios = None
-    if "torch" in rounds and w.framework == "jaxdl":
-      # Paired: each round's jaxdl and torch ran back to back under the same load.
-      ratios = [a["tokens_per_sec"] / b["tokens_per_sec"]
-                for a, b in zip(rounds["jaxdl"], rounds["torch"])]
+    round_ratios = paired if w.framework == "jaxdl" else {}  # The ratios live on jaxdl's row.
     rows.append({
         "comparison": comparison, "title": spec["title"], "framework": w.framework,
         "params": w.info["params"], "first_loss": w.info["first_loss"],
@@ -420,27 +581,45 @@ def run_comparison(comparison: str, frameworks: list[str], args) -> list[dict]:
         "ms_per_step": statistics.median(x["ms_per_step"] for x in rounds[w.framework]),
         "cpu_ms_per_step": statistics.median(x["cpu_ms_per_step"] for x in rounds[w.framework]),
         "round_tokens_per_sec": tps,
-        "ratio": None if ratios is None else statistics.median(ratios), "round_ratios": ratios,
-        "versions": {k: v for k, v in w.info.items() if k in ("jax", "torch", "torch_threads")}})
+        "ratios": {peer: statistics.median(xs) for peer, xs in round_ratios.items()},
+        "round_ratios": round_ratios,
+        "versions": {k: v for k, v in w.info.items()
+                     if k in ("jax", "flax", "torch", "torch_threads")}})
   return rows
 
 
+def paired_ratios(rounds: dict[str, list[dict]]) -> dict[str, list[float]]:
+  """{peer: [jaxdl tokens/s / peer tokens/s, one per round]} for every peer that ran with jaxdl.
+
+  Paired: each round's workers ran one after the other under about the same load.
+  """
+  if "jaxdl" not in rounds:
+    return {}
+  return {peer: [a["tokens_per_sec"] / b["tokens_per_sec"]
+                 for a, b in zip(rounds["jaxdl"], runs)]
+          for peer, runs in rounds.items() if peer != "jaxdl"}
+
+
 def print_table(rows: list[dict], rounds: int) -> None:
-  print(f"\nmedians over {rounds} round(s); jaxdl/torch = median over rounds of the ratio of "
+  """A markdown table: one row per comparison and framework, a jaxdl/peer column per peer."""
+  peers = [f for f in FRAMEWORKS if any(f in row["ratios"] for row in rows)]
+  print(f"\nmedians over {rounds} round(s); jaxdl/peer = median over rounds of the ratio of "
         "tokens/s in the same round\n")
-  print("| comparison | framework | params | tokens/s | ms/step | CPU ms/step | jaxdl/torch | "
-        "per-round tokens/s (ratios) |")
-  print("|:--|:--|--:|--:|--:|--:|--:|:--|")
+  print("| comparison | framework | params | tokens/s | ms/step | CPU ms/step | "
+        + "".join(f"jaxdl/{p} | " for p in peers) + "per-round tokens/s (ratios) |")
+  print("|:--|:--|--:|--:|--:|--:|" + "--:|" * len(peers) + ":--|")
   previous = None
   for row in rows:
     name = "" if row["title"] == previous else row["title"]
     previous = row["title"]
-    ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
+    ratios = "".join(f"{row['ratios'][p]:.2f} | " if p in row["ratios"] else " | "
+                     for p in peers)
     per_round = " ".join(f"{x:.0f}" for x in row["round_tokens_per_sec"])
     if row["round_ratios"]:
-      per_round += " (" + " ".join(f"{x:.2f}" for x in row["round_ratios"]) + ")"
+      per_round += " (" + "; ".join(f"{p} " + " ".join(f"{x:.2f}" for x in xs)
+                                    for p, xs in row["round_ratios"].items()) + ")"
     print(f"| {name} | {row['framework']} | {row['params']:,} | {row['tokens_per_sec']:.0f} | "
-          f"{row['ms_per_step']:.1f} | {row['cpu_ms_per_step']:.1f} | {ratio} | {per_round} |")
+          f"{row['ms_per_step']:.1f} | {row['cpu_ms_per_step']:.1f} | {ratios}{per_round} |")
 
 
 def environment() -> dict:
@@ -461,14 +640,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="timed seconds per worker per round (default 3)")
   p.add_argument("--only", default=",".join(COMPARISONS),
                  help=f"comma-separated comparisons, from {', '.join(COMPARISONS)}")
+  p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                 help=f"comma-separated frameworks, from {', '.join(FRAMEWORKS)} (default all)")
   p.add_argument("--quick", action="store_true",
                  help="smoke run: 1 round, 0.5 s, small LSTMs (explicit options win)")
   p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
   p.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
                  help="OMP_WAIT_POLICY of the torch worker (default passive; see the docstring)")
-  p.add_argument("--xla-flags", default="", help="XLA_FLAGS added for the jaxdl worker")
+  p.add_argument("--xla-flags", default="", help="XLA_FLAGS added for the jaxdl and flax workers")
   p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                 help="an environment variable for both workers (repeatable)")
+                 help="an environment variable for every worker (repeatable)")
   p.add_argument("--log-dir", default="/tmp", help="where the workers' stderr goes")
   p.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
   p.add_argument("--comparison", choices=list(COMPARISONS), help=argparse.SUPPRESS)
@@ -483,6 +664,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   unknown = [c for c in args.only if c not in COMPARISONS]
   if unknown:
     p.error(f"--only: unknown comparison(s) {unknown}; choose from {list(COMPARISONS)}")
+  args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+  unknown = [f for f in args.frameworks if f not in FRAMEWORKS]
+  if unknown or not args.frameworks:
+    p.error(f"--frameworks: got {args.frameworks}; choose one or more of {list(FRAMEWORKS)}")
   if any("=" not in item for item in args.env):
     p.error(f"--env takes KEY=VALUE, got {args.env}")
   args.env = dict(item.split("=", 1) for item in args.env)
@@ -499,10 +684,11 @@ def main(argv=None) -> int:
   print(f"date      {env['date']}\npython    {env['python']} ({env['executable']}) on "
         f"{env['platform']}\ncpus      {env['cpu_count']} ({env['cpus_usable']} usable)\n"
         f"load avg  {' '.join(f'{x:.2f}' for x in env['load_average'])}\n")
-  frameworks, notes = available_frameworks()
+  frameworks, notes = available_frameworks(args.frameworks)
   omp = worker_env("torch", args).get("OMP_WAIT_POLICY", "")
   print(f"settings  torch OMP_WAIT_POLICY={omp!r}, "
-        f"jaxdl XLA_FLAGS={worker_env('jaxdl', args).get('XLA_FLAGS', '')!r}, both {args.env}")
+        f"jaxdl/flax XLA_FLAGS={worker_env('jaxdl', args).get('XLA_FLAGS', '')!r}, "
+        f"all {args.env}")
   for note in notes:
     print(f"note      {note}")
   start = time.perf_counter()
@@ -521,6 +707,7 @@ def main(argv=None) -> int:
   if args.json:
     report = {"environment": env, "versions": versions, "notes": notes,
               "settings": {"rounds": args.rounds, "seconds": args.seconds, "quick": args.quick,
+                           "frameworks": frameworks,
                            "omp_wait_policy": args.omp_wait_policy, "xla_flags": args.xla_flags,
                            "env": args.env,
                            "comparisons": {c: comparison_spec(c, args.quick) for c in args.only}},

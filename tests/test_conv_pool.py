@@ -163,9 +163,9 @@ def test_models_give_the_same_numbers_fused_or_not(make):
   x = jax.random.uniform(jax.random.key(0), shape)
   labels = jax.random.randint(jax.random.key(1), (shape[0],), 0, 10)
   fused, separate = make(True), make(False)
-  params = separate.init(jax.random.key(2), x)
-  assert jax.tree.map(np.array_equal, params, fused.init(jax.random.key(2), x)) == jax.tree.map(
-      lambda _: True, params)
+  params = jax.jit(separate.init)(jax.random.key(2), x)  # Jitted: op by op takes seconds.
+  assert jax.tree.map(np.array_equal, params, jax.jit(fused.init)(jax.random.key(2), x)) == (
+      jax.tree.map(lambda _: True, params))
   (loss_f, grads_f), logits_f = _logits_and_grads(fused, params, x, labels)
   (loss_s, grads_s), logits_s = _logits_and_grads(separate, params, x, labels)
   np.testing.assert_array_equal(logits_f, logits_s)

@@ -10,7 +10,8 @@ from jaxdl.nn import MnistCNN, build_model
 
 @pytest.fixture(scope="module")
 def params():
-  return MnistCNN().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  # Jitted: run op by op, the fused convolution-and-pool layers compile each small op apart (~10 s).
+  return jax.jit(MnistCNN().init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
 
 
 def test_parameter_count_matches_keras(params):
@@ -62,7 +63,7 @@ def _max_pool_2x2(x_BHWC):
 def test_forward_matches_numpy_reference():
   model = MnistCNN()
   x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
-  params = model.init(jax.random.key(2), x)["params"]
+  params = jax.jit(model.init)(jax.random.key(2), x)["params"]
   # Non-zero biases, so that the test also checks where they are added.
   params = jax.tree.map(lambda p: p + 0.01 if p.ndim == 1 else p, params)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -73,14 +74,15 @@ def test_forward_matches_numpy_reference():
   h = relu(_conv_valid(h, p["conv3"]["kernel"], p["conv3"]["bias"]))
   h = relu(h.reshape(3, -1) @ p["dense1"]["kernel"] + p["dense1"]["bias"])
   expected = h @ p["logits"]["kernel"] + p["logits"]["bias"]
-  logits = model.apply({"params": params}, x)
+  logits = jax.jit(model.apply)({"params": params}, x)
   assert logits.shape == (3, 10)
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_registry_builds_by_name_and_rejects_typos():
   model = build_model("mnist_cnn", num_classes=5)
-  out = model.apply(model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1))), jnp.zeros((2, 28, 28, 1)))
+  x = jnp.zeros((2, 28, 28, 1))
+  out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), x), x)
   assert out.shape == (2, 5)
   with pytest.raises(ValueError, match="Did you mean mnist_cnn"):
     build_model("mnist_cn")
