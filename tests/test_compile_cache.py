@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from jaxdl import compile_cache
 from tests.conftest import REPO
@@ -26,6 +27,8 @@ def _train(workdir, cache):
       compile_seconds
 
 
+# Slow (two `jaxdl train` processes, ~20 s): end to end, run by CI's `-m slow`.
+@pytest.mark.slow
 def test_second_run_loads_the_cached_step_and_computes_the_same(tmp_path):
   cache = tmp_path / "xla"
   first, _ = _train(tmp_path / "a", cache)

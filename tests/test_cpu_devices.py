@@ -94,6 +94,8 @@ def test_config_takes_a_count_or_auto():
   assert experiment.parallel.cpu_devices == 4
 
 
+# Slow (two CLI processes, ~10 s): end to end, run by CI's `-m slow`.
+@pytest.mark.slow
 def test_cli_train_splits_the_host_and_eval_reproduces_its_evaluation(tmp_path):
   """`jaxdl train` on the seed CNN with parallel.cpu_devices=auto runs on 8 CPU devices; `jaxdl
   eval` later in a fresh process uses the run's devices again, so it reproduces the final

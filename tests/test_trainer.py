@@ -145,6 +145,9 @@ def test_resume_after_crash_past_last_checkpoint(reference_run, tmp_path):
   assert steps == sorted(steps)  # No step logged twice.
 
 
+# Slow (a training process signalled, then resumed: ~9 s); in the default suite
+# test_ctrl_c_saves_and_resumes_exactly covers saving on a signal (SIGINT, in process) and resuming.
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes_exactly(tmp_path):
   run = tmp_path / "signalled"
   env = {**os.environ, "JAXDL_OFFLINE": "1"}
