@@ -66,9 +66,9 @@ Noise: the figures come from a VM whose 2 cores are shared with other jobs; one 
 can move by 10-20% from the next, and by 2x when other jobs start or stop. Read the per-round
 ratios.
 
-Runtime, on 2 x86 CPU cores with the defaults: about 2-3 minutes for jaxdl and torch, about half
-as long again with flax (estimated). `--quick` (1 round, 0.5 s per worker, smaller LSTMs) is a
-smoke run: 40-70 s for jaxdl and torch; 108 s for all three with another job on the cores.
+Runtime, on 2 x86 CPU cores with the defaults: about 3 minutes for all three frameworks (186 s on
+2026-11-29), 2-3 for jaxdl and torch alone. `--quick` (1 round, 0.5 s per worker, smaller LSTMs)
+is a smoke run: 40-70 s for jaxdl and torch; 108 s for all three with another job on the cores.
 """
 
 import os
