@@ -1,5 +1,6 @@
 """Shared test setup: no downloads, small fast runs, the real data in ../shared when present."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -17,6 +18,14 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+  """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO, load_benchmark
+
 SCRIPT = REPO / "benchmarks" / "mnist_cnn_peers.py"
 MISSING = next((p for p, m in [("torch", "torch"), ("tf_keras", "tensorflow"),
                                ("keras_jax", "keras")] if importlib.util.find_spec(m) is None),
@@ -72,13 +72,9 @@ def test_bad_variant_is_rejected_before_any_run():
 
 # ---------------------------------------------------------------- sequence_peers.py
 
-def sequence_peers():
-  """benchmarks/sequence_peers.py as a module (benchmarks/ is not a package)."""
-  path = REPO / "benchmarks" / "sequence_peers.py"
-  spec = importlib.util.spec_from_file_location("sequence_peers", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+@pytest.fixture(scope="module")
+def peers():
+  return load_benchmark("sequence_peers")
 
 
 def param_count(model, tokens_BT) -> int:
@@ -87,10 +83,9 @@ def param_count(model, tokens_BT) -> int:
   return sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, jax.random.key(0))))
 
 
-def test_sequence_peers_flax_models_have_the_peers_param_counts():
+def test_sequence_peers_flax_models_have_the_peers_param_counts(peers):
   import jax.numpy as jnp
   from jaxdl import models
-  peers = sequence_peers()
   spec = peers.comparison_spec("gpt_char", quick=False)
   config = peers.experiment_config(spec)
   tokens_BT = jnp.zeros((spec["batch_size"], spec["seq_len"]), jnp.int32)
@@ -113,9 +108,8 @@ def test_sequence_peers_flax_models_have_the_peers_param_counts():
 # that when they are shared. The fast suite checks the models' layouts by their parameter counts.
 @pytest.mark.slow
 @pytest.mark.parametrize("comparison", ["gpt_char", "lstm_big"])
-def test_sequence_peers_flax_worker_starts_at_the_uniform_loss(comparison):
+def test_sequence_peers_flax_worker_starts_at_the_uniform_loss(peers, comparison):
   """The --quick flax step runs: random init predicts about uniformly over the 65 characters."""
-  peers = sequence_peers()
   step, params, versions = peers.flax_step(peers.comparison_spec(comparison, quick=True))
   first, second = float(step()), float(step())
   assert params == (804_096 if comparison == "gpt_char" else 242_945)  # lstm_big: 2 x 128 wide.
@@ -124,8 +118,7 @@ def test_sequence_peers_flax_worker_starts_at_the_uniform_loss(comparison):
   assert set(versions) == {"jax", "flax"}
 
 
-def test_sequence_peers_table_has_a_ratio_column_per_peer(capsys):
-  peers = sequence_peers()
+def test_sequence_peers_table_has_a_ratio_column_per_peer(peers, capsys):
   tokens = {"jaxdl": [100.0, 120.0, 90.0], "torch": [50.0, 60.0, 90.0],
             "flax": [100.0, 100.0, 100.0]}
   rounds = {f: [{"tokens_per_sec": x} for x in xs] for f, xs in tokens.items()}

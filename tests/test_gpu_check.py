@@ -5,7 +5,6 @@ the formulas are held to published counts: nanoGPT's 123.69M parameters for GPT-
 padded vocabulary, and torchvision's 4.09 GFLOPS (multiply-adds) for ResNet-50 at 224x224.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -21,17 +20,14 @@ import pytest
 from jaxdl import config as config_lib
 from jaxdl import nn as nn_lib
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "gpu_models.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_models():
-  spec = importlib.util.spec_from_file_location("gpu_models", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark("gpu_models")
 
 
 def table_rows(stdout: str) -> list[dict[str, str]]:
