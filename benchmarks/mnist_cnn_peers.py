@@ -150,8 +150,9 @@ def worker_jaxdl(args) -> dict:
 
   config = config_lib.load_experiment(EXPERIMENT)
   config_lib.apply_overrides(config, args.override)
-  # An option that runs several steps per call logs only at multiples of it: round up to one.
-  per_call = int(config.train.get("steps_per_call", 1) or 1)
+  # Several steps a call (train.steps_per_call; 0: auto, up to 16 on a CPU) end at each log step:
+  # intervals of whole calls, as in a run logging every 100 steps, measure their steady state.
+  per_call = config.train.get("steps_per_call", 1) or trainer.CPU_STEPS_PER_CALL
   interval = math.ceil(args.steps / INTERVALS / per_call) * per_call
   num_steps = interval * (INTERVALS + 1)  # The first interval is the warmup (compilation).
   # Eval only after the last timed interval, no checkpoints; the user's overrides come last

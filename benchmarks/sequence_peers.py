@@ -19,9 +19,11 @@ predicted per second):
              vocab 65, context 64, no biases, tied LM head, no dropout, batch 12 x 64 tokens;
              AdamW 1e-3 (b2 0.99, weight decay 0.1 on matrices), warmup + cosine, clipping at 1.0.
   jaxdl: the experiment's config -> jaxdl.models.build_model, jaxdl.train.optim.make_optimizer,
-         jaxdl.train.step.make_train_step(LanguageModelling()), jitted with the state donated;
-         every step runs to block_until_ready. (jaxdl's step also computes the accuracy and the
-         norms of the gradients, parameters and updates for its logs.)
+         jaxdl.train.step.make_train_step(LanguageModelling()), jitted with the state donated,
+         run as `jaxdl train` runs it: train.steps_per_call steps a call (auto: 16 on a CPU;
+         JAXDL_BENCH_STEPS_PER_CALL=k overrides), each call run to block_until_ready. (jaxdl's
+         step also computes the accuracy and the norms of the gradients, parameters and updates
+         for its logs.)
   torch: eager PyTorch at its default thread count: nn.Embedding -> nn.LSTM(batch_first=True,
          dropout) -> nn.Linear, or a nanoGPT-style GPT written below (F.scaled_dot_product_attention
          with is_causal=True, GELU(tanh), LayerNorm(bias=False), tied head); F.cross_entropy,
@@ -147,8 +149,10 @@ def jaxdl_step(spec: dict):
   """(step() -> loss to block on, params, versions): jaxdl's train step, compiled and warmed up.
 
   With jaxdl's CPU defaults, as `jaxdl train` applies them before JAX starts: freed memory kept
-  for reuse (train.reuse_host_memory) and the host split into CPU devices with the batch sharded
-  over them (parallel.cpu_devices), unless the environment sets JAXDL_BENCH_PLAIN=1.
+  for reuse (train.reuse_host_memory), the host split into CPU devices with the batch sharded
+  over them (parallel.cpu_devices), and several steps per call (train.steps_per_call; `step()`
+  then runs that many and says so in `step.steps`), unless the environment sets
+  JAXDL_BENCH_PLAIN=1.
   """
   import os
   from jaxdl import host_memory
@@ -160,6 +164,7 @@ def jaxdl_step(spec: dict):
     cpu_devices.configure(config.parallel, [spec["batch_size"]])
   import jax
   import jax.numpy as jnp
+  import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   from jaxdl import models
   from jaxdl.train import optim, tasks
@@ -172,11 +177,33 @@ def jaxdl_step(spec: dict):
   state = step_lib.create_train_state(model, tx, jax.random.key(config.seed),
                                       *task.model_inputs(batch))
   params = sum(x.size for x in jax.tree.leaves(state.params))
-  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, task), donate_argnums=0)
   if jax.device_count() > 1:  # The trainer's data-parallel layout: batch split, state replicated.
     mesh = Mesh(jax.devices(), ("data",))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+  step_fn = step_lib.make_train_step(model, tx, schedule, task)
+  k = int(os.environ.get("JAXDL_BENCH_STEPS_PER_CALL", 0)) or config.train.steps_per_call
+  if not k:  # auto, as the trainer resolves it: these models have no convolutions.
+    from jaxdl import trainer
+    k = 1 if plain or jax.default_backend() != "cpu" else trainer.CPU_STEPS_PER_CALL
+  if k == 1:
+    train_step = jax.jit(step_fn, donate_argnums=0)
+  else:  # The trainer's call of k steps, on the same batch k times.
+    def update(state, sums, batch, rng):
+      state, metrics = step_fn(state, batch, rng)
+      return state, sums, metrics
+    several = jax.jit(step_lib.steps_in_one_call(update), donate_argnums=0)
+    stacked = jax.tree.map(lambda x: jnp.stack([x] * k), batch)
+    calls = []
+
+    def train_step(state, batch, rng):
+      del batch  # `stacked` holds it.
+      # The first call runs one step (the same program: the count is an argument), so that the
+      # worker's first loss is step 1's, as the peers'; the timed calls run k.
+      n = k if calls else 1
+      calls.append(n)
+      state, _, metrics = several(state, (), stacked, np.int32(n), rng)
+      return state, metrics
   rng = jax.random.key(1)
   holder = {"state": state}  # The donated state threads from step to step, as in training.
 
@@ -184,7 +211,8 @@ def jaxdl_step(spec: dict):
     holder["state"], metrics = train_step(holder["state"], batch, rng)
     return jax.block_until_ready(metrics["train/loss"])
 
-  return step, params, {"jax": jax.__version__}
+  step.steps = k
+  return step, params, {"jax": jax.__version__, "steps_per_call": k}
 
 
 # ---------------------------------------------------------------- PyTorch worker
@@ -466,8 +494,9 @@ def worker(framework: str, comparison: str, seconds: float, quick: bool) -> int:
   setup = time.perf_counter() - start
   t0 = time.perf_counter()
   step()
-  steps = max(MIN_STEPS, math.ceil(seconds / (time.perf_counter() - t0)))
-  tokens = spec["batch_size"] * spec["seq_len"]
+  calls = max(MIN_STEPS, math.ceil(seconds / (time.perf_counter() - t0)))
+  steps_per_call = getattr(step, "steps", 1)  # jaxdl runs several steps a call.
+  steps, tokens = calls * steps_per_call, spec["batch_size"] * spec["seq_len"]
   emit = lambda **kv: print(json.dumps(kv), flush=True)
   emit(event="ready", framework=framework, comparison=comparison, params=params,
        setup_seconds=setup, first_loss=first_loss, steps_per_round=steps, tokens_per_step=tokens,
@@ -476,7 +505,7 @@ def worker(framework: str, comparison: str, seconds: float, quick: bool) -> int:
     if line.strip() != "run":
       break
     t0, cpu0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    for _ in range(calls):
       loss = step()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     # CPU time of all the worker's threads: wall time that other jobs took from it does not count,

@@ -386,12 +386,19 @@ class Efficiency:
 
   @classmethod
   def for_step(cls, compiled: Any, devices: Sequence[jax.Device],
-               compute_dtype: Any = "bfloat16") -> "Efficiency":
-    """From the compiled train step and the devices that each run it (all of a pmap or mesh)."""
+               compute_dtype: Any = "bfloat16", steps_loop: bool = False) -> "Efficiency":
+    """From the compiled train step and the devices that each run it (all of a pmap or mesh).
+
+    `steps_loop`: `compiled` runs several steps as a loop whose trip count is an argument
+    (jaxdl.train.step.steps_in_one_call); its body, one step, is what the cost analysis counts.
+    """
     devices = list(devices)
     per_device = compiled_flops(compiled)
     peak, source = peak_flops_per_sec(devices, compute_dtype)
-    repeated = any(n is None or n > 1 for n in loop_trip_counts(compiled))
+    counts = loop_trip_counts(compiled)
+    if steps_loop and None in counts:
+      counts.remove(None)
+    repeated = any(n is None or n > 1 for n in counts)
     return cls(flops_per_step=None if per_device is None else per_device * len(devices),
                peak_flops_per_sec=peak, peak_source=source, lower_bound=repeated)
 

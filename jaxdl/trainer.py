@@ -41,6 +41,9 @@ from jaxdl.train import tasks
 logger = logging.getLogger("jaxdl")
 
 MAX_STEPS_AHEAD = 2  # Train steps the host may dispatch before the device has finished them.
+# train.steps_per_call=0 on a CPU: the seed CNN's step ~1.2x faster than one step a call, the char
+# GPT's and LSTM's ~1.05-1.1x (benchmarks/README.md, "Steps per call").
+CPU_STEPS_PER_CALL = 16
 
 
 @dataclasses.dataclass
@@ -94,6 +97,10 @@ def _check_and_count_steps(config: ml_collections.ConfigDict, data: data_lib.Dat
     raise ConfigError(f"train.grad_accum_steps={grad_accum!r} must be a whole number >= 1 that "
                       f"divides each device's share of the batch ({config.train.batch_size} / "
                       f"{layout.num_devices} devices).")
+  steps_per_call = config.train.get("steps_per_call", 0)
+  if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 0:
+    raise ConfigError(f"train.steps_per_call={steps_per_call!r} must be a whole number of steps "
+                      ">= 1, or 0 for auto (16 on a CPU, 1 elsewhere).")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ConfigError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
                       "moving average off, 0.999 is typical.")
@@ -264,12 +271,13 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _efficiency(compiled: Any, layout: parallel.Layout,
-                config: ml_collections.ConfigDict) -> perf_lib.Efficiency:
-  """The compiled step's FLOPs (XLA's cost analysis) against its devices' peak, and a log line."""
+def _efficiency(compiled: Any, layout: parallel.Layout, config: ml_collections.ConfigDict,
+                steps_loop: bool = False) -> perf_lib.Efficiency:
+  """The compiled step's FLOPs (XLA's cost analysis) against its devices' peak, and a log line.
+  `steps_loop`: `compiled` is a call of several steps (jaxdl.train.step.steps_in_one_call)."""
   devices = list(layout.mesh.devices.flat)
   efficiency = perf_lib.Efficiency.for_step(compiled, devices,
-                                            config.model.get("dtype") or "float32")
+                                            config.model.get("dtype") or "float32", steps_loop)
   if efficiency.flops_per_step is not None:
     logger.info("Train step: %.3g GFLOP%s; peak %s.", efficiency.flops_per_step / 1e9,
                 " (a lower bound: XLA counts a loop's body once, e.g. under gradient accumulation "
@@ -408,9 +416,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   reset_sums = layout.compile_elementwise(step_lib.reset_metric_sums, layout.replicated())
   # One dispatch a step: the update and the running sums of its metrics, both buffers donated.
   # The step's loss comes back too, as a handle to wait on that step without touching donations.
-  train_and_accumulate = layout.compile_update(
-      setup.update, layout.saved_shardings(setup.loop_shapes))
+  # Or several steps a dispatch (train.steps_per_call): the same update in a loop on the device.
+  loop_shardings = layout.saved_shardings(setup.loop_shapes)
+  train_and_accumulate = layout.compile_update(setup.update, loop_shardings)
+  train_steps = layout.compile_update(step_lib.steps_in_one_call(setup.update), loop_shardings,
+                                      steps_in_call=True)
   put_batch = functools.partial(layout.put_batch, member_axis=members is not None)
+  put_batches = functools.partial(layout.put_batches, member_axis=members is not None)
 
   # ---------------------------------------------------------------- Initial state or resume
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
@@ -443,8 +455,31 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   pending = None  # (step, metric sums) to read once the next step is dispatched.
   efficiency = None  # FLOPs of the compiled step and the devices' peak: perf/mfu.
   compile_seconds = None  # Logged once, with the first interval.
-  in_flight = collections.deque()  # Loss handles of dispatched steps not yet waited for.
+  in_flight = collections.deque()  # (loss handle, steps) of dispatched calls not yet waited for.
   t_last, step_last = time.perf_counter(), start_step
+
+  def compile_first_call(host_batch) -> tuple[int, perf_lib.Efficiency]:
+    """Compiles the train call (apart, so that throughput leaves compilation out); returns the
+    steps a call runs (train.steps_per_call resolved) and the step's efficiency."""
+    setting = cfg.get("steps_per_call", 0)
+    if setting > 1 or (setting == 0 and jax.default_backend() == "cpu"):
+      k = setting or CPU_STEPS_PER_CALL
+      lowered = train_steps.lower(state, sums, put_batches([host_batch], slots=k), np.int32(k),
+                                  rng)
+      if setting or "stablehlo.convolution" not in lowered.as_text():
+        logger.info("Running up to %d train steps per call (train.steps_per_call=%d).", k,
+                    setting)
+        return k, _efficiency(lowered.compile(), layout, config, steps_loop=True)
+      logger.info("One train step per call: the step has XLA convolutions, which XLA:CPU runs "
+                  "~15x slower inside a loop (train.steps_per_call=0, auto).")
+    compiled = train_and_accumulate.lower(state, sums, put_batch(host_batch), rng).compile()
+    return 1, _efficiency(compiled, layout, config)
+
+  def next_stop(step: int) -> int:
+    """The first step after `step` where the host needs the state: to log (and reset the metric
+    sums), evaluate, save, or end. A call of several steps never runs past it."""
+    periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
+    return min([total_steps] + [(step // p + 1) * p for p in periods if p])
 
   def flush():
     """Writes the pending interval's means, timed from when its last step finished."""
@@ -469,21 +504,31 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   stop = _StopSignal()
   try:
     with stop:
-      for step in range(start_step + 1, total_steps + 1):  # `step` counts updates done after it.
-        batch = put_batch(next(train_iter))
-        if efficiency is None:  # Compiled apart, so that throughput leaves compilation out.
+      step = start_step  # Counts the updates done, here and in the checkpoints.
+      first_batch = None  # Read ahead of its call, to compile with.
+      while step < total_steps:
+        if efficiency is None:
           compile_start = time.perf_counter()
-          compiled = train_and_accumulate.lower(state, sums, batch, rng).compile()
+          first_batch = next(train_iter)
+          steps_per_call, efficiency = compile_first_call(first_batch)
           compile_seconds = time.perf_counter() - compile_start
           t_last += compile_seconds
-          efficiency = _efficiency(compiled, layout, config)
-        state, sums, loss = train_and_accumulate(state, sums, batch, rng)
-        # The host runs at most MAX_STEPS_AHEAD steps ahead of the device: enough to keep it busy,
-        # few enough that queued input batches cannot pile up in device memory.
-        in_flight.append(loss)
-        if len(in_flight) > MAX_STEPS_AHEAD:
-          in_flight.popleft().block_until_ready()
-        flush()  # Reads step-1's metrics while this step runs.
+        n = min(steps_per_call, next_stop(step) - step)  # This call's steps.
+        host_batches = [first_batch] if first_batch is not None else []
+        host_batches += [next(train_iter) for _ in range(n - len(host_batches))]
+        first_batch = None
+        if steps_per_call == 1:
+          state, sums, loss = train_and_accumulate(state, sums, put_batch(host_batches[0]), rng)
+        else:
+          state, sums, loss = train_steps(
+              state, sums, put_batches(host_batches, slots=steps_per_call), np.int32(n), rng)
+        step += n
+        # The host runs at most MAX_STEPS_AHEAD steps (or one call) ahead of the device: enough
+        # to keep it busy, few enough that input batches cannot pile up in device memory.
+        in_flight.append((loss, n))
+        while sum(k for _, k in in_flight) > max(MAX_STEPS_AHEAD, steps_per_call):
+          in_flight.popleft()[0].block_until_ready()
+        flush()  # Reads the previous call's metrics while this one runs.
 
         at_log = step % cfg.log_every_steps == 0
         if at_log or step == total_steps:

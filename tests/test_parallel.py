@@ -78,7 +78,12 @@ def one_device(tmp_path_factory):
     pytest.param(8, ["parallel.mesh.data=2", "parallel.mesh.fsdp=4"], marks=pytest.mark.slow),
     pytest.param(2, [], marks=pytest.mark.slow),
     pytest.param(2, ["parallel.strategy=pmap"], marks=pytest.mark.slow),
-], ids=["pmap8", "fsdp8", "data2xfsdp4", "jit2", "pmap2"])
+    # Calls of 4 steps over stacked batches (train.steps_per_call), with im2col convolutions,
+    # which XLA:CPU runs at full speed inside the call's loop.
+    (8, ["parallel.strategy=pmap", "train.steps_per_call=4", "model.conv_impl=im2col"]),
+    pytest.param(8, ["parallel.mesh.fsdp=4", "train.steps_per_call=4", "model.conv_impl=im2col"],
+                 marks=pytest.mark.slow),
+], ids=["pmap8", "fsdp8", "data2xfsdp4", "jit2", "pmap2", "pmap8-calls4", "fsdp4-calls4"])
 def test_layout_follows_one_device(one_device, tmp_path, num_devices, layout):
   result = _run([*RUN, *layout], tmp_path / "run", num_devices)
   assert result.returncode == 0, result.stderr

@@ -162,28 +162,48 @@ class Layout:
   def put_batch(self, host_batch: dict[str, np.ndarray], member_axis: bool = False) -> Any:
     """This process's rows of a global batch [B, ...] (a sweep's [members, B, ...]) -> device
     arrays split over the devices."""
+    return self.put_batches([host_batch], member_axis, stacked=False)
+
+  def put_batches(self, host_batches: list[dict[str, np.ndarray]], member_axis: bool = False,
+                  slots: int = 0, stacked: bool = True) -> Any:
+    """Several steps' batches stacked as [K, B, ...] (a sweep's [K, members, B, ...]), split over
+    the devices along B, for `compile_update(..., steps_in_call=True)`; under pmap each device
+    gets [K, B/D, ...]. With `slots` > len(host_batches) the last batch fills the spare slots,
+    which that call's step count leaves unread."""
+    host_batches = list(host_batches)
+    host_batches += host_batches[-1:] * (slots - len(host_batches))
     if self.strategy == "pmap":
       d = jax.local_device_count()
       def split(x):
         if member_axis:  # [M, B, ...] -> [D, M, B/D, ...]
           return np.moveaxis(x.reshape(x.shape[0], d, -1, *x.shape[2:]), 1, 0)
         return x.reshape(d, -1, *x.shape[1:])
-      return jax.tree.map(split, host_batch)
+      if not stacked:
+        return jax.tree.map(split, host_batches[0])
+      return jax.tree.map(lambda *xs: np.stack([split(x) for x in xs], axis=1), *host_batches)
     axes = ("data", "fsdp")
-    sharding = NamedSharding(self.mesh, P(None, axes) if member_axis else P(axes))
+    spec = (None,) * (member_axis + stacked) + (axes,)
+    sharding = NamedSharding(self.mesh, P(*spec))
+    if stacked:
+      host_batch = jax.tree.map(lambda *xs: np.stack(xs), *host_batches)
+    else:
+      host_batch = host_batches[0]
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
                         host_batch)
 
-  def compile_update(self, update: Callable, state_shardings: Any = None) -> Callable:
-    """(state, sums, batch, rng) -> (state, sums, loss), state and sums donated.
+  def compile_update(self, update: Callable, state_shardings: Any = None,
+                     steps_in_call: bool = False) -> Callable:
+    """(state, sums, batch, rng) -> (state, sums, loss), state and sums donated; with
+    `steps_in_call`, (state, sums, batches, n, rng) -> the same after n steps
+    (jaxdl.train.step.steps_in_one_call; batches from `put_batches`).
 
     `update` must average gradients and metrics over PMAP_AXIS under pmap, and draw each
     device's dropout masks from its own key (jaxdl.train.step's axis_name does both). Under jit,
     `state_shardings` (the loop's shardings) keeps the state in its FSDP layout from step to step.
     """
     if self.strategy == "pmap":  # One key for all; the step folds in the device index.
-      return jax.pmap(update, axis_name=PMAP_AXIS, in_axes=(0, 0, 0, None),
-                      donate_argnums=(0, 1))
+      in_axes = (0, 0, 0, None, None) if steps_in_call else (0, 0, 0, None)
+      return jax.pmap(update, axis_name=PMAP_AXIS, in_axes=in_axes, donate_argnums=(0, 1))
     out_shardings = None
     if state_shardings is not None:
       out_shardings = (state_shardings["state"], state_shardings["metric_sums"],

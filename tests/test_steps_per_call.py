@@ -1,0 +1,89 @@
+"""train.steps_per_call: several train steps in one dispatched call (a loop on the device over
+stacked batches) give the run that one step per call gives, to the bit; auto picks it on a CPU
+unless the step has XLA convolutions."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdl import config as config_lib
+from jaxdl import trainer
+from jaxdl.errors import ConfigError
+from jaxdl.train import parallel
+from jaxdl.train import step as step_lib
+from tests.conftest import REPO, seed_cnn_run
+
+
+def test_calls_of_several_steps_give_the_same_run_to_the_bit(tmp_path, caplog):
+  one = seed_cnn_run(tmp_path / "one", "train.steps_per_call=1")
+  # Auto on a CPU: up to 16 steps a call; logging every 10 steps, each call stops short at 10.
+  # (Calls of all their steps, and short ones, in tests/test_sequence_training.py's GPT resume
+  # and tests/test_parallel.py's pmap8-calls4.)
+  with caplog.at_level(logging.INFO, logger="jaxdl"):
+    auto = seed_cnn_run(tmp_path / "auto")
+  assert f"Running up to {trainer.CPU_STEPS_PER_CALL} train steps per call" in caplog.text
+  assert auto == one
+  assert [r["step"] for r in auto if "train/loss" in r] == [10, 20]
+
+
+def test_auto_is_one_step_a_call_with_xla_convolutions(tmp_path, caplog):
+  with caplog.at_level(logging.INFO, logger="jaxdl"):
+    seed_cnn_run(tmp_path / "xla", "model.conv_impl=xla")
+  # XLA:CPU runs a convolution inside a loop ~15x more slowly.
+  assert "One train step per call: the step has XLA convolutions" in caplog.text
+
+
+def test_a_call_runs_its_first_n_batches_and_returns_the_last_loss():
+  def update(state, sums, batch, rng):  # A step that adds its batch, and reports it as the loss.
+    del rng
+    return state + batch["x"].sum(), sums + 1, batch["x"].sum()
+
+  run = jax.jit(step_lib.steps_in_one_call(update))
+  batches = {"x": jnp.arange(8.0).reshape(4, 2)}  # Steps' sums: 1, 5, 9, 13.
+  state, sums, loss = run(jnp.float32(0), jnp.int32(0), batches, np.int32(2), None)
+  assert (float(state), int(sums), float(loss)) == (6.0, 2, 5.0)
+  state, sums, loss = run(jnp.float32(0), jnp.int32(0), batches, np.int32(4), None)
+  assert (float(state), int(sums), float(loss)) == (28.0, 4, 13.0)
+
+
+def test_put_batches_stacks_steps_and_fills_spare_slots_with_the_last():
+  layout = parallel.make_layout({})
+  host = [{"x": np.full((4, 3), i, np.float32)} for i in range(2)]
+  stacked = layout.put_batches(host, slots=4)["x"]
+  assert stacked.shape == (4, 4, 3)
+  np.testing.assert_array_equal(np.asarray(stacked)[:, 0, 0], [0, 1, 1, 1])
+  members = layout.put_batches([{"x": np.zeros((2, 4, 3))}], member_axis=True, slots=3)["x"]
+  assert members.shape == (3, 2, 4, 3)
+
+
+def test_flops_of_a_call_are_those_of_one_step():
+  """XLA's cost analysis counts a loop body once: a call's count is one step's, and perf/mfu
+  does not call it a lower bound."""
+  config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  config_lib.apply_overrides(config, ["data.download=false", "train.batch_size=32"])
+  data = trainer.load_data(config)
+  setup = trainer.build(config, data)
+  layout, loop = setup.layout, setup.init_loop()
+  batch = next(iter(data.train_batches(batch_size=32, seed=0)))
+  args = (loop["state"], loop["metric_sums"])
+  rng = jax.random.wrap_key_data(loop["rng"])
+  single = layout.compile_update(setup.update).lower(*args, layout.put_batch(batch), rng)
+  several = layout.compile_update(step_lib.steps_in_one_call(setup.update),
+                                  steps_in_call=True).lower(
+      *args, layout.put_batches([batch], slots=4), np.int32(4), rng)
+  one = trainer._efficiency(single.compile(), layout, config)  # pylint: disable=protected-access
+  four = trainer._efficiency(several.compile(), layout, config, steps_loop=True)  # pylint: disable=protected-access
+  assert not one.lower_bound and not four.lower_bound
+  np.testing.assert_allclose(four.flops_per_step, one.flops_per_step, rtol=1e-3)
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "auto"])
+def test_bad_values_are_refused(tmp_path, value):
+  config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  with pytest.raises(ConfigError, match="train.steps_per_call"):
+    config_lib.apply_overrides(config, [f"train.steps_per_call={value}"])
+    trainer.train(config, tmp_path / "run", show_progress=False)
+  assert not (tmp_path / "run").exists()
