@@ -287,7 +287,7 @@ def steps_in_one_call(update: Callable) -> Callable:
   benchmarks/README.md).
   """
 
-  def run(state, sums, batches, num_steps, rng):
+  def update_steps(state, sums, batches, num_steps, rng):
     def one_step(i, carry):
       state, sums, _ = carry
       batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
@@ -298,4 +298,4 @@ def steps_in_one_call(update: Callable) -> Callable:
     no_loss = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), loss_shapes)
     return jax.lax.fori_loop(0, num_steps, one_step, (state, sums, no_loss))
 
-  return run
+  return update_steps
