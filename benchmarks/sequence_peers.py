@@ -194,14 +194,14 @@ def jaxdl_step(spec: dict):
       return state, sums, metrics
     several = jax.jit(step_lib.steps_in_one_call(update), donate_argnums=0)
     stacked = jax.tree.map(lambda x: jnp.stack([x] * k), batch)
-    calls = []
+    called = []
 
     def train_step(state, batch, rng):
       del batch  # `stacked` holds it.
       # The first call runs one step (the same program: the count is an argument), so that the
       # worker's first loss is step 1's, as the peers'; the timed calls run k.
-      n = k if calls else 1
-      calls.append(n)
+      n = k if called else 1
+      called[:] = [True]
       state, _, metrics = several(state, (), stacked, np.int32(n), rng)
       return state, metrics
   rng = jax.random.key(1)

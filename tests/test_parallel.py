@@ -251,11 +251,16 @@ def _start_processes(args, workdir, num_processes=2):
 
 
 @pytest.mark.slow  # Three processes; CI runs it.
-def test_two_processes_follow_one_process_with_two_devices(tmp_path):
+@pytest.mark.parametrize("options", [
+    [],
+    # Calls of 4 steps: each process stacks its rows of 4 batches ([4, B/2, ...]).
+    ["train.steps_per_call=4", "model.conv_impl=im2col"],
+], ids=["calls1", "calls4"])
+def test_two_processes_follow_one_process_with_two_devices(tmp_path, options):
   """Two processes, one CPU device each, collectives over loopback (gloo)."""
-  one = _run(RUN, tmp_path / "one", 2)
+  one = _run([*RUN, *options], tmp_path / "one", 2)
   assert one.returncode == 0, one.stderr
-  processes = _start_processes(RUN, tmp_path / "two")
+  processes = _start_processes([*RUN, *options], tmp_path / "two")
   outputs = [p.communicate(timeout=900) for p in processes]
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err
