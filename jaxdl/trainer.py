@@ -422,7 +422,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   train_steps = layout.compile_update(step_lib.steps_in_one_call(setup.update), loop_shardings,
                                       steps_in_call=True)
   put_batch = functools.partial(layout.put_batch, member_axis=members is not None)
-  put_batches = functools.partial(layout.put_batches, member_axis=members is not None)
+
+  def put_steps(host_batches, slots):  # Several steps' batches, for `train_steps`.
+    return put_batch(parallel.stack_steps(host_batches, slots), steps_axis=True)
 
   # ---------------------------------------------------------------- Initial state or resume
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
@@ -464,8 +466,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     setting = cfg.get("steps_per_call", 0)
     if setting > 1 or (setting == 0 and jax.default_backend() == "cpu"):
       k = setting or CPU_STEPS_PER_CALL
-      lowered = train_steps.lower(state, sums, put_batches([host_batch], slots=k), np.int32(k),
-                                  rng)
+      lowered = train_steps.lower(state, sums, put_steps([host_batch], k), np.int32(k), rng)
       if setting or "stablehlo.convolution" not in lowered.as_text():
         logger.info("Running up to %d train steps per call (train.steps_per_call=%d).", k,
                     setting)
@@ -521,7 +522,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           state, sums, loss = train_and_accumulate(state, sums, put_batch(host_batches[0]), rng)
         else:
           state, sums, loss = train_steps(
-              state, sums, put_batches(host_batches, slots=steps_per_call), np.int32(n), rng)
+              state, sums, put_steps(host_batches, steps_per_call), np.int32(n), rng)
         step += n
         # The host runs at most MAX_STEPS_AHEAD steps (or one call) ahead of the device: enough
         # to keep it busy, few enough that input batches cannot pile up in device memory.

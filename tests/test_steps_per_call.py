@@ -49,13 +49,14 @@ def test_a_call_runs_its_first_n_batches_and_returns_the_last_loss():
   assert (float(state), int(sums), float(loss)) == (28.0, 4, 13.0)
 
 
-def test_put_batches_stacks_steps_and_fills_spare_slots_with_the_last():
+def test_stacked_steps_fill_spare_slots_with_the_last_batch():
   layout = parallel.make_layout({})
   host = [{"x": np.full((4, 3), i, np.float32)} for i in range(2)]
-  stacked = layout.put_batches(host, slots=4)["x"]
+  stacked = layout.put_batch(parallel.stack_steps(host, 4), steps_axis=True)["x"]
   assert stacked.shape == (4, 4, 3)
   np.testing.assert_array_equal(np.asarray(stacked)[:, 0, 0], [0, 1, 1, 1])
-  members = layout.put_batches([{"x": np.zeros((2, 4, 3))}], member_axis=True, slots=3)["x"]
+  members = layout.put_batch(parallel.stack_steps([{"x": np.zeros((2, 4, 3))}], 3),
+                             member_axis=True, steps_axis=True)["x"]
   assert members.shape == (3, 2, 4, 3)
 
 
@@ -73,7 +74,8 @@ def test_flops_of_a_call_are_those_of_one_step():
   single = layout.compile_update(setup.update).lower(*args, layout.put_batch(batch), rng)
   several = layout.compile_update(step_lib.steps_in_one_call(setup.update),
                                   steps_in_call=True).lower(
-      *args, layout.put_batches([batch], slots=4), np.int32(4), rng)
+      *args, layout.put_batch(parallel.stack_steps([batch], 4), steps_axis=True), np.int32(4),
+      rng)
   one = trainer._efficiency(single.compile(), layout, config)  # pylint: disable=protected-access
   four = trainer._efficiency(several.compile(), layout, config, steps_loop=True)  # pylint: disable=protected-access
   assert not one.lower_bound and not four.lower_bound

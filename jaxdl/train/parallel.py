@@ -159,35 +159,18 @@ class Layout:
       return jax.tree.map(lambda x: x[0], tree)
     return tree
 
-  def put_batch(self, host_batch: dict[str, np.ndarray], member_axis: bool = False) -> Any:
-    """This process's rows of a global batch [B, ...] (a sweep's [members, B, ...]) -> device
-    arrays split over the devices."""
-    return self.put_batches([host_batch], member_axis, stacked=False)
-
-  def put_batches(self, host_batches: list[dict[str, np.ndarray]], member_axis: bool = False,
-                  slots: int = 0, stacked: bool = True) -> Any:
-    """Several steps' batches stacked as [K, B, ...] (a sweep's [K, members, B, ...]), split over
-    the devices along B, for `compile_update(..., steps_in_call=True)`; under pmap each device
-    gets [K, B/D, ...]. With `slots` > len(host_batches) the last batch fills the spare slots,
-    which that call's step count leaves unread."""
-    host_batches = list(host_batches)
-    host_batches += host_batches[-1:] * (slots - len(host_batches))
+  def put_batch(self, host_batch: dict[str, np.ndarray], member_axis: bool = False,
+                steps_axis: bool = False) -> Any:
+    """This process's rows of a global batch [B, ...] (a sweep's [members, B, ...]; with
+    `steps_axis`, several steps' batches stacked in front, [K, ...], from `stack_steps`) -> device
+    arrays split over the devices along B."""
+    lead = int(steps_axis) + int(member_axis)  # Axes in front of B.
     if self.strategy == "pmap":
       d = jax.local_device_count()
-      def split(x):
-        if member_axis:  # [M, B, ...] -> [D, M, B/D, ...]
-          return np.moveaxis(x.reshape(x.shape[0], d, -1, *x.shape[2:]), 1, 0)
-        return x.reshape(d, -1, *x.shape[1:])
-      if not stacked:
-        return jax.tree.map(split, host_batches[0])
-      return jax.tree.map(lambda *xs: np.stack([split(x) for x in xs], axis=1), *host_batches)
-    axes = ("data", "fsdp")
-    spec = (None,) * (member_axis + stacked) + (axes,)
-    sharding = NamedSharding(self.mesh, P(*spec))
-    if stacked:
-      host_batch = jax.tree.map(lambda *xs: np.stack(xs), *host_batches)
-    else:
-      host_batch = host_batches[0]
+      def split(x):  # [..., B, ...] -> [D, ..., B/D, ...]
+        return np.moveaxis(x.reshape(*x.shape[:lead], d, -1, *x.shape[lead + 1:]), lead, 0)
+      return jax.tree.map(split, host_batch)
+    sharding = NamedSharding(self.mesh, P(*[None] * lead, ("data", "fsdp")))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
                         host_batch)
 
@@ -195,7 +178,7 @@ class Layout:
                      steps_in_call: bool = False) -> Callable:
     """(state, sums, batch, rng) -> (state, sums, loss), state and sums donated; with
     `steps_in_call`, (state, sums, batches, n, rng) -> the same after n steps
-    (jaxdl.train.step.steps_in_one_call; batches from `put_batches`).
+    (jaxdl.train.step.steps_in_one_call; batches from `put_batch(..., steps_axis=True)`).
 
     `update` must average gradients and metrics over PMAP_AXIS under pmap, and draw each
     device's dropout masks from its own key (jaxdl.train.step's axis_name does both). Under jit,
@@ -231,6 +214,13 @@ class Layout:
     if count == 1:
       return host_batch
     return jax.tree.map(lambda x: np.array_split(x, count)[index], host_batch)
+
+
+def stack_steps(host_batches: list[dict[str, np.ndarray]], slots: int) -> dict[str, np.ndarray]:
+  """Several steps' host batches as one [slots, ...] batch, for a call of several steps; the last
+  batch fills the slots beyond them, which that call's step count leaves unread."""
+  filled = list(host_batches) + list(host_batches[-1:]) * (slots - len(host_batches))
+  return jax.tree.map(lambda *xs: np.stack(xs), *filled)
 
 
 def make_layout(parallel_config: Any) -> Layout:
