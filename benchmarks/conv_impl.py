@@ -3,12 +3,16 @@
     python benchmarks/conv_impl.py          # seed CNN, batch 64 and 256, 1 and 8 devices
     python benchmarks/conv_impl.py --model vgg11 --batch-sizes 16 --devices 1
     python benchmarks/conv_impl.py --impls im2col,fused --devices 1   # the pool fusion alone
+    python benchmarks/conv_impl.py --impls fused,winograd --devices 1  # Winograd in the fused op
     python benchmarks/conv_impl.py --quick  # smoke run, well under a minute
 
 The implementations (model settings): "xla" is `model.conv_impl=xla` (Flax's nn.Conv), "im2col"
 is `model.conv_impl=im2col model.fuse_conv_pool=false` (matmuls over patches, then separate bias,
-ReLU and pool), "fused" is `model.conv_impl=im2col` with its default `fuse_conv_pool=true` (each
-convolution followed by a max-pool runs with its bias, ReLU and pool as one op).
+ReLU and pool), "fused" is `model.conv_impl=im2col model.conv_pool_impl=im2col` (each
+convolution followed by a max-pool runs with its bias, ReLU and pool as one op, all im2col
+matmuls), and "winograd" is `model.conv_impl=im2col` with the default `conv_pool_impl=auto` (that
+op by Winograd's F(2x2, 3x3) where it has 8 or more input channels, as elementwise multiply-adds
+for a first layer's small patches).
 
 Every (implementation, device count, batch size) runs in its own worker process (the CPU device
 count is fixed when JAX starts): the experiment's model and optimizer, `make_train_step` jitted
@@ -36,7 +40,8 @@ MODELS = {  # name: (model config, image shape)
 IMPLS = {  # name: model settings
     "xla": {"conv_impl": "xla"},
     "im2col": {"conv_impl": "im2col", "fuse_conv_pool": False},
-    "fused": {"conv_impl": "im2col", "fuse_conv_pool": True},
+    "fused": {"conv_impl": "im2col", "fuse_conv_pool": True, "conv_pool_impl": "im2col"},
+    "winograd": {"conv_impl": "im2col", "fuse_conv_pool": True, "conv_pool_impl": "auto"},
 }
 
 
@@ -106,7 +111,7 @@ def main(argv=None) -> int:
   p.add_argument("--devices", default="1,8", help="comma-separated CPU device counts")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps", type=int, default=40, help="timed steps per worker run")
-  p.add_argument("--impls", default="xla,im2col,fused",
+  p.add_argument("--impls", default="xla,im2col,fused,winograd",
                  help=f"comma-separated, from {', '.join(IMPLS)}; speedups are over the first")
   p.add_argument("--json", metavar="OUT", help="also write every run to OUT")
   p.add_argument("--quick", action="store_true", help="1 round, 5 steps, batch 16, 1 device")

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow  # Three worker processes that import jax and compile: ~35 s on 2 cores.
+@pytest.mark.slow  # Four worker processes that import jax and compile: ~45 s on 2 cores.
 def test_quick_run_times_every_implementation_on_the_same_training(tmp_path):
   out = tmp_path / "conv.json"
   proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "conv_impl.py"), "--quick",
@@ -24,7 +24,7 @@ def test_quick_run_times_every_implementation_on_the_same_training(tmp_path):
                    [c.strip() for c in row.strip("|").split("|")]))
   runs = json.loads(out.read_text())["runs"]
   xla_ms = float(cells["xla ms/step"])
-  for impl in ("im2col", "fused"):
+  for impl in ("im2col", "fused", "winograd"):
     impl_ms, speedup = float(cells[f"{impl} ms/step"]), float(cells[f"{impl} speedup"])
     # The table rounds times to 0.1 ms and the speedup to 0.01; at a few ms a step that
     # rounding alone moves xla_ms / impl_ms by a few percent.

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl.nn import conv, conv_pool, pooling
+from jaxdl.nn import conv, conv_pool, pooling, winograd
 from jaxdl.nn.cnn import MnistCNN
 from jaxdl.nn.vgg import VGG
 
@@ -18,7 +18,10 @@ CASES = [  # x shape, kernel shape, pads, window
     ((2, 12, 12, 2), (3, 3, 2, 3), ((0, 0), (0, 0)), (3, 3)),  # A 3x3 pool.
     ((2, 10, 9, 2), (3, 3, 2, 3), ((1, 1), (1, 1)), (2, 1)),  # A 2x1 pool.
     ((2, 16, 3), (3, 3, 4), ((1, 1),), (2,)),  # One spatial axis.
+    ((3, 13, 13, 8), (3, 3, 8, 6), ((0, 0), (0, 0)), (2, 2)),  # Winograd under "auto" (C >= 8).
+    ((2, 9, 12, 8), (3, 3, 8, 4), ((1, 1), (1, 1)), (2, 2)),  # Winograd, VGG's padding.
 ]
+IMPLS = ["im2col", "auto"]  # "auto": Winograd (C >= 8) or elementwise products (small patches).
 
 
 def _separate(x, kernel, bias, pads, window):
@@ -27,8 +30,9 @@ def _separate(x, kernel, bias, pads, window):
   return pooling.max_pool(jax.nn.relu(y), window, window)
 
 
-def _fused(x, kernel, bias, pads, window):
-  return conv_pool.conv_relu_max_pool(x, kernel, bias, pads, window, "highest")
+def _fused(impl):
+  return lambda x, kernel, bias, pads, window: conv_pool.conv_relu_max_pool(
+      x, kernel, bias, pads, window, "highest", impl)
 
 
 def _inputs(x_shape, kernel_shape, seed, integers):
@@ -54,35 +58,56 @@ def _value_and_grads(fn, args, pads, window, seed, integers=False):
   return run(args, jnp.asarray(dy, jnp.float32))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("x_shape,kernel_shape,pads,window", CASES)
-def test_equals_the_separate_layers(x_shape, kernel_shape, pads, window):
-  """The same outputs to the bit; gradients equal up to the order of the kernel/bias sums."""
+def test_equals_the_separate_layers(x_shape, kernel_shape, pads, window, impl):
+  """im2col: the same outputs to the bit, gradients equal up to the order of the kernel/bias
+  sums. auto: everything equal up to float rounding (products summed in another order)."""
   args = _inputs(x_shape, kernel_shape, 0, integers=False)
   want, want_grads = _value_and_grads(_separate, args, pads, window, 0)
-  got, got_grads = _value_and_grads(_fused, args, pads, window, 0)
+  got, got_grads = _value_and_grads(_fused(impl), args, pads, window, 0)
   assert got.shape == want.shape
-  np.testing.assert_array_equal(got, want)
+  if impl == "im2col":
+    np.testing.assert_array_equal(got, want)
+  else:
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   for name, g, w in zip(("x", "kernel", "bias"), got_grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize("x_shape,kernel_shape,pads,window", CASES[:3] + CASES[4:5])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("x_shape,kernel_shape,pads,window", CASES[:3] + CASES[4:5] + CASES[7:])
 def test_ties_and_dead_relus_route_the_gradient_as_select_and_scatter(x_shape, kernel_shape,
-                                                                      pads, window):
+                                                                      pads, window, impl):
   """Small integers (inputs, kernel, bias and output gradient) make ties in most pool windows
   and many exact zeros before the ReLU; every sum is then exact,
   so the gradients must agree to the bit: a tie goes to the first maximum in
   row-major order (as select_and_scatter, which tests/test_pooling.py checks), and a window
-  whose maximum is <= 0 passes no gradient (relu'(0) = 0)."""
+  whose maximum is <= 0 passes no gradient (relu'(0) = 0). Winograd's transforms only add,
+  subtract and halve, so they too are exact here."""
   x, kernel, bias = _inputs(x_shape, kernel_shape, 3, integers=True)
   args = (x, kernel, bias - 6)  # Enough windows entirely <= 0 after the bias.
-  y = _fused(*args, pads, window)
+  y = _fused(impl)(*args, pads, window)
   assert 0.05 < float(jnp.mean(y == 0)) < 0.95  # Dead ReLUs are exercised.
   want, want_grads = _value_and_grads(_separate, args, pads, window, 3, integers=True)
-  got, got_grads = _value_and_grads(_fused, args, pads, window, 3, integers=True)
+  got, got_grads = _value_and_grads(_fused(impl), args, pads, window, 3, integers=True)
   np.testing.assert_array_equal(got, want)
   for name, g, w in zip(("x", "kernel", "bias"), got_grads, want_grads):
     np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+def test_auto_runs_winograd_from_8_input_channels_and_im2col_below():
+  pads, window = ((1, 1), (1, 1)), (2, 2)
+  for channels, winograd_expected in ((8, True), (7, False)):
+    x, kernel, bias = _inputs((2, 10, 10, channels), (3, 3, channels, 4), 7, integers=False)
+    got = jax.jit(lambda *a: conv_pool.conv_relu_max_pool(*a, pads, window))(x, kernel, bias)
+    if winograd_expected:
+      want = jax.jit(lambda x, k, b: winograd.conv3x3_relu_max_pool2x2(
+          jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), k, b))(x, kernel, bias)
+    else:
+      want = jax.jit(lambda *a: conv_pool.conv_relu_max_pool(*a, pads, window, impl="im2col"))(
+          x, kernel, bias)
+    np.testing.assert_array_equal(got, want, err_msg=str(channels))
 
 
 def test_constant_input_sends_each_gradient_to_the_first_phase():
@@ -100,15 +125,17 @@ def test_constant_input_sends_each_gradient_to_the_first_phase():
   np.testing.assert_array_equal(dkernel[..., 1], 0.0)
 
 
-def test_second_order_matches_the_separate_layers():
-  args = _inputs((2, 9, 9, 2), (3, 3, 2, 3), 5, integers=False)
+@pytest.mark.parametrize("channels", [2, 8])  # 8: Winograd under "auto".
+def test_second_order_matches_the_separate_layers(channels):
+  args = _inputs((2, 9, 9, channels), (3, 3, channels, 3), 5, integers=False)
   pads, window = ((1, 1), (1, 1)), (2, 2)
 
   def curvature(fn):
     inner = lambda k: jnp.sum(fn(args[0], k, args[2], pads, window) ** 2)
     return jax.jit(jax.grad(lambda k: jnp.sum(jax.grad(inner)(k) ** 2)))(args[1])
 
-  np.testing.assert_allclose(curvature(_fused), curvature(_separate), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(curvature(_fused("auto")), curvature(_separate), rtol=1e-4,
+                             atol=1e-4)
 
 
 def test_bad_shapes_are_clear_errors():
@@ -121,6 +148,17 @@ def test_bad_shapes_are_clear_errors():
                                        r"jaxdl.nn.pooling.max_pool separately"):
     conv_pool.conv_relu_max_pool(jnp.zeros((1, 20, 20, 2)), jnp.zeros((3, 3, 2, 4)),
                                  jnp.zeros(4), ((0, 0),) * 2, (9, 9))
+  with pytest.raises(ValueError, match=r"unknown impl 'fast'; choose one of \('auto', 'im2col', "
+                                       r"'winograd'\)"):
+    conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2),
+                                 impl="fast")
+  with pytest.raises(ValueError, match=r"'winograd' needs a 2-D 3x3 kernel, a \(2, 2\) pool and "
+                                       r"at least 8 input channels; got a kernel \(3, 3, 2, 4\)"):
+    conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2),
+                                 impl="winograd")
+  with pytest.raises(ValueError, match=r"kernel \(3, 3, 9, 4\).*do not fit an input"):
+    conv_pool.conv_relu_max_pool(jnp.zeros((1, 6, 6, 8)), jnp.zeros((3, 3, 9, 4)), jnp.zeros(4),
+                                 ((0, 0),) * 2, (2, 2))
 
 
 def test_module_has_flax_convs_parameters_and_works_in_bfloat16():
@@ -151,10 +189,10 @@ def _logits_and_grads(model, params, x, labels):
 
 
 @pytest.mark.parametrize("make", [
-    lambda fuse: MnistCNN(conv_impl="im2col", fuse_conv_pool=fuse),
+    lambda fuse: MnistCNN(conv_impl="im2col", fuse_conv_pool=fuse, conv_pool_impl="im2col"),
     pytest.param(lambda fuse: VGG(depth=11, num_classes=10, width_multiplier=0.125,
                                   hidden_dim=16, pool_size=1, conv_impl="im2col",
-                                  fuse_conv_pool=fuse),
+                                  fuse_conv_pool=fuse, conv_pool_impl="im2col"),
                  marks=pytest.mark.slow),  # Compiling VGG-11's gradient twice: ~45 s.
 ], ids=["mnist_cnn", "vgg11"])
 def test_models_give_the_same_numbers_fused_or_not(make):
@@ -173,6 +211,23 @@ def test_models_give_the_same_numbers_fused_or_not(make):
   for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(grads_f)[0],
                           jax.tree.leaves(grads_s)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+def test_seed_cnn_auto_equals_im2col_to_float_rounding():
+  """The default (Winograd conv2, elementwise conv1) against the fused im2col op: the same
+  parameters, logits and loss gradients up to float rounding."""
+  x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+  labels = jax.random.randint(jax.random.key(1), (8,), 0, 10)
+  auto = MnistCNN(conv_impl="im2col")
+  im2col = MnistCNN(conv_impl="im2col", conv_pool_impl="im2col")
+  params = jax.jit(im2col.init)(jax.random.key(2), x)
+  (loss_a, grads_a), logits_a = _logits_and_grads(auto, params, x, labels)
+  (loss_i, grads_i), logits_i = _logits_and_grads(im2col, params, x, labels)
+  np.testing.assert_allclose(logits_a, logits_i, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss_a, loss_i, rtol=1e-6)
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(grads_a)[0],
+                          jax.tree.leaves(grads_i)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
 def test_fusion_is_used_only_with_im2col_and_the_reshape_pool():

@@ -76,3 +76,26 @@ def test_seed_cnn_trains_to_the_same_numbers_with_either_pool(tmp_path):
   reference = seed_cnn_run(tmp_path / "reduce_window", "model.pool_impl=reduce_window")
   assert fast == reference
   assert any("eval/loss" in r for r in fast)
+
+
+def test_max_and_first_argmax_is_max_and_argmax_in_one_reduction():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4, 6))
+  x = x.at[0, 0, 2].set(x[0, 0, 1])  # Ties: the first index wins, as jnp.argmax's.
+  x = x.at[1, 1].set(2.5)  # Every position tied.
+  for axis in (2, -1, 0):
+    top, first = jax.jit(pooling.max_and_first_argmax, static_argnums=1)(x, axis)
+    np.testing.assert_array_equal(top, jnp.max(x, axis=axis))
+    np.testing.assert_array_equal(first, jnp.argmax(x, axis=axis))
+    assert first.dtype == jnp.int32
+
+
+def test_max_and_first_argmax_differentiates_through_the_first_maximum():
+  x = jnp.array([[1.0, 3.0, 3.0, 2.0], [0.0, -1.0, 4.0, 4.0]])
+  weights = jnp.array([10.0, 100.0])
+  grad = jax.grad(lambda x: jnp.sum(pooling.max_and_first_argmax(x, 1)[0] * weights))(x)
+  np.testing.assert_array_equal(grad, [[0, 10, 0, 0], [0, 0, 100, 0]])
+  # Second order through it (as the fused conv-pool's tests take it) runs and is zero here.
+  hess = jax.hessian(lambda x: jnp.sum(pooling.max_and_first_argmax(x, 1)[0] ** 2))(x)
+  assert hess[0, 1, 0, 1] == 2.0 and float(jnp.sum(jnp.abs(hess))) == 4.0
+  with pytest.raises(ValueError, match="at most 256 positions"):
+    pooling.max_and_first_argmax(jnp.zeros((2, 300)), 1)

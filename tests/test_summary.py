@@ -61,11 +61,20 @@ def test_mnist_cnn_experiment(capsys):
   assert _number(out, "params bytes") == 4 * 93322
   # Adam's two moments per parameter, plus int32 step counts of Adam and its schedule.
   assert _number(out, "optimizer state bytes") == 2 * 4 * 93322 + 2 * 4
+  default_flops = _number(out, "forward FLOPs")
   # Multiply-adds of the convolutions and dense layers (one image); XLA adds ReLU, pool, biases.
   # conv2 runs fused with its pool (jaxdl.nn.conv_pool), which skips the 11th row and column of
-  # its 11x11 output that the 2x2 pool drops: 10 * 10 positions.
+  # its 11x11 output that the 2x2 pool drops: 10 * 10 positions. These are the im2col op's.
+  assert cli.main(["summary", EXPERIMENT, "model.conv_pool_impl=im2col"]) == 0
+  out = capsys.readouterr().out
   macs = (26 * 26 * 32 * 9 * 1 + 10 * 10 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 64 * 10)
   assert _number(out, "forward FLOPs") == pytest.approx(2 * macs, rel=0.05)
+  # The default runs conv2 by Winograd's F(2x2, 3x3): 16 products of 25 tiles x 32 x 64 instead
+  # of 100 positions x 288 x 64, plus its transforms (the kernel's, 16 x 9 x 2048 multiply-adds,
+  # counts fully for one image).
+  winograd_macs = macs - 10 * 10 * 64 * 9 * 32 + 16 * 25 * 32 * 64 + 16 * 9 * 32 * 64
+  assert winograd_macs < 0.8 * macs
+  assert default_flops == pytest.approx(2 * winograd_macs, rel=0.15)
 
 
 def test_resnet18_by_name_without_weights(capsys, monkeypatch):

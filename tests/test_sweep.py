@@ -173,8 +173,12 @@ def test_learning_rate_sweep_gives_each_member_its_value(tmp_path):
 
 @pytest.mark.slow  # One more sweep; CI runs it.
 def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tmp_path):
-  """sweep.method=map runs the members one after another in one compiled loop: each computes
-  exactly what its separate run does."""
+  """sweep.method=map runs the members one after another in one compiled loop: each trains
+  exactly as its separate run does. The one exception is the evaluation loss with the seed CNN's
+  default fused layers (model.conv_pool_impl=auto: Winograd conv2 after the elementwise conv1).
+  XLA:CPU compiles that evaluation step slightly differently inside the loop, so the loss can
+  differ in the last bits (2.18666846 against 2.18666870 here; accuracy and every training
+  metric equal). With either layer alone (the other im2col) it compiles alike."""
   root, _, _ = seed_runs
   trainer.train(_config("sweep.seeds=2", "sweep.method=map"), tmp_path / "map",
                 show_progress=False)
@@ -182,7 +186,9 @@ def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tm
   for i, seed in enumerate((0, 1)):
     alone = _last_metrics(root / f"seed{seed}")
     for key, value in alone.items():
-      if key != "step":
+      if key == "eval/loss":
+        assert swept[f"member{i}/{key}"] == pytest.approx(value, rel=1e-6), key
+      elif key != "step":
         assert swept[f"member{i}/{key}"] == value, key
 
 

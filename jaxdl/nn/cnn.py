@@ -12,8 +12,12 @@ numbers as Flax's `nn.max_pool` ("reduce_window") with a gradient ~2.5x cheaper 
 single CPU device (matmuls over patches: the train step 1.6-1.7x faster there) and "xla"
 elsewhere; the two give the same parameters and results equal up to float rounding.
 `fuse_conv_pool` (default on) runs each im2col convolution with its bias, ReLU and max-pool as one
-op (jaxdl.nn.conv_pool): the same outputs to the bit, gradients equal up to float rounding, and
-a train step ~1.3x faster on one CPU (benchmarks/conv_impl.py).
+op (jaxdl.nn.conv_pool). `conv_pool_impl` picks that op's algorithm: "im2col" runs both layers as
+im2col matmuls per pool phase (the same outputs as the unfused layers to the bit, gradients to
+float rounding; a train step ~1.3x faster on one CPU); "auto" (default) runs conv2 by Winograd's
+F(2x2, 3x3) (jaxdl.nn.winograd: 2.25x fewer multiplications) and conv1 as elementwise
+multiply-adds, another 1.2-1.6x (benchmarks/conv_impl.py), equal to "im2col" up to float
+rounding.
 """
 
 import flax.linen as nn
@@ -35,6 +39,7 @@ class MnistCNN(nn.Module):
   pool_impl: str = "reshape"  # or "reduce_window" (Flax's nn.max_pool); same results.
   conv_impl: str = "auto"  # "im2col", "xla" (Flax's nn.Conv) or "auto": im2col on one CPU.
   fuse_conv_pool: bool = True  # With im2col and pool_impl "reshape": conv+bias+ReLU+pool as one op.
+  conv_pool_impl: str = "auto"  # The fused op's algorithm: "auto", "im2col" or "winograd".
 
   @nn.compact
   def __call__(self, x_BHWC: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -50,7 +55,7 @@ class MnistCNN(nn.Module):
       if fuse:
         return conv_pool.ConvReluMaxPool(features, (3, 3), window=(2, 2), padding="VALID",
                                          kernel_init=glorot_uniform, dtype=self.dtype,
-                                         name=name)(x)
+                                         impl=self.conv_pool_impl, name=name)(x)
       x = nn.relu(conv(features, name)(x))
       return pooling.max_pool(x, (2, 2), (2, 2), impl=self.pool_impl)
 

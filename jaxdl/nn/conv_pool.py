@@ -20,10 +20,18 @@ Measured on the seed CNN's train step (2-core x86, one device; benchmarks/conv_i
 benchmarks/README.md): 1.3x faster at batch 64 and at 256 than im2col convolutions with separate
 bias, ReLU and pool (15.1 against 19.9 ms, 60.0 against 77.3 ms). VGG-11: the same speed.
 
-The results equal jaxdl.nn.conv's im2col convolution, then bias, relu and max_pool, up to float
-rounding of the kernel and bias gradients (they are summed in another order;
-tests/test_conv_pool.py). Stride-1 channels-last convolutions with a window-tiling pool of up to
-64 positions only; reverse-mode differentiation only, as for any `jax.custom_vjp`.
+`impl` picks the algorithm per layer. "im2col" is the above everywhere: its results equal
+jaxdl.nn.conv's im2col convolution, then bias, relu and max_pool, up to float rounding of the
+kernel and bias gradients (they are summed in another order). "auto" (the default) runs 3x3
+convolutions with a 2x2 pool and 8 or more input channels by Winograd's F(2x2, 3x3)
+(jaxdl.nn.winograd: 2.25x fewer multiplications, no patch arrays), and computes a first layer's
+small patches (at most ELEMENTWISE_MAX_PATCH values) times the kernel as elementwise multiply-adds
+fused with the pool, where a matmul with so short a contraction only moves memory. Its results
+differ from "im2col" by float rounding (tests/test_conv_pool.py, tests/test_winograd.py). The
+seed CNN's train step: 1.61x faster than "im2col" at batch 256, 1.19x at 64; VGG-11's 1.22x
+(benchmarks/conv_impl.py on a 2-core CPU; benchmarks/README.md).
+Stride-1 channels-last convolutions with a window-tiling pool of up to 64 positions only;
+reverse-mode differentiation only, as for any `jax.custom_vjp`.
 """
 
 import functools
@@ -37,7 +45,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdl.nn import conv as conv_lib
+from jaxdl.nn import pooling
+from jaxdl.nn import winograd
 
+
+IMPLS = ("auto", "im2col", "winograd")
+
+# Patches of at most this many values (a 3x3 kernel on up to 3 channels: first layers) run their
+# forward product as elementwise multiply-adds under impl "auto".
+ELEMENTWISE_MAX_PATCH = 27
 
 # Pool windows up to 8x8: each position is traced as its own view and select, and the gradient's
 # phase index is int8. (Classic CNNs pool 2x2 or 3x3.)
@@ -60,7 +76,7 @@ def _phase_patches(x_padded, kernel_size, window, pooled_size):
       for phase in _phases(window)], axis=-1)
 
 
-def _forward(x, kernel, bias, pads, window, precision):
+def _forward(x, kernel, bias, pads, window, precision, impl):
   n = x.ndim - 2
   kernel_size = kernel.shape[:n]
   if kernel.ndim != n + 2 or kernel.shape[n] != x.shape[-1] or bias.shape != kernel.shape[-1:]:
@@ -80,6 +96,19 @@ def _forward(x, kernel, bias, pads, window, precision):
   num_phases, o = math.prod(window), kernel.shape[-1]
   patches = _phase_patches(x_padded, kernel_size, window, pooled_size)  # [B, *pooled, P*K*C]
   rows_NK = patches.reshape(-1, patches.shape[-1] // num_phases)
+  if _elementwise_product(impl, rows_NK.shape[-1]):
+    # A first layer's patch holds a few values (9 for a 3x3 kernel on one channel): as a matmul
+    # with so short a contraction XLA:CPU writes z at memory speed. As multiply-adds fused into
+    # one reduction that yields the pooled maximum and its phase, z never leaves the cache
+    # (seed CNN conv1: ~3 + ~3.5 ms of a 37 ms step at batch 256).
+    rows = patches.reshape(patches.shape[:-1] + (num_phases, -1))  # [B, *pooled, P, K*C]
+    kernel_KO = kernel.reshape(-1, o)
+    z = functools.reduce(jnp.add, [rows[..., k:k + 1] * kernel_KO[k]
+                                   for k in range(kernel_KO.shape[0])])
+    top, first = pooling.max_and_first_argmax(z + bias, axis=-2)
+    y = jax.nn.relu(top)
+    winner = jnp.where(y > 0, first.astype(jnp.int8), jnp.int8(num_phases))
+    return y, (rows_NK, kernel, bias, winner, x.shape)
   z = jnp.matmul(rows_NK, kernel.reshape(-1, o), precision=precision)
   z = z.reshape(patches.shape[:-1] + (num_phases, o))  # [B, *pooled, P, O]
   # The output as a reduction over the phases, which XLA:CPU materialises once. (As a chain of
@@ -87,21 +116,24 @@ def _forward(x, kernel, bias, pads, window, precision):
   # views: traced op time 93 against 74 ms for the seed CNN's step at batch 256.)
   # max_p(z_p) + bias = max_p(z_p + bias) exactly, as rounding is monotone.
   y = jax.nn.relu(jnp.max(z, axis=-2) + bias)
-  # Which phase gets the gradient: the first holding the maximum (ties as select_and_scatter),
-  # or none (num_phases) where the ReLU is off: relu'(0) = 0, as in jax.nn.relu. Kept as int8,
-  # a quarter of the pooled output's bytes, rather than z (P times them).
-  pre = [z[..., p, :] + bias for p in range(num_phases)]
-  top = functools.reduce(jnp.maximum, pre)
-  winner = jnp.full(top.shape, num_phases, jnp.int8)
-  for p in reversed(range(num_phases)):
-    winner = jnp.where(pre[p] == top, jnp.int8(p), winner)
-  winner = jnp.where(top > 0, winner, jnp.int8(num_phases))
+  # Which phase gets the gradient: the first holding the maximum (argmax's ties, as
+  # select_and_scatter's), or none (num_phases) where the ReLU is off: relu'(0) = 0, as in
+  # jax.nn.relu. Kept as int8, a quarter of the pooled output's bytes, rather than z (P times
+  # them). As an argmax reduction XLA:CPU computes it here; as a chain of compares it fused it
+  # into the backward pass, keeping z alive until then and reading it again (the seed CNN's
+  # conv1 as a matmul: ~4 ms of a 40 ms step at batch 256).
+  winner = jnp.argmax(z + bias, axis=-2).astype(jnp.int8)
+  winner = jnp.where(y > 0, winner, jnp.int8(num_phases))
   return y, (rows_NK, kernel, bias, winner, x.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _elementwise_product(impl: str, patch_size: int) -> bool:
+  """Whether the forward product runs as elementwise multiply-adds (auto, small patches)."""
+  return impl == "auto" and patch_size <= ELEMENTWISE_MAX_PATCH
+
+
 def conv_relu_max_pool(x, kernel, bias, pads: tuple[tuple[int, int], ...],
-                       window: tuple[int, ...], precision=None):
+                       window: tuple[int, ...], precision=None, impl: str = "auto"):
   """relu(conv(x, kernel) + bias), max-pooled over non-overlapping `window`s (VALID).
 
   Args:
@@ -111,14 +143,39 @@ def conv_relu_max_pool(x, kernel, bias, pads: tuple[tuple[int, int], ...],
     pads: the convolution's (low, high) zero padding per spatial axis, each >= 0.
     window: the pool's window, also its strides; remainder rows and columns are dropped.
     precision: the matmuls' lax precision (None: the default).
+    impl: "auto" (the fastest measured: Winograd F(2x2, 3x3) where jaxdl.nn.winograd applies,
+      else im2col per pool phase, as elementwise multiply-adds for patches of at most
+      ELEMENTWISE_MAX_PATCH values), "im2col" (im2col matmuls per phase everywhere) or
+      "winograd" (an error where it does not apply). All give the same numbers up to float
+      rounding.
 
   Returns:
     [B, *(conv output size // window), O].
   """
-  return _forward(x, kernel, bias, pads, window, precision)[0]
+  if impl not in IMPLS:
+    raise ValueError(f"conv_relu_max_pool: unknown impl {impl!r}; choose one of {IMPLS} "
+                     "('auto' picks the fastest measured per layer).")
+  use_winograd = x.ndim == 4 and winograd.applies(kernel.shape, window, x.shape[-1])
+  if impl == "winograd" and not use_winograd:
+    raise ValueError(
+        f"conv_relu_max_pool: impl 'winograd' needs a 2-D 3x3 kernel, a (2, 2) pool and at "
+        f"least {winograd.MIN_CHANNELS} input channels; got a kernel {kernel.shape} [*K, C, O] "
+        f"and window {tuple(window)}. Use impl 'auto' or 'im2col' for this layer.")
+  if use_winograd and impl != "im2col":
+    if kernel.shape[2] != x.shape[-1] or bias.shape != kernel.shape[-1:]:
+      raise ValueError(f"conv_relu_max_pool: kernel {kernel.shape} [*K, C, O] and bias "
+                       f"{bias.shape} [O] do not fit an input {x.shape} [B, *S, C].")
+    x_padded = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+    return winograd.conv3x3_relu_max_pool2x2(x_padded, kernel, bias, precision)
+  return _conv_relu_max_pool_im2col(x, kernel, bias, tuple(pads), tuple(window), precision, impl)
 
 
-def _bwd(pads, window, precision, residuals, dy):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _conv_relu_max_pool_im2col(x, kernel, bias, pads, window, precision, impl):
+  return _forward(x, kernel, bias, pads, window, precision, impl)[0]
+
+
+def _bwd(pads, window, precision, impl, residuals, dy):
   rows_NK, kernel, bias, winner, x_shape = residuals  # winner, dy: [B, *pooled, O]
   n = len(window)
   num_phases, kernel_size, (c, o) = math.prod(window), kernel.shape[:n], kernel.shape[n:]
@@ -129,7 +186,15 @@ def _bwd(pads, window, precision, residuals, dy):
   through = jnp.where(winner < num_phases, dy, zero)
   dz = jnp.stack([jnp.where(winner == p, through, zero) for p in range(num_phases)], axis=-2)
   dz_NO = dz.reshape(-1, o)  # [B * pooled * P, O], the rows of rows_NK
-  dkernel = jnp.matmul(rows_NK.T, dz_NO, precision=precision).reshape(kernel.shape)
+  if _elementwise_product(impl, rows_NK.shape[-1]):
+    # With a short patch, the patches laid out [K, N] first (a copy: a plain transpose would be
+    # folded into the dot) make this a standard product, which XLA:CPU hands to YNNPACK; as
+    # rows_NK.T it ran as a single-threaded dot (seed CNN conv1: ~2 ms of a 37 ms step at 256).
+    rows_KN = rows_NK.reshape(-1, num_phases, rows_NK.shape[-1]).transpose(2, 0, 1).reshape(
+        rows_NK.shape[-1], -1)  # Columns in dz_NO's row order: (pixel, phase).
+    dkernel = jnp.matmul(rows_KN, dz_NO, precision=precision).reshape(kernel.shape)
+  else:
+    dkernel = jnp.matmul(rows_NK.T, dz_NO, precision=precision).reshape(kernel.shape)
   dbias = jnp.sum(through.reshape(-1, o), axis=0)
   # The input gradient as jaxdl.nn.conv computes it, from the conv output's gradient: the
   # phases interleaved back into [B, *conv_size, O], zeros where the pool dropped pixels. (Put
@@ -152,7 +217,7 @@ def _bwd(pads, window, precision, residuals, dy):
   return dx, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
 
 
-conv_relu_max_pool.defvjp(_forward, _bwd)
+_conv_relu_max_pool_im2col.defvjp(_forward, _bwd)
 
 
 class ConvReluMaxPool(nn.Module):
@@ -169,6 +234,7 @@ class ConvReluMaxPool(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   precision: Any = None
+  impl: str = "auto"  # conv_relu_max_pool's: "auto", "im2col" or "winograd".
 
   @nn.compact
   def __call__(self, x):
@@ -183,4 +249,5 @@ class ConvReluMaxPool(nn.Module):
     else:
       pads = self.padding
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return conv_relu_max_pool(x, kernel, bias, pads, tuple(self.window), self.precision)
+    return conv_relu_max_pool(x, kernel, bias, pads, tuple(self.window), self.precision,
+                              self.impl)

@@ -20,6 +20,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 POOL_IMPLS = ("reshape", "reduce_window")
 
@@ -97,6 +98,46 @@ def _tiled_max_pool_bwd(window, residuals, dy):
 
 
 _tiled_max_pool.defvjp(_tiled_max_pool_fwd, _tiled_max_pool_bwd)
+
+
+def max_and_first_argmax(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """The maximum along `axis` and the first index holding it (int32; argmax's ties, as
+  select_and_scatter's), in one reduction. Differentiable in the maximum, whose derivative is
+  that of the first maximum's element.
+
+  XLA:CPU fuses the producer of `x` into this reduction, so an `x` computed elementwise (a fused
+  conv-pool's per-phase outputs) is never written out; jnp.max and jnp.argmax are two passes,
+  and jnp.max alone becomes a YNNPACK reduction that needs `x` in memory. NaNs are not ranked.
+  """
+  top, first = _max_and_first_index(x, axis % x.ndim)
+  return top, first.astype(jnp.int32)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _max_and_first_index(x, axis):
+  # The index is carried in x's dtype (exact up to 256 positions even in bfloat16), so that the
+  # JVP below can give it an ordinary zero tangent.
+  if x.shape[axis] > 256:
+    raise ValueError(f"max_and_first_argmax: at most 256 positions along the axis; got "
+                     f"{x.shape[axis]}. Use jnp.max and jnp.argmax.")
+  index = lax.broadcasted_iota(x.dtype, x.shape, axis)
+
+  def keep_first_max(a, b):
+    (a_value, a_index), (b_value, b_index) = a, b
+    take_b = (b_value > a_value) | ((b_value == a_value) & (b_index < a_index))
+    return jnp.where(take_b, b_value, a_value), jnp.where(take_b, b_index, a_index)
+
+  init = (jnp.array(-jnp.inf, x.dtype), jnp.array(x.shape[axis], x.dtype))
+  return lax.reduce((x, index), init, keep_first_max, (axis,))
+
+
+@_max_and_first_index.defjvp
+def _max_and_first_index_jvp(axis, primals, tangents):
+  (x,), (x_dot,) = primals, tangents
+  top, first = _max_and_first_index(x, axis)
+  where = jnp.expand_dims(first.astype(jnp.int32), axis)
+  top_dot = jnp.squeeze(jnp.take_along_axis(x_dot, where, axis), axis)
+  return (top, first), (top_dot, jnp.zeros_like(first))
 
 
 def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] | None = None,

@@ -105,6 +105,9 @@ class VGG(nn.Module):
     fuse_conv_pool: with im2col convolutions, no BatchNorm and pool_impl "reshape", the last
       convolution of each stage runs with its ReLU and max-pool as one op (jaxdl.nn.conv_pool):
       the same parameters and outputs, gradients equal up to float rounding.
+    conv_pool_impl: that op's algorithm: "auto" (Winograd F(2x2, 3x3) from 8 input channels,
+      elementwise products for the first layer; 1.22x faster at batch 16 on 32x32 images),
+      "im2col" or "winograd" (jaxdl.nn.conv_pool). Equal up to float rounding.
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
   """
 
@@ -118,6 +121,7 @@ class VGG(nn.Module):
   pool_impl: str = "reshape"  # jaxdl.nn.pooling; "reduce_window" is Flax's, same results.
   conv_impl: str = "auto"  # jaxdl.nn.conv: "im2col" on one CPU device (faster), else "xla".
   fuse_conv_pool: bool = True  # jaxdl.nn.conv_pool, where the convolutions are im2col.
+  conv_pool_impl: str = "auto"  # The fused op's algorithm (jaxdl.nn.conv_pool).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -150,7 +154,8 @@ class VGG(nn.Module):
       if fuse and i + 1 < len(stages) and stages[i + 1] == "M":
         x = conv_pool.ConvReluMaxPool(
             features, (3, 3), window=(2, 2), padding=((1, 1), (1, 1)), kernel_init=_CONV_INIT,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=f"features_{index}")(x)
+            dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_pool_impl,
+            name=f"features_{index}")(x)
         pooled = True
         index += 2
         continue
