@@ -79,9 +79,6 @@ def _phase_patches(x_padded, kernel_size, window, pooled_size):
 def _forward(x, kernel, bias, pads, window, precision, impl):
   n = x.ndim - 2
   kernel_size = kernel.shape[:n]
-  if kernel.ndim != n + 2 or kernel.shape[n] != x.shape[-1] or bias.shape != kernel.shape[-1:]:
-    raise ValueError(f"conv_relu_max_pool: kernel {kernel.shape} [*K, C, O] and bias "
-                     f"{bias.shape} [O] do not fit an input {x.shape} [B, *S, C].")
   if math.prod(window) > MAX_WINDOW:  # Checked first: tracing a huge window would take minutes.
     raise ValueError(f"conv_relu_max_pool: a {window} pool window has {math.prod(window)} "
                      f"positions; at most {MAX_WINDOW} are supported (each is traced as its own "
@@ -155,6 +152,10 @@ def conv_relu_max_pool(x, kernel, bias, pads: tuple[tuple[int, int], ...],
   if impl not in IMPLS:
     raise ValueError(f"conv_relu_max_pool: unknown impl {impl!r}; choose one of {IMPLS} "
                      "('auto' picks the fastest measured per layer).")
+  n = x.ndim - 2
+  if kernel.ndim != n + 2 or kernel.shape[n] != x.shape[-1] or bias.shape != kernel.shape[-1:]:
+    raise ValueError(f"conv_relu_max_pool: kernel {kernel.shape} [*K, C, O] and bias "
+                     f"{bias.shape} [O] do not fit an input {x.shape} [B, *S, C].")
   use_winograd = x.ndim == 4 and winograd.applies(kernel.shape, window, x.shape[-1])
   if impl == "winograd" and not use_winograd:
     raise ValueError(
@@ -162,9 +163,6 @@ def conv_relu_max_pool(x, kernel, bias, pads: tuple[tuple[int, int], ...],
         f"least {winograd.MIN_CHANNELS} input channels; got a kernel {kernel.shape} [*K, C, O] "
         f"and window {tuple(window)}. Use impl 'auto' or 'im2col' for this layer.")
   if use_winograd and impl != "im2col":
-    if kernel.shape[2] != x.shape[-1] or bias.shape != kernel.shape[-1:]:
-      raise ValueError(f"conv_relu_max_pool: kernel {kernel.shape} [*K, C, O] and bias "
-                       f"{bias.shape} [O] do not fit an input {x.shape} [B, *S, C].")
     x_padded = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
     return winograd.conv3x3_relu_max_pool2x2(x_padded, kernel, bias, precision)
   return _conv_relu_max_pool_im2col(x, kernel, bias, tuple(pads), tuple(window), precision, impl)
