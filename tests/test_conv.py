@@ -83,6 +83,24 @@ def test_second_order_reverse_mode_matches_xla():
                              penalty(lax.conv_general_dilated), rtol=1e-4, atol=1e-4)
 
 
+def test_place_and_sum_adds_each_view_where_it_was_cut_from():
+  """place_and_sum is the gradient of cutting strided views: each view's element v lands at
+  offset + stride * v, overlaps add up, and the rest is zero (checked against a numpy loop)."""
+  rng = np.random.default_rng(0)
+  shape, strides = (11, 9), (2, 3)
+  offsets = [(0, 0), (1, 2), (3, 0), (2, 1)]
+  views = [rng.standard_normal((2, (shape[0] - a - 1) // strides[0] + 1,
+                                (shape[1] - b - 1) // strides[1] + 1, 3)) for a, b in offsets]
+  expected = np.zeros((2,) + shape + (3,))
+  for view, (a, b) in zip(views, offsets):
+    for i in range(view.shape[1]):
+      for j in range(view.shape[2]):
+        expected[:, a + strides[0] * i, b + strides[1] * j] += view[:, i, j]
+  got = conv.place_and_sum([jnp.asarray(v, jnp.float32) for v in views], offsets, strides, shape)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_window_larger_than_the_input_is_a_clear_error():
   x, kernel = jnp.zeros((1, 2, 2, 1)), jnp.zeros((3, 3, 1, 1))
   with pytest.raises(ValueError, match="window of 3 does not fit in a padded input of 2"):

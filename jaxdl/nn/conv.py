@@ -120,8 +120,9 @@ def _offsets(kernel_size: Sequence[int]):
   return itertools.product(*[range(k) for k in kernel_size])
 
 
-def extract_patches(x_padded, kernel_size, strides, out_size):
-  """[B, *S_padded, C] -> [B, *S_out, prod(K) * C]: each window position's view, side by side."""
+def patch_views(x_padded, kernel_size, strides, out_size):
+  """[B, *S_padded, C] -> prod(K) views [B, *S_out, C], one per kernel position (row-major):
+  view k holds the input pixel under kernel position k of every output pixel's window."""
   views = []
   for offset in _offsets(kernel_size):
     start = (0,) + offset + (0,)
@@ -129,7 +130,12 @@ def extract_patches(x_padded, kernel_size, strides, out_size):
                                           for o, s, m in zip(offset, strides, out_size))
              + (x_padded.shape[-1],))
     views.append(lax.slice(x_padded, start, limit, (1,) + tuple(strides) + (1,)))
-  return jnp.concatenate(views, axis=-1)
+  return views
+
+
+def extract_patches(x_padded, kernel_size, strides, out_size):
+  """[B, *S_padded, C] -> [B, *S_out, prod(K) * C]: each window position's view, side by side."""
+  return jnp.concatenate(patch_views(x_padded, kernel_size, strides, out_size), axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -180,6 +186,22 @@ def _conv_im2col_bwd(strides, pads, precision, residuals, dy):
   return dx, dkernel_KO.reshape(kernel.shape).astype(kernel.dtype)
 
 
+def place_and_sum(views, offsets, strides, padded_shape):
+  """The sum of `views` [B, *S_view, C], each zero-padded into [B, *padded_shape, C] so that its
+  element at index v lands at offset + strides * v: the gradient of cutting strided views out of
+  an array. One interior padding per view, all fused by XLA into one pass (on XLA:CPU ~2x faster
+  than interleaving shifted blocks with stacks and transposes)."""
+  total = None
+  for view, offset in zip(views, offsets):
+    pad_config = [(0, 0, 0)]
+    for start, stride, size, full in zip(offset, strides, view.shape[1:-1], padded_shape):
+      pad_config.append((start, full - start - stride * (size - 1) - 1, stride - 1))
+    pad_config.append((0, 0, 0))
+    placed = lax.pad(view, jnp.zeros((), view.dtype), pad_config)
+    total = placed if total is None else total + placed
+  return total
+
+
 def input_gradient(dpatches, c: int, kernel_size, strides, pads, x_shape):
   """The input gradient [B, *S, C] from the patches' gradient [B, *S_out, prod(K) * C].
 
@@ -188,15 +210,9 @@ def input_gradient(dpatches, c: int, kernel_size, strides, pads, x_shape):
   all of dpatches once and summing shifted slices of it measured no faster.)
   """
   padded_shape = tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[1:-1], pads))
-  dx_padded = None
-  for index, offset in enumerate(_offsets(kernel_size)):
-    view = dpatches[..., index * c:(index + 1) * c]
-    pad_config = [(0, 0, 0)]
-    for start, stride, size, total in zip(offset, strides, view.shape[1:-1], padded_shape):
-      pad_config.append((start, total - start - stride * (size - 1) - 1, stride - 1))
-    pad_config.append((0, 0, 0))
-    placed = lax.pad(view, jnp.zeros((), view.dtype), pad_config)
-    dx_padded = placed if dx_padded is None else dx_padded + placed
+  offsets = list(_offsets(kernel_size))
+  views = [dpatches[..., index * c:(index + 1) * c] for index in range(len(offsets))]
+  dx_padded = place_and_sum(views, offsets, strides, padded_shape)
   crop = (slice(None),) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, x_shape[1:-1]))
   return dx_padded[crop + (slice(None),)]
 

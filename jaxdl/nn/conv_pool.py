@@ -28,8 +28,9 @@ convolutions with a 2x2 pool and 8 or more input channels by Winograd's F(2x2, 3
 small patches (at most ELEMENTWISE_MAX_PATCH values) times the kernel as elementwise multiply-adds
 fused with the pool, where a matmul with so short a contraction only moves memory. Its results
 differ from "im2col" by float rounding (tests/test_conv_pool.py, tests/test_winograd.py). The
-seed CNN's train step: 1.61x faster than "im2col" at batch 256, 1.19x at 64; VGG-11's 1.22x
-(benchmarks/conv_impl.py on a 2-core CPU; benchmarks/README.md).
+seed CNN trains 1.6-1.8x faster than with "im2col" at batch 256 and 1.6x at 64
+(benchmarks/mnist_cnn_peers.py on a 2-core CPU); VGG-11's step is 1.22x faster
+(benchmarks/conv_impl.py; benchmarks/README.md).
 Stride-1 channels-last convolutions with a window-tiling pool of up to 64 positions only;
 reverse-mode differentiation only, as for any `jax.custom_vjp`.
 """
@@ -91,21 +92,35 @@ def _forward(x, kernel, bias, pads, window, precision, impl):
     raise ValueError(f"conv_relu_max_pool: a {window} pool does not fit the convolution's "
                      f"{tuple(conv_size)} output; use a smaller window or a larger input.")
   num_phases, o = math.prod(window), kernel.shape[-1]
-  patches = _phase_patches(x_padded, kernel_size, window, pooled_size)  # [B, *pooled, P*K*C]
-  rows_NK = patches.reshape(-1, patches.shape[-1] // num_phases)
-  if _elementwise_product(impl, rows_NK.shape[-1]):
+  c = x.shape[-1]
+  if _elementwise_product(impl, math.prod(kernel_size) * c):
     # A first layer's patch holds a few values (9 for a 3x3 kernel on one channel): as a matmul
     # with so short a contraction XLA:CPU writes z at memory speed. As multiply-adds fused into
     # one reduction that yields the pooled maximum and its phase, z never leaves the cache
     # (seed CNN conv1: ~3 + ~3.5 ms of a 37 ms step at batch 256).
-    rows = patches.reshape(patches.shape[:-1] + (num_phases, -1))  # [B, *pooled, P, K*C]
+    views = [conv_lib.patch_views(x_padded[(slice(None),) + tuple(slice(p, None) for p in phase)],
+                                  kernel_size, window, pooled_size)
+             for phase in _phases(window)]  # [P][prod(K)] x [B, *pooled, C]
+    taps = [[view[..., i:i + 1] for view in phase_views for i in range(c)]
+            for phase_views in views]  # [P][K * C] x [B, *pooled, 1], in kernel.reshape order
     kernel_KO = kernel.reshape(-1, o)
-    z = functools.reduce(jnp.add, [rows[..., k:k + 1] * kernel_KO[k]
-                                   for k in range(kernel_KO.shape[0])])
+    z = jnp.stack([functools.reduce(jnp.add, [tap * kernel_KO[k] for k, tap in enumerate(row)])
+                   for row in taps], axis=-2)  # [B, *pooled, P, O]
     top, first = pooling.max_and_first_argmax(z + bias, axis=-2)
     y = jax.nn.relu(top)
     winner = jnp.where(y > 0, first.astype(jnp.int8), jnp.int8(num_phases))
-    return y, (rows_NK, kernel, bias, winner, x.shape)
+    # For the kernel gradient: the patches laid out [K * C, N * P], columns (pixel, phase), so
+    # that it is a standard product, which XLA:CPU hands to YNNPACK (as patches.T it ran as a
+    # single-threaded dot). Cut from the input in this layout, while the forward reads the
+    # input directly: at batch 256 ~3.9 ms of op time for both, against ~4.4 for patches [B,
+    # *pooled, P * K * C] that the forward read and the backward transposed. (The forward
+    # reading this layout took 9 ms.) Columns (phase, pixel) measured no faster and would sum
+    # the gradient in another order than the other layouts do.
+    rows_KN = jnp.stack([jnp.stack([row[k][..., 0] for row in taps], axis=-1).reshape(-1)
+                         for k in range(len(taps[0]))])
+    return y, (rows_KN, kernel, bias, winner, x.shape)
+  patches = _phase_patches(x_padded, kernel_size, window, pooled_size)  # [B, *pooled, P*K*C]
+  rows_NK = patches.reshape(-1, patches.shape[-1] // num_phases)
   z = jnp.matmul(rows_NK, kernel.reshape(-1, o), precision=precision)
   z = z.reshape(patches.shape[:-1] + (num_phases, o))  # [B, *pooled, P, O]
   # The output as a reduction over the phases, which XLA:CPU materialises once. (As a chain of
@@ -174,7 +189,7 @@ def _conv_relu_max_pool_im2col(x, kernel, bias, pads, window, precision, impl):
 
 
 def _bwd(pads, window, precision, impl, residuals, dy):
-  rows_NK, kernel, bias, winner, x_shape = residuals  # winner, dy: [B, *pooled, O]
+  rows, kernel, bias, winner, x_shape = residuals  # winner, dy: [B, *pooled, O]
   n = len(window)
   num_phases, kernel_size, (c, o) = math.prod(window), kernel.shape[:n], kernel.shape[n:]
   zero = jnp.zeros((), dy.dtype)
@@ -182,17 +197,14 @@ def _bwd(pads, window, precision, impl, residuals, dy):
   # phase from dy directly, it fused the previous layer's input gradient (a sum of 9 paddings)
   # into all 4 selects and the bias sum, recomputing it 5 times.)
   through = jnp.where(winner < num_phases, dy, zero)
-  dz = jnp.stack([jnp.where(winner == p, through, zero) for p in range(num_phases)], axis=-2)
-  dz_NO = dz.reshape(-1, o)  # [B * pooled * P, O], the rows of rows_NK
-  if _elementwise_product(impl, rows_NK.shape[-1]):
-    # With a short patch, the patches laid out [K, N] first (a copy: a plain transpose would be
-    # folded into the dot) make this a standard product, which XLA:CPU hands to YNNPACK; as
-    # rows_NK.T it ran as a single-threaded dot (seed CNN conv1: ~2 ms of a 37 ms step at 256).
-    rows_KN = rows_NK.reshape(-1, num_phases, rows_NK.shape[-1]).transpose(2, 0, 1).reshape(
-        rows_NK.shape[-1], -1)  # Columns in dz_NO's row order: (pixel, phase).
-    dkernel = jnp.matmul(rows_KN, dz_NO, precision=precision).reshape(kernel.shape)
+  dz = jnp.stack([jnp.where(winner == p, through, zero) for p in range(num_phases)],
+                 axis=-2)  # [B, *pooled, P, O]
+  if _elementwise_product(impl, math.prod(kernel_size) * c):
+    # rows: the patches [K * C, N * P], columns in dz's row order.
+    dkernel = jnp.matmul(rows, dz.reshape(-1, o), precision=precision).reshape(kernel.shape)
   else:
-    dkernel = jnp.matmul(rows_NK.T, dz_NO, precision=precision).reshape(kernel.shape)
+    # rows: the patches [N * P, K * C], rows in dz's row order.
+    dkernel = jnp.matmul(rows.T, dz.reshape(-1, o), precision=precision).reshape(kernel.shape)
   dbias = jnp.sum(through.reshape(-1, o), axis=0)
   # The input gradient as jaxdl.nn.conv computes it, from the conv output's gradient: the
   # phases interleaved back into [B, *conv_size, O], zeros where the pool dropped pixels. (Put
@@ -211,7 +223,7 @@ def _bwd(pads, window, precision, impl, residuals, dy):
   dpatches = jnp.matmul(dy_conv.reshape(-1, o), kernel.reshape(-1, o).T, precision=precision)
   dpatches = dpatches.reshape(dy_conv.shape[:-1] + (-1,))  # [B, *conv_size, K*C]
   dx = conv_lib.input_gradient(dpatches, c, kernel_size, (1,) * n, pads,
-                               x_shape).astype(rows_NK.dtype)
+                               x_shape).astype(rows.dtype)
   return dx, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
 
 

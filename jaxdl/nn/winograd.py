@@ -18,7 +18,9 @@ multiply-adds than im2col over the pooled region, in the forward pass and in bot
 [B * 11 * 11, 288] patch or patch-gradient arrays. With the first-layer changes of
 jaxdl.nn.conv_pool's "auto", the seed CNN's train step on a 2-core CPU went from 58.2 to 36.2 ms
 at batch 256 and from 11.6 to 9.8 ms at 64; VGG-11's from 106 to 87 ms at batch 16
-(benchmarks/conv_impl.py; benchmarks/README.md, "Winograd").
+(benchmarks/conv_impl.py; benchmarks/README.md, "Winograd"). Later cuts in how the transposed
+input and the overlap-add are formed took the 16-step call at batch 256 from 31.4 to ~26.5 ms
+a step (traced; "Three cuts" there).
 
 The transforms are sums and differences (B, A) and halvings (G), so every multiplication by a
 transform coefficient is exact; the results differ from a direct convolution by float rounding
@@ -33,6 +35,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxdl.nn import conv as conv_lib
 
 # F(2, 3) in one dimension: input transform B^T (4x4), kernel transform G (4x3), output A^T (2x4).
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -124,8 +128,10 @@ def _forward(x_padded, kernel, bias, precision):
   winner = jnp.where(y > 0, jnp.argmax(pre, axis=-2).astype(jnp.int8), jnp.int8(4))
   # The transformed input laid out [16, C, N] for the kernel gradient V^T dM as a standard
   # matmul: contracting the tiles of v_KNC ran as a slower single-threaded dot, and XLA folds a
-  # transpose of v_KNC into the dot. So it is transformed again from the input laid out [C, ...].
-  vt_KCN = _input_transform(x_padded.transpose(3, 0, 1, 2), tiles_hw, (2, 3)).reshape(16, c, -1)
+  # transpose of v_KNC into the dot. Stacking 16 transposed [C, N] slices is not folded; it
+  # takes ~4 ms of op time at batch 256, where transforming the input again from a [C, ...]
+  # layout took ~10 (each of its 16 passes read the input transposed).
+  vt_KCN = jnp.stack([v_KNC[k].T for k in range(16)])
   return y, (vt_KCN, u_KCO, winner, x_padded.shape)
 
 
@@ -164,17 +170,11 @@ def _backward(precision, residuals, dy):
   # d = B dV B^T per tile: the gradient of each 4x4 input tile, [4, 4, B, th, tw, C].
   dd = jnp.matmul(_matrix(T_INPUT, dtype, transpose=True), dv_KNC.reshape(16, -1),
                   precision=precision).reshape((4, 4, batch, th, tw, c))
-  # Tiles overlap by 2 pixels: pixel (2I + a, 2J + b) gets tile (I, J)'s (a, b), tile
-  # (I - 1, J)'s (a + 2, b), and so on. Each of the 4 (a, b) is a sum of 4 shifted tile grids.
-  def shifted(t, down, right):
-    return jnp.pad(t, ((0, 0), (down, 1 - down), (right, 1 - right), (0, 0)))
-
-  blocks = [shifted(dd[a, b], 0, 0) + shifted(dd[a + 2, b], 1, 0)
-            + shifted(dd[a, b + 2], 0, 1) + shifted(dd[a + 2, b + 2], 1, 1)
-            for a in range(2) for b in range(2)]  # 4 x [B, th + 1, tw + 1, C]
-  dx = jnp.stack(blocks).reshape(2, 2, batch, th + 1, tw + 1, c).transpose(2, 3, 0, 4, 1, 5)
-  dx = dx.reshape(batch, 2 * th + 2, 2 * tw + 2, c)
-  dx = jnp.pad(dx, ((0, 0), (0, height - 2 * th - 2), (0, width - 2 * tw - 2), (0, 0)))
+  # Tiles overlap by 2 pixels: pixel (i, j) of tile (I, J) goes to (2I + i, 2J + j). Each of
+  # the 16 tile pixels' grids is placed by an interior padding and the 16 are summed; in this
+  # order each input pixel adds its (up to 4) terms by tile row, then column.
+  order = [(i, j) for j in range(4) for i in range(4)]
+  dx = conv_lib.place_and_sum([dd[i, j] for i, j in order], order, (2, 2), (height, width))
   return dx, dkernel.astype(u_KCO.dtype), dbias
 
 
