@@ -192,13 +192,7 @@ def _bwd(pads, window, precision, impl, residuals, dy):
   rows, kernel, bias, winner, x_shape = residuals  # winner, dy: [B, *pooled, O]
   n = len(window)
   num_phases, kernel_size, (c, o) = math.prod(window), kernel.shape[:n], kernel.shape[n:]
-  zero = jnp.zeros((), dy.dtype)
-  # `through` first, then the phases from it: XLA:CPU then materialises it once. (Selecting each
-  # phase from dy directly, it fused the previous layer's input gradient (a sum of 9 paddings)
-  # into all 4 selects and the bias sum, recomputing it 5 times.)
-  through = jnp.where(winner < num_phases, dy, zero)
-  dz = jnp.stack([jnp.where(winner == p, through, zero) for p in range(num_phases)],
-                 axis=-2)  # [B, *pooled, P, O]
+  through, dz = pooling.route_to_winner(dy, winner, num_phases, axis=-2)  # dz: [B, *pooled, P, O]
   if _elementwise_product(impl, math.prod(kernel_size) * c):
     # rows: the patches [K * C, N * P], columns in dz's row order.
     dkernel = jnp.matmul(rows, dz.reshape(-1, o), precision=precision).reshape(kernel.shape)

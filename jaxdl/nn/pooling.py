@@ -140,6 +140,21 @@ def _max_and_first_index_jvp(axis, primals, tangents):
   return (top, first), (top_dot, jnp.zeros_like(first))
 
 
+def route_to_winner(dy: jax.Array, winner: jax.Array, num_phases: int, axis: int):
+  """A fused conv-pool's backward routing: the pooled output's gradient `dy` goes to the phase
+  `winner` names, none where winner == num_phases (the ReLU was off).
+
+  Returns (through, dz): `dy` where any phase wins, else 0 (the bias gradient sums it), and the
+  per-phase gradients stacked on `axis`. `through` is formed first and the phases from it, so
+  XLA:CPU materialises it once; selecting each phase from dy directly, it fused the previous
+  layer's input gradient into all the selects and the bias sum, recomputing it each time.
+  """
+  zero = jnp.zeros((), dy.dtype)
+  through = jnp.where(winner < num_phases, dy, zero)
+  dz = jnp.stack([jnp.where(winner == p, through, zero) for p in range(num_phases)], axis=axis)
+  return through, dz
+
+
 def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] | None = None,
              padding: str | Sequence[tuple[int, int]] = "VALID", *,
              impl: str = "reshape") -> jax.Array:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdl.nn import conv as conv_lib
+from jaxdl.nn import pooling
 
 # F(2, 3) in one dimension: input transform B^T (4x4), kernel transform G (4x3), output A^T (2x4).
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -156,9 +157,7 @@ def _backward(precision, residuals, dy):
   o = dy.shape[-1]
   th, tw = dy.shape[1:3]
   dtype = dy.dtype
-  zero = jnp.zeros((), dtype)
-  through = jnp.where(winner < 4, dy, zero)  # Materialised once, as in jaxdl.nn.conv_pool.
-  dz = jnp.stack([jnp.where(winner == q, through, zero) for q in range(4)])  # [4, B, th, tw, O]
+  through, dz = pooling.route_to_winner(dy, winner, 4, axis=0)  # dz: [4, B, th, tw, O]
   dm_KNO = jnp.matmul(_matrix(T_OUTPUT, dtype, transpose=True), dz.reshape(4, -1),
                       precision=precision).reshape(16, -1, o)
   du_KCO = jnp.matmul(vt_KCN, dm_KNO, precision=precision)
