@@ -541,6 +541,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
         if step % eval_every == 0 or step == total_steps:
           flush()
+          # The train steps still running count as training time, not as the eval's.
+          while in_flight:
+            in_flight.popleft()[0].block_until_ready()
           eval_start = time.perf_counter()
           eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
           t_last += time.perf_counter() - eval_start  # Training throughput leaves evals out.
