@@ -7,8 +7,8 @@ Full MNIST:
     jaxdl train experiments/mnist_cnn.py data.dir=../shared/data/mnist --workdir runs/mnist_cnn_full
 
 Recipe: 5 epochs, batch 64, Adam at 1e-3, no augmentation or regularisation; 93,322 parameters.
-Expected (2-core AMD EPYC VM, jax 0.10.2, measured 2026-11-29): full MNIST 99.20% test accuracy
-(seeds 1 and 2: 99.07%, 99.07%) in 36 s; shipped subset (10,000 train / 2,000 test) 96.80% in 8 s.
+Expected (2-core AMD EPYC VM, jax 0.10.2, measured 2026-11-30): full MNIST 99.20% test accuracy
+(seeds 1 and 2: 99.07%, 99.07%) in 32 s; shipped subset (10,000 train / 2,000 test) 96.80% in 8 s.
 """
 
 from jaxdl.config import base_config

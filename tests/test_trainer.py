@@ -97,8 +97,6 @@ def test_run_writes_its_files(reference_run):
   assert losses[-1] < losses[0] / 2
 
 
-
-
 def test_an_eval_starts_after_the_train_steps_before_it_have_finished(tmp_path, monkeypatch):
   # Throughput leaves evals out: the trainer subtracts an eval's wall time from the interval.
   # Steps still running when the eval was dispatched finished inside that time and went
@@ -117,6 +115,7 @@ def test_an_eval_starts_after_the_train_steps_before_it_have_finished(tmp_path, 
   _train(tmp_path / "run", "train.num_steps=20", "train.steps_per_call=16",
          "train.log_every_steps=20", "train.eval_every_steps=10")
   assert ready_at_eval == [True, True]
+
 
 def test_same_seed_same_numbers_to_the_bit(reference_run, tmp_path):
   workdir, _ = reference_run

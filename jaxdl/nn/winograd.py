@@ -20,7 +20,7 @@ jaxdl.nn.conv_pool's "auto", the seed CNN's train step on a 2-core CPU went from
 at batch 256 and from 11.6 to 9.8 ms at 64; VGG-11's from 106 to 87 ms at batch 16
 (benchmarks/conv_impl.py; benchmarks/README.md, "Winograd"). Later cuts in how the transposed
 input and the overlap-add are formed took the 16-step call at batch 256 from 31.4 to ~26.5 ms
-a step (traced; "Three cuts" there).
+a step (traced), and then to ~25 ("Three cuts" and "An optimization barrier" there).
 
 The transforms are sums and differences (B, A) and halvings (G), so every multiplication by a
 transform coefficient is exact; the results differ from a direct convolution by float rounding
