@@ -482,6 +482,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
     return min([total_steps] + [(step // p + 1) * p for p in periods if p])
 
+  def wait_until_running_at_most(steps: int):
+    """Waits for the oldest dispatched calls until at most `steps` train steps still run."""
+    while sum(k for _, k in in_flight) > steps:
+      in_flight.popleft()[0].block_until_ready()
+
   def flush():
     """Writes the pending interval's means, timed from when its last step finished."""
     nonlocal pending, t_last, step_last, compile_seconds
@@ -527,8 +532,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         # The host runs at most MAX_STEPS_AHEAD steps (or one call) ahead of the device: enough
         # to keep it busy, few enough that input batches cannot pile up in device memory.
         in_flight.append((loss, n))
-        while sum(k for _, k in in_flight) > max(MAX_STEPS_AHEAD, steps_per_call):
-          in_flight.popleft()[0].block_until_ready()
+        wait_until_running_at_most(max(MAX_STEPS_AHEAD, steps_per_call))
         flush()  # Reads the previous call's metrics while this one runs.
 
         at_log = step % cfg.log_every_steps == 0
@@ -542,8 +546,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         if step % eval_every == 0 or step == total_steps:
           flush()
           # The train steps still running count as training time, not as the eval's.
-          while in_flight:
-            in_flight.popleft()[0].block_until_ready()
+          wait_until_running_at_most(0)
           eval_start = time.perf_counter()
           eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
           t_last += time.perf_counter() - eval_start  # Training throughput leaves evals out.
