@@ -6,13 +6,12 @@
     python benchmarks/conv_impl.py --impls fused,winograd --devices 1  # Winograd in the fused op
     python benchmarks/conv_impl.py --quick  # smoke run, well under a minute
 
-The implementations (model settings): "xla" is `model.conv_impl=xla` (Flax's nn.Conv), "im2col"
-is `model.conv_impl=im2col model.fuse_conv_pool=false` (matmuls over patches, then separate bias,
-ReLU and pool), "fused" is `model.conv_impl=im2col model.conv_pool_impl=im2col` (each
-convolution followed by a max-pool runs with its bias, ReLU and pool as one op, all im2col
-matmuls), and "winograd" is `model.conv_impl=im2col` with the default `conv_pool_impl=auto` (that
-op by Winograd's F(2x2, 3x3) where it has 8 or more input channels, as elementwise multiply-adds
-for a first layer's small patches).
+The implementations are the CNNs' kernel sets (`model.kernels`, jaxdl.nn.conv_layers): "xla" is
+Flax's nn.Conv with the reshape max-pool, "im2col" matmuls over patches, then separate bias, ReLU
+and pool, "fused" each convolution followed by a max-pool run with its bias, ReLU and pool as one
+op, all im2col matmuls, and "winograd" that op by Winograd's F(2x2, 3x3) where it has 8 or more
+input channels, as elementwise multiply-adds for a first layer's small patches ("plain", Flax's
+layers throughout, can be timed too).
 
 Every (implementation, device count, batch size) runs in its own worker process (the CPU device
 count is fixed when JAX starts): the experiment's model and optimizer, `make_train_step` jitted
@@ -37,12 +36,7 @@ MODELS = {  # name: (model config, image shape)
     "mnist_cnn": ({"name": "mnist_cnn"}, (28, 28, 1)),
     "vgg11": ({"name": "vgg", "depth": 11, "pool_size": 1, "hidden_dim": 512}, (32, 32, 3)),
 }
-IMPLS = {  # name: model settings
-    "xla": {"conv_impl": "xla"},
-    "im2col": {"conv_impl": "im2col", "fuse_conv_pool": False},
-    "fused": {"conv_impl": "im2col", "fuse_conv_pool": True, "conv_pool_impl": "im2col"},
-    "winograd": {"conv_impl": "im2col", "fuse_conv_pool": True, "conv_pool_impl": "auto"},
-}
+IMPLS = {name: {"kernels": name} for name in ("plain", "xla", "im2col", "fused", "winograd")}
 
 
 def worker(args) -> None:

@@ -147,12 +147,13 @@ def worker_jaxdl(args) -> dict:
   from jaxdl import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from jaxdl import nn as nn_lib  # pylint: disable=g-import-not-at-top
   from jaxdl import trainer  # pylint: disable=g-import-not-at-top
+  from jaxdl.train import steps_per_call  # pylint: disable=g-import-not-at-top
 
   config = config_lib.load_experiment(EXPERIMENT)
   config_lib.apply_overrides(config, args.override)
   # Several steps a call (train.steps_per_call; 0: auto, up to 16 on a CPU) end at each log step:
   # intervals of whole calls, as in a run logging every 100 steps, measure their steady state.
-  per_call = config.train.get("steps_per_call", 1) or trainer.CPU_STEPS_PER_CALL
+  per_call = config.train.get("steps_per_call", 1) or steps_per_call.CPU_STEPS_PER_CALL
   interval = math.ceil(args.steps / INTERVALS / per_call) * per_call
   num_steps = interval * (INTERVALS + 1)  # The first interval is the warmup (compilation).
   # Eval only after the last timed interval, no checkpoints; the user's overrides come last

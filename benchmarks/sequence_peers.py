@@ -184,8 +184,8 @@ def jaxdl_step(spec: dict):
   step_fn = step_lib.make_train_step(model, tx, schedule, task)
   k = int(os.environ.get("JAXDL_BENCH_STEPS_PER_CALL", 0)) or config.train.steps_per_call
   if not k:  # auto, as the trainer resolves it: these models have no convolutions.
-    from jaxdl import trainer
-    k = 1 if plain or jax.default_backend() != "cpu" else trainer.CPU_STEPS_PER_CALL
+    from jaxdl.train import steps_per_call
+    k = 1 if plain or jax.default_backend() != "cpu" else steps_per_call.CPU_STEPS_PER_CALL
   if k == 1:
     train_step = jax.jit(step_fn, donate_argnums=0)
   else:  # The trainer's call of k steps, on the same batch k times.

@@ -9,6 +9,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +18,8 @@ import ml_collections
 from jaxdl import data as data_lib
 from jaxdl import sweep as sweep_lib
 from jaxdl.errors import ConfigError
+
+logger = logging.getLogger("jaxdl")
 
 # Keys that may differ between the run that wrote a workdir and the run that resumes it: they change
 # how long or how verbosely we train, or where the (same) data lives, not what is being trained.
@@ -30,6 +33,9 @@ RESUMABLE_KEYS = frozenset({
     "parallel.cpu_devices", "train.compilation_cache", "train.reuse_host_memory",
     "train.grad_accum_unroll", "train.steps_per_call",
     "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
+    # How a CNN's layers run (jaxdl.nn.conv_layers): the same parameters, results equal up to
+    # float rounding, as for the device layout.
+    "model.kernels",
 })
 
 REQUIRED_KEYS = (
@@ -71,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Split each batch into this many micro-batches whose gradients are averaged before one update:
   # the update of the whole batch in a fraction of the activation memory.
   c.train.grad_accum_steps = 1
-  # Unroll the micro-batch loop: auto on CPU (XLA:CPU runs convolutions in loops ~17x slower).
+  # Unroll the micro-batch loop: auto on CPU (XLA:CPU runs convolutions in loops far slower).
   c.train.grad_accum_unroll = "auto"
   # Train steps run in one dispatched call (a loop on the device over stacked batches), for
   # speed where each call's own cost is a large part of a step. 0: auto: 16 on a CPU when the
@@ -91,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   # state are sharded over fsdp (1: replicated). -1 takes the devices left over.
   c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   # On a CPU host: how many JAX devices to split it into (jaxdl.train.cpu_devices). 1: one;
-  # auto: 8, or the most that divides the batch sizes (the seed CNN: ~2x faster on 2 cores;
+  # auto: 8, or the most that divides the batch sizes (faster for models of a few large ops;
   # recurrent models: slower, so 1 stays the default and experiments opt in).
   c.parallel.cpu_devices = 1
   # Multi-host: jax.distributed.initialize. auto: when a coordinator is given here or JAX detects
@@ -174,6 +180,7 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}; it must "
                       "return an ml_collections.ConfigDict (start from jaxdl.config.base_config()).")
   validate(config, source=str(path))
+  upgrade_legacy_keys(config)
   _relative_model_file(config)
   # The dataset's options join the config now, so they can be overridden and are saved.
   data_lib.complete_config(config.data)
@@ -225,6 +232,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     if key not in flat and key.startswith("sweep."):
       _check_sweep_key(config, key, flat)
       flat[key] = None  # A list of values, parsed as a Python literal.
+    elif key not in flat and key.partition(".")[2] in LEGACY_KERNEL_KEYS:
+      flat[key] = _LEGACY_KERNEL_DEFAULTS[key.partition(".")[2]]  # Read as model.kernels below.
     elif key not in flat:
       takes, default = _model_argument(config, key)
       if not takes:
@@ -242,6 +251,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     with node.ignore_type():
       node[leaf] = value
     flat[key] = value
+  upgrade_legacy_keys(config)
 
 
 _PLAIN_TYPES = (bool, int, float, str, tuple, list)
@@ -340,7 +350,55 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(text))
+  """A config as `to_json` wrote it, in today's key names (a workdir of an older jaxdl)."""
+  config = ml_collections.ConfigDict(json.loads(text))
+  upgrade_legacy_keys(config, note=False)
+  return config
+
+
+# The four model fields (MnistCNN, VGG) that one `kernels` field replaced, with their defaults.
+# Commands, experiment files and workdirs that use them keep working: they are read as the
+# kernel set they picked (jaxdl.nn.conv_layers).
+_LEGACY_KERNEL_DEFAULTS = {"conv_impl": "auto", "pool_impl": "reshape", "fuse_conv_pool": True,
+                           "conv_pool_impl": "auto"}
+LEGACY_KERNEL_KEYS = tuple(_LEGACY_KERNEL_DEFAULTS)
+
+
+def kernels_from_legacy(values: dict[str, Any]) -> str:
+  """The `kernels` value that runs what conv_impl, pool_impl, fuse_conv_pool and conv_pool_impl
+  chose (those absent at their defaults). The pool's two implementations are equal to the bit,
+  so pool_impl only tells plain ("reduce_window") from xla among XLA's convolutions."""
+  v = {**_LEGACY_KERNEL_DEFAULTS, **values}
+  if v["conv_impl"] == "xla":
+    return "plain" if v["pool_impl"] == "reduce_window" else "xla"
+  if v["conv_impl"] == "auto" and v == _LEGACY_KERNEL_DEFAULTS:
+    return "auto"
+  # im2col convolutions (or auto, which changed only where im2col ran, on one CPU device).
+  if not v["fuse_conv_pool"] or v["pool_impl"] == "reduce_window":
+    return "im2col"
+  return "fused" if v["conv_pool_impl"] == "im2col" else "winograd"
+
+
+def upgrade_legacy_keys(config: ml_collections.ConfigDict, note: bool = True) -> None:
+  """Replaces the model's legacy kernel keys (LEGACY_KERNEL_KEYS) by `model.kernels`, in place,
+  for models that take `kernels` and not the old key; logs a one-line note when `note`."""
+  model = config.get("model")
+  if not model or not any(k in model for k in LEGACY_KERNEL_KEYS):
+    return
+  from jaxdl import models  # pylint: disable=g-import-not-at-top  # Imports jaxdl.nn, i.e. flax.
+  legacy = {k: model[k] for k in LEGACY_KERNEL_KEYS
+            if k in model and not models.argument_default(model, k)[0]}
+  if not legacy or not models.argument_default(model, "kernels")[0]:
+    return
+  kernels = model.get("kernels") or kernels_from_legacy(legacy)
+  for key in legacy:
+    del model[key]
+  with model.ignore_type():
+    model.kernels = kernels
+  if note:
+    old = " ".join(f"model.{k}={v}" for k, v in legacy.items())
+    logger.warning("%s: read as model.kernels=%s, the one field that replaced them "
+                   "(jaxdl.nn.conv_layers); write that instead.", old, kernels)
 
 
 def resume_conflicts(saved: ml_collections.ConfigDict,

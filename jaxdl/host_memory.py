@@ -2,11 +2,10 @@
 
 XLA:CPU allocates a compiled step's scratch memory (tens of MB) with malloc on every call and
 frees it at the end. glibc serves blocks that large with a fresh mmap and returns them to the
-kernel with munmap, so every step page-faults its whole working set in again: ~19,000 page faults
-a step for the char LSTM, where PyTorch has ~700 (benchmarks/README.md). Telling glibc to serve
-them from the heap and not to give freed memory back (mallopt M_MMAP_MAX=0, a high
-M_TRIM_THRESHOLD) reuses the same pages step after step: the seed CNN trains ~15-20% faster, the
-char LSTM and GPT 15-20%.
+kernel with munmap, so every step page-faults its whole working set in again (benchmarks/README.md
+counts the faults against PyTorch's and measures the gain). Telling glibc to serve them from the
+heap and not to give freed memory back (mallopt M_MMAP_MAX=0, a high M_TRIM_THRESHOLD) reuses the
+same pages step after step.
 
 The cost: the process keeps its peak memory until it exits (as PyTorch's caching allocators do).
 Numbers are unaffected. "auto" (default) applies it when JAX computes on the CPU of a Linux

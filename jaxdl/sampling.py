@@ -88,12 +88,12 @@ def generate_from_workdir(workdir: str | Path, prompt: str, *, max_new_tokens: i
                           step: int | None = None, member: int = 0) -> str:
   """Text sampled from the checkpoint at `step` (default: the latest) of a language-model run;
   for a sweep's workdir (jaxdl.sweep), from its member `member`."""
-  from jaxdl import trainer  # pylint: disable=g-import-not-at-top
+  from jaxdl import models  # pylint: disable=g-import-not-at-top
 
   workdir = Path(workdir)
   config = workdir_lib.load_config(workdir)
   tokenizer = workdir_lib.load_tokenizer(workdir)
-  model = trainer.build_model(config, {"vocab_size": tokenizer.vocab_size})
+  model = models.build_model(config.model, {"vocab_size": tokenizer.vocab_size})
   if "decode" not in _call_arguments(model):
     raise UserError(f"Model {config.model.name!r} of {workdir} is not a language model with a "
                     "decode mode; `jaxdl generate` samples from language models (gpt, rnn_lm).")

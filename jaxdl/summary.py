@@ -240,6 +240,7 @@ def for_experiment(experiment: str, overrides: Sequence[str] = (), *,
   optimizer. Loads the data (for its shapes and model hints), never the weights."""
   # pylint: disable=g-import-not-at-top  # The trainer pulls in Orbax and Grain; only this needs them.
   from jaxdl import config as config_lib
+  from jaxdl import models
   from jaxdl import trainer
   from jaxdl.train import optim
   from jaxdl.train import tasks
@@ -247,7 +248,7 @@ def for_experiment(experiment: str, overrides: Sequence[str] = (), *,
   config = config_lib.load_experiment(experiment)
   config_lib.apply_overrides(config, overrides)
   data = trainer.load_data(config)
-  model = trainer.build_model(config, data.model_hints)
+  model = models.build_model(config.model, data.model_hints)
   inputs = tasks.make_task(data).model_inputs(data.example_batch(1))
   # The schedule does not change the optimizer state's shapes; any length past the warmup will do.
   tx, _ = optim.make_optimizer(config.optimizer,
@@ -284,6 +285,7 @@ def for_model(name: str, input_shape: str | None, *, input_dtype: str = "float32
   """
   # pylint: disable=g-import-not-at-top
   from jaxdl import config as config_lib
+  from jaxdl import models
   from jaxdl import nn as nn_lib
   from jaxdl.train import optim
 
@@ -329,10 +331,8 @@ def for_model(name: str, input_shape: str | None, *, input_dtype: str = "float32
   if "vocab_size" in fields and not jnp.issubdtype(in_dtype, jnp.integer):
     raise ConfigError(f"Model {name!r} ({cls.__name__}) reads token ids; pass --input-dtype int32 "
                       f"(the input is now {in_dtype.name}).")
-  try:
-    model = nn_lib.build_model(name, **kwargs)
-  except ValueError as e:
-    raise ConfigError(f"model: {e}") from e
+  # The one way jaxdl builds a model (as training does); its errors are ConfigErrors already.
+  model = models.build_model({"name": name, **kwargs})
 
   # Every positional input of __call__ (src and tgt for seq2seq) gets the given shape.
   params = list(inspect.signature(cls.__call__).parameters.values())[1:]

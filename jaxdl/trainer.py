@@ -1,10 +1,11 @@
 """The training loop: config -> data -> model and optimizer -> resume -> train, log, eval, save.
 
-Read it top to bottom; each banner is one stage of a run. The pure pieces live elsewhere: the model
-in jaxdl.nn, the train and eval steps in jaxdl.train, checkpoint I/O in jaxdl.checkpoint.
+`train` reads top to bottom; each banner is one stage of a run. The pieces live elsewhere: the model
+in jaxdl.nn, the train and eval steps in jaxdl.train.step, dispatching train calls (steps per
+call, calls in flight) in jaxdl.train.dispatch, logging each interval's means and throughput in
+jaxdl.interval_log, checkpoint I/O in jaxdl.checkpoint.
 """
 
-import collections
 import dataclasses
 import functools
 import logging
@@ -23,9 +24,9 @@ from jaxdl import compile_cache
 from jaxdl import data as data_lib
 from jaxdl import distributed
 from jaxdl import host_memory
+from jaxdl import interval_log
 from jaxdl import metrics as metrics_lib
 from jaxdl import models
-from jaxdl import perf as perf_lib
 from jaxdl import sweep as sweep_lib
 from jaxdl import transfer as transfer_lib
 from jaxdl import workdir as workdir_lib
@@ -33,17 +34,14 @@ from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from jaxdl.progress import Progress
 from jaxdl.train import cpu_devices
+from jaxdl.train import dispatch
 from jaxdl.train import optim
 from jaxdl.train import parallel
 from jaxdl.train import step as step_lib
+from jaxdl.train import steps_per_call as steps_per_call_lib
 from jaxdl.train import tasks
 
 logger = logging.getLogger("jaxdl")
-
-MAX_STEPS_AHEAD = 2  # Train steps the host may dispatch before the device has finished them.
-# train.steps_per_call=0 on a CPU: the seed CNN's step ~1.2x faster than one step a call, the char
-# GPT's and LSTM's ~1.05-1.1x (benchmarks/README.md, "Steps per call").
-CPU_STEPS_PER_CALL = 16
 
 
 @dataclasses.dataclass
@@ -81,11 +79,6 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
                                    allow_download=None if config.data.download else False)
 
 
-def build_model(config: ml_collections.ConfigDict, model_hints: dict[str, Any]) -> Any:
-  """The configured model (jaxdl.models), with what the data dictates filled in and checked."""
-  return models.build_model(config.model, model_hints)
-
-
 def _check_and_count_steps(config: ml_collections.ConfigDict, data: data_lib.Dataset,
                            layout: parallel.Layout) -> tuple[int, int]:
   """(total steps, steps per epoch) of the run; ConfigError for settings that cannot work."""
@@ -97,10 +90,7 @@ def _check_and_count_steps(config: ml_collections.ConfigDict, data: data_lib.Dat
     raise ConfigError(f"train.grad_accum_steps={grad_accum!r} must be a whole number >= 1 that "
                       f"divides each device's share of the batch ({config.train.batch_size} / "
                       f"{layout.num_devices} devices).")
-  steps_per_call = config.train.get("steps_per_call", 0)
-  if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 0:
-    raise ConfigError(f"train.steps_per_call={steps_per_call!r} must be a whole number of steps "
-                      ">= 1, or 0 for auto (16 on a CPU, 1 elsewhere).")
+  steps_per_call_lib.check(config.train.get("steps_per_call", 0))
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ConfigError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
                       "moving average off, 0.999 is typical.")
@@ -134,8 +124,8 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   make_step = functools.partial(
       step_lib.make_train_step, grad_accum_steps=config.train.get("grad_accum_steps", 1),
       grad_accum_unroll=_grad_accum_unroll(config.train.get("grad_accum_unroll", "auto")),
-      axis_name=parallel.PMAP_AXIS if layout.strategy == "pmap" else None)
-  model = build_model(config, data.model_hints)
+      collectives=layout.collectives)
+  model = models.build_model(config.model, data.model_hints)
   try:
     task = tasks.make_task(data, label_smoothing=config.train.label_smoothing)
   except ValueError as e:
@@ -166,7 +156,8 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     state = step_lib.create_train_state(model, run_tx, jax.random.fold_in(root_key, 0),
                                         *example_inputs, ema=config.train.ema_decay > 0)
     rng = jax.random.fold_in(root_key, 1)
-    metric_shapes = jax.eval_shape(_without_axis(step_fn, layout), state, batch_shapes, rng)[1]
+    metric_shapes = jax.eval_shape(layout.collectives.traceable(step_fn), state, batch_shapes,
+                                   rng)[1]
     return {"state": state, "metric_sums": step_lib.init_metric_sums(metric_shapes),
             "rng": jax.random.key_data(rng)}  # Raw key data: checkpoints store plain arrays.
 
@@ -197,18 +188,6 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   return Setup(model, task, tx, schedule, layout, train_step,
                functools.partial(layout.init, init, loop_shapes), total_steps, steps_per_epoch,
                members, update, eval_step, init, loop_shapes)
-
-
-def _without_axis(step_fn, layout: parallel.Layout):
-  """`step_fn` made traceable outside pmap (for its output shapes): under pmap it averages over
-  PMAP_AXIS, which only exists inside, so trace it in a 1-wide vmap that names the axis."""
-  if layout.strategy != "pmap":
-    return step_fn
-  def traced(*args):
-    batched = jax.vmap(step_fn, axis_name=parallel.PMAP_AXIS, axis_size=1, in_axes=None,
-                       out_axes=0)
-    return jax.tree.map(lambda x: x[0], batched(*args))
-  return traced
 
 
 def abstract_loop(setup: Setup) -> Any:
@@ -271,43 +250,6 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _efficiency(compiled: Any, layout: parallel.Layout, config: ml_collections.ConfigDict,
-                steps_loop: bool = False) -> perf_lib.Efficiency:
-  """The compiled step's FLOPs (XLA's cost analysis) against its devices' peak, and a log line.
-  `steps_loop`: `compiled` is a call of several steps (jaxdl.train.step.steps_in_one_call)."""
-  devices = list(layout.mesh.devices.flat)
-  efficiency = perf_lib.Efficiency.for_step(compiled, devices,
-                                            config.model.get("dtype") or "float32", steps_loop)
-  if efficiency.flops_per_step is not None:
-    logger.info("Train step: %.3g GFLOP%s; peak %s.", efficiency.flops_per_step / 1e9,
-                " (a lower bound: XLA counts a loop's body once, e.g. under gradient accumulation "
-                "or a scan)" if efficiency.lower_bound else "", efficiency.peak_source or "unknown")
-  return efficiency
-
-
-def _raise_if_nonfinite(sums: dict[str, Any], members: list[sweep_lib.Member] | None) -> None:
-  bad_steps = np.atleast_1d(jax.device_get(sums["first_nonfinite_step"]))
-  if (bad_steps >= 0).any():
-    step = int(bad_steps[bad_steps >= 0].min())
-    which = ""
-    if members is not None:
-      which = " in sweep member(s) " + ", ".join(
-          f"{i} ({m.label})" for i, m in enumerate(members) if bad_steps[i] >= 0)
-    raise NonFiniteLossError(f"Training diverged at step {step}{which}: the loss, gradients or "
-                             "parameters became NaN or Inf.")
-
-
-def _interval_means(sums: dict[str, Any],
-                    members: list[sweep_lib.Member] | None) -> dict[str, float]:
-  """Host-side means of accumulated train metrics (host arrays, Layout.to_host); stops the run
-  on a NaN or Inf loss."""
-  _raise_if_nonfinite(sums, members)
-  means = lambda s: {k: float(v) / int(s["count"]) for k, v in s["sums"].items()}
-  if members is None:
-    return means(sums)
-  return sweep_lib.aggregate([means(s) for s in sweep_lib.unstack(sums, len(members))])
-
-
 def _source_checkpoint(path_text: str) -> tuple[Path, int | None]:
   """(checkpoint directory, step or None for the latest) that `init.checkpoint` names: a workdir,
   its checkpoints/ directory, or one checkpoint, checkpoints/STEP."""
@@ -365,33 +307,33 @@ def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
                         sweep=sweep_lib.members(config) is not None)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
-          command: list[str] | None = None, show_progress: bool = True) -> TrainResult:
-  workdir = Path(workdir)
-  # Before any device is used: malloc settings (before XLA starts its threads), multi-host, how
-  # many devices this CPU host shows.
+def _configure_host(config: ml_collections.ConfigDict) -> None:
+  """What must be settled before any device is used: malloc settings (before XLA starts its
+  threads), multi-host, how many devices this CPU host shows, the compilation cache."""
   host_memory.configure(config.train.get("reuse_host_memory", "auto"))
   distributed.initialize(config.get("parallel", {}))
   _split_cpu_host(config)
   compile_cache.configure(config.train.get("compilation_cache", "auto"))
 
-  # ---------------------------------------------------------------- Workdir and data
-  workdir_lib.check_can_train(workdir, config)
-  data = load_data(config)
-  saved_source = (workdir_lib.last_data_source(workdir) if workdir_lib.has_checkpoints(workdir)
-                  else None)
-  if saved_source and saved_source.get("num_train") != data.source.get("num_train"):
+
+def _check_same_data(workdir: Path, data: data_lib.Dataset) -> None:
+  """CheckpointError if the workdir's checkpoints were trained on data of another size: the saved
+  data position would not fit."""
+  if not workdir_lib.has_checkpoints(workdir):
+    return
+  saved = workdir_lib.last_data_source(workdir)
+  if saved and saved.get("num_train") != data.source.get("num_train"):
     raise CheckpointError(
-        f"Workdir {workdir} was trained on {saved_source.get('num_train')} training examples "
-        f"(or tokens, for text) from {saved_source.get('path', 'its data')} "
-        f"({saved_source.get('kind')}); this run has {data.source.get('num_train')} "
-        f"({data.source.get('kind')}); the saved data position would not fit. Point data.dir at "
-        "the data it was trained on, or use a new --workdir.")
+        f"Workdir {workdir} was trained on {saved.get('num_train')} training examples "
+        f"(or tokens, for text) from {saved.get('path', 'its data')} ({saved.get('kind')}); this "
+        f"run has {data.source.get('num_train')} ({data.source.get('kind')}); the saved data "
+        "position would not fit. Point data.dir at the data it was trained on, or use a new "
+        "--workdir.")
 
-  # ---------------------------------------------------------------- Mesh, model, optimizer
-  setup = build(config, data)
 
-  # ---------------------------------------------------------------- Input
+def _train_batches(config: ml_collections.ConfigDict, data: data_lib.Dataset,
+                   members: list[sweep_lib.Member] | None) -> Any:
+  """This process's train batches (a sweep's stacked: each member reads its own seed's order)."""
   def batches_for(seed: int):
     # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
     data_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
@@ -400,45 +342,74 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         shard_index=jax.process_index(), shard_count=jax.process_count(),
         num_threads=config.data.num_threads, prefetch=config.data.prefetch))
 
-  members = setup.members
   if members is None:
-    train_iter = batches_for(config.seed)
-  else:  # Each member reads the data in its own seed's order.
-    train_iter = sweep_lib.StackedIterator(batches_for, [m.seed for m in members])
+    return batches_for(config.seed)
+  return sweep_lib.StackedIterator(batches_for, [m.seed for m in members])
 
-  # ---------------------------------------------------------------- Workdir files, step functions
+
+def _write_workdir_files(workdir: Path, config: ml_collections.ConfigDict,
+                         data: data_lib.Dataset) -> None:
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   workdir_lib.write_config(workdir, config)  # Only once the config is known to work.
   workdir_lib.write_tokenizer(workdir, data.tokenizer)
-  layout, total_steps = setup.layout, setup.total_steps
-  eval_step = layout.compile_eval(setup.eval_step)
-  # Outputs keep the inputs' layout, so the train step never compiles twice.
-  reset_sums = layout.compile_elementwise(step_lib.reset_metric_sums, layout.replicated())
-  # One dispatch a step: the update and the running sums of its metrics, both buffers donated.
-  # The step's loss comes back too, as a handle to wait on that step without touching donations.
-  # Or several steps a dispatch (train.steps_per_call): the same update in a loop on the device.
-  loop_shardings = layout.saved_shardings(setup.loop_shapes)
-  train_and_accumulate = layout.compile_update(setup.update, loop_shardings)
-  train_steps = layout.compile_update(step_lib.steps_in_one_call(setup.update), loop_shardings,
-                                      steps_in_call=True)
-  put_batch = functools.partial(layout.put_batch, member_axis=members is not None)
 
-  def put_steps(host_batches, slots):  # Several steps' batches, for `train_steps`.
-    return put_batch(parallel.stack_steps(host_batches, slots), steps_axis=True)
 
-  # ---------------------------------------------------------------- Initial state or resume
-  checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
-                              max_to_keep=config.train.max_checkpoints,
-                              async_save=config.train.async_checkpointing)
-  start_step = checkpointer.latest_step() or 0
+def _initial_loop(checkpointer: Checkpointer, setup: Setup, config: ml_collections.ConfigDict,
+                  train_iter: Any, workdir: Path) -> tuple[int, dict[str, Any]]:
+  """(start step, loop state in the run layout): the latest checkpoint's (which also restores the
+  data position), step 0's with `init.checkpoint`'s parameters copied in, or step 0's."""
+  layout, start_step = setup.layout, checkpointer.latest_step() or 0
   if start_step:
-    loop = layout.from_saved(checkpointer.restore(start_step, abstract_loop(setup), train_iter))
     logger.info("Resuming %s from step %d.", workdir, start_step)
-  elif config.get("init", {}).get("checkpoint"):
+    return start_step, layout.from_saved(
+        checkpointer.restore(start_step, abstract_loop(setup), train_iter))
+  if config.get("init", {}).get("checkpoint"):
     loop = layout.to_saved(setup.init_loop())
-    loop = layout.from_saved(_init_from_checkpoint(loop, config.init, setup.members))
-  else:
-    loop = setup.init_loop()
+    return 0, layout.from_saved(_init_from_checkpoint(loop, config.init, setup.members))
+  return 0, setup.init_loop()
+
+
+def _next_stop(step: int, periods: tuple[int, ...], total_steps: int) -> int:
+  """The first step after `step` where the host needs the state: to log (and reset the metric
+  sums), evaluate, save, or end. A call of several steps never runs past it."""
+  return min([total_steps] + [(step // p + 1) * p for p in periods if p])
+
+
+def _diverged(error: NonFiniteLossError, checkpointer: Checkpointer) -> NonFiniteLossError:
+  """`error`, saying which checkpoint is the last good one and what to try."""
+  checkpointer.wait()
+  last_good = checkpointer.latest_step()
+  return NonFiniteLossError(
+      f"{error} The last good checkpoint is {f'step {last_good}' if last_good else 'none'} in "
+      f"{checkpointer.directory}; nothing after it was saved. Lower optimizer.learning_rate, set "
+      "optimizer.grad_clip_norm, or check the data for bad values.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          command: list[str] | None = None, show_progress: bool = True) -> TrainResult:
+  """Trains `config` in `workdir`, continuing from its latest checkpoint if it has one."""
+  # ---------------------------------------------------------------- Setup
+  workdir = Path(workdir)
+  _configure_host(config)
+  workdir_lib.check_can_train(workdir, config)
+  data = load_data(config)
+  _check_same_data(workdir, data)
+  setup = build(config, data)
+  layout, members, total_steps, cfg = setup.layout, setup.members, setup.total_steps, config.train
+  train_iter = _train_batches(config, data, members)
+  _write_workdir_files(workdir, config, data)
+  eval_step = layout.compile_eval(setup.eval_step)
+  # Outputs keep the inputs' layout, so the train call never compiles twice.
+  reset_sums = layout.compile_elementwise(step_lib.reset_metric_sums, layout.replicated())
+  steps_per_call = steps_per_call_lib.resolve(
+      cfg.get("steps_per_call", 0), setup.model, *setup.task.model_inputs(data.example_batch(1)))
+  calls = dispatch.TrainCalls(layout, setup.update, setup.loop_shapes, steps_per_call, train_iter,
+                              member_axis=members is not None)
+
+  # ---------------------------------------------------------------- Resume
+  checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
+                              max_to_keep=cfg.max_checkpoints, async_save=cfg.async_checkpointing)
+  start_step, loop = _initial_loop(checkpointer, setup, config, train_iter, workdir)
   if jax.process_index() == 0:
     metrics_lib.truncate_after(workdir, start_step)
   workdir_lib.append_run(workdir, workdir_lib.run_record(
@@ -446,110 +417,45 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   state, sums, rng_data = loop["state"], loop["metric_sums"], loop["rng"]
   rng = jax.random.wrap_key_data(rng_data)
 
-  # ---------------------------------------------------------------- Train
+  # ---------------------------------------------------------------- Train, log, evaluate, save
   writer = metrics_lib.MetricWriter(workdir)
   progress = Progress(total_steps=total_steps, initial_step=start_step,
                       enabled=show_progress, is_main_process=jax.process_index() == 0)
-  cfg = config.train
-  tokens_per_example = setup.task.tokens_per_example(data.example_batch(1))
+  intervals = interval_log.IntervalLog(
+      writer, progress, layout=layout, members=members, start_step=start_step,
+      examples_per_step=cfg.batch_size * (len(members) if members else 1),
+      tokens_per_example=setup.task.tokens_per_example(data.example_batch(1)),
+      compute_dtype=config.model.get("dtype") or "float32", steps_per_call=steps_per_call)
   eval_every = cfg.eval_every_steps or setup.steps_per_epoch
+  stop_periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
   eval_metrics: dict[str, float] = {}
-  pending = None  # (step, metric sums) to read once the next step is dispatched.
-  efficiency = None  # FLOPs of the compiled step and the devices' peak: perf/mfu.
-  compile_seconds = None  # Logged once, with the first interval.
-  in_flight = collections.deque()  # (loss handle, steps) of dispatched calls not yet waited for.
-  t_last, step_last = time.perf_counter(), start_step
-
-  def compile_first_call(host_batch) -> tuple[int, perf_lib.Efficiency]:
-    """Compiles the train call (apart, so that throughput leaves compilation out); returns the
-    steps a call runs (train.steps_per_call resolved) and the step's efficiency."""
-    setting = cfg.get("steps_per_call", 0)
-    if setting > 1 or (setting == 0 and jax.default_backend() == "cpu"):
-      k = setting or CPU_STEPS_PER_CALL
-      lowered = train_steps.lower(state, sums, put_steps([host_batch], k), np.int32(k), rng)
-      if setting or "stablehlo.convolution" not in lowered.as_text():
-        logger.info("Running up to %d train steps per call (train.steps_per_call=%d).", k,
-                    setting)
-        return k, _efficiency(lowered.compile(), layout, config, steps_loop=True)
-      logger.info("One train step per call: the step has XLA convolutions, which XLA:CPU runs "
-                  "~15x slower inside a loop (train.steps_per_call=0, auto).")
-    compiled = train_and_accumulate.lower(state, sums, put_batch(host_batch), rng).compile()
-    return 1, _efficiency(compiled, layout, config)
-
-  def next_stop(step: int) -> int:
-    """The first step after `step` where the host needs the state: to log (and reset the metric
-    sums), evaluate, save, or end. A call of several steps never runs past it."""
-    periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
-    return min([total_steps] + [(step // p + 1) * p for p in periods if p])
-
-  def wait_until_running_at_most(steps: int):
-    """Waits for the oldest dispatched calls until at most `steps` train steps still run."""
-    while sum(k for _, k in in_flight) > steps:
-      in_flight.popleft()[0].block_until_ready()
-
-  def flush():
-    """Writes the pending interval's means, timed from when its last step finished."""
-    nonlocal pending, t_last, step_last, compile_seconds
-    if pending is not None:
-      step, interval_sums = pending
-      pending = None
-      means = _interval_means(layout.to_host(interval_sums), members)  # Waits for `step`.
-      now = time.perf_counter()
-      seconds_per_step = (now - t_last) / (step - step_last)
-      t_last, step_last = now, step
-      examples_per_step = cfg.batch_size * (len(members) if members else 1)
-      perf = {"perf/examples_per_sec": examples_per_step / seconds_per_step,
-              "perf/step_time_ms": seconds_per_step * 1e3, **efficiency.metrics(seconds_per_step)}
-      if tokens_per_example:
-        perf["perf/tokens_per_sec"] = perf["perf/examples_per_sec"] * tokens_per_example
-      if compile_seconds is not None:
-        perf["perf/compile_seconds"], compile_seconds = compile_seconds, None
-      writer.write(step, {**means, **perf})
-      progress.update(step, {**means, **perf})
-
+  step = start_step  # Counts the updates done, here and in the checkpoints.
   stop = _StopSignal()
   try:
     with stop:
-      step = start_step  # Counts the updates done, here and in the checkpoints.
-      first_batch = None  # Read ahead of its call, to compile with.
+      if step < total_steps:  # Apart from the first call, so that throughput leaves it out.
+        compile_start = time.perf_counter()
+        intervals.compiled(calls.compile(state, sums, rng), since=compile_start)
       while step < total_steps:
-        if efficiency is None:
-          compile_start = time.perf_counter()
-          first_batch = next(train_iter)
-          steps_per_call, efficiency = compile_first_call(first_batch)
-          compile_seconds = time.perf_counter() - compile_start
-          t_last += compile_seconds
-        n = min(steps_per_call, next_stop(step) - step)  # This call's steps.
-        host_batches = [first_batch] if first_batch is not None else []
-        host_batches += [next(train_iter) for _ in range(n - len(host_batches))]
-        first_batch = None
-        if steps_per_call == 1:
-          state, sums, loss = train_and_accumulate(state, sums, put_batch(host_batches[0]), rng)
-        else:
-          state, sums, loss = train_steps(
-              state, sums, put_steps(host_batches, steps_per_call), np.int32(n), rng)
-        step += n
-        # The host runs at most MAX_STEPS_AHEAD steps (or one call) ahead of the device: enough
-        # to keep it busy, few enough that input batches cannot pile up in device memory.
-        in_flight.append((loss, n))
-        wait_until_running_at_most(max(MAX_STEPS_AHEAD, steps_per_call))
-        flush()  # Reads the previous call's metrics while this one runs.
+        num_steps = min(steps_per_call, _next_stop(step, stop_periods, total_steps) - step)
+        state, sums = calls.run(state, sums, rng, num_steps)
+        step += num_steps
+        intervals.flush()  # Reads the previous call's metrics while this one runs.
 
         at_log = step % cfg.log_every_steps == 0
         if at_log or step == total_steps:
-          pending = (step, sums)
+          intervals.end_interval(step, sums)
           # A partial interval at the end stays in the sums, so a resumed run logs the same
           # means at the next log step as an uninterrupted one.
           if at_log:
             sums = reset_sums(sums)
 
         if step % eval_every == 0 or step == total_steps:
-          flush()
+          intervals.flush()
           # The train steps still running count as training time, not as the eval's.
-          wait_until_running_at_most(0)
-          eval_start = time.perf_counter()
-          eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
-          t_last += time.perf_counter() - eval_start  # Training throughput leaves evals out.
+          calls.wait_until_running_at_most(0)
+          with intervals.untimed():  # Training throughput leaves evals out.
+            eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
           writer.write(step, eval_metrics)
           progress.message(f"step {step}: {describe(setup, eval_metrics)}")
 
@@ -557,12 +463,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         stopping = distributed.any_process(stop.signum is not None)
         checkpoint_due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
         if checkpoint_due or step == total_steps or stopping:
-          flush()
+          intervals.flush()
           # Never save a state that a NaN has reached.
-          _raise_if_nonfinite(layout.to_host(sums), members)
+          interval_log.raise_if_nonfinite(layout.to_host(sums), members)
           checkpointer.save(step, layout.to_saved(
               {"state": state, "metric_sums": sums, "rng": rng_data}), train_iter)
-
         if stopping:
           checkpointer.wait()
           cause = f"signal {stop.signum}" if stop.signum else "a signal to another process"
@@ -570,15 +475,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
                            "same command to resume.")
           return TrainResult(step, eval_metrics, interrupted_by=stop.signum or 0,
                              summary=describe(setup, eval_metrics) if eval_metrics else "")
-      flush()
+      intervals.flush()
   except NonFiniteLossError as e:
-    checkpointer.wait()
-    last_good = checkpointer.latest_step()
-    raise NonFiniteLossError(
-        f"{e} The last good checkpoint is "
-        f"{f'step {last_good}' if last_good else 'none'} in {checkpointer.directory}; nothing "
-        "after it was saved. Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or "
-        "check the data for bad values.") from None
+    raise _diverged(e, checkpointer) from None
   finally:
     checkpointer.wait()
     checkpointer.close()

@@ -1,17 +1,16 @@
 """Attention: dot_product_attention against the numpy formula, masks, dtypes, dropout, the
-MultiHeadAttention module and its KV cache."""
+MultiHeadAttention module and its KV cache. Its kernels (the CPU softmax, flat_apply) are tested in
+tests/test_kernels_sequence.py."""
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxdl.nn.attention import (MultiHeadAttention, causal_mask, combine_masks,
-                                dot_product_attention, flat_apply, length_mask, padding_mask,
-                                softmax)
+                                dot_product_attention, length_mask, padding_mask)
 
 B, T, N, H = 2, 5, 4, 8
 
@@ -87,45 +86,6 @@ def test_softmax_is_stable_for_huge_logits():
   out = attention(q * 1e3, k * 1e3, v)  # logits ~ 1e6: exp would overflow unshifted
   assert np.isfinite(np.asarray(out)).all()
   np.testing.assert_allclose(out, _np_attention(q * 1e3, k * 1e3, v), rtol=1e-4, atol=1e-4)
-
-
-def test_softmax_and_its_derivatives_equal_jax_nn_softmax():
-  # Rows as attention makes them: ordinary, huge, and partly masked with finfo.min.
-  logits = _normal((3, 4, 6), 11)
-  logits[1] *= 1e4
-  logits[2, :, 3:] = np.finfo(np.float32).min
-  logits = jnp.asarray(logits)
-  reference = functools.partial(jax.nn.softmax, axis=-1)
-  np.testing.assert_array_equal(softmax(logits), reference(logits))
-
-  cotangent = jnp.asarray(_normal(logits.shape, 12))
-  grad = jax.vjp(softmax, logits)[1](cotangent)[0]
-  grad_ref = jax.vjp(reference, logits)[1](cotangent)[0]
-  np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(grad[2, :, 3:], 0.0)  # Masked keys get no gradient.
-  # Each row's gradient sums to zero: softmax is invariant to adding a constant to a row.
-  np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-5)
-
-  tangent_out = jax.jvp(softmax, (logits,), (cotangent,))[1]
-  np.testing.assert_allclose(tangent_out, jax.jvp(reference, (logits,), (cotangent,))[1],
-                             rtol=1e-5, atol=1e-6)
-  second = lambda f: jax.grad(lambda x: jnp.sum(jax.grad(lambda y: jnp.sum(f(y) ** 3))(x) ** 2))
-  np.testing.assert_allclose(second(softmax)(logits[0]), second(reference)(logits[0]),
-                             rtol=1e-4, atol=1e-6)
-
-
-def test_softmax_gradient_has_no_reduction_on_cpu():
-  # Why `softmax` exists: XLA:CPU runs the reverse-mode row sum as a slow standalone reduction,
-  # so on the CPU the derivative uses matmuls against ones vectors instead.
-  if jax.default_backend() != "cpu":
-    pytest.skip("the matmul row sum is the CPU rule; other backends use jax.nn.softmax's")
-  logits = jnp.asarray(_normal((2, 5), 13))
-  grad_jaxpr = lambda f: str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(f(x) * logits)))(logits))
-  ours, reference = grad_jaxpr(softmax), grad_jaxpr(functools.partial(jax.nn.softmax, axis=-1))
-  # The forward pass's sum of exponentials stays; the backward pass's row sums are matmuls.
-  assert ours.count("dot_general") == 2 and "dot_general" not in reference
-  assert "reduce_sum" not in ours[ours.index("dot_general"):]
-  assert ours.count("reduce_sum") < reference.count("reduce_sum")
 
 
 @pytest.mark.parametrize("implementation", ["plain", "jax"])
@@ -344,22 +304,3 @@ def test_kv_cache_decoding_equals_full_causal_forward(num_kv_heads):
   with pytest.raises(ValueError, match="self-attention only"):
     jax.eval_shape(functools.partial(mha.apply, decode=True, mutable=["cache"]),
                    {"params": params, "cache": cache}, x, x)
-
-
-@pytest.mark.parametrize("feature_axes", [1, 2])
-def test_flat_apply_gives_the_layer_s_numbers_and_gradients(feature_axes):
-  """flat_apply only reshapes: outputs and kernel gradients equal the layer's on [B, T, ...]."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)[:2 + feature_axes]), jnp.float32)
-  layer = (nn.DenseGeneral((2, 3)) if feature_axes == 1 else
-           nn.DenseGeneral(7, axis=(-2, -1)))
-  params = layer.init(jax.random.key(0), x)
-  cotangent = jnp.asarray(rng.standard_normal(layer.apply(params, x).shape), jnp.float32)
-  run = lambda p, x, f: jnp.sum(f(p, x) * cotangent)
-  direct = lambda p, x: layer.apply(p, x)
-  flat = lambda p, x: flat_apply(lambda x: layer.apply(p, x), x, feature_axes)
-  np.testing.assert_allclose(flat(params, x), direct(params, x), rtol=1e-6, atol=1e-6)
-  g_flat, g_direct = (jax.grad(run, argnums=(0, 1))(params, x, f) for f in (flat, direct))
-  for a, b in zip(jax.tree.leaves(g_flat), jax.tree.leaves(g_direct)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-

@@ -1,4 +1,4 @@
-"""jaxdl.nn.conv: im2col convolutions equal XLA's up to float rounding, gradients included."""
+"""jaxdl.kernels.im2col: im2col convolutions equal XLA's up to float rounding, gradients included."""
 
 import flax.linen as nn
 import jax
@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxdl.nn import conv
+from jaxdl.kernels import im2col as conv
 from jaxdl.nn.cnn import MnistCNN
 
+# What nn.Conv runs: None is Flax's own lax.conv_general_dilated.
+CONV_GENERAL_DILATED = {"xla": None, "im2col": conv.im2col_conv_general_dilated}
 CHANNELS_LAST = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
                  3: ("NDHWC", "DHWIO", "NDHWC")}
 
@@ -107,19 +109,10 @@ def test_window_larger_than_the_input_is_a_clear_error():
     conv.conv_im2col(x, kernel, (1, 1), ((0, 0), (0, 0)))
 
 
-def test_impl_names():
-  one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
-  assert conv.resolve_impl("auto") == ("im2col" if one_cpu else "xla")
-  assert conv.conv_general_dilated("xla") is None  # Flax's own lax.conv_general_dilated.
-  assert conv.conv_general_dilated("im2col") is conv.im2col_conv_general_dilated
-  with pytest.raises(ValueError, match="Unknown convolution implementation 'fast'.*im2col"):
-    conv.resolve_impl("fast")
-
-
 def test_flax_conv_with_im2col_keeps_its_parameters_and_works_in_bfloat16():
   x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 3))
   layers = {impl: nn.Conv(8, (3, 3), strides=2, dtype=jnp.bfloat16,
-                          conv_general_dilated=conv.conv_general_dilated(impl))
+                          conv_general_dilated=CONV_GENERAL_DILATED[impl])
             for impl in ("xla", "im2col")}
   params = {impl: layer.init(jax.random.key(1), x) for impl, layer in layers.items()}
   assert jax.tree.map(np.array_equal, params["xla"], params["im2col"]) == jax.tree.map(
@@ -136,7 +129,7 @@ def test_seed_cnn_gives_the_same_numbers_with_either_conv():
   """Same parameters; logits and gradients equal up to float rounding."""
   x = jax.random.uniform(jax.random.key(0), (16, 28, 28, 1))
   labels = jax.random.randint(jax.random.key(1), (16,), 0, 10)
-  models = {impl: MnistCNN(conv_impl=impl) for impl in ("xla", "im2col")}
+  models = {impl: MnistCNN(kernels=impl) for impl in ("xla", "im2col")}
   params = jax.jit(models["xla"].init)(jax.random.key(2), x)  # Jitted: op by op takes ~10 s.
   assert jax.tree.map(np.array_equal, params, jax.jit(models["im2col"].init)(jax.random.key(2), x))
 
@@ -156,8 +149,8 @@ def test_seed_cnn_trains_to_the_same_numbers_with_either_conv(tmp_path):
   losses and accuracies equal, grad norms within 3e-7 relative; the tolerance leaves room for
   other CPUs' kernels)."""
   from tests.conftest import seed_cnn_run
-  fast = seed_cnn_run(tmp_path / "im2col", "model.conv_impl=im2col")
-  reference = seed_cnn_run(tmp_path / "xla", "model.conv_impl=xla")
+  fast = seed_cnn_run(tmp_path / "im2col", "model.kernels=im2col")
+  reference = seed_cnn_run(tmp_path / "xla", "model.kernels=xla")
   assert [r.keys() for r in fast] == [r.keys() for r in reference]
   assert any("eval/loss" in r for r in fast)
   for got, want in zip(fast, reference):
@@ -173,7 +166,8 @@ def test_auto_is_xla_when_the_cpu_is_split_into_devices():
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
   done = subprocess.run(
-      [sys.executable, "-c", "from jaxdl.nn import conv; print(conv.resolve_impl('auto'))"],
+      [sys.executable, "-c",
+       "from jaxdl.nn import conv_layers; print(conv_layers.resolve('auto'))"],
       env=env, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   assert done.stdout.split() == ["xla"]

@@ -1,4 +1,4 @@
-"""jaxdl.nn.conv_pool: conv + bias + ReLU + max-pool as one op equals the separate layers."""
+"""jaxdl.kernels.conv_pool: conv + bias + ReLU + max-pool as one op equals the separate layers."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl.nn import conv, conv_pool, pooling, winograd
+from jaxdl.kernels import conv_pool, winograd
+from jaxdl.kernels import im2col as conv
+from jaxdl.nn import pooling
+from jaxdl.nn.conv_layers import ConvReluMaxPool
 from jaxdl.nn.cnn import MnistCNN
 from jaxdl.nn.vgg import VGG
 
@@ -164,15 +167,14 @@ def test_bad_shapes_are_clear_errors():
 def test_module_has_flax_convs_parameters_and_works_in_bfloat16():
   x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 3))
   init = nn.initializers.glorot_uniform()
-  fused = conv_pool.ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init)
+  fused = ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init)
   layer = nn.Conv(8, (3, 3), padding="SAME", kernel_init=init)
   params = fused.init(jax.random.key(1), x)
   assert jax.tree.map(np.array_equal, params, layer.init(jax.random.key(1), x)) == jax.tree.map(
       lambda _: True, params)
   want = jax.jit(lambda p: pooling.max_pool(nn.relu(layer.apply(p, x)), (2, 2), (2, 2)))(params)
   np.testing.assert_allclose(jax.jit(fused.apply)(params, x), want, rtol=1e-6, atol=1e-6)
-  half = conv_pool.ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init,
-                                   dtype=jnp.bfloat16)
+  half = ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init, dtype=jnp.bfloat16)
   y = jax.jit(half.apply)(params, x)
   assert y.dtype == jnp.bfloat16 and y.shape == (2, 6, 6, 8)
   np.testing.assert_allclose(np.float32(y), want, atol=0.05)
@@ -189,10 +191,10 @@ def _logits_and_grads(model, params, x, labels):
 
 
 @pytest.mark.parametrize("make", [
-    lambda fuse: MnistCNN(conv_impl="im2col", fuse_conv_pool=fuse, conv_pool_impl="im2col"),
+    lambda fuse: MnistCNN(kernels="fused" if fuse else "im2col"),
     pytest.param(lambda fuse: VGG(depth=11, num_classes=10, width_multiplier=0.125,
-                                  hidden_dim=16, pool_size=1, conv_impl="im2col",
-                                  fuse_conv_pool=fuse, conv_pool_impl="im2col"),
+                                  hidden_dim=16, pool_size=1,
+                                  kernels="fused" if fuse else "im2col"),
                  marks=pytest.mark.slow),  # Compiling VGG-11's gradient twice: ~45 s.
 ], ids=["mnist_cnn", "vgg11"])
 def test_models_give_the_same_numbers_fused_or_not(make):
@@ -218,8 +220,8 @@ def test_seed_cnn_auto_equals_im2col_to_float_rounding():
   parameters, logits and loss gradients up to float rounding."""
   x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
   labels = jax.random.randint(jax.random.key(1), (8,), 0, 10)
-  auto = MnistCNN(conv_impl="im2col")
-  im2col = MnistCNN(conv_impl="im2col", conv_pool_impl="im2col")
+  auto = MnistCNN(kernels="winograd")
+  im2col = MnistCNN(kernels="fused")
   params = jax.jit(im2col.init)(jax.random.key(2), x)
   (loss_a, grads_a), logits_a = _logits_and_grads(auto, params, x, labels)
   (loss_i, grads_i), logits_i = _logits_and_grads(im2col, params, x, labels)
@@ -230,7 +232,7 @@ def test_seed_cnn_auto_equals_im2col_to_float_rounding():
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_fusion_is_used_only_with_im2col_and_the_reshape_pool():
+def test_fusion_is_used_only_by_the_fused_kernel_sets():
   x = jnp.zeros((2, 28, 28, 1))
 
   def ops(**kwargs):
@@ -239,18 +241,17 @@ def test_fusion_is_used_only_with_im2col_and_the_reshape_pool():
     return str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(p, x))))(params))
 
   # The fused op's forward keeps, per pooled output, the phase its gradient goes to, as int8.
-  assert "i8[2,13,13,32]" in ops(conv_impl="im2col")
-  for kwargs in ({"conv_impl": "im2col", "fuse_conv_pool": False},
-                 {"conv_impl": "im2col", "pool_impl": "reduce_window"}, {"conv_impl": "xla"}):
-    assert "i8[" not in ops(**kwargs), kwargs
+  for kernels in ("fused", "winograd"):
+    assert "i8[2,13,13,32]" in ops(kernels=kernels), kernels
+  for kernels in ("plain", "xla", "im2col"):
+    assert "i8[" not in ops(kernels=kernels), kernels
 
 
 def test_seed_cnn_trains_to_the_same_numbers_fused_or_not(tmp_path):
   """20 trainer steps and an eval: losses and accuracies agree to float rounding."""
   from tests.conftest import seed_cnn_run
-  fused = seed_cnn_run(tmp_path / "fused", "model.conv_impl=im2col")
-  separate = seed_cnn_run(tmp_path / "separate", "model.conv_impl=im2col",
-                          "model.fuse_conv_pool=false")
+  fused = seed_cnn_run(tmp_path / "fused", "model.kernels=winograd")
+  separate = seed_cnn_run(tmp_path / "separate", "model.kernels=im2col")
   assert [r.keys() for r in fused] == [r.keys() for r in separate]
   assert any("eval/loss" in r for r in fused)
   for got, want in zip(fused, separate):

@@ -1,4 +1,5 @@
-"""Gradient accumulation and the collective (axis_name) train step of jaxdl.train.step.
+"""Gradient accumulation and the collective train step (jaxdl.train.collectives.OverAxis) of
+jaxdl.train.step.
 
 References: one step on the whole batch, a copy of the plain step, and numpy formulas for the
 BatchNorm running averages. Collectives run under `jax.vmap(..., axis_name=...)`, which supports
@@ -15,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxdl.train import collectives
 from jaxdl.train import step as step_lib
 from jaxdl.train import tasks
 
@@ -209,7 +211,7 @@ def test_dropout_keys_are_fold_in_of_micro_batch_and_device():
   state = _state(model, "sgd").replace(step=jnp.asarray(5, jnp.int32))
   batch, rng = _batch(1, size=8), jax.random.key(3)
   step_fn = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE, grad_accum_steps=k,
-                                     axis_name="d")
+                                     collectives=collectives.OverAxis("d"))
   new_state, _ = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, None), axis_name="d"))(
       state, jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), batch), rng)
 
@@ -248,7 +250,8 @@ def test_seq2seq_micro_batches_are_weighted_by_their_tokens():
   _assert_close(accum_metrics, big_metrics)
   # Over 4 devices (6, 7, 5 and 8 tokens) x 2 micro-batches of one sequence each: the same.
   collective = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE, task,
-                                        grad_accum_steps=2, axis_name="batch")
+                                        grad_accum_steps=2,
+                                        collectives=collectives.OverAxis("batch"))
   shard_state, shard_metrics = _over_devices(collective, state, batch)
   _assert_close(shard_state.params, big_state.params)
   _assert_close(shard_metrics, big_metrics)
@@ -270,11 +273,12 @@ def _over_devices(step_fn, state, batch, devices=4):
 
 
 # BatchNorm models are compared under SGD, not adam; see _BNNet.
-def test_axis_name_syncs_batch_norm_and_averages_gradients():
+def test_over_axis_syncs_batch_norm_and_averages_gradients():
   model = _BNNet()
   state, batch = _state(model, "sgd"), _batch(0)
   big_state, big_metrics = _step(model, "sgd")(state, batch, jax.random.key(0))
-  collective = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE, axis_name="batch")
+  collective = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE,
+                                        collectives=collectives.OverAxis("batch"))
   shard_state, shard_metrics = _over_devices(collective, state, batch)
   _assert_close(shard_state.params, big_state.params)
   _assert_close(shard_state.model_state, big_state.model_state)
@@ -286,8 +290,9 @@ def test_without_synced_batch_norm_the_devices_disagree(monkeypatch):
   model = _BNNet()
   state, batch = _state(model, "sgd"), _batch(0)
   big_state, _ = _step(model, "sgd")(state, batch, jax.random.key(0))
-  monkeypatch.setattr(step_lib, "sync_batch_norm", lambda axis_name: contextlib.nullcontext())
-  unsynced = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE, axis_name="batch")
+  monkeypatch.setattr(collectives, "sync_batch_norm", lambda axis_name: contextlib.nullcontext())
+  unsynced = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE,
+                                      collectives=collectives.OverAxis("batch"))
   shards = jax.tree.map(lambda x: x.reshape(4, 4, *x.shape[1:]), batch)
   new_state, _ = jax.jit(jax.vmap(unsynced, in_axes=(None, 0, None), axis_name="batch"))(
       state, shards, jax.random.key(0))
@@ -299,7 +304,7 @@ def test_without_synced_batch_norm_the_devices_disagree(monkeypatch):
 
 
 @pytest.mark.parametrize("model", [_MLP(), _BNNet()], ids=["mlp", "batchnorm"])
-def test_axis_name_with_accumulation(model):
+def test_over_axis_with_accumulation(model):
   """4 devices x 2 micro-batches equals one device x 2 micro-batches: with strided micro-batches
   and synced BatchNorm, global micro-batch i is the single device's micro-batch i (examples
   i, i + 2, ...), so even the BatchNorm statistics agree. Without BatchNorm: the big-batch step."""
@@ -309,7 +314,7 @@ def test_axis_name_with_accumulation(model):
   ref_state, ref_metrics = _step(model, opt, grad_accum_steps=2 if bn else 1)(
       state, batch, jax.random.key(0))
   collective = step_lib.make_train_step(model, OPTIMIZERS[opt], SCHEDULE, grad_accum_steps=2,
-                                        axis_name="batch")
+                                        collectives=collectives.OverAxis("batch"))
   shard_state, shard_metrics = _over_devices(collective, state, batch)
   _assert_close(shard_state, ref_state)
   _assert_close(shard_metrics, ref_metrics)
@@ -327,7 +332,7 @@ def test_sync_batch_norm_leaves_other_modules_and_named_axes_alone():
   variables = jax.jit(Net().init)(jax.random.key(1), x[0, :1])
 
   def apply(x_BD):
-    with step_lib.sync_batch_norm("batch"):
+    with collectives.sync_batch_norm("batch"):
       return Net().apply(variables, x_BD, mutable=["batch_stats"])[0]
 
   a, b, ln = jax.jit(jax.vmap(jax.vmap(apply, axis_name="batch"), axis_name="other"))(

@@ -1,8 +1,9 @@
 """Models by import path (jaxdl.models, `model.cls`): a module from outside jaxdl trains,
 checkpoints, resumes and evaluates like a built-in one; every misnamed path is explained."""
 
+import dataclasses
+import inspect
 import sys
-import textwrap
 
 import flax.linen as nn
 import numpy as np
@@ -13,6 +14,7 @@ from jaxdl import metrics as metrics_lib
 from jaxdl import models
 from jaxdl import trainer
 from jaxdl.errors import ConfigError
+from jaxdl.nn import registry
 from tests.conftest import REPO
 
 USER_MODULE = """
@@ -74,7 +76,7 @@ def _metrics(workdir):
 
 def test_class_by_import_path_takes_config_arguments_and_data_hints(user_package):
   config = _config("model.cls=userlayers:TinyNet", "model.width=24")
-  model = trainer.build_model(config, {"num_classes": 10})
+  model = models.build_model(config.model, {"num_classes": 10})
   assert type(model).__name__ == "TinyNet" and model.width == 24
   assert model.num_classes == 10  # The experiment's model.num_classes=10 agrees with the data.
   assert isinstance(model, nn.Module)
@@ -152,3 +154,99 @@ def test_experiment_model_file_is_kept_relative_to_the_current_directory(monkeyp
       "experiments/mnist_cnn_rnn.py:make_model")
   monkeypatch.chdir(tmp_path)  # Not under it: the absolute path is the only one that works.
   assert config_lib.load_experiment(experiment).model.cls == f"{experiment}:make_model"
+
+
+# ------------------------------------------------------------------------------ The registry
+
+# A module in a user's own file that registers its model where it defines it, as jaxdl's do.
+REGISTERED_MODULE = """
+import flax.linen as nn
+from jaxdl.nn import registry
+
+
+@registry.register("user_tiny_net", presets={"user_tiny_net_wide": {"width": 32}})
+class UserTinyNet(nn.Module):
+  num_classes: int
+  width: int = 8
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape((x.shape[0], -1))
+    return nn.Dense(self.num_classes)(nn.relu(nn.Dense(self.width)(x)))
+"""
+
+
+@pytest.fixture
+def clean_registry():
+  """Takes back whatever a test registers, so the global registry is the same for every test."""
+  models_before, presets_before = dict(registry.MODELS), dict(registry.PRESETS)
+  yield registry
+  registry.MODELS.clear()
+  registry.MODELS.update(models_before)
+  registry.PRESETS.clear()
+  registry.PRESETS.update(presets_before)
+
+
+def _required_arguments(cls, preset):
+  """Small values for the arguments that neither the class nor the preset gives a default."""
+  small = {"num_classes": 3, "vocab_size": 11, "block_size": 8, "num_layers": 1, "num_heads": 2,
+           "hidden_dim": 8, "embed_dim": 8, "mlp_dim": 16}
+  return {f.name: small[f.name] for f in dataclasses.fields(cls)
+          if f.name in registry.model_fields(cls) and f.name not in preset
+          and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
+@pytest.mark.parametrize("name", sorted(registry.MODELS) + sorted(registry.PRESETS))
+def test_every_registered_name_resolves_and_builds(name):
+  cls, preset = registry.resolve(name)
+  model = models.build_model({"name": name, **_required_arguments(cls, preset)})
+  assert type(model) is cls
+  for key, value in registry.convert_dtype_args(preset).items():
+    assert getattr(model, key) == value, (name, key)
+
+
+def test_builtin_models_register_where_they_are_defined():
+  # One place to look for a model's name: the file of its class, not a list elsewhere.
+  assert {"mnist_cnn", "vgg", "rows_rnn", "rnn_lm", "rnn_classifier", "gpt", "bert_classifier",
+          "transformer", "resnet", "cifar_resnet", "densenet", "vit"} <= set(registry.MODELS)
+  for name, cls in registry.MODELS.items():
+    assert cls.__module__.startswith("jaxdl.nn."), name
+    source = inspect.getsource(sys.modules[cls.__module__])
+    assert f'@registry.register("{name}"' in source, f"{name} is not registered in {cls.__module__}"
+
+
+def test_registering_a_different_class_under_a_taken_name_is_an_error(clean_registry):
+  class Other(nn.Module):
+    num_classes: int = 2
+
+  with pytest.raises(ValueError, match="'mnist_cnn' is already registered to .*MnistCNN"):
+    registry.register("mnist_cnn", Other)
+  with pytest.raises(ValueError, match="'resnet18' is already a standard configuration"):
+    registry.register("resnet18", Other)
+  with pytest.raises(ValueError, match="already a preset of 'resnet'"):
+    registry.register("other", Other, presets={"resnet18": {}})
+  with pytest.raises(ValueError, match=r"sets \['depth'\], which .*Other does not take"):
+    registry.register("other", Other, presets={"other_deep": {"depth": 3}})
+  with pytest.raises(ValueError, match="not a flax.linen.Module subclass"):
+    registry.register("other", lambda: Other())
+  assert "other" not in registry.MODELS and "other_deep" not in registry.PRESETS
+  # The same class again (its module imported twice) is fine, and so is a new name.
+  mnist_cnn = registry.MODELS["mnist_cnn"]
+  assert registry.register("mnist_cnn", mnist_cnn) is mnist_cnn
+  assert registry.register("other")(Other) is Other and registry.resolve("other") == (Other, {})
+
+
+def test_a_model_in_a_users_file_registers_itself_and_trains_by_name(tmp_path, monkeypatch,
+                                                                     clean_registry):
+  (tmp_path / "user_registered.py").write_text(REGISTERED_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, "user_registered", raising=False)
+  import user_registered  # pylint: disable=g-import-not-at-top  # As an experiment file would.
+  assert registry.resolve("user_tiny_net_wide") == (user_registered.UserTinyNet, {"width": 32})
+  with pytest.raises(ConfigError, match="Did you mean user_tiny_net"):
+    models.build_model({"name": "user_tiny_nett"})
+  result = trainer.train(_config("model.name=user_tiny_net_wide", "train.num_steps=5",
+                                 "train.eval_every_steps=5"),
+                         tmp_path / "run", show_progress=False)
+  assert result.step == 5
+  assert np.isfinite(_metrics(tmp_path / "run")["train/loss"])

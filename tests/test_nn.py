@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl.nn import MnistCNN, build_model
+from jaxdl import models
+from jaxdl.errors import ConfigError
+from jaxdl.nn import MnistCNN
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +82,14 @@ def test_forward_matches_numpy_reference():
 
 
 def test_registry_builds_by_name_and_rejects_typos():
-  model = build_model("mnist_cnn", num_classes=5)
+  model = models.build_model({"name": "mnist_cnn", "num_classes": 5})
   x = jnp.zeros((2, 28, 28, 1))
   out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), x), x)
   assert out.shape == (2, 5)
-  with pytest.raises(ValueError, match="Did you mean mnist_cnn"):
-    build_model("mnist_cn")
-  with pytest.raises(ValueError, match="num_clases"):
-    build_model("mnist_cnn", num_clases=5)
+  with pytest.raises(ConfigError, match="Did you mean mnist_cnn"):
+    models.build_model({"name": "mnist_cn"})
+  with pytest.raises(ConfigError, match="num_clases.*did you mean num_classes"):
+    models.build_model({"name": "mnist_cnn", "num_clases": 5})
 
 
 def test_model_code_is_pure():

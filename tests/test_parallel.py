@@ -24,6 +24,7 @@ import pytest
 from jaxdl import config as config_lib
 from jaxdl import trainer
 from jaxdl.errors import ConfigError
+from jaxdl.train import mesh_layout
 from jaxdl.train import parallel
 from tests.conftest import REPO
 
@@ -80,8 +81,8 @@ def one_device(tmp_path_factory):
     pytest.param(2, ["parallel.strategy=pmap"], marks=pytest.mark.slow),
     # Calls of 4 steps over stacked batches (train.steps_per_call), with im2col convolutions,
     # which XLA:CPU runs at full speed inside the call's loop.
-    (8, ["parallel.strategy=pmap", "train.steps_per_call=4", "model.conv_impl=im2col"]),
-    pytest.param(8, ["parallel.mesh.fsdp=4", "train.steps_per_call=4", "model.conv_impl=im2col"],
+    (8, ["parallel.strategy=pmap", "train.steps_per_call=4", "model.kernels=winograd"]),
+    pytest.param(8, ["parallel.mesh.fsdp=4", "train.steps_per_call=4", "model.kernels=winograd"],
                  marks=pytest.mark.slow),
 ], ids=["pmap8", "fsdp8", "data2xfsdp4", "jit2", "pmap2", "pmap8-calls4", "fsdp4-calls4"])
 def test_layout_follows_one_device(one_device, tmp_path, num_devices, layout):
@@ -173,13 +174,13 @@ def test_fsdp_splits_parameters_and_optimizer_state():
 def test_mesh_and_fsdp_rules():
   devices = [object()] * 8
   del devices
-  assert parallel.fsdp_spec((3, 3, 64, 128), 4) == jax.sharding.PartitionSpec(
+  assert mesh_layout.fsdp_spec((3, 3, 64, 128), 4) == jax.sharding.PartitionSpec(
       None, None, None, "fsdp")
-  assert parallel.fsdp_spec((4096, 1000), 8) == jax.sharding.PartitionSpec("fsdp")
-  assert parallel.fsdp_spec((10,), 8) == jax.sharding.PartitionSpec()  # Too small.
-  assert parallel.fsdp_spec((33, 65), 2) == jax.sharding.PartitionSpec()  # Nothing divides.
-  assert parallel.fsdp_spec((3, 3, 64, 128), 1) == jax.sharding.PartitionSpec()
-  mesh = parallel.make_mesh(-1, 1)
+  assert mesh_layout.fsdp_spec((4096, 1000), 8) == jax.sharding.PartitionSpec("fsdp")
+  assert mesh_layout.fsdp_spec((10,), 8) == jax.sharding.PartitionSpec()  # Too small.
+  assert mesh_layout.fsdp_spec((33, 65), 2) == jax.sharding.PartitionSpec()  # Nothing divides.
+  assert mesh_layout.fsdp_spec((3, 3, 64, 128), 1) == jax.sharding.PartitionSpec()
+  mesh = mesh_layout.make_mesh(-1, 1)
   assert mesh.shape == {"data": jax.device_count(), "fsdp": 1}
 
 
@@ -190,7 +191,7 @@ def test_mesh_and_fsdp_rules():
 ])
 def test_bad_meshes_are_refused(mesh, message):
   with pytest.raises(ConfigError, match=message):
-    parallel.make_mesh(**mesh)
+    mesh_layout.make_mesh(**mesh)
 
 
 def test_bad_strategy_and_pmap_fsdp_are_refused():
@@ -254,7 +255,7 @@ def _start_processes(args, workdir, num_processes=2):
 @pytest.mark.parametrize("options", [
     [],
     # Calls of 4 steps: each process stacks its rows of 4 batches ([4, B/2, ...]).
-    ["train.steps_per_call=4", "model.conv_impl=im2col"],
+    ["train.steps_per_call=4", "model.kernels=winograd"],
 ], ids=["calls1", "calls4"])
 def test_two_processes_follow_one_process_with_two_devices(tmp_path, options):
   """Two processes, one CPU device each, collectives over loopback (gloo)."""

@@ -1,4 +1,4 @@
-"""jaxdl.nn.pooling: the reshape path equals Flax's pooling to the bit, gradients included."""
+"""jaxdl.nn.pooling and jaxdl.kernels.pooling: the reshape path equals Flax's pooling to the bit, gradients included."""
 
 import flax.linen as nn
 import jax
@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdl.kernels import pooling as pooling_kernels
 from jaxdl.nn import pooling
 
 
@@ -69,11 +70,9 @@ def test_reduce_window_impl_and_bad_impl():
 def test_seed_cnn_trains_to_the_same_numbers_with_either_pool(tmp_path):
   """The speed option changes nothing a run computes: 20 steps and an eval, to the bit."""
   from tests.conftest import seed_cnn_run
-  # With the reshape pool the convolutions could fuse with it (jaxdl.nn.conv_pool): keep them
-  # apart to compare the pools alone.
-  fast = seed_cnn_run(tmp_path / "reshape", "model.pool_impl=reshape",
-                      "model.fuse_conv_pool=false")
-  reference = seed_cnn_run(tmp_path / "reduce_window", "model.pool_impl=reduce_window")
+  # XLA's convolutions in both, so that the pools are all that differs.
+  fast = seed_cnn_run(tmp_path / "reshape", "model.kernels=xla")
+  reference = seed_cnn_run(tmp_path / "reduce_window", "model.kernels=plain")
   assert fast == reference
   assert any("eval/loss" in r for r in fast)
 
@@ -83,7 +82,7 @@ def test_max_and_first_argmax_is_max_and_argmax_in_one_reduction():
   x = x.at[0, 0, 2].set(x[0, 0, 1])  # Ties: the first index wins, as jnp.argmax's.
   x = x.at[1, 1].set(2.5)  # Every position tied.
   for axis in (2, -1, 0):
-    top, first = jax.jit(pooling.max_and_first_argmax, static_argnums=1)(x, axis)
+    top, first = jax.jit(pooling_kernels.max_and_first_argmax, static_argnums=1)(x, axis)
     np.testing.assert_array_equal(top, jnp.max(x, axis=axis))
     np.testing.assert_array_equal(first, jnp.argmax(x, axis=axis))
     assert first.dtype == jnp.int32
@@ -92,10 +91,10 @@ def test_max_and_first_argmax_is_max_and_argmax_in_one_reduction():
 def test_max_and_first_argmax_differentiates_through_the_first_maximum():
   x = jnp.array([[1.0, 3.0, 3.0, 2.0], [0.0, -1.0, 4.0, 4.0]])
   weights = jnp.array([10.0, 100.0])
-  grad = jax.grad(lambda x: jnp.sum(pooling.max_and_first_argmax(x, 1)[0] * weights))(x)
+  grad = jax.grad(lambda x: jnp.sum(pooling_kernels.max_and_first_argmax(x, 1)[0] * weights))(x)
   np.testing.assert_array_equal(grad, [[0, 10, 0, 0], [0, 0, 100, 0]])
   # Second order through it (as the fused conv-pool's tests take it) runs and is zero here.
-  hess = jax.hessian(lambda x: jnp.sum(pooling.max_and_first_argmax(x, 1)[0] ** 2))(x)
+  hess = jax.hessian(lambda x: jnp.sum(pooling_kernels.max_and_first_argmax(x, 1)[0] ** 2))(x)
   assert hess[0, 1, 0, 1] == 2.0 and float(jnp.sum(jnp.abs(hess))) == 4.0
   with pytest.raises(ValueError, match="at most 256 positions"):
-    pooling.max_and_first_argmax(jnp.zeros((2, 300)), 1)
+    pooling_kernels.max_and_first_argmax(jnp.zeros((2, 300)), 1)

@@ -12,6 +12,7 @@ import pytest
 from jaxdl import cli
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
+from jaxdl import models
 from jaxdl import sampling
 from jaxdl import trainer
 from jaxdl.errors import CheckpointError, ConfigError, UserError
@@ -126,7 +127,7 @@ def test_greedy_sampling_equals_argmax_of_full_forward(gpt_run):
   workdir, _ = gpt_run
   config = config_lib.from_json((workdir / "config.json").read_text())
   data = trainer.load_data(config)
-  model = trainer.build_model(config, data.model_hints)
+  model = models.build_model(config.model, data.model_hints)
   from jaxdl.checkpoint import Checkpointer
   checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
   params = checkpointer.restore_as_saved(checkpointer.latest_step())["state"]["params"]

@@ -1,19 +1,23 @@
 """train.steps_per_call: several train steps in one dispatched call (a loop on the device over
 stacked batches) give the run that one step per call gives, to the bit; auto picks it on a CPU
-unless the step has XLA convolutions."""
+unless the model's layers run XLA convolutions."""
 
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxdl import config as config_lib
+from jaxdl import interval_log
+from jaxdl import models
 from jaxdl import trainer
 from jaxdl.errors import ConfigError
 from jaxdl.train import parallel
 from jaxdl.train import step as step_lib
+from jaxdl.train import steps_per_call
 from tests.conftest import REPO, seed_cnn_run
 
 
@@ -24,16 +28,81 @@ def test_calls_of_several_steps_give_the_same_run_to_the_bit(tmp_path, caplog):
   # and tests/test_parallel.py's pmap8-calls4.)
   with caplog.at_level(logging.INFO, logger="jaxdl"):
     auto = seed_cnn_run(tmp_path / "auto")
-  assert f"Running up to {trainer.CPU_STEPS_PER_CALL} train steps per call" in caplog.text
+  assert f"Up to {steps_per_call.CPU_STEPS_PER_CALL} train steps per call" in caplog.text
   assert auto == one
   assert [r["step"] for r in auto if "train/loss" in r] == [10, 20]
 
 
+def _xla_convs_override() -> str:
+  """The seed CNN's setting for Flax's plain nn.Conv: model.kernels=xla (with the kernels layer)
+  or model.conv_impl=xla (before it)."""
+  config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  model = models.build_model(config.model, {"num_classes": 10})
+  return "model.kernels=xla" if hasattr(model, "kernels") else "model.conv_impl=xla"
+
+
+def _seed_cnn(*overrides):
+  """The seed CNN as configured (on one CPU device its convolutions run as im2col matmuls), and
+  its inputs."""
+  config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
+  config_lib.apply_overrides(config, list(overrides))
+  return models.build_model(config.model, {"num_classes": 10}), jnp.zeros((1, 28, 28, 1))
+
+
+class _TinyConvNet(nn.Module):
+  """A user's module: one plain nn.Conv, or one given its own convolution function."""
+  conv_general_dilated: object = None
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    del train
+    x = nn.Conv(4, (3, 3), conv_general_dilated=self.conv_general_dilated)(x)
+    return nn.Dense(2)(x.reshape(x.shape[0], -1))
+
+
+class _Declares(nn.Module):
+  """A module that states its answer: what it calls inside is not asked."""
+  runs_xla_convolutions = False
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    return _TinyConvNet()(x, train=train)
+
+
+def _matmul_conv(lhs, rhs, *args, **kwargs):  # Stands in for jaxdl's im2col function.
+  return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def test_auto_asks_the_model_s_layers_whether_they_run_xla_convolutions():
+  """Decided by what the layers declare, not by how the step lowers."""
+  runs = steps_per_call.runs_xla_convolutions
+  x = jnp.zeros((1, 8, 8, 1))
+  assert not runs(*_seed_cnn())  # im2col matmuls and the fused conv-ReLU-pool on one CPU device.
+  assert runs(*_seed_cnn(_xla_convs_override()))
+  assert runs(_TinyConvNet(), x)
+  assert runs(_TinyConvNet(jax.lax.conv_general_dilated), x)
+  assert not runs(_TinyConvNet(_matmul_conv), x)
+  assert not runs(_Declares(), x)
+  config = config_lib.load_experiment(REPO / "experiments" / "shakespeare_char_gpt.py:cpu")
+  gpt = models.build_model(config.model, {"vocab_size": 65})
+  assert not runs(gpt, jnp.zeros((1, 8), jnp.int32))
+  config = config_lib.load_experiment(REPO / "experiments" / "shakespeare_char_lstm.py")
+  lstm = models.build_model(config.model, {"vocab_size": 65})
+  assert not runs(lstm, jnp.zeros((1, 8), jnp.int32))
+  # What a call runs: auto is 16 on a CPU unless the model runs XLA convolutions; a count is kept.
+  assert jax.default_backend() == "cpu"
+  assert steps_per_call.resolve(0, gpt, jnp.zeros((1, 8), jnp.int32)) == 16
+  assert steps_per_call.resolve(0, *_seed_cnn()) == 16
+  assert steps_per_call.resolve(0, *_seed_cnn(_xla_convs_override())) == 1
+  assert steps_per_call.resolve(4, *_seed_cnn(_xla_convs_override())) == 4
+
+
 def test_auto_is_one_step_a_call_with_xla_convolutions(tmp_path, caplog):
   with caplog.at_level(logging.INFO, logger="jaxdl"):
-    seed_cnn_run(tmp_path / "xla", "model.conv_impl=xla")
+    seed_cnn_run(tmp_path / "xla", _xla_convs_override())
   # XLA:CPU runs a convolution inside a loop ~15x more slowly.
-  assert "One train step per call: the step has XLA convolutions" in caplog.text
+  assert "One train step per call (train.steps_per_call=0, auto: the model runs XLA " \
+      "convolutions" in caplog.text
 
 
 def test_a_call_runs_its_first_n_batches_and_returns_the_last_loss():
@@ -76,8 +145,8 @@ def test_flops_of_a_call_are_those_of_one_step():
                                   steps_in_call=True).lower(
       *args, layout.put_batch(parallel.stack_steps([batch], 4), steps_axis=True), np.int32(4),
       rng)
-  one = trainer._efficiency(single.compile(), layout, config)  # pylint: disable=protected-access
-  four = trainer._efficiency(several.compile(), layout, config, steps_loop=True)  # pylint: disable=protected-access
+  one = interval_log.step_efficiency(single.compile(), layout, "float32")
+  four = interval_log.step_efficiency(several.compile(), layout, "float32", steps_loop=True)
   assert not one.lower_bound and not four.lower_bound
   np.testing.assert_allclose(four.flops_per_step, one.flops_per_step, rtol=1e-3)
 

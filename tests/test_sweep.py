@@ -175,10 +175,10 @@ def test_learning_rate_sweep_gives_each_member_its_value(tmp_path):
 def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tmp_path):
   """sweep.method=map runs the members one after another in one compiled loop: each computes
   exactly what its separate run does, where XLA:CPU compiles the step alike inside the loop, as
-  it does the seed CNN with conv_pool_impl=im2col. With the default (Winograd conv2 after the
+  it does the seed CNN with the fused im2col kernels. With the default (Winograd conv2 after the
   elementwise conv1) it does not quite: after 8 steps some parameters differ by ~1e-8, so there
   the members follow their runs to float rounding, as under vmap."""
-  im2col = "model.conv_pool_impl=im2col"
+  im2col = "model.kernels=fused"
   for seed in (0, 1):
     trainer.train(_config(f"seed={seed}", im2col), tmp_path / f"seed{seed}", show_progress=False)
   trainer.train(_config("sweep.seeds=2", "sweep.method=map", im2col), tmp_path / "map",

@@ -1,4 +1,4 @@
-"""jaxdl.nn.winograd: F(2x2, 3x3) convolution + bias + ReLU + 2x2 max-pool against XLA's."""
+"""jaxdl.kernels.winograd: F(2x2, 3x3) convolution + bias + ReLU + 2x2 max-pool against XLA's."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxdl.nn import winograd
+from jaxdl.kernels import winograd
 
 
 def _reference(x_padded, kernel, bias):

@@ -16,41 +16,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# softmax and flat_apply are also imported from here (they lived in this file).
+from jaxdl.kernels.dense import flat_apply
+from jaxdl.kernels.softmax import softmax
 from jaxdl.nn.dropout import applies, check_rate, is_traced
 
 Array = jax.Array
 Initializer = nn.initializers.Initializer
 
 IMPLEMENTATIONS = ("plain", "jax", "cudnn")
-
-
-@jax.custom_jvp
-def _softmax_rowsum_as_matmul(logits: Array) -> Array:
-  """jax.nn.softmax over the last axis, whose derivative sums rows with matmuls (XLA:CPU)."""
-  return jax.nn.softmax(logits, axis=-1)
-
-
-@_softmax_rowsum_as_matmul.defjvp
-def _softmax_jvp(primals, tangents):
-  # d softmax = p * t - p * rowsum(p * t), the row sum broadcast back over the row. XLA:CPU runs
-  # the reverse-mode sum as a standalone XNNPACK reduction that took ~1.1 ms per layer in the
-  # char GPT's train step (~14x its cost alone); as matmuls against ones vectors, (w @ 1_S1) @
-  # 1_1S, the forward and the transposed (reverse-mode) rules have no reduction at all, and the
-  # step ran ~9% faster (benchmarks/README.md). Equal to jax.nn.softmax's derivative up to
-  # rounding.
-  (logits,), (t,) = primals, tangents
-  probs = jax.nn.softmax(logits, axis=-1)
-  weighted = probs * t
-  s = logits.shape[-1]
-  ones_S1, ones_1S = jnp.ones((s, 1), weighted.dtype), jnp.ones((1, s), weighted.dtype)
-  return probs, weighted - probs * ((weighted @ ones_S1) @ ones_1S)
-
-
-def softmax(logits: Array) -> Array:
-  """Softmax over the last axis: jax.nn.softmax, with a derivative that is faster on XLA:CPU."""
-  if jax.default_backend() == "cpu":
-    return _softmax_rowsum_as_matmul(logits)
-  return jax.nn.softmax(logits, axis=-1)
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, *, offset: int | Array = 0) -> Array:
@@ -187,6 +161,7 @@ def dot_product_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, *,
     mask_BKGTS = _grouped(mask, k, g)
     # A finite fill keeps fully masked rows free of inf - inf; those rows are zeroed below.
     logits_BKGTS = jnp.where(mask_BKGTS, logits_BKGTS, jnp.finfo(jnp.float32).min)
+  # jax.nn.softmax's values; on the CPU its derivative has no slow row reductions.
   probs_BKGTS = softmax(logits_BKGTS)
   if mask is not None:
     probs_BKGTS = probs_BKGTS * jnp.any(mask_BKGTS, axis=-1, keepdims=True)
@@ -214,19 +189,6 @@ def _jax_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias, implementation):
     any_BNT = jnp.any(mask, axis=-1)
     out_BTNH = out_BTNH * jnp.transpose(any_BNT, (0, 2, 1))[..., None].astype(out_BTNH.dtype)
   return out_BTNH
-
-
-def flat_apply(layer: Any, x: Array, feature_axes: int = 1) -> Array:
-  """layer(x) with x's leading axes (all but the last `feature_axes`) flattened into one.
-
-  The same numbers as layer(x), for a layer that acts on the feature axes alone (a Dense): the
-  kernel's gradient then contracts over ONE axis of x and of the output's cotangent, which XLA:CPU
-  multiplies as they are, where over two (batch, time) it first copies the cotangent transposed,
-  fused into whatever produced it (a GELU MLP on [12, 64, 128] trains 2.4x faster on [768, 128]).
-  """
-  lead = x.shape[:x.ndim - feature_axes]
-  y = layer(x.reshape(-1, *x.shape[x.ndim - feature_axes:]))
-  return y.reshape(*lead, *y.shape[1:])
 
 
 class MultiHeadAttention(nn.Module):

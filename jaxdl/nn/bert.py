@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import registry
 from jaxdl.nn.attention import padding_mask
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import TransformerBlock, tied_logits
@@ -123,6 +124,7 @@ def _encoder_kwargs(module: nn.Module) -> dict[str, Any]:
           if f.init and f.name not in ("parent", "name")}
 
 
+@registry.register("bert_classifier", presets=BERT_PRESETS)
 class BertClassifier(_BertFields):
   """BERT for sequence classification. tokens [B, T] -> logits [B, num_classes] (float32).
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn import pooling
+from jaxdl.nn import registry
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
@@ -93,6 +94,7 @@ class Transition(_ConvBN):
     return pooling.avg_pool(x, (2, 2), (2, 2))
 
 
+@registry.register("densenet", presets=DENSENET_PRESETS)
 class DenseNet(_ConvBN):
   """DenseNet-121/161/169/201. images [B, H, W, C] -> logits [B, num_classes] (float32).
 

@@ -26,7 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.nn.attention import causal_mask, flat_apply
+from jaxdl.kernels.dense import flat_apply
+from jaxdl.nn import registry
+from jaxdl.nn.attention import causal_mask
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock, tied_logits
 
@@ -49,6 +51,7 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@registry.register("gpt", presets=GPT_PRESETS)
 class GPT(nn.Module):
   """Decoder-only Transformer LM. tokens [B, T] -> next-token logits [B, T, V] (float32).
 
@@ -130,7 +133,7 @@ class GPT(nn.Module):
     x_BTD = nn.LayerNorm(self.layer_norm_epsilon, use_bias=self.use_bias, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="ln_f")(x_BTD)
     # On [B*T, D] rather than [B, T, D]: the same numbers, and a faster backward on CPU (see
-    # jaxdl.nn.attention.flat_apply).
+    # jaxdl.kernels.dense.flat_apply).
     if self.tie_embeddings:
       return flat_apply(lambda x_ND: tied_logits(x_ND[None], wte.embedding)[0], x_BTD)
     lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,

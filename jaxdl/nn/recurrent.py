@@ -3,8 +3,8 @@
 `Recurrent` hoists the input projection of every timestep into one matmul, then scans only the
 recurrent half of the cell with Flax's lifted `nn.scan` (params broadcast, so they are created
 once and shared by all steps), or runs the cell's own `recurrence` over all steps when it has one
-(the LSTM's, with a hand-written backward pass: jaxdl.nn.cells.lstm_recurrence). Padding is given
-as per-example `lengths_B` or a boolean `mask_BT` (True = a real step): at a masked step an
+(the LSTM's, with a hand-written backward pass: jaxdl.kernels.lstm.lstm_recurrence). Padding is
+given as per-example `lengths_B` or a boolean `mask_BT` (True = a real step): at a masked step an
 example's carry is frozen and its output is zero, so its final carry is the one at its last valid
 step.
 

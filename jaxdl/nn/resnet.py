@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import registry
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
 Array = jax.Array
@@ -154,6 +155,7 @@ def _head(module: nn.Module, x_BHWC: Array) -> Array:
                   param_dtype=module.param_dtype, dot_general=F32_DOT_GENERAL, name="fc")(x_BC)
 
 
+@registry.register("resnet", presets=RESNET_PRESETS)
 class ResNet(nn.Module):
   """ResNet-18/34/50/101/152. images [B, H, W, C] -> logits [B, num_classes] (float32).
 
@@ -200,6 +202,7 @@ class ResNet(nn.Module):
     return _head(self, x)
 
 
+@registry.register("cifar_resnet", presets=CIFAR_RESNET_PRESETS)
 class CifarResNet(nn.Module):
   """He et al.'s CIFAR ResNets (depth 6n + 2). images [B, H, W, C] -> logits [B, K] (float32).
 

@@ -14,13 +14,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.nn.attention import flat_apply
+from jaxdl.kernels.dense import flat_apply
+from jaxdl.nn import registry
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.recurrent import StackedRNN
 
 Array = jax.Array
 
 
+@registry.register("rows_rnn")
 class RowsRNNClassifier(nn.Module):
   """Reads an image [B, H, W, C] as H timesteps of W*C features (MNIST: 28 steps of 28 pixels).
 
@@ -51,6 +53,7 @@ class RowsRNNClassifier(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h_BH).astype(jnp.float32)
 
 
+@registry.register("rnn_lm")
 class RNNLanguageModel(nn.Module):
   """Character-level recurrent language model: Embed -> StackedRNN -> Dense(vocab_size).
 
@@ -89,11 +92,12 @@ class RNNLanguageModel(nn.Module):
       cache.value = carries
 
     y_BTH = dropout(y_BTH)
-    # On [B*T, H]: the same numbers, and a faster backward on CPU (jaxdl.nn.attention.flat_apply).
+    # On [B*T, H]: the same numbers, and a faster backward on CPU (jaxdl.kernels.dense.flat_apply).
     logits = flat_apply(nn.Dense(self.vocab_size, dtype=self.dtype, name="logits"), y_BTH)
     return logits.astype(jnp.float32)
 
 
+@registry.register("rnn_classifier")
 class RNNTextClassifier(nn.Module):
   """Classifies token sequences [B, L] padded with `pad_id` (anywhere: padded steps are skipped).
 

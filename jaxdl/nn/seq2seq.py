@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import registry
 from jaxdl.nn.attention import causal_mask, padding_mask
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import TransformerBlock, sinusoidal_positions, tied_logits
@@ -87,6 +88,7 @@ class _Stack(nn.Module):
     return x_BTD
 
 
+@registry.register("transformer", presets=SEQ2SEQ_PRESETS)
 class Seq2SeqTransformer(nn.Module):
   """Encoder-decoder Transformer. (src [B, S], tgt_in [B, T]) -> logits [B, T, V] (float32).
 

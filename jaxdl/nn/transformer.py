@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.nn.attention import MultiHeadAttention, flat_apply
+from jaxdl.kernels.dense import flat_apply
+from jaxdl.nn.attention import MultiHeadAttention
 from jaxdl.nn.dropout import Dropout
 
 Array = jax.Array
@@ -88,7 +89,7 @@ class Mlp(nn.Module):
     fc_out = dense(x_BTD.shape[-1], out_init, "fc_out")
     # On [B*T, D] rows rather than [B, T, D]: the same numbers, but XLA:CPU then contracts the
     # kernels' gradients over one axis and skips a transposed copy of the activation's gradient
-    # (about a fifth of the CPU char GPT's step; see attention.flat_apply).
+    # (see jaxdl.kernels.dense.flat_apply).
     return flat_apply(lambda x_ND: fc_out(act(fc_in(x_ND))), x_BTD)
 
 

@@ -17,9 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.nn import conv as conv_lib
-from jaxdl.nn import conv_pool
-from jaxdl.nn import pooling
+from jaxdl.nn import registry
+from jaxdl.nn.conv_layers import ConvLayers
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
@@ -83,6 +82,19 @@ def adaptive_avg_pool(x_BHWC: Array, output_size: int | Sequence[int]) -> Array:
   return out.astype(x_BHWC.dtype)
 
 
+def _stages(config: tuple[int | str, ...]) -> list[list[int]]:
+  """A VGG configuration as its stages: the convolutions' channels up to each "M" (max pool)."""
+  stages, current = [], []
+  for v in config:
+    if v == "M":
+      stages.append(current)
+      current = []
+    else:
+      current.append(v)
+  return stages
+
+
+@registry.register("vgg", presets=VGG_PRESETS)  # vgg11 ... vgg19, *_bn
 class VGG(nn.Module):
   """VGG-11/13/16/19. images [B, H, W, C] -> logits [B, num_classes] (float32).
 
@@ -98,16 +110,9 @@ class VGG(nn.Module):
     pool_size: side of the adaptive pool's output (7); 1 gives the small-image VGGs whose
       classifier reads a 512-vector.
     dropout_rate: dropout after each hidden classifier layer (rng stream "dropout").
-    pool_impl, conv_impl: how max-pools and convolutions run (jaxdl.nn.pooling, jaxdl.nn.conv);
-      the parameters are the same whichever is picked, and the results equal up to float
-      rounding. On a single CPU device the default (im2col) made a VGG-11 train step at batch 16
-      on 32x32 images 3.3x faster (168 against 547 ms: benchmarks/conv_impl.py --model vgg11).
-    fuse_conv_pool: with im2col convolutions, no BatchNorm and pool_impl "reshape", the last
-      convolution of each stage runs with its ReLU and max-pool as one op (jaxdl.nn.conv_pool):
-      the same parameters and outputs, gradients equal up to float rounding.
-    conv_pool_impl: that op's algorithm: "auto" (Winograd F(2x2, 3x3) from 8 input channels,
-      elementwise products for the first layer; 1.22x faster at batch 16 on 32x32 images),
-      "im2col" or "winograd" (jaxdl.nn.conv_pool). Equal up to float rounding.
+    kernels: how the convolutions and pools run (jaxdl.nn.conv_layers); the parameters are the
+      same whichever is picked, the results equal up to float rounding. Without BatchNorm, the
+      fused kernel sets run each stage's last convolution, ReLU and pool as one op.
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
   """
 
@@ -118,10 +123,7 @@ class VGG(nn.Module):
   hidden_dim: int = 4096
   pool_size: int = 7
   dropout_rate: float = 0.5
-  pool_impl: str = "reshape"  # jaxdl.nn.pooling; "reduce_window" is Flax's, same results.
-  conv_impl: str = "auto"  # jaxdl.nn.conv: "im2col" on one CPU device (faster), else "xla".
-  fuse_conv_pool: bool = True  # jaxdl.nn.conv_pool, where the convolutions are im2col.
-  conv_pool_impl: str = "auto"  # The fused op's algorithm (jaxdl.nn.conv_pool).
+  kernels: str = "auto"  # jaxdl.nn.conv_layers.KERNELS: plain, xla, im2col, fused, winograd.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -137,37 +139,30 @@ class VGG(nn.Module):
       raise ValueError(f"VGG needs images of at least 32x32 (it halves them five times); got "
                        f"{x_BHWC.shape[1]}x{x_BHWC.shape[2]}. Resize or pad the inputs.")
     x = x_BHWC.astype(self.dtype)
-    conv_general_dilated = conv_lib.conv_general_dilated(self.conv_impl)
-    fuse = (self.fuse_conv_pool and conv_general_dilated is not None and not self.batch_norm
-            and self.pool_impl == "reshape")
-    stages = VGG_CONFIGS[self.depth]
-    index = 0  # Position in torchvision's `features` Sequential, which names the layers.
-    pooled = False  # Whether the last convolution already ran its stage's max-pool.
-    for i, v in enumerate(stages):
-      if v == "M":
-        if not pooled:
-          x = pooling.max_pool(x, (2, 2), (2, 2), impl=self.pool_impl)
-        pooled = False
-        index += 1
-        continue
-      features = max(1, round(v * self.width_multiplier))
-      if fuse and i + 1 < len(stages) and stages[i + 1] == "M":
-        x = conv_pool.ConvReluMaxPool(
-            features, (3, 3), window=(2, 2), padding=((1, 1), (1, 1)), kernel_init=_CONV_INIT,
-            dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_pool_impl,
-            name=f"features_{index}")(x)
-        pooled = True
-        index += 2
-        continue
-      x = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_CONV_INIT,
-                  dtype=self.dtype, param_dtype=self.param_dtype,
-                  conv_general_dilated=conv_general_dilated, name=f"features_{index}")(x)
+    layers = ConvLayers(self.kernels, dtype=self.dtype, param_dtype=self.param_dtype,
+                        kernel_init=_CONV_INIT)
+    padding = ((1, 1), (1, 1))
+
+    def conv_bn_relu(x, features, index):
+      x = layers.conv(features, (3, 3), padding, name=f"features_{index}")(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, param_dtype=self.param_dtype,
                          name=f"features_{index + 1}")(x)
-      x = nn.relu(x)
-      index += 3 if self.batch_norm else 2
+      return nn.relu(x)
+
+    index = 0  # Position in torchvision's `features` Sequential, which names the layers.
+    per_conv = 3 if self.batch_norm else 2  # conv [, BatchNorm], ReLU
+    for stage in _stages(VGG_CONFIGS[self.depth]):
+      *inner, last = [max(1, round(v * self.width_multiplier)) for v in stage]
+      for features in inner:
+        x = conv_bn_relu(x, features, index)
+        index += per_conv
+      if self.batch_norm:
+        x = layers.max_pool(conv_bn_relu(x, last, index), (2, 2))
+      else:
+        x = layers.conv_relu_pool(x, last, (3, 3), (2, 2), padding, name=f"features_{index}")
+      index += per_conv + 1  # and the max pool
 
     x = adaptive_avg_pool(x, self.pool_size)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order

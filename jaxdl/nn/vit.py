@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import registry
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock
 
@@ -66,6 +67,7 @@ class PatchEmbed(nn.Module):
 STEMS: dict[str, type[nn.Module]] = {"patch": PatchEmbed}
 
 
+@registry.register("vit", presets=VIT_PRESETS)
 class ViT(nn.Module):
   """Vision Transformer classifier. images [B, S, S, C] (S = image_size) -> logits [B, K], float32.
 

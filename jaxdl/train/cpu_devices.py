@@ -4,19 +4,19 @@ XLA:CPU runs one program at a time per device, and inside a program it paralleli
 operations (large convolutions and matmuls) over the cores; element-wise work, pooling and the
 small convolutions of a model like the seed MNIST CNN run on one core. Splitting the host into N
 devices and the batch over them (the trainer's data-parallel mesh) runs N such programs at once,
-so every core has work: on a 2-core machine the seed CNN trains ~1.6x faster
-(benchmarks/README.md, "cpu devices").
+so every core has work. Which models that pays for is measured in benchmarks/README.md ("cpu
+devices").
 
 `parallel.cpu_devices`:
 - 1 (default): the whole host is one device, XLA's default.
 - "auto": 8 devices, or the largest number that divides the batch sizes, when JAX runs on the
-  CPU and nothing else has chosen a device count (experiments/mnist_cnn.py opts in). The count is
+  CPU and nothing else has chosen a device count; an experiment opts in. The count is
   fixed rather than the machine's core count so that a run gives the same numbers on a laptop
   and on a 64-core server (the mean over 8 shards adds in another order than over 1: results
   equal a 1-device run to float rounding, not to the bit). It is not the default because it
   pays only for models whose step is a few large operations: a recurrent model's loop of small
-  steps ran ~2.7x *slower* on 8 devices than on 1 (char LSTM, benchmarks/README.md), each
-  device's loop then competing for the cores step by step.
+  steps ran slower on 8 devices than on 1 (char LSTM, benchmarks/README.md), each device's loop
+  then competing for the cores step by step.
 - N >= 1: exactly N.
 
 It only acts before JAX starts its CPU backend: `jaxdl train` applies it first thing. A process

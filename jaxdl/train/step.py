@@ -1,6 +1,5 @@
 """The train state and the pure train/eval step functions. Nothing here touches files."""
 
-import contextlib
 from typing import Any, Callable
 
 import flax
@@ -9,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdl.train import collectives as collectives_lib
 from jaxdl.train import tasks
 
 Batch = dict[str, jax.Array]
@@ -39,37 +39,6 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, init_
                     ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
-def sync_batch_norm(axis_name: str):
-  """Context manager: every `nn.BatchNorm` whose `axis_name` is None normalises over `axis_name`.
-
-  Under `jax.pmap` (or `vmap`/`shard_map` with a named axis) each device sees only its shard of
-  the batch, so a plain BatchNorm would normalise with per-device statistics and each device's
-  running averages would drift apart. Inside this context the batch mean and variance are
-  `lax.pmean`-ed over `axis_name`: training normalises with the statistics of the whole global
-  batch, as the single-device step does, and the running averages stay equal on every device.
-  BatchNorms that already name an axis, and every other layer, are left alone; with
-  `use_running_average=True` (evaluation) BatchNorm computes no statistics, so this is harmless.
-
-    with sync_batch_norm("batch"):
-      logits, new_state = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  """
-
-  def interceptor(next_fun, args, kwargs, context):
-    module = context.module
-    if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"
-            and module.axis_name is None):
-      return next_fun(*args, **kwargs)
-    # Modules are frozen dataclasses; this instance exists only for the current `apply`, and the
-    # attribute is restored after the call, so nothing outside sees the change.
-    object.__setattr__(module, "axis_name", axis_name)
-    try:
-      return next_fun(*args, **kwargs)
-    finally:
-      object.__setattr__(module, "axis_name", None)
-
-  return nn.intercept_methods(interceptor)
-
-
 def _loss_weight_fn(task: Any) -> Callable[[Batch], jax.Array] | None:
   """batch -> what the task's loss (and each of its metrics) is a mean over, counted in the batch;
   None when that is the same for every equal-sized batch (one label per example, LM tokens).
@@ -86,15 +55,6 @@ def _weighted_mean(sum_tree: Any, total_weight: jax.Array) -> Any:
   # A total weight of 0 (no scored token anywhere) means every weighted sum is 0 too: return 0.
   total = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
   return jax.tree.map(lambda s: s / total, sum_tree)
-
-
-def _mean_over_axis(tree: Any, weight: jax.Array | None, axis_name: str) -> Any:
-  """The mean of `tree` over the devices of `axis_name`, weighted by `weight` unless it is None."""
-  if weight is None:
-    return jax.lax.pmean(tree, axis_name)
-  mean = _weighted_mean(jax.lax.psum(jax.tree.map(lambda x: x * weight, tree), axis_name),
-                        jax.lax.psum(weight, axis_name))
-  return jax.tree.map(lambda m, x: m.astype(x.dtype), mean, tree)
 
 
 def split_micro_batches(batch: Batch, num_micro_batches: int) -> Batch:
@@ -120,7 +80,7 @@ def split_micro_batches(batch: Batch, num_micro_batches: int) -> Batch:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     task: Any = tasks.Classification(), ema_decay: float = 0.0, *,
                     grad_accum_steps: int = 1, grad_accum_unroll: bool = False,
-                    axis_name: str | None = None) -> Callable[
+                    collectives: collectives_lib.Collectives = collectives_lib.GLOBAL) -> Callable[
                         [TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Returns train_step(state, batch, rng) -> (state, metrics); `rng` is the run's training key.
 
@@ -142,12 +102,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   a loop body run ~17x slower there (the seed CNN, 4 x 64 examples: 1.57 s looped, 89 ms
   unrolled, 132 ms as one batch of 256).
 
-  `axis_name` makes the step collective, for `jax.pmap(train_step, axis_name=axis_name)` with each
-  device holding a shard of the global batch: BatchNorm statistics are computed over the global
-  (micro-)batch (`sync_batch_norm`); gradients and the task's metrics are averaged over the axis
-  (weighted like the micro-batches) before the update, so every device applies the same update and
-  keeps identical parameters, optimizer and BatchNorm state; each device folds its axis index into
-  the step's key, so dropout masks differ between devices while `rng` is the same on all of them.
+  `collectives` (jaxdl.train.collectives; the layout's) says what the step does across devices:
+  nothing for one program over global arrays (GLOBAL, the default); with `OverAxis(name)`, for
+  `jax.pmap(train_step, axis_name=name)` with each device holding a shard of the global batch,
+  BatchNorm statistics are computed over the global (micro-)batch; gradients and the task's
+  metrics are averaged over the axis (weighted like the micro-batches) before the update, so every
+  device applies the same update and keeps identical parameters, optimizer and BatchNorm state;
+  each device folds its axis index into the step's key, so dropout masks differ between devices
+  while `rng` is the same on all of them.
   """
   if (isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int)
       or grad_accum_steps < 1):
@@ -161,7 +123,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
     def loss_fn(params):
       variables = {"params": params, **model_state}
-      with sync_batch_norm(axis_name) if axis_name is not None else contextlib.nullcontext():
+      with collectives.batch_norm():
         outputs, new_model_state = model.apply(
             variables, *task.model_inputs(batch), train=True, rngs={"dropout": rng},
             mutable=mutable)
@@ -201,18 +163,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     # The step's randomness depends only on the step number, never on host-side call order.
-    step_rng = jax.random.fold_in(rng, state.step)
-    if axis_name is not None:
-      step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+    step_rng = collectives.device_key(jax.random.fold_in(rng, state.step))
     if grad_accum_steps == 1:
       grads, metrics, new_model_state = grads_and_metrics(state.params, state.model_state, batch,
                                                           step_rng)
     else:
       grads, metrics, new_model_state = accumulated_grads_and_metrics(
           state.params, state.model_state, batch, step_rng)
-    if axis_name is not None:  # Every device applies the mean update of the global batch.
-      weight = loss_weight(batch) if loss_weight is not None else None
-      grads, metrics = _mean_over_axis((grads, metrics), weight, axis_name)
+    # Every device applies the mean update of the global batch.
+    weight = None if loss_weight is None else lambda: loss_weight(batch)
+    grads, metrics = collectives.mean((grads, metrics), weight)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {

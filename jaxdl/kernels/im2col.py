@@ -1,63 +1,36 @@
 """Convolution as a matmul over image patches (im2col), a faster lowering on XLA:CPU.
 
 XLA:CPU runs a convolution's gradient with respect to its kernel as another convolution, whose
-"batch" is the input channels and whose window is the whole output image: in the seed MNIST CNN
-at batch 64 that one op (conv2's kernel gradient) took 9 of the step's 24 ms, at ~31 GFLOP/s on a
-machine whose matmuls run at ~280. Written as matmuls the same work runs near matmul speed:
+"batch" is the input channels and whose window is the whole output image; that runs far below
+the machine's matmul speed (benchmarks/README.md, "im2col"). Written as matmuls the same work runs
+near matmul speed:
 
     patches_NK = the kh*kw shifted views of the padded input, side by side   [B*Ho*Wo, kh*kw*C]
     y          = patches_NK @ kernel_KO                                       [B*Ho*Wo, O]
     d kernel   = patches_NK^T @ dy_NO
     d input    = the kh*kw slices of dy_NO @ kernel_KO^T, added back where each view came from
 
-`conv_general_dilated(impl)` gives a function with `lax.conv_general_dilated`'s signature, for
-Flax's `nn.Conv(conv_general_dilated=...)`: the parameters, their names and their initialisation
-stay Flax's, so checkpoints move freely between implementations. The results equal XLA's
-convolution up to float rounding (the sums run in another order; tests/test_conv.py bounds the
-difference). The forward keeps the patches for the backward pass: kh*kw times the input's memory
-per layer, which is one reason "auto" picks im2col only on a CPU (with one device: see
-`resolve_impl`).
+`im2col_conv_general_dilated` has `lax.conv_general_dilated`'s signature, for Flax's
+`nn.Conv(conv_general_dilated=...)`: the parameters, their names and their initialisation stay
+Flax's, so checkpoints move freely between implementations. The results equal XLA's convolution
+up to float rounding (the sums run in another order; tests/test_conv.py bounds the difference).
+The forward keeps the patches for the backward pass: kh*kw times the input's memory per layer,
+which is one reason jaxdl.nn.conv_layers picks im2col only on a single CPU device.
 
 Unsupported arguments (input or kernel dilation, feature groups, layouts other than Flax's
 channels-last) fall back to `lax.conv_general_dilated`, so every `nn.Conv` keeps working.
 Reverse mode differentiates through it to any order; forward mode (`jax.jvp`, `jax.hessian`)
-does not, as for any `jax.custom_vjp`: pick `conv_impl="xla"` for that.
+does not, as for any `jax.custom_vjp`: use the plain kernels for that.
 """
 
 import functools
 import itertools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-CONV_IMPLS = ("auto", "xla", "im2col")
-
-
-def resolve_impl(impl: str) -> str:
-  """"xla" or "im2col" for a conv_impl setting.
-
-  "auto" is im2col on a CPU backend with one local device, else xla. Split into 8 CPU devices
-  (parallel.cpu_devices), each device's share of the batch is small and XLA's convolutions were
-  faster there (benchmarks/conv_impl.py: im2col 0.77-0.83x on 8 devices, 1.6-1.7x on one).
-  """
-  if impl not in CONV_IMPLS:
-    raise ValueError(f"Unknown convolution implementation {impl!r}; choose one of {CONV_IMPLS} "
-                     "('im2col' runs convolutions as matmuls over patches, faster on XLA:CPU; "
-                     "'xla' is lax.conv_general_dilated, Flax's default; 'auto' picks im2col "
-                     "on a single CPU device and xla elsewhere).")
-  if impl == "auto":
-    one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
-    return "im2col" if one_cpu else "xla"
-  return impl
-
-
-def conv_general_dilated(impl: str) -> Callable[..., jax.Array] | None:
-  """The function for `nn.Conv(conv_general_dilated=...)`: None (Flax's default) for "xla"."""
-  return im2col_conv_general_dilated if resolve_impl(impl) == "im2col" else None
-
 
 def _pairs(value: Sequence[int] | None, n: int) -> tuple[int, ...]:
   return (1,) * n if value is None else tuple(value)
@@ -189,8 +162,8 @@ def _conv_im2col_bwd(strides, pads, precision, residuals, dy):
 def place_and_sum(views, offsets, strides, padded_shape):
   """The sum of `views` [B, *S_view, C], each zero-padded into [B, *padded_shape, C] so that its
   element at index v lands at offset + strides * v: the gradient of cutting strided views out of
-  an array. One interior padding per view, all fused by XLA into one pass (on XLA:CPU ~2x faster
-  than interleaving shifted blocks with stacks and transposes)."""
+  an array. One interior padding per view, all fused by XLA into one pass (on XLA:CPU faster than
+  interleaving shifted blocks with stacks and transposes)."""
   total = None
   for view, offset in zip(views, offsets):
     pad_config = [(0, 0, 0)]

@@ -1,6 +1,6 @@
 """A convolution, its bias, ReLU and a tiling max-pool as one op: im2col per pool phase.
 
-In the seed MNIST CNN on XLA:CPU ~45% of the step's op time was memory-bound work on conv1's
+In the seed MNIST CNN on XLA:CPU much of the step's op time was memory-bound work on conv1's
 [B, 26, 26, 32] output: adding the bias, the ReLU, the pool and their three gradients, each a pass
 over that array. Here the convolution is computed separately for each position of the pool window
 (its "phase"): phase (a, b) of a 2x2 pool holds the convolution at output pixels (2i + a, 2j + b),
@@ -11,26 +11,20 @@ and the bias and ReLU run after it, on the pooled array (4x smaller), which give
 
 since x -> x + bias and relu are monotone, also in floating point. The forward pass keeps the
 patches and, per pooled output, the phase its gradient goes to (int8): the first holding the
-maximum, as select_and_scatter and jaxdl.nn.pooling.max_pool choose, or none where the ReLU is
+maximum, as select_and_scatter and jaxdl.kernels.pooling choose, or none where the ReLU is
 off. The backward pass routes the gradient there in one elementwise pass, and the kernel gradient
 is one matmul over all phases' patches. Conv outputs that a VALID pool drops (conv2's 11th row and
 column in the seed CNN) are never computed.
 
-Measured on the seed CNN's train step (2-core x86, one device; benchmarks/conv_impl.py, see
-benchmarks/README.md): 1.3x faster at batch 64 and at 256 than im2col convolutions with separate
-bias, ReLU and pool (15.1 against 19.9 ms, 60.0 against 77.3 ms). VGG-11: the same speed.
-
 `impl` picks the algorithm per layer. "im2col" is the above everywhere: its results equal
-jaxdl.nn.conv's im2col convolution, then bias, relu and max_pool, up to float rounding of the
+jaxdl.kernels.im2col's convolution, then bias, relu and max_pool, up to float rounding of the
 kernel and bias gradients (they are summed in another order). "auto" (the default) runs 3x3
 convolutions with a 2x2 pool and 8 or more input channels by Winograd's F(2x2, 3x3)
-(jaxdl.nn.winograd: 2.25x fewer multiplications, no patch arrays), and computes a first layer's
-small patches (at most ELEMENTWISE_MAX_PATCH values) times the kernel as elementwise multiply-adds
+(jaxdl.kernels.winograd: 2.25x fewer multiplications, no patch arrays), and computes a first
+layer's small patches (at most ELEMENTWISE_MAX_PATCH values) times the kernel as elementwise multiply-adds
 fused with the pool, where a matmul with so short a contraction only moves memory. Its results
 differ from "im2col" by float rounding (tests/test_conv_pool.py, tests/test_winograd.py). The
-seed CNN trains 1.6-1.8x faster than with "im2col" at batch 256 and 1.6x at 64
-(benchmarks/mnist_cnn_peers.py on a 2-core CPU); VGG-11's step is 1.22x faster
-(benchmarks/conv_impl.py; benchmarks/README.md).
+speed of each is measured in benchmarks/README.md.
 Stride-1 channels-last convolutions with a window-tiling pool of up to 64 positions only;
 reverse-mode differentiation only, as for any `jax.custom_vjp`.
 """
@@ -38,16 +32,14 @@ reverse-mode differentiation only, as for any `jax.custom_vjp`.
 import functools
 import itertools
 import math
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxdl.nn import conv as conv_lib
-from jaxdl.nn import pooling
-from jaxdl.nn import winograd
+from jaxdl.kernels import im2col as conv_lib
+from jaxdl.kernels import pooling
+from jaxdl.kernels import winograd
 
 
 IMPLS = ("auto", "im2col", "winograd")
@@ -155,7 +147,7 @@ def conv_relu_max_pool(x, kernel, bias, pads: tuple[tuple[int, int], ...],
     pads: the convolution's (low, high) zero padding per spatial axis, each >= 0.
     window: the pool's window, also its strides; remainder rows and columns are dropped.
     precision: the matmuls' lax precision (None: the default).
-    impl: "auto" (the fastest measured: Winograd F(2x2, 3x3) where jaxdl.nn.winograd applies,
+    impl: "auto" (the fastest measured: Winograd F(2x2, 3x3) where jaxdl.kernels.winograd applies,
       else im2col per pool phase, as elementwise multiply-adds for patches of at most
       ELEMENTWISE_MAX_PATCH values), "im2col" (im2col matmuls per phase everywhere) or
       "winograd" (an error where it does not apply). All give the same numbers up to float
@@ -200,7 +192,7 @@ def _bwd(pads, window, precision, impl, residuals, dy):
     # rows: the patches [N * P, K * C], rows in dz's row order.
     dkernel = jnp.matmul(rows.T, dz.reshape(-1, o), precision=precision).reshape(kernel.shape)
   dbias = jnp.sum(through.reshape(-1, o), axis=0)
-  # The input gradient as jaxdl.nn.conv computes it, from the conv output's gradient: the
+  # The input gradient as jaxdl.kernels.im2col computes it, from the conv output's gradient: the
   # phases interleaved back into [B, *conv_size, O], zeros where the pool dropped pixels. (Put
   # back from each phase's own patches, 36 views for a 3x3 kernel and 2x2 pool, XLA:CPU wrote
   # the 36 paddings out as separate arrays before summing them.) XLA drops all of this when the
@@ -222,36 +214,3 @@ def _bwd(pads, window, precision, impl, residuals, dy):
 
 
 _conv_relu_max_pool_im2col.defvjp(_forward, _bwd)
-
-
-class ConvReluMaxPool(nn.Module):
-  """`nn.Conv(features, kernel_size, padding=padding)` -> relu -> max_pool(window, window), as
-  one `conv_relu_max_pool` op, with nn.Conv's parameters ("kernel", "bias": the same names,
-  shapes and initial values), so checkpoints move freely between this and the unfused layers."""
-
-  features: int
-  kernel_size: Sequence[int]
-  window: Sequence[int] = (2, 2)
-  padding: str | Sequence[tuple[int, int]] = "VALID"
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  bias_init: Callable[..., Any] = nn.initializers.zeros_init()
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  impl: str = "auto"  # conv_relu_max_pool's: "auto", "im2col" or "winograd".
-
-  @nn.compact
-  def __call__(self, x):
-    kernel_size = tuple(self.kernel_size)
-    kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if isinstance(self.padding, str):
-      pads = lax.padtype_to_pads(x.shape[1:-1], kernel_size, (1,) * len(kernel_size),
-                                 self.padding)
-    else:
-      pads = self.padding
-    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return conv_relu_max_pool(x, kernel, bias, pads, tuple(self.window), self.precision,
-                              self.impl)

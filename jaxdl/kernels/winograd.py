@@ -10,17 +10,13 @@ Summed over input channels, the elementwise products become 16 matmuls, one per 
 4x4 transformed tile: M[k] = V[k] @ U[k] with V [16, tiles, C] the transformed input and U
 [16, C, O] the transformed kernel. A 2x2 output block is exactly one 2x2 max-pool window, so the
 output transform A^T M A yields the pool's four phases directly, and the bias, ReLU and pool
-follow as in jaxdl.nn.conv_pool.
+follow as in jaxdl.kernels.conv_pool.
 
-For the seed MNIST CNN's conv2 (13x13x32 -> 64, pooled to 5x5) this needs 2.25x fewer
-multiply-adds than im2col over the pooled region, in the forward pass and in both gradients
-(the kernel gradient is V^T dM, the input gradient dM U^T transformed back), and no
-[B * 11 * 11, 288] patch or patch-gradient arrays. With the first-layer changes of
-jaxdl.nn.conv_pool's "auto", the seed CNN's train step on a 2-core CPU went from 58.2 to 36.2 ms
-at batch 256 and from 11.6 to 9.8 ms at 64; VGG-11's from 106 to 87 ms at batch 16
-(benchmarks/conv_impl.py; benchmarks/README.md, "Winograd"). Later cuts in how the transposed
-input and the overlap-add are formed took the 16-step call at batch 256 from 31.4 to ~26.5 ms
-a step (traced), and then to ~25 ("Three cuts" and "An optimization barrier" there).
+For a 3x3 convolution pooled 2x2 this needs 2.25x fewer multiply-adds than im2col over the pooled
+region, in the forward pass and in both gradients (the kernel gradient is V^T dM, the input
+gradient dM U^T transformed back), and no [B * Ho * Wo, 9 * C] patch or patch-gradient arrays.
+How much faster a model trains is measured in benchmarks/README.md ("Winograd", "Three cuts",
+"An optimization barrier").
 
 The transforms are sums and differences (B, A) and halvings (G), so every multiplication by a
 transform coefficient is exact; the results differ from a direct convolution by float rounding
@@ -36,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdl.nn import conv as conv_lib
-from jaxdl.nn import pooling
+from jaxdl.kernels import im2col as conv_lib
+from jaxdl.kernels import pooling
 
 # F(2, 3) in one dimension: input transform B^T (4x4), kernel transform G (4x3), output A^T (2x4).
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -46,7 +42,7 @@ _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 
 def _kron(a, b):
-  """The Kronecker product of two matrices given as nested tuples (numpy stays out of jaxdl.nn,
+  """The Kronecker product of two matrices given as nested tuples (numpy stays out of the kernels,
   and jax arrays made at import would start the backend before its flags are set)."""
   return tuple(tuple(x * y for x in row_a for y in row_b) for row_a in a for row_b in b)
 
@@ -63,7 +59,7 @@ def _matrix(t, dtype, transpose=False):
 
 
 # Below this many input channels the 16 matmuls are too thin to pay for the transforms (a first
-# layer with 1 or 3 channels); jaxdl.nn.conv_pool's im2col path takes those.
+# layer with 1 or 3 channels); jaxdl.kernels.conv_pool's im2col path takes those.
 MIN_CHANNELS = 8
 
 
@@ -128,8 +124,8 @@ def _forward(x_padded, kernel, bias, precision):
   winner = jnp.where(y > 0, jnp.argmax(pre, axis=-2).astype(jnp.int8), jnp.int8(4))
   # The transformed input laid out [16, C, N] for the kernel gradient V^T dM as a standard
   # matmul: contracting the tiles of v_KNC ran as a slower single-threaded dot. XLA folds a plain
-  # transpose of v_KNC into that dot; behind an optimization barrier it stays one copy (~1.2 ms
-  # of op time at batch 256, where 16 transposed slices and their stack took ~4).
+  # transpose of v_KNC into that dot; behind an optimization barrier it stays one copy, cheaper
+  # than 16 transposed slices and their stack (benchmarks/README.md, "An optimization barrier").
   vt_KCN = lax.optimization_barrier(jnp.swapaxes(v_KNC, 1, 2))
   return y, (vt_KCN, u_KCO, winner, x_padded.shape)
 
