@@ -25,16 +25,16 @@ the table gives the medians over rounds and each implementation's speedup over t
 import argparse
 import json
 import os
+from pathlib import Path
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # name: (model config, image shape)
-    "mnist_cnn": ({"name": "mnist_cnn"}, (28, 28, 1)),
-    "vgg11": ({"name": "vgg", "depth": 11, "pool_size": 1, "hidden_dim": 512}, (32, 32, 3)),
+  "mnist_cnn": ({"name": "mnist_cnn"}, (28, 28, 1)),
+  "vgg11": ({"name": "vgg", "depth": 11, "pool_size": 1, "hidden_dim": 512}, (32, 32, 3)),
 }
 IMPLS = {name: {"kernels": name} for name in ("plain", "xla", "im2col", "fused", "winograd")}
 
@@ -42,11 +42,15 @@ IMPLS = {name: {"kernels": name} for name in ("plain", "xla", "im2col", "fused",
 def worker(args) -> None:
   """Times one configuration; prints one JSON line."""
   from jaxdl import host_memory
+
   host_memory.configure("auto")
   import jax
+
   jax.config.update("jax_num_cpu_devices", args.devices)
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
   import numpy as np
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
   from jaxdl import models
   from jaxdl.config import base_config
   from jaxdl.train import optim, tasks
@@ -61,8 +65,10 @@ def worker(args) -> None:
   task = tasks.Classification()
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=1000)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.random((args.batch_size,) + image_shape, np.float32),
-           "label": rng.integers(0, 10, args.batch_size).astype(np.int32)}
+  batch = {
+    "image": rng.random((args.batch_size,) + image_shape, np.float32),
+    "label": rng.integers(0, 10, args.batch_size).astype(np.int32),
+  }
   state = step_lib.create_train_state(model, tx, jax.random.key(0), *task.model_inputs(batch))
   mesh = Mesh(np.array(jax.devices()), ("data",))
   state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -80,21 +86,44 @@ def worker(args) -> None:
     times.append(time.perf_counter() - start)
   cpu_ms = 1e3 * (time.process_time() - cpu_start) / args.steps
   times.sort()
-  print(json.dumps({"median_ms": 1e3 * times[len(times) // 2],
-                    "p10_ms": 1e3 * times[len(times) // 10], "cpu_ms": cpu_ms,
-                    "loss": float(metrics["train/loss"])}))
+  print(
+    json.dumps(
+      {
+        "median_ms": 1e3 * times[len(times) // 2],
+        "p10_ms": 1e3 * times[len(times) // 10],
+        "cpu_ms": cpu_ms,
+        "loss": float(metrics["train/loss"]),
+      }
+    )
+  )
 
 
 def run_worker(args, impl: str, devices: int, batch_size: int) -> dict:
-  command = [sys.executable, __file__, "--worker", "--impl", impl, "--model", args.model,
-             "--devices", str(devices), "--batch-size", str(batch_size), "--steps",
-             str(args.steps)]
-  env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-             TF_CPP_MIN_LOG_LEVEL="3")
+  command = [
+    sys.executable,
+    __file__,
+    "--worker",
+    "--impl",
+    impl,
+    "--model",
+    args.model,
+    "--devices",
+    str(devices),
+    "--batch-size",
+    str(batch_size),
+    "--steps",
+    str(args.steps),
+  ]
+  env = dict(
+    os.environ,
+    PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    TF_CPP_MIN_LOG_LEVEL="3",
+  )
   done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
   if done.returncode != 0:
-    raise SystemExit(f"worker {impl}/{devices} devices/batch {batch_size} failed:\n"
-                     f"{done.stderr[-3000:]}")
+    raise SystemExit(
+      f"worker {impl}/{devices} devices/batch {batch_size} failed:\n{done.stderr[-3000:]}"
+    )
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -105,8 +134,11 @@ def main(argv=None) -> int:
   p.add_argument("--devices", default="1,8", help="comma-separated CPU device counts")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps", type=int, default=40, help="timed steps per worker run")
-  p.add_argument("--impls", default="xla,im2col,fused,winograd",
-                 help=f"comma-separated, from {', '.join(IMPLS)}; speedups are over the first")
+  p.add_argument(
+    "--impls",
+    default="xla,im2col,fused,winograd",
+    help=f"comma-separated, from {', '.join(IMPLS)}; speedups are over the first",
+  )
   p.add_argument("--json", metavar="OUT", help="also write every run to OUT")
   p.add_argument("--quick", action="store_true", help="1 round, 5 steps, batch 16, 1 device")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -133,27 +165,41 @@ def main(argv=None) -> int:
       result = run_worker(args, *setting)
       runs[setting].append(result)
       impl, d, b = setting
-      print(f"round {round_index + 1}  {impl:6s} {d} device(s) batch {b}: "
-            f"{result['median_ms']:.1f} ms (CPU {result['cpu_ms']:.1f} ms)", flush=True)
-  print(f"\n{args.model}, {args.rounds} round(s) of {args.steps} steps, "
-        f"{time.time() - started:.0f} s\n")
+      print(
+        f"round {round_index + 1}  {impl:6s} {d} device(s) batch {b}: "
+        f"{result['median_ms']:.1f} ms (CPU {result['cpu_ms']:.1f} ms)",
+        flush=True,
+      )
+  print(
+    f"\n{args.model}, {args.rounds} round(s) of {args.steps} steps, {time.time() - started:.0f} s\n"
+  )
   base = impls[0]
   row = lambda cells: print("| " + " | ".join(cells) + " |")
-  row(["batch", "devices"] + [f"{i} ms/step" for i in impls]
-      + [f"{i} speedup" for i in impls[1:]] + ["CPU ms/step " + " / ".join(impls)])
+  row(
+    ["batch", "devices"]
+    + [f"{i} ms/step" for i in impls]
+    + [f"{i} speedup" for i in impls[1:]]
+    + ["CPU ms/step " + " / ".join(impls)]
+  )
   print("|--:|--:|" + "--:|" * (2 * len(impls)))
   summary = []
   for b in batch_sizes:
     for d in device_counts:
       ms = {i: statistics.median(r["median_ms"] for r in runs[(i, d, b)]) for i in impls}
       cpu = [statistics.median(r["cpu_ms"] for r in runs[(i, d, b)]) for i in impls]
-      row([str(b), str(d)] + [f"{ms[i]:.1f}" for i in impls]
-          + [f"{ms[base] / ms[i]:.2f}" for i in impls[1:]] + [" / ".join(f"{c:.1f}" for c in cpu)])
+      row(
+        [str(b), str(d)]
+        + [f"{ms[i]:.1f}" for i in impls]
+        + [f"{ms[base] / ms[i]:.2f}" for i in impls[1:]]
+        + [" / ".join(f"{c:.1f}" for c in cpu)]
+      )
       summary.append({"batch_size": b, "devices": d, **{f"{i}_ms": ms[i] for i in impls}})
   if args.json:
-    Path(args.json).write_text(json.dumps(
-        {"summary": summary, "runs": {"/".join(map(str, s)): r for s, r in runs.items()}},
-        indent=1))
+    Path(args.json).write_text(
+      json.dumps(
+        {"summary": summary, "runs": {"/".join(map(str, s)): r for s, r in runs.items()}}, indent=1
+      )
+    )
   return 0
 
 

@@ -13,7 +13,8 @@ What it measures, each model on the first device of `jax.devices()`:
      float32, compute bfloat16 (dtype=bfloat16), logits and loss float32. Attention "cudnn" (cuDNN
      flash attention) where it compiles, else "jax" (XLA's fused attention), else "plain"; the
      table says which ran and why the others did not. (jaxdl's GPT passes a boolean causal mask,
-     which cuDNN receives as a [1, 1, T, T] bias, not as its causal mode.) One step: jaxdl.train.step.make_train_step
+     which cuDNN receives as a [1, 1, T, T] bias, not as its causal mode.) One step:
+     jaxdl.train.step.make_train_step
      (LanguageModelling task) with AdamW from jaxdl.train.optim.make_optimizer (nanoGPT's
      settings: lr 6e-4, betas 0.9/0.95, weight decay 0.1 on matrices, clip at global norm 1.0),
      jitted with the state donated, on random tokens int32 [--gpt-batch, 1025] (1024 predicted
@@ -83,22 +84,48 @@ GPT_TARGET_MFU = 0.45  # The project's goal for GPT-2 small (formula MFU, bfloat
 
 # The Flax ImageNet example's fastest GPU run (see the module docstring): images/s per V100.
 FLAX_RESNET50_REFERENCE = dict(
-    images_per_sec_per_gpu=62_500 * 2048 / (4.3 * 3600) / 8,
-    text=("Flax examples/imagenet README: 8xV100 mixed precision, batch 2048, 62,500 steps in "
-          "4.3 h = 1,034 img/s per V100 (wall time incl. input and eval)"))
+  images_per_sec_per_gpu=62_500 * 2048 / (4.3 * 3600) / 8,
+  text=(
+    "Flax examples/imagenet README: 8xV100 mixed precision, batch 2048, 62,500 steps in "
+    "4.3 h = 1,034 img/s per V100 (wall time incl. input and eval)"
+  ),
+)
 
 # make_optimizer reads a Mapping with jaxdl.config.base_config()'s optimizer keys. They are
 # written out here because jaxdl.config imports ml_collections and Grain, which a GPU image may
 # lack; tests/test_gpu_check.py keeps the keys equal to base_config()'s.
 OPTIMIZER_DEFAULTS: dict[str, Any] = dict(
-    name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0, decay_steps=0,
-    end_learning_rate=0.0, decay_boundaries=[0.5, 0.75], decay_factor=0.1, b1=0.9, b2=0.999,
-    eps=1e-8, weight_decay=0.0, weight_decay_mask="matrices", momentum=0.0, nesterov=False,
-    grad_clip_norm=0.0, freeze=[], lr_multipliers=[], no_weight_decay=[])
-GPT_OPTIMIZER = dict(OPTIMIZER_DEFAULTS, name="adamw", learning_rate=6e-4, b2=0.95,
-                     weight_decay=0.1, grad_clip_norm=1.0)
-RESNET_OPTIMIZER = dict(OPTIMIZER_DEFAULTS, name="sgd", learning_rate=0.1, momentum=0.9,
-                        weight_decay=1e-4)
+  name="adam",
+  learning_rate=1e-3,
+  schedule="constant",
+  warmup_steps=0,
+  decay_steps=0,
+  end_learning_rate=0.0,
+  decay_boundaries=[0.5, 0.75],
+  decay_factor=0.1,
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  weight_decay=0.0,
+  weight_decay_mask="matrices",
+  momentum=0.0,
+  nesterov=False,
+  grad_clip_norm=0.0,
+  freeze=[],
+  lr_multipliers=[],
+  no_weight_decay=[],
+)
+GPT_OPTIMIZER = dict(
+  OPTIMIZER_DEFAULTS,
+  name="adamw",
+  learning_rate=6e-4,
+  b2=0.95,
+  weight_decay=0.1,
+  grad_clip_norm=1.0,
+)
+RESNET_OPTIMIZER = dict(
+  OPTIMIZER_DEFAULTS, name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +138,10 @@ class GptConfig:
   token_range: int = GPT2_VOCAB  # Tokens are drawn from [0, token_range).
 
   def describe(self) -> str:
-    return (f"L={self.num_layers} H={self.num_heads} D={self.embed_dim} T={self.block_size} "
-            f"V={self.vocab_size}")
+    return (
+      f"L={self.num_layers} H={self.num_heads} D={self.embed_dim} T={self.block_size} "
+      f"V={self.vocab_size}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +156,15 @@ class ResNetConfig:
     return f"ResNet-{self.depth}{width} {self.image_size}x{self.image_size}x3"
 
 
-SMOKE_GPT = GptConfig(num_layers=2, num_heads=2, embed_dim=64, block_size=32, vocab_size=256,
-                      token_range=256)
+SMOKE_GPT = GptConfig(
+  num_layers=2, num_heads=2, embed_dim=64, block_size=32, vocab_size=256, token_range=256
+)
 # ResNet-18: ResNet-50's bottlenecks take over 30 s to compile on 2 CPU cores.
 SMOKE_RESNET = ResNetConfig(depth=18, width=8, image_size=32, num_classes=10)
 
 
 # ---------------------------------------------------------------- FLOP formulas
+
 
 def count_params(params: Any) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
@@ -142,8 +173,10 @@ def count_params(params: Any) -> int:
 def gpt_flops_per_token(config: GptConfig, non_embedding_params: int) -> float:
   """nanoGPT's estimate_mfu (PaLM, appendix B): 6 N + 12 L H Q T FLOPs per trained token."""
   head_dim = config.embed_dim // config.num_heads
-  return (6 * non_embedding_params
-          + 12 * config.num_layers * config.num_heads * head_dim * config.block_size)
+  return (
+    6 * non_embedding_params
+    + 12 * config.num_layers * config.num_heads * head_dim * config.block_size
+  )
 
 
 def gpt_non_embedding_params(params: Any, config: GptConfig) -> int:
@@ -180,9 +213,11 @@ def matmul_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> int:
 
 # ---------------------------------------------------------------- Steps
 
+
 @dataclasses.dataclass
 class Step:
   """A compiled train step with its state and batch, ready to time."""
+
   compiled: Any
   state: Any
   batch: dict[str, jax.Array]
@@ -200,44 +235,69 @@ def compile_step(model, tx, schedule, task, batch, formula_flops, items, notes) 
   # 30 s for a ResNet-18 on 2 CPU cores against 7 s with rbg. Initial values do not change the
   # step's speed.
   state = jax.jit(lambda key: step_lib.create_train_state(model, tx, key, *inputs))(
-      jax.random.key(1, impl="rbg"))
+    jax.random.key(1, impl="rbg")
+  )
   train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, task), donate_argnums=0)
   rng = jax.random.key(2)
   start = time.perf_counter()
   compiled = train_step.lower(state, batch, rng).compile()
-  return Step(compiled, state, batch, rng, time.perf_counter() - start, formula_flops, items,
-              notes)
+  return Step(compiled, state, batch, rng, time.perf_counter() - start, formula_flops, items, notes)
 
 
 def gpt_step(config: GptConfig, batch_size: int, attention_impl: str) -> Step:
-  model = nn_lib.GPT(vocab_size=config.vocab_size, block_size=config.block_size,
-                     num_layers=config.num_layers, num_heads=config.num_heads,
-                     embed_dim=config.embed_dim, dtype=jnp.bfloat16, param_dtype=jnp.float32,
-                     attention_impl=attention_impl)
+  model = nn_lib.GPT(
+    vocab_size=config.vocab_size,
+    block_size=config.block_size,
+    num_layers=config.num_layers,
+    num_heads=config.num_heads,
+    embed_dim=config.embed_dim,
+    dtype=jnp.bfloat16,
+    param_dtype=jnp.float32,
+    attention_impl=attention_impl,
+  )
   tx, schedule = optim.make_optimizer(GPT_OPTIMIZER, total_steps=10_000)
-  tokens = jax.random.randint(jax.random.key(0), (batch_size, config.block_size + 1), 0,
-                              config.token_range, jnp.int32)
+  tokens = jax.random.randint(
+    jax.random.key(0), (batch_size, config.block_size + 1), 0, config.token_range, jnp.int32
+  )
   params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens[:1, :-1]))["params"]
   n = gpt_non_embedding_params(params_shape, config)
   items = batch_size * config.block_size
-  notes = [f"N={n / 1e6:.2f}M non-embedding params; formula 6N+12LHQT = "
-           f"{gpt_flops_per_token(config, n) / 1e9:.3f} GFLOP/token"]
-  return compile_step(model, tx, schedule, tasks.LanguageModelling(), {"tokens": tokens},
-                      gpt_flops_per_token(config, n) * items, items, notes)
+  notes = [
+    f"N={n / 1e6:.2f}M non-embedding params; formula 6N+12LHQT = "
+    f"{gpt_flops_per_token(config, n) / 1e9:.3f} GFLOP/token"
+  ]
+  return compile_step(
+    model,
+    tx,
+    schedule,
+    tasks.LanguageModelling(),
+    {"tokens": tokens},
+    gpt_flops_per_token(config, n) * items,
+    items,
+    notes,
+  )
 
 
 def resnet_step(config: ResNetConfig, batch_size: int) -> Step:
-  model = nn_lib.ResNet(depth=config.depth, width=config.width, num_classes=config.num_classes,
-                        dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  model = nn_lib.ResNet(
+    depth=config.depth,
+    width=config.width,
+    num_classes=config.num_classes,
+    dtype=jnp.bfloat16,
+    param_dtype=jnp.float32,
+  )
   tx, schedule = optim.make_optimizer(RESNET_OPTIMIZER, total_steps=10_000)
   key_x, key_y = jax.random.split(jax.random.key(0))
   shape = (batch_size, config.image_size, config.image_size, 3)
-  batch = {"image": jax.random.normal(key_x, shape, jnp.float32),
-           "label": jax.random.randint(key_y, (batch_size,), 0, config.num_classes, jnp.int32)}
+  batch = {
+    "image": jax.random.normal(key_x, shape, jnp.float32),
+    "label": jax.random.randint(key_y, (batch_size,), 0, config.num_classes, jnp.int32),
+  }
   macs = matmul_macs(model, jax.ShapeDtypeStruct((1, *shape[1:]), jnp.float32), train=False)
   notes = [f"{macs / 1e9:.3f} GMACs per image forward (conv + dense); formula = 6 x MACs"]
-  return compile_step(model, tx, schedule, tasks.Classification(), batch,
-                      6.0 * macs * batch_size, batch_size, notes)
+  return compile_step(
+    model, tx, schedule, tasks.Classification(), batch, 6.0 * macs * batch_size, batch_size, notes
+  )
 
 
 def attention_candidates(choice: str) -> list[str]:
@@ -253,6 +313,7 @@ def first_line(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- Timing
 
+
 @dataclasses.dataclass
 class Timing:
   window_seconds_per_step: list[float]
@@ -264,8 +325,9 @@ class Timing:
     return statistics.median(self.window_seconds_per_step)
 
 
-def time_step(step: Step, warmup: int, windows: int, window_seconds: float,
-              min_steps: int) -> Timing:
+def time_step(
+  step: Step, warmup: int, windows: int, window_seconds: float, min_steps: int
+) -> Timing:
   """Runs the step (state threaded through, as in training) and times `windows` windows."""
   state, metrics = step.compiled(step.state, step.batch, step.rng)
   jax.block_until_ready((state, metrics))
@@ -287,6 +349,7 @@ def time_step(step: Step, warmup: int, windows: int, window_seconds: float,
 
 
 # ---------------------------------------------------------------- Results
+
 
 @dataclasses.dataclass
 class Result:
@@ -353,8 +416,9 @@ def measure(result: Result, build: Callable[[], Step], args, device) -> Result:
 
 def run_gpt(args, device) -> Result:
   config = SMOKE_GPT if args.smoke else GptConfig()
-  new_result = lambda: Result("GPT-2 small" if not args.smoke else "GPT (smoke)",
-                              config.describe(), args.gpt_batch, "tokens")
+  new_result = lambda: Result(
+    "GPT-2 small" if not args.smoke else "GPT (smoke)", config.describe(), args.gpt_batch, "tokens"
+  )
   failures = []
   for impl in attention_candidates(args.attention):
     result = new_result()  # Nothing of a failed attempt carries over.
@@ -382,8 +446,12 @@ def run_gpt(args, device) -> Result:
 
 def run_resnet(args, device) -> Result:
   config = SMOKE_RESNET if args.smoke else ResNetConfig()
-  result = Result("ResNet-50" if not args.smoke else "ResNet (smoke)", config.describe(),
-                  args.resnet_batch, "images")
+  result = Result(
+    "ResNet-50" if not args.smoke else "ResNet (smoke)",
+    config.describe(),
+    args.resnet_batch,
+    "images",
+  )
   try:
     measure(result, lambda: resnet_step(config, args.resnet_batch), args, device)
   except Exception as e:  # pylint: disable=broad-except  # Reported in the table, not raised.
@@ -392,9 +460,14 @@ def run_resnet(args, device) -> Result:
     traceback.print_exc()
   ref = FLAX_RESNET50_REFERENCE
   ratio = fmt(result.items_per_sec / ref["images_per_sec_per_gpu"], ".2f")
-  result.reference = "n/a (smoke config)" if args.smoke else (
+  result.reference = (
+    "n/a (smoke config)"
+    if args.smoke
+    else (
       f"{ratio}x of {ref['images_per_sec_per_gpu']:,.0f} img/s per V100 "
-      "(Flax ImageNet example, 8xV100 fp16)")
+      "(Flax ImageNet example, 8xV100 fp16)"
+    )
+  )
   return result
 
 
@@ -408,59 +481,79 @@ def fmt_tflops(x: float) -> str:
 
 
 def markdown_table(results: list[Result]) -> str:
-  header = ("| model | config | batch | attention | compile s | step ms (median of windows) | "
-            "throughput | TFLOP/s XLA | MFU XLA | TFLOP/s formula | MFU formula | reference |")
+  header = (
+    "| model | config | batch | attention | compile s | step ms (median of windows) | "
+    "throughput | TFLOP/s XLA | MFU XLA | TFLOP/s formula | MFU formula | reference |"
+  )
   lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
   for r in results:
     if not r.ok and not math.isfinite(r.step_ms):
-      lines.append(f"| {r.model} | {r.config} | {r.batch} | - | FAILED: {r.error} "
-                   "| | | | | | | |")
+      lines.append(f"| {r.model} | {r.config} | {r.batch} | - | FAILED: {r.error} | | | | | | | |")
       continue
     throughput = f"{fmt(r.items_per_sec, ',.0f')} {r.unit}/s"
     bound = " (lower bound)" if r.xla_flops_lower_bound else ""
     lines.append(
-        f"| {r.model} | {r.config} | {r.batch} | {r.attention or '-'} | "
-        f"{fmt(r.compile_seconds, '.1f')} | {fmt(r.step_ms, '.2f')} | {throughput} | "
-        f"{fmt_tflops(r.tflops_xla)}{bound} | {fmt(r.mfu_xla, '.1%')} | "
-        f"{fmt_tflops(r.tflops_formula)} | {fmt(r.mfu_formula, '.1%')} | {r.reference} |")
+      f"| {r.model} | {r.config} | {r.batch} | {r.attention or '-'} | "
+      f"{fmt(r.compile_seconds, '.1f')} | {fmt(r.step_ms, '.2f')} | {throughput} | "
+      f"{fmt_tflops(r.tflops_xla)}{bound} | {fmt(r.mfu_xla, '.1%')} | "
+      f"{fmt_tflops(r.tflops_formula)} | {fmt(r.mfu_formula, '.1%')} | {r.reference} |"
+    )
   return "\n".join(lines)
 
 
 def environment(device) -> dict[str, Any]:
   import jaxlib  # pylint: disable=g-import-not-at-top
+
   return {
-      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-      "python": platform.python_version(), "platform": platform.platform(),
-      "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-      "optax": optax.__version__, "devices": [str(d) for d in jax.devices()],
-      "device_kind": device.device_kind, "backend": jax.default_backend(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_count": os.cpu_count(),
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "devices": [str(d) for d in jax.devices()],
+    "device_kind": device.device_kind,
+    "backend": jax.default_backend(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "cpu_count": os.cpu_count(),
   }
 
 
 # ---------------------------------------------------------------- Driver
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--models", default="gpt,resnet", help="comma-separated: gpt, resnet")
   p.add_argument("--gpt-batch", type=int, default=None, help="GPT rows of 1024 tokens (16)")
   p.add_argument("--resnet-batch", type=int, default=None, help="ResNet-50 images (256)")
-  p.add_argument("--attention", default="auto", choices=["auto", "cudnn", "jax", "plain"],
-                 help="GPT attention_impl; auto: cudnn, else jax, else plain")
+  p.add_argument(
+    "--attention",
+    default="auto",
+    choices=["auto", "cudnn", "jax", "plain"],
+    help="GPT attention_impl; auto: cudnn, else jax, else plain",
+  )
   p.add_argument("--warmup", type=int, default=None, help="untimed steps after the first (3)")
   p.add_argument("--windows", type=int, default=3, help="timed windows; the median counts (3)")
-  p.add_argument("--window-seconds", type=float, default=None,
-                 help="about how long each window runs (2)")
+  p.add_argument(
+    "--window-seconds", type=float, default=None, help="about how long each window runs (2)"
+  )
   p.add_argument("--min-steps", type=int, default=None, help="fewest steps per window (5)")
-  p.add_argument("--smoke", action="store_true",
-                 help="tiny configs (GPT 2x64, T=32, V=256; ResNet-18 width 8 at 32x32), batch 2")
+  p.add_argument(
+    "--smoke",
+    action="store_true",
+    help="tiny configs (GPT 2x64, T=32, V=256; ResNet-18 width 8 at 32x32), batch 2",
+  )
   p.add_argument("--allow-cpu", action="store_true", help="run even if JAX sees no GPU")
   p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
   p.add_argument("--verbose", action="store_true", help="tracebacks of attention fallbacks")
   args = p.parse_args(argv)
-  defaults = (dict(gpt_batch=2, resnet_batch=2, warmup=1, window_seconds=0.05, min_steps=2)
-              if args.smoke else
-              dict(gpt_batch=16, resnet_batch=256, warmup=3, window_seconds=2.0, min_steps=5))
+  defaults = (
+    dict(gpt_batch=2, resnet_batch=2, warmup=1, window_seconds=0.05, min_steps=2)
+    if args.smoke
+    else dict(gpt_batch=16, resnet_batch=256, warmup=3, window_seconds=2.0, min_steps=5)
+  )
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
@@ -481,21 +574,27 @@ def main(argv=None) -> int:
   print(f"jax.devices(): {devices}", flush=True)
   device = devices[0]
   if device.platform != "gpu" and not args.allow_cpu:
-    print(f"ERROR: JAX sees no GPU (backend {jax.default_backend()!r}, devices {devices}). "
-          "Install a CUDA build of JAX (e.g. pip install -U 'jax[cuda12]', or the image's "
-          "jax-cuda13-plugin), check nvidia-smi, or pass --allow-cpu to measure the CPU.",
-          file=sys.stderr)
+    print(
+      f"ERROR: JAX sees no GPU (backend {jax.default_backend()!r}, devices {devices}). "
+      "Install a CUDA build of JAX (e.g. pip install -U 'jax[cuda12]', or the image's "
+      "jax-cuda13-plugin), check nvidia-smi, or pass --allow-cpu to measure the CPU.",
+      file=sys.stderr,
+    )
     return 2
   env = environment(device)
-  print(f"jax {env['jax']} (jaxlib {env['jaxlib']}), flax {env['flax']}, optax {env['optax']}, "
-        f"backend {env['backend']}, device kind {env['device_kind']!r}, "
-        f"XLA_FLAGS={env['xla_flags']!r}", flush=True)
+  print(
+    f"jax {env['jax']} (jaxlib {env['jaxlib']}), flax {env['flax']}, optax {env['optax']}, "
+    f"backend {env['backend']}, device kind {env['device_kind']!r}, "
+    f"XLA_FLAGS={env['xla_flags']!r}",
+    flush=True,
+  )
   start = time.perf_counter()
   results = []
   runners = {"gpt": run_gpt, "resnet": run_resnet}
   for name in args.models:
-    print(f"\n== {name}: compiling and timing ({time.perf_counter() - start:.0f} s so far)",
-          flush=True)
+    print(
+      f"\n== {name}: compiling and timing ({time.perf_counter() - start:.0f} s so far)", flush=True
+    )
     try:
       result = runners[name](args, device)
     except KeyboardInterrupt:  # gpu_check.sh's time limit: still print what finished.
@@ -503,16 +602,28 @@ def main(argv=None) -> int:
       results.append(Result(name, "-", 0, "-", error="interrupted (time limit)"))
       break
     results.append(result)
-    print(f"  {result.model}: compile {fmt(result.compile_seconds, '.1f')} s, step "
-          f"{fmt(result.step_ms, '.2f')} ms (windows: "
-          f"{', '.join(fmt(w, '.2f') for w in result.window_ms)} ms x {result.steps_per_window}"
-          f" steps), loss {fmt(result.last_loss, '.3f')}", flush=True)
+    print(
+      f"  {result.model}: compile {fmt(result.compile_seconds, '.1f')} s, step "
+      f"{fmt(result.step_ms, '.2f')} ms (windows: "
+      f"{', '.join(fmt(w, '.2f') for w in result.window_ms)} ms x {result.steps_per_window}"
+      f" steps), loss {fmt(result.last_loss, '.3f')}",
+      flush=True,
+    )
 
   total = time.perf_counter() - start
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
-      json.dump({"environment": env, "args": vars(args), "seconds": total,
-                 "results": [dataclasses.asdict(r) for r in results]}, f, indent=1, default=str)
+      json.dump(
+        {
+          "environment": env,
+          "args": vars(args),
+          "seconds": total,
+          "results": [dataclasses.asdict(r) for r in results],
+        },
+        f,
+        indent=1,
+        default=str,
+      )
     print(f"\nwrote {args.json}")
 
   # The notes, then the table: the table is the last thing printed.
@@ -520,10 +631,14 @@ def main(argv=None) -> int:
   peak = next((r for r in results if r.peak_source), None)
   if peak:
     print(f"Peak: {fmt_tflops(peak.peak_tflops)} TFLOP/s bfloat16 ({peak.peak_source}).")
-  print("MFU XLA = FLOPs of the compiled step by XLA's cost analysis (jaxdl.perf.compiled_flops) "
-        "/ step time / peak; custom calls such as cuDNN attention may count as zero.")
-  print("MFU formula = GPT: (6N + 12LHQT) x tokens (nanoGPT/PaLM); ResNet: 6 x conv+dense "
-        "multiply-adds x images; / step time / peak. The GPT target applies to this one.")
+  print(
+    "MFU XLA = FLOPs of the compiled step by XLA's cost analysis (jaxdl.perf.compiled_flops) "
+    "/ step time / peak; custom calls such as cuDNN attention may count as zero."
+  )
+  print(
+    "MFU formula = GPT: (6N + 12LHQT) x tokens (nanoGPT/PaLM); ResNet: 6 x conv+dense "
+    "multiply-adds x images; / step time / peak. The GPT target applies to this one."
+  )
   for r in results:
     for note in r.notes:
       print(f"{r.model}: {note}")

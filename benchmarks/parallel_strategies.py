@@ -19,32 +19,53 @@ per-device dispatch, which is what a strategy costs before real accelerators pay
 import argparse
 import json
 import os
+from pathlib import Path
 import statistics
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = {
-    "1 device (jit)": (1, []),
-    "8 devices, jit (data)": (8, []),
-    "8 devices, pmap": (8, ["parallel.strategy=pmap"]),
-    "8 devices, jit fsdp=8": (8, ["parallel.mesh.fsdp=8"]),
-    "8 devices, jit data=2 fsdp=4": (8, ["parallel.mesh.data=2", "parallel.mesh.fsdp=4"]),
+  "1 device (jit)": (1, []),
+  "8 devices, jit (data)": (8, []),
+  "8 devices, pmap": (8, ["parallel.strategy=pmap"]),
+  "8 devices, jit fsdp=8": (8, ["parallel.mesh.fsdp=8"]),
+  "8 devices, jit data=2 fsdp=4": (8, ["parallel.mesh.data=2", "parallel.mesh.fsdp=4"]),
 }
 
 
 def seconds_per_step(experiment, devices, extra, steps, batch_size, workdir):
-  env = {**os.environ, "JAXDL_OFFLINE": "1",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = {
+    **os.environ,
+    "JAXDL_OFFLINE": "1",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
   log_every = max(1, steps // 4)
   subprocess.run(
-      [sys.executable, "-m", "jaxdl.cli", "train", experiment, f"train.num_steps={steps}",
-       f"train.batch_size={batch_size}", f"train.log_every_steps={log_every}",
-       f"train.eval_every_steps={steps}", "train.checkpoint_every_steps=0",
-       "data.eval_batch_size=400", *extra, "--workdir", str(workdir), "--no-progress"],
-      cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    [
+      sys.executable,
+      "-m",
+      "jaxdl.cli",
+      "train",
+      experiment,
+      f"train.num_steps={steps}",
+      f"train.batch_size={batch_size}",
+      f"train.log_every_steps={log_every}",
+      f"train.eval_every_steps={steps}",
+      "train.checkpoint_every_steps=0",
+      "data.eval_batch_size=400",
+      *extra,
+      "--workdir",
+      str(workdir),
+      "--no-progress",
+    ],
+    cwd=REPO,
+    env=env,
+    check=True,
+    capture_output=True,
+    text=True,
+  )
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   times = [r["perf/step_time_ms"] / 1e3 for r in records if "perf/step_time_ms" in r][1:]
   return statistics.median(times)
@@ -63,11 +84,14 @@ def main():
     for r in range(args.rounds):
       for i, (name, (devices, extra)) in enumerate(LAYOUTS.items()):
         workdir = Path(tmp) / f"r{r}_{i}"
-        times[name].append(seconds_per_step(args.experiment, devices, extra, args.steps,
-                                            args.batch_size, workdir))
+        times[name].append(
+          seconds_per_step(args.experiment, devices, extra, args.steps, args.batch_size, workdir)
+        )
   base = statistics.median(times["1 device (jit)"])
-  print(f"{Path(args.experiment).name}, global batch {args.batch_size}, {args.steps} steps, "
-        f"{args.rounds} rounds, CPU ({os.cpu_count()} cores), forced host devices")
+  print(
+    f"{Path(args.experiment).name}, global batch {args.batch_size}, {args.steps} steps, "
+    f"{args.rounds} rounds, CPU ({os.cpu_count()} cores), forced host devices"
+  )
   print(f"{'layout':<30} {'ms/step':>8} {'vs 1 device':>12}  rounds (ms)")
   for name, values in times.items():
     median = statistics.median(values)

@@ -49,11 +49,11 @@ import dataclasses
 import datetime
 import json
 import math
+from pathlib import Path
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import flax
@@ -70,34 +70,39 @@ from jaxdl.train import step as step_lib
 
 MIN_CALLS = 2  # Timed calls per variant per round, however slow the variant.
 LSTM_SHAPE = dict(batch=32, features_in=64, features=256)  # T is --lstm-length.
-GPT_KWARGS = dict(vocab_size=65, block_size=64, num_layers=4, num_heads=4, embed_dim=128,
-                  use_bias=False)
+GPT_KWARGS = dict(
+  vocab_size=65, block_size=64, num_layers=4, num_heads=4, embed_dim=128, use_bias=False
+)
 GPT_BATCH, GPT_TOKENS = 12, 64  # Batches of tokens [12, 65]: 64 predicted tokens per example.
 ATTN_SHAPE = dict(batch=8, length=256, heads=8, head_dim=64)
 
 
 # ---------------------------------------------------------------- Environment
 
+
 def environment() -> dict:
   return {
-      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "processor": platform.machine(),
-      "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-      "optax": optax.__version__,
-      "devices": [str(d) for d in jax.devices()],
-      "cpu_count": os.cpu_count(),
-      "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-      "load_average": os.getloadavg(),
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "processor": platform.machine(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "devices": [str(d) for d in jax.devices()],
+    "cpu_count": os.cpu_count(),
+    "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    "load_average": os.getloadavg(),
   }
 
 
 def print_environment(env: dict) -> None:
   print(f"date      {env['date']}")
   print(f"python    {env['python']} on {env['platform']} ({env['processor']})")
-  print(f"jax       {env['jax']} (jaxlib {env['jaxlib']}), flax {env['flax']}, "
-        f"optax {env['optax']}")
+  print(
+    f"jax       {env['jax']} (jaxlib {env['jaxlib']}), flax {env['flax']}, optax {env['optax']}"
+  )
   print(f"devices   {', '.join(env['devices'])}")
   print(f"cpus      {env['cpu_count']} ({env['cpus_usable']} usable by this process)")
   # Other processes share the cores; a high load average means noisy numbers.
@@ -106,6 +111,7 @@ def print_environment(env: dict) -> None:
 
 
 # ---------------------------------------------------------------- Variants
+
 
 @dataclasses.dataclass
 class Variant:
@@ -138,8 +144,11 @@ def lstm_variant(unroll: int, length: int, backward: bool = True) -> Variant:
   params = model.init(jax.random.key(1), x_BTD)["params"]  # Same key: same params for every unroll.
   if backward and unroll >= 32:
     # Compile time grows faster than linearly in the unrolled steps: 128 take minutes on 2 cores.
-    print(f"compiling the LSTM's gradient with unroll={unroll}: this takes a while (XLA may warn "
-          "of a 'Very slow compile'; expected)", flush=True)
+    print(
+      f"compiling the LSTM's gradient with unroll={unroll}: this takes a while (XLA may warn "
+      "of a 'Very slow compile'; expected)",
+      flush=True,
+    )
 
   def forward(params, x_BTD):
     y_BTH, _ = model.apply({"params": params}, x_BTD)
@@ -152,8 +161,13 @@ def lstm_variant(unroll: int, length: int, backward: bool = True) -> Variant:
   else:
     name = "scan (unroll=1)" if unroll == 1 else f"unroll={unroll}"
   # Only the fully unrolled program is loop-free, so only its FLOP count is complete.
-  return Variant(name, b * length, lambda: compiled(params, x_BTD), seconds,
-                 perf.compiled_flops(compiled) if unroll >= length else None)
+  return Variant(
+    name,
+    b * length,
+    lambda: compiled(params, x_BTD),
+    seconds,
+    perf.compiled_flops(compiled) if unroll >= length else None,
+  )
 
 
 def gpt_variant(attention_impl: str) -> Variant:
@@ -163,8 +177,11 @@ def gpt_variant(attention_impl: str) -> Variant:
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=10_000)
   model = nn_lib.GPT(**GPT_KWARGS, attention_impl=attention_impl)
   task = tasks.LanguageModelling()
-  batch = {"tokens": jax.random.randint(jax.random.key(0), (GPT_BATCH, GPT_TOKENS + 1), 0,
-                                        GPT_KWARGS["vocab_size"], jnp.int32)}
+  batch = {
+    "tokens": jax.random.randint(
+      jax.random.key(0), (GPT_BATCH, GPT_TOKENS + 1), 0, GPT_KWARGS["vocab_size"], jnp.int32
+    )
+  }
   state = step_lib.create_train_state(model, tx, jax.random.key(1), *task.model_inputs(batch))
   rng = jax.random.key(2)
   train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, task), donate_argnums=0)
@@ -175,26 +192,38 @@ def gpt_variant(attention_impl: str) -> Variant:
     holder["state"], metrics = compiled(holder["state"], batch, rng)
     return metrics["train/loss"]
 
-  return Variant(f"attention_impl={attention_impl!r}", GPT_BATCH * GPT_TOKENS, call, seconds,
-                 perf.compiled_flops(compiled))
+  return Variant(
+    f"attention_impl={attention_impl!r}",
+    GPT_BATCH * GPT_TOKENS,
+    call,
+    seconds,
+    perf.compiled_flops(compiled),
+  )
 
 
 def attention_variant(implementation: str) -> Variant:
   b, t, n, h = (ATTN_SHAPE[k] for k in ("batch", "length", "heads", "head_dim"))
   q_BTNH, k_BTNH, v_BTNH, cotangent_BTNH = (
-      jax.random.normal(key, (b, t, n, h), jnp.float32)
-      for key in jax.random.split(jax.random.key(0), 4))
+    jax.random.normal(key, (b, t, n, h), jnp.float32)
+    for key in jax.random.split(jax.random.key(0), 4)
+  )
   mask = nn_lib.causal_mask(t)
 
   def forward_backward(q_BTNH, k_BTNH, v_BTNH):
-    attend = lambda q, k, v: nn_lib.dot_product_attention(q, k, v, mask=mask,
-                                                          implementation=implementation)
+    attend = lambda q, k, v: nn_lib.dot_product_attention(
+      q, k, v, mask=mask, implementation=implementation
+    )
     out_BTNH, vjp = jax.vjp(attend, q_BTNH, k_BTNH, v_BTNH)
     return out_BTNH, vjp(cotangent_BTNH)
 
   compiled, seconds = compile_timed(jax.jit(forward_backward), q_BTNH, k_BTNH, v_BTNH)
-  return Variant(f"implementation={implementation!r}", b * t,
-                 lambda: compiled(q_BTNH, k_BTNH, v_BTNH), seconds, perf.compiled_flops(compiled))
+  return Variant(
+    f"implementation={implementation!r}",
+    b * t,
+    lambda: compiled(q_BTNH, k_BTNH, v_BTNH),
+    seconds,
+    perf.compiled_flops(compiled),
+  )
 
 
 def max_abs_diff(a, b) -> float:
@@ -207,6 +236,7 @@ def max_abs(a) -> float:
 
 
 # ---------------------------------------------------------------- Driver
+
 
 def parse_unrolls(text: str, length: int) -> list[int]:
   unrolls = []
@@ -222,17 +252,27 @@ def parse_unrolls(text: str, length: int) -> list[int]:
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
-  p.add_argument("--seconds", type=float, default=None,
-                 help="timed seconds per variant per round (default 2)")
-  p.add_argument("--unrolls", default="1,8,T",
-                 help="LSTM scan unroll factors, the first is the baseline; T = fully unrolled")
+  p.add_argument(
+    "--seconds", type=float, default=None, help="timed seconds per variant per round (default 2)"
+  )
+  p.add_argument(
+    "--unrolls",
+    default="1,8,T",
+    help="LSTM scan unroll factors, the first is the baseline; T = fully unrolled",
+  )
   p.add_argument("--lstm-length", type=int, default=None, help="LSTM sequence length T (128)")
-  p.add_argument("--quick", action="store_true",
-                 help="smoke run: 1 round, 0.5 s per variant, T=16 (explicit options win)")
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke run: 1 round, 0.5 s per variant, T=16 (explicit options win)",
+  )
   p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
   args = p.parse_args(argv)
-  defaults = dict(rounds=1, seconds=0.5, lstm_length=16) if args.quick else dict(
-      rounds=3, seconds=2.0, lstm_length=128)
+  defaults = (
+    dict(rounds=1, seconds=0.5, lstm_length=16)
+    if args.quick
+    else dict(rounds=3, seconds=2.0, lstm_length=128)
+  )
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
@@ -248,12 +288,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(args) -> dict[str, list[Variant]]:
   """{comparison: [baseline, other variants]}, each compiled and called once (the warmup)."""
   builders = {
-      f"LSTM fwd+bwd, T={args.lstm_length}": [
-          (lambda u=u: lstm_variant(u, args.lstm_length)) for u in args.unrolls],
-      f"LSTM fwd only, T={args.lstm_length}": [
-          (lambda u=u: lstm_variant(u, args.lstm_length, backward=False)) for u in args.unrolls],
-      "GPT train step": [lambda: gpt_variant("plain"), lambda: gpt_variant("jax")],
-      "attention fwd+bwd": [lambda: attention_variant("plain"), lambda: attention_variant("jax")],
+    f"LSTM fwd+bwd, T={args.lstm_length}": [
+      (lambda u=u: lstm_variant(u, args.lstm_length)) for u in args.unrolls
+    ],
+    f"LSTM fwd only, T={args.lstm_length}": [
+      (lambda u=u: lstm_variant(u, args.lstm_length, backward=False)) for u in args.unrolls
+    ],
+    "GPT train step": [lambda: gpt_variant("plain"), lambda: gpt_variant("jax")],
+    "attention fwd+bwd": [lambda: attention_variant("plain"), lambda: attention_variant("jax")],
   }
   comparisons = {}
   for comparison, makers in builders.items():
@@ -261,8 +303,10 @@ def build(args) -> dict[str, list[Variant]]:
     for make in makers:
       variant = make()
       variant.reference = jax.block_until_ready(variant.call())  # Warmup: the first run.
-      print(f"compiled  {comparison:22s} {variant.name:24s} {variant.compile_seconds:7.1f} s",
-            flush=True)
+      print(
+        f"compiled  {comparison:22s} {variant.name:24s} {variant.compile_seconds:7.1f} s",
+        flush=True,
+      )
       variants.append(variant)
     comparisons[comparison] = variants
   return comparisons
@@ -288,8 +332,9 @@ def run_rounds(comparisons: dict[str, list[Variant]], args) -> tuple[dict, dict]
   Round r starts with variant r (mod their number), so that none always runs first after another
   comparison, and a load change halfway through a comparison does not always hit the same variant.
   """
-  calls = {c: {v.name: calls_per_round(v, args.seconds) for v in vs}
-           for c, vs in comparisons.items()}
+  calls = {
+    c: {v.name: calls_per_round(v, args.seconds) for v in vs} for c, vs in comparisons.items()
+  }
   results = {c: {v.name: [] for v in vs} for c, vs in comparisons.items()}
   for r in range(1, args.rounds + 1):
     for comparison, variants in comparisons.items():
@@ -297,8 +342,10 @@ def run_rounds(comparisons: dict[str, list[Variant]], args) -> tuple[dict, dict]
       for v in variants[first:] + variants[:first]:
         results[comparison][v.name].append(timed(v, calls[comparison][v.name]))
       line = [f"{v.name} {results[comparison][v.name][-1]:8.0f}" for v in variants]
-      print(f"round {r}  {comparison:22s} tokens/s: {'  '.join(line)}  "
-            f"load {os.getloadavg()[0]:.2f}", flush=True)
+      print(
+        f"round {r}  {comparison:22s} tokens/s: {'  '.join(line)}  load {os.getloadavg()[0]:.2f}",
+        flush=True,
+      )
   return calls, results
 
 
@@ -312,29 +359,41 @@ def summarize(comparisons, calls, results) -> list[dict]:
       median = statistics.median(tps)
       # Each round's own ratio: their scatter shows how far the machine's noise reaches.
       round_ratios = [a / b for a, b in zip(tps, base_tps)]
-      rows.append({
-          "comparison": comparison, "variant": v.name, "baseline": v is base,
-          "calls_per_round": calls[comparison][v.name], "compile_seconds": v.compile_seconds,
-          "ms_per_call": 1e3 * v.tokens / median, "tokens_per_sec": median,
+      rows.append(
+        {
+          "comparison": comparison,
+          "variant": v.name,
+          "baseline": v is base,
+          "calls_per_round": calls[comparison][v.name],
+          "compile_seconds": v.compile_seconds,
+          "ms_per_call": 1e3 * v.tokens / median,
+          "tokens_per_sec": median,
           # The median of the paired ratios, not the ratio of the medians: each pair ran back to
           # back under the same load, while the two medians may come from different rounds.
-          "ratio": statistics.median(round_ratios), "round_ratios": round_ratios,
+          "ratio": statistics.median(round_ratios),
+          "round_ratios": round_ratios,
           "max_abs_diff": max_abs_diff(v.reference, base.reference),
           # The same over the largest |value| in the baseline's outputs: rounding, or a bug?
-          "relative_diff": max_abs_diff(v.reference, base.reference) / max(
-              max_abs(base.reference), 1e-30),
+          "relative_diff": max_abs_diff(v.reference, base.reference)
+          / max(max_abs(base.reference), 1e-30),
           "gflop_per_call": None if v.flops is None else v.flops / 1e9,
-          "gflop_per_sec": None if v.flops is None else v.flops * median / v.tokens / 1e9})
+          "gflop_per_sec": None if v.flops is None else v.flops * median / v.tokens / 1e9,
+        }
+      )
   return rows
 
 
 def print_table(rows: list[dict], rounds: int) -> None:
-  print(f"\nmedians over {rounds} round(s); ratio = median over rounds of tokens/s over the "
-        "comparison's first variant in the same round;\ndiff = max |output - first variant's "
-        "output|, rel = diff / max |first variant's output|")
-  header = (f"{'comparison':22s}  {'variant':24s}  {'compile s':>9}  {'ms/call':>8}  "
-            f"{'tokens/s':>8}  {'ratio':>5}  {'GFLOP/call':>10}  {'GFLOP/s':>7}  {'diff':>7}  "
-            f"{'rel':>7}  per-round ratios")
+  print(
+    f"\nmedians over {rounds} round(s); ratio = median over rounds of tokens/s over the "
+    "comparison's first variant in the same round;\ndiff = max |output - first variant's "
+    "output|, rel = diff / max |first variant's output|"
+  )
+  header = (
+    f"{'comparison':22s}  {'variant':24s}  {'compile s':>9}  {'ms/call':>8}  "
+    f"{'tokens/s':>8}  {'ratio':>5}  {'GFLOP/call':>10}  {'GFLOP/s':>7}  {'diff':>7}  "
+    f"{'rel':>7}  per-round ratios"
+  )
   print(header)
   previous = None
   for row in rows:
@@ -342,10 +401,12 @@ def print_table(rows: list[dict], rounds: int) -> None:
     rate = "-" if row["gflop_per_sec"] is None else f"{row['gflop_per_sec']:.1f}"
     name = "" if row["comparison"] == previous else row["comparison"]
     previous = row["comparison"]
-    print(f"{name:22s}  {row['variant']:24s}  {row['compile_seconds']:9.1f}  "
-          f"{row['ms_per_call']:8.1f}  {row['tokens_per_sec']:8.0f}  {row['ratio']:5.2f}  "
-          f"{flops:>10}  {rate:>7}  {row['max_abs_diff']:7.1e}  {row['relative_diff']:7.1e}  "
-          f"{' '.join(f'{r:.2f}' for r in row['round_ratios'])}")
+    print(
+      f"{name:22s}  {row['variant']:24s}  {row['compile_seconds']:9.1f}  "
+      f"{row['ms_per_call']:8.1f}  {row['tokens_per_sec']:8.0f}  {row['ratio']:5.2f}  "
+      f"{flops:>10}  {rate:>7}  {row['max_abs_diff']:7.1e}  {row['relative_diff']:7.1e}  "
+      f"{' '.join(f'{r:.2f}' for r in row['round_ratios'])}"
+    )
   print("GFLOP: XLA's cost analysis, for loop-free programs only (it counts a scan's body once).")
 
 
@@ -361,12 +422,23 @@ def main(argv=None) -> int:
   total = time.perf_counter() - start
   print(f"\ntotal {total:.0f} s; load avg at the end {os.getloadavg()[0]:.2f}")
   if args.json:
-    settings = {"rounds": args.rounds, "seconds": args.seconds, "unrolls": args.unrolls,
-                "lstm_length": args.lstm_length, "quick": args.quick, "lstm": LSTM_SHAPE,
-                "gpt": {**GPT_KWARGS, "batch": GPT_BATCH, "tokens": GPT_TOKENS},
-                "attention": ATTN_SHAPE}
-    report = {"environment": env, "settings": settings, "summary": rows, "runs": results,
-              "total_seconds": total}
+    settings = {
+      "rounds": args.rounds,
+      "seconds": args.seconds,
+      "unrolls": args.unrolls,
+      "lstm_length": args.lstm_length,
+      "quick": args.quick,
+      "lstm": LSTM_SHAPE,
+      "gpt": {**GPT_KWARGS, "batch": GPT_BATCH, "tokens": GPT_TOKENS},
+      "attention": ATTN_SHAPE,
+    }
+    report = {
+      "environment": env,
+      "settings": settings,
+      "summary": rows,
+      "runs": results,
+      "total_seconds": total,
+    }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
   return 0
 

@@ -83,12 +83,12 @@ import datetime
 import importlib.util
 import json
 import math
+from pathlib import Path
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("jaxdl", "torch", "flax")
@@ -100,20 +100,35 @@ VOCAB = 65  # The char tokenizer's vocabulary on the shipped Shakespeare corpus.
 
 # name: (experiment config file, variant, overrides of model / batch, description).
 COMPARISONS = {
-    "lstm_char": dict(experiment="shakespeare_char_lstm.py", variant="", model={},
-                      batch_size=32, seq_len=64,
-                      title="char LSTM 2x256, B=32, T=64"),
-    "lstm_big": dict(experiment="shakespeare_char_lstm.py", variant="", model={"features": 512},
-                     batch_size=32, seq_len=128,
-                     title="char LSTM 2x512, B=32, T=128"),
-    "gpt_char": dict(experiment="shakespeare_char_gpt.py", variant="cpu", model={},
-                     batch_size=12, seq_len=64,
-                     title="char GPT 4x128 (cpu), B=12, T=64"),
+  "lstm_char": dict(
+    experiment="shakespeare_char_lstm.py",
+    variant="",
+    model={},
+    batch_size=32,
+    seq_len=64,
+    title="char LSTM 2x256, B=32, T=64",
+  ),
+  "lstm_big": dict(
+    experiment="shakespeare_char_lstm.py",
+    variant="",
+    model={"features": 512},
+    batch_size=32,
+    seq_len=128,
+    title="char LSTM 2x512, B=32, T=128",
+  ),
+  "gpt_char": dict(
+    experiment="shakespeare_char_gpt.py",
+    variant="cpu",
+    model={},
+    batch_size=12,
+    seq_len=64,
+    title="char GPT 4x128 (cpu), B=12, T=64",
+  ),
 }
 QUICK = {  # --quick: the same models at small sizes, to check that everything runs.
-    "lstm_char": dict(seq_len=16),
-    "lstm_big": dict(model={"features": 128}, seq_len=16, title="char LSTM 2x128, B=32, T=16"),
-    "gpt_char": dict(),
+  "lstm_char": dict(seq_len=16),
+  "lstm_big": dict(model={"features": 128}, seq_len=16, title="char LSTM 2x128, B=32, T=16"),
+  "gpt_char": dict(),
 }
 
 
@@ -139,11 +154,13 @@ def experiment_config(spec: dict):
 def token_batch(spec: dict):
   """int32 [B, T + 1] random tokens, the same for both frameworks."""
   import numpy as np
+
   rng = np.random.default_rng(0)
   return rng.integers(0, VOCAB, (spec["batch_size"], spec["seq_len"] + 1), dtype=np.int32)
 
 
 # ---------------------------------------------------------------- jaxdl worker
+
 
 def jaxdl_step(spec: dict):
   """(step() -> loss to block on, params, versions): jaxdl's train step, compiled and warmed up.
@@ -155,8 +172,10 @@ def jaxdl_step(spec: dict):
   JAXDL_BENCH_PLAIN=1.
   """
   import os
+
   from jaxdl import host_memory
   from jaxdl.train import cpu_devices
+
   config = experiment_config(spec)
   plain = os.environ.get("JAXDL_BENCH_PLAIN") == "1"
   if not plain:
@@ -164,8 +183,10 @@ def jaxdl_step(spec: dict):
     cpu_devices.configure(config.parallel, [spec["batch_size"]])
   import jax
   import jax.numpy as jnp
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
   import numpy as np
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
   from jaxdl import models
   from jaxdl.train import optim, tasks
   from jaxdl.train import step as step_lib
@@ -174,8 +195,9 @@ def jaxdl_step(spec: dict):
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.train.num_steps)
   task = tasks.LanguageModelling()
   batch = {"tokens": jnp.asarray(token_batch(spec))}
-  state = step_lib.create_train_state(model, tx, jax.random.key(config.seed),
-                                      *task.model_inputs(batch))
+  state = step_lib.create_train_state(
+    model, tx, jax.random.key(config.seed), *task.model_inputs(batch)
+  )
   params = sum(x.size for x in jax.tree.leaves(state.params))
   if jax.device_count() > 1:  # The trainer's data-parallel layout: batch split, state replicated.
     mesh = Mesh(jax.devices(), ("data",))
@@ -185,13 +207,16 @@ def jaxdl_step(spec: dict):
   k = int(os.environ.get("JAXDL_BENCH_STEPS_PER_CALL", 0)) or config.train.steps_per_call
   if not k:  # auto, as the trainer resolves it: these models have no convolutions.
     from jaxdl.train import steps_per_call
+
     k = 1 if plain or jax.default_backend() != "cpu" else steps_per_call.CPU_STEPS_PER_CALL
   if k == 1:
     train_step = jax.jit(step_fn, donate_argnums=0)
   else:  # The trainer's call of k steps, on the same batch k times.
+
     def update(state, sums, batch, rng):
       state, metrics = step_fn(state, batch, rng)
       return state, sums, metrics
+
     several = jax.jit(step_lib.steps_in_one_call(update), donate_argnums=0)
     stacked = jax.tree.map(lambda x: jnp.stack([x] * k), batch)
     called = []
@@ -204,6 +229,7 @@ def jaxdl_step(spec: dict):
       called[:] = [True]
       state, _, metrics = several(state, (), stacked, np.int32(n), rng)
       return state, metrics
+
   rng = jax.random.key(1)
   holder = {"state": state}  # The donated state threads from step to step, as in training.
 
@@ -216,6 +242,7 @@ def jaxdl_step(spec: dict):
 
 
 # ---------------------------------------------------------------- PyTorch worker
+
 
 def torch_models():
   """The PyTorch models, defined only where torch is importable."""
@@ -230,8 +257,13 @@ def torch_models():
       super().__init__()
       self.embed = nn.Embedding(vocab_size, embed_dim)
       self.drop = nn.Dropout(dropout_rate)
-      self.lstm = nn.LSTM(embed_dim, features, num_layers, batch_first=True,
-                          dropout=dropout_rate if num_layers > 1 else 0.0)
+      self.lstm = nn.LSTM(
+        embed_dim,
+        features,
+        num_layers,
+        batch_first=True,
+        dropout=dropout_rate if num_layers > 1 else 0.0,
+      )
       self.head = nn.Linear(features, vocab_size)
 
     def forward(self, tokens_BT):
@@ -266,8 +298,7 @@ def torch_models():
       super().__init__()
       self.wte = nn.Embedding(vocab_size, embed_dim)
       self.wpe = nn.Embedding(block_size, embed_dim)
-      self.blocks = nn.ModuleList(Block(embed_dim, num_heads, use_bias)
-                                  for _ in range(num_layers))
+      self.blocks = nn.ModuleList(Block(embed_dim, num_heads, use_bias) for _ in range(num_layers))
       self.ln_f = nn.LayerNorm(embed_dim, bias=use_bias)
       for name, p in self.named_parameters():  # GPT-2's init, as jaxdl's GPT.
         if p.dim() >= 2:
@@ -298,20 +329,27 @@ def torch_step(spec: dict):
   else:
     if m.get("dropout_rate", 0.0):
       raise ValueError("the PyTorch GPT here has no dropout; compare at dropout_rate=0")
-    model = GPT(VOCAB, m["block_size"], m["num_layers"], m["num_heads"], m["embed_dim"],
-                m["use_bias"])
+    model = GPT(
+      VOCAB, m["block_size"], m["num_layers"], m["num_heads"], m["embed_dim"], m["use_bias"]
+    )
   model.train()
   params = sum(p.numel() for p in model.parameters())
   if opt.name == "adamw":  # Decay only matrices (>= 2-d: kernels, embeddings), as jaxdl's mask.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opt.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps)
+      [
+        {"params": decay, "weight_decay": opt.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+      ],
+      lr=opt.learning_rate,
+      betas=(opt.b1, opt.b2),
+      eps=opt.eps,
+    )
   else:
-    optimizer = torch.optim.Adam(model.parameters(), lr=opt.learning_rate, betas=(opt.b1, opt.b2),
-                                 eps=opt.eps)
+    optimizer = torch.optim.Adam(
+      model.parameters(), lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps
+    )
   total, warmup, end = config.train.num_steps, opt.warmup_steps, opt.end_learning_rate
 
   def lr_factor(step):  # optax.warmup_cosine_decay_schedule, relative to the peak rate.
@@ -340,6 +378,7 @@ def torch_step(spec: dict):
 
 
 # ---------------------------------------------------------------- Flax worker
+
 
 def flax_models():
   """The models in plain Flax Linen, as a user would write them without jaxdl."""
@@ -377,15 +416,17 @@ def flax_models():
       b, t, d = x_BTD.shape
       init = nn.initializers.normal(0.02)
       residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
-      dense = lambda n, kernel_init, name: nn.Dense(n, use_bias=self.use_bias,
-                                                    kernel_init=kernel_init, name=name)
+      dense = lambda n, kernel_init, name: nn.Dense(
+        n, use_bias=self.use_bias, kernel_init=kernel_init, name=name
+      )
       # epsilon 1e-5: PyTorch's (Flax's default is 1e-6).
       norm = lambda name: nn.LayerNorm(1e-5, use_bias=self.use_bias, name=name)
       qkv_BT3D = dense(3 * d, init, "qkv")(norm("ln_1")(x_BTD))
       heads = lambda z_BTD: z_BTD.reshape(b, t, self.num_heads, d // self.num_heads)
       q_BTHK, k_BTHK, v_BTHK = map(heads, jnp.split(qkv_BT3D, 3, axis=-1))
-      y_BTHK = nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, deterministic=True,
-                                        mask=nn.make_causal_mask(x_BTD[..., 0]))
+      y_BTHK = nn.dot_product_attention(
+        q_BTHK, k_BTHK, v_BTHK, deterministic=True, mask=nn.make_causal_mask(x_BTD[..., 0])
+      )
       x_BTD = x_BTD + dense(d, residual_init, "proj")(y_BTHK.reshape(b, t, d))
       h_BTF = nn.gelu(dense(4 * d, init, "fc")(norm("ln_2")(x_BTD)), approximate=True)
       return x_BTD + dense(d, residual_init, "fc_out")(h_BTF)
@@ -421,20 +462,22 @@ def flax_model(m):
     return CharLSTM(VOCAB, m["embed_dim"], m["features"], m["num_layers"], m["dropout_rate"])
   if m.get("dropout_rate", 0.0):
     raise ValueError("the Flax GPT here has no dropout; compare at dropout_rate=0")
-  return GPT(VOCAB, m["block_size"], m["num_layers"], m["num_heads"], m["embed_dim"],
-             m["use_bias"])
+  return GPT(VOCAB, m["block_size"], m["num_layers"], m["num_heads"], m["embed_dim"], m["use_bias"])
 
 
 def flax_optimizer(opt, total_steps: int):
   """Clipping, then Adam or AdamW on the torch worker's warmup + cosine schedule."""
   import jax
   import optax
-  schedule = optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
-                                                total_steps, opt.end_learning_rate)
+
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, opt.learning_rate, opt.warmup_steps, total_steps, opt.end_learning_rate
+  )
   if opt.name == "adamw":  # Decay only matrices (>= 2-d: kernels, embeddings), as torch's groups.
     matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    adam = optax.adamw(schedule, opt.b1, opt.b2, opt.eps, weight_decay=opt.weight_decay,
-                       mask=matrices)
+    adam = optax.adamw(
+      schedule, opt.b1, opt.b2, opt.eps, weight_decay=opt.weight_decay, mask=matrices
+    )
   else:
     adam = optax.adam(schedule, opt.b1, opt.b2, opt.eps)
   if opt.grad_clip_norm > 0:
@@ -498,9 +541,17 @@ def worker(framework: str, comparison: str, seconds: float, quick: bool) -> int:
   steps_per_call = getattr(step, "steps", 1)  # jaxdl runs several steps a call.
   steps, tokens = calls * steps_per_call, spec["batch_size"] * spec["seq_len"]
   emit = lambda **kv: print(json.dumps(kv), flush=True)
-  emit(event="ready", framework=framework, comparison=comparison, params=params,
-       setup_seconds=setup, first_loss=first_loss, steps_per_round=steps, tokens_per_step=tokens,
-       **versions)
+  emit(
+    event="ready",
+    framework=framework,
+    comparison=comparison,
+    params=params,
+    setup_seconds=setup,
+    first_loss=first_loss,
+    steps_per_round=steps,
+    tokens_per_step=tokens,
+    **versions,
+  )
   for line in sys.stdin:
     if line.strip() != "run":
       break
@@ -510,32 +561,54 @@ def worker(framework: str, comparison: str, seconds: float, quick: bool) -> int:
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     # CPU time of all the worker's threads: wall time that other jobs took from it does not count,
     # time its threads spent spinning or working does.
-    emit(event="round", tokens_per_sec=tokens * steps / elapsed, ms_per_step=1e3 * elapsed / steps,
-         cpu_ms_per_step=1e3 * cpu / steps, loss=float(loss))
+    emit(
+      event="round",
+      tokens_per_sec=tokens * steps / elapsed,
+      ms_per_step=1e3 * elapsed / steps,
+      cpu_ms_per_step=1e3 * cpu / steps,
+      loss=float(loss),
+    )
   return 0
 
 
 # ---------------------------------------------------------------- Driver
 
+
 class Worker:
   """A worker subprocess: started, read until ready, then asked for rounds."""
 
   def __init__(self, framework: str, comparison: str, args):
-    cmd = [sys.executable, __file__, "--worker", framework, "--comparison", comparison,
-           "--seconds", str(args.seconds)] + (["--quick"] if args.quick else [])
+    cmd = [
+      sys.executable,
+      __file__,
+      "--worker",
+      framework,
+      "--comparison",
+      comparison,
+      "--seconds",
+      str(args.seconds),
+    ] + (["--quick"] if args.quick else [])
     self.framework = framework
     self.log = Path(args.log_dir) / f"{comparison}.{framework}.stderr"
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=self.log.open("w"), text=True, cwd=ROOT,
-                                 env=worker_env(framework, args))
+    self.proc = subprocess.Popen(
+      cmd,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=self.log.open("w"),
+      text=True,
+      cwd=ROOT,
+      env=worker_env(framework, args),
+    )
     self.info = self._read()
 
   def _read(self) -> dict:
     line = self.proc.stdout.readline()
     if not line:
       self.proc.wait()
-      raise RuntimeError(f"worker {self.framework} exited ({self.proc.returncode}); its stderr:\n"
-                         + self.log.read_text()[-3000:])
+      raise RuntimeError(
+        f"worker {self.framework} exited ({self.proc.returncode}); its stderr:\n"
+        + self.log.read_text()[-3000:]
+      )
     return json.loads(line)
 
   def run_round(self) -> dict:
@@ -581,19 +654,25 @@ def run_comparison(comparison: str, frameworks: list[str], args) -> list[dict]:
   try:
     for framework in frameworks:  # One at a time: compiling does not overlap the other's setup.
       w = Worker(framework, comparison, args)
-      print(f"ready     {spec['title']:34s} {framework:6s} params {w.info['params']:>9,}  "
-            f"setup {w.info['setup_seconds']:5.1f} s  first loss {w.info['first_loss']:.3f}  "
-            f"{w.info['steps_per_round']} steps/round", flush=True)
+      print(
+        f"ready     {spec['title']:34s} {framework:6s} params {w.info['params']:>9,}  "
+        f"setup {w.info['setup_seconds']:5.1f} s  first loss {w.info['first_loss']:.3f}  "
+        f"{w.info['steps_per_round']} steps/round",
+        flush=True,
+      )
       workers.append(w)
     rounds = {w.framework: [] for w in workers}
     for r in range(args.rounds):
       first = r % len(workers)
       for w in workers[first:] + workers[:first]:
         rounds[w.framework].append(w.run_round())
-      line = "  ".join(f"{w.framework} {rounds[w.framework][-1]['tokens_per_sec']:7.0f}"
-                       for w in workers)
-      print(f"round {r + 1}   {spec['title']:34s} tokens/s: {line}  load "
-            f"{os.getloadavg()[0]:.2f}", flush=True)
+      line = "  ".join(
+        f"{w.framework} {rounds[w.framework][-1]['tokens_per_sec']:7.0f}" for w in workers
+      )
+      print(
+        f"round {r + 1}   {spec['title']:34s} tokens/s: {line}  load {os.getloadavg()[0]:.2f}",
+        flush=True,
+      )
   finally:
     for w in workers:
       w.close()
@@ -602,18 +681,26 @@ def run_comparison(comparison: str, frameworks: list[str], args) -> list[dict]:
   for w in workers:
     tps = [x["tokens_per_sec"] for x in rounds[w.framework]]
     round_ratios = paired if w.framework == "jaxdl" else {}  # The ratios live on jaxdl's row.
-    rows.append({
-        "comparison": comparison, "title": spec["title"], "framework": w.framework,
-        "params": w.info["params"], "first_loss": w.info["first_loss"],
-        "setup_seconds": w.info["setup_seconds"], "steps_per_round": w.info["steps_per_round"],
+    rows.append(
+      {
+        "comparison": comparison,
+        "title": spec["title"],
+        "framework": w.framework,
+        "params": w.info["params"],
+        "first_loss": w.info["first_loss"],
+        "setup_seconds": w.info["setup_seconds"],
+        "steps_per_round": w.info["steps_per_round"],
         "tokens_per_sec": statistics.median(tps),
         "ms_per_step": statistics.median(x["ms_per_step"] for x in rounds[w.framework]),
         "cpu_ms_per_step": statistics.median(x["cpu_ms_per_step"] for x in rounds[w.framework]),
         "round_tokens_per_sec": tps,
         "ratios": {peer: statistics.median(xs) for peer, xs in round_ratios.items()},
         "round_ratios": round_ratios,
-        "versions": {k: v for k, v in w.info.items()
-                     if k in ("jax", "flax", "torch", "torch_threads")}})
+        "versions": {
+          k: v for k, v in w.info.items() if k in ("jax", "flax", "torch", "torch_threads")
+        },
+      }
+    )
   return rows
 
 
@@ -624,61 +711,95 @@ def paired_ratios(rounds: dict[str, list[dict]]) -> dict[str, list[float]]:
   """
   if "jaxdl" not in rounds:
     return {}
-  return {peer: [a["tokens_per_sec"] / b["tokens_per_sec"]
-                 for a, b in zip(rounds["jaxdl"], runs)]
-          for peer, runs in rounds.items() if peer != "jaxdl"}
+  return {
+    peer: [a["tokens_per_sec"] / b["tokens_per_sec"] for a, b in zip(rounds["jaxdl"], runs)]
+    for peer, runs in rounds.items()
+    if peer != "jaxdl"
+  }
 
 
 def print_table(rows: list[dict], rounds: int) -> None:
   """A markdown table: one row per comparison and framework, a jaxdl/peer column per peer."""
   peers = [f for f in FRAMEWORKS if any(f in row["ratios"] for row in rows)]
-  print(f"\nmedians over {rounds} round(s); jaxdl/peer = median over rounds of the ratio of "
-        "tokens/s in the same round\n")
-  print("| comparison | framework | params | tokens/s | ms/step | CPU ms/step | "
-        + "".join(f"jaxdl/{p} | " for p in peers) + "per-round tokens/s (ratios) |")
+  print(
+    f"\nmedians over {rounds} round(s); jaxdl/peer = median over rounds of the ratio of "
+    "tokens/s in the same round\n"
+  )
+  print(
+    "| comparison | framework | params | tokens/s | ms/step | CPU ms/step | "
+    + "".join(f"jaxdl/{p} | " for p in peers)
+    + "per-round tokens/s (ratios) |"
+  )
   print("|:--|:--|--:|--:|--:|--:|" + "--:|" * len(peers) + ":--|")
   previous = None
   for row in rows:
     name = "" if row["title"] == previous else row["title"]
     previous = row["title"]
-    ratios = "".join(f"{row['ratios'][p]:.2f} | " if p in row["ratios"] else " | "
-                     for p in peers)
+    ratios = "".join(f"{row['ratios'][p]:.2f} | " if p in row["ratios"] else " | " for p in peers)
     per_round = " ".join(f"{x:.0f}" for x in row["round_tokens_per_sec"])
     if row["round_ratios"]:
-      per_round += " (" + "; ".join(f"{p} " + " ".join(f"{x:.2f}" for x in xs)
-                                    for p, xs in row["round_ratios"].items()) + ")"
-    print(f"| {name} | {row['framework']} | {row['params']:,} | {row['tokens_per_sec']:.0f} | "
-          f"{row['ms_per_step']:.1f} | {row['cpu_ms_per_step']:.1f} | {ratios}{per_round} |")
+      per_round += (
+        " ("
+        + "; ".join(
+          f"{p} " + " ".join(f"{x:.2f}" for x in xs) for p, xs in row["round_ratios"].items()
+        )
+        + ")"
+      )
+    print(
+      f"| {name} | {row['framework']} | {row['params']:,} | {row['tokens_per_sec']:.0f} | "
+      f"{row['ms_per_step']:.1f} | {row['cpu_ms_per_step']:.1f} | {ratios}{per_round} |"
+    )
 
 
 def environment() -> dict:
   return {
-      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-      "python": platform.python_version(), "executable": sys.executable,
-      "platform": platform.platform(), "processor": platform.machine(),
-      "cpu_count": os.cpu_count(),
-      "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-      "load_average": os.getloadavg(),
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "executable": sys.executable,
+    "platform": platform.platform(),
+    "processor": platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    "load_average": os.getloadavg(),
   }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
-  p.add_argument("--seconds", type=float, default=None,
-                 help="timed seconds per worker per round (default 3)")
-  p.add_argument("--only", default=",".join(COMPARISONS),
-                 help=f"comma-separated comparisons, from {', '.join(COMPARISONS)}")
-  p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                 help=f"comma-separated frameworks, from {', '.join(FRAMEWORKS)} (default all)")
-  p.add_argument("--quick", action="store_true",
-                 help="smoke run: 1 round, 0.5 s, small LSTMs (explicit options win)")
+  p.add_argument(
+    "--seconds", type=float, default=None, help="timed seconds per worker per round (default 3)"
+  )
+  p.add_argument(
+    "--only",
+    default=",".join(COMPARISONS),
+    help=f"comma-separated comparisons, from {', '.join(COMPARISONS)}",
+  )
+  p.add_argument(
+    "--frameworks",
+    default=",".join(FRAMEWORKS),
+    help=f"comma-separated frameworks, from {', '.join(FRAMEWORKS)} (default all)",
+  )
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke run: 1 round, 0.5 s, small LSTMs (explicit options win)",
+  )
   p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-  p.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
-                 help="OMP_WAIT_POLICY of the torch worker (default passive; see the docstring)")
+  p.add_argument(
+    "--omp-wait-policy",
+    choices=("passive", "active", "default"),
+    default="passive",
+    help="OMP_WAIT_POLICY of the torch worker (default passive; see the docstring)",
+  )
   p.add_argument("--xla-flags", default="", help="XLA_FLAGS added for the jaxdl and flax workers")
-  p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                 help="an environment variable for every worker (repeatable)")
+  p.add_argument(
+    "--env",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="an environment variable for every worker (repeatable)",
+  )
   p.add_argument("--log-dir", default="/tmp", help="where the workers' stderr goes")
   p.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
   p.add_argument("--comparison", choices=list(COMPARISONS), help=argparse.SUPPRESS)
@@ -710,14 +831,18 @@ def main(argv=None) -> int:
   if args.worker:
     return worker(args.worker, args.comparison, args.seconds, args.quick)
   env = environment()
-  print(f"date      {env['date']}\npython    {env['python']} ({env['executable']}) on "
-        f"{env['platform']}\ncpus      {env['cpu_count']} ({env['cpus_usable']} usable)\n"
-        f"load avg  {' '.join(f'{x:.2f}' for x in env['load_average'])}\n")
+  print(
+    f"date      {env['date']}\npython    {env['python']} ({env['executable']}) on "
+    f"{env['platform']}\ncpus      {env['cpu_count']} ({env['cpus_usable']} usable)\n"
+    f"load avg  {' '.join(f'{x:.2f}' for x in env['load_average'])}\n"
+  )
   frameworks, notes = available_frameworks(args.frameworks)
   omp = worker_env("torch", args).get("OMP_WAIT_POLICY", "")
-  print(f"settings  torch OMP_WAIT_POLICY={omp!r}, "
-        f"jaxdl/flax XLA_FLAGS={worker_env('jaxdl', args).get('XLA_FLAGS', '')!r}, "
-        f"all {args.env}")
+  print(
+    f"settings  torch OMP_WAIT_POLICY={omp!r}, "
+    f"jaxdl/flax XLA_FLAGS={worker_env('jaxdl', args).get('XLA_FLAGS', '')!r}, "
+    f"all {args.env}"
+  )
   for note in notes:
     print(f"note      {note}")
   start = time.perf_counter()
@@ -734,13 +859,23 @@ def main(argv=None) -> int:
   total = time.perf_counter() - start
   print(f"total {total:.0f} s; load avg at the end {os.getloadavg()[0]:.2f}")
   if args.json:
-    report = {"environment": env, "versions": versions, "notes": notes,
-              "settings": {"rounds": args.rounds, "seconds": args.seconds, "quick": args.quick,
-                           "frameworks": frameworks,
-                           "omp_wait_policy": args.omp_wait_policy, "xla_flags": args.xla_flags,
-                           "env": args.env,
-                           "comparisons": {c: comparison_spec(c, args.quick) for c in args.only}},
-              "summary": rows, "total_seconds": total}
+    report = {
+      "environment": env,
+      "versions": versions,
+      "notes": notes,
+      "settings": {
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "quick": args.quick,
+        "frameworks": frameworks,
+        "omp_wait_policy": args.omp_wait_policy,
+        "xla_flags": args.xla_flags,
+        "env": args.env,
+        "comparisons": {c: comparison_spec(c, args.quick) for c in args.only},
+      },
+      "summary": rows,
+      "total_seconds": total,
+    }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
   return 0
 

@@ -91,12 +91,16 @@ def main():
     for name, run in runs.items():
       rates[name].append(n * b * args.steps / run(args.steps))
   medians = {name: statistics.median(r) for name, r in rates.items()}
-  print(f"{args.experiment}: {n} members, batch {b} each, {args.steps} steps, "
-        f"{args.rounds} rounds; {jax.device_count()} {jax.devices()[0].platform} device(s)")
+  print(
+    f"{args.experiment}: {n} members, batch {b} each, {args.steps} steps, "
+    f"{args.rounds} rounds; {jax.device_count()} {jax.devices()[0].platform} device(s)"
+  )
   print(f"{'':>12}  examples/s (median)  vs sequential  rounds")
   for name, median in medians.items():
-    print(f"{name:>12}  {median:19,.0f}  {median / medians['sequential']:11.2f}x  "
-          f"{', '.join(f'{r:,.0f}' for r in rates[name])}")
+    print(
+      f"{name:>12}  {median:19,.0f}  {median / medians['sequential']:11.2f}x  "
+      f"{', '.join(f'{r:,.0f}' for r in rates[name])}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,20 +36,20 @@ import argparse
 import datetime
 import json
 import logging
+from pathlib import Path
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import flax
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import optax
-from flax.training import train_state
 
 from jaxdl import config as config_lib
 from jaxdl import data as data_lib
@@ -75,26 +75,30 @@ def default_steps(batch_size: int) -> int:
 
 # ---------------------------------------------------------------- Environment
 
+
 def environment(data: data_lib.LoadedData) -> dict:
   return {
-      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-      "optax": optax.__version__,
-      "devices": [str(d) for d in jax.devices()],
-      "cpu_count": os.cpu_count(),
-      "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-      "load_average": os.getloadavg(),
-      "data": data.source,
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "devices": [str(d) for d in jax.devices()],
+    "cpu_count": os.cpu_count(),
+    "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    "load_average": os.getloadavg(),
+    "data": data.source,
   }
 
 
 def print_environment(env: dict) -> None:
   print(f"date      {env['date']}")
   print(f"python    {env['python']} on {env['platform']}")
-  print(f"jax       {env['jax']} (jaxlib {env['jaxlib']}), flax {env['flax']}, "
-        f"optax {env['optax']}")
+  print(
+    f"jax       {env['jax']} (jaxlib {env['jaxlib']}), flax {env['flax']}, optax {env['optax']}"
+  )
   print(f"devices   {', '.join(env['devices'])}")
   print(f"cpus      {env['cpu_count']} ({env['cpus_usable']} usable by this process)")
   # Other processes share the cores; a high load average means noisy numbers.
@@ -105,15 +109,24 @@ def print_environment(env: dict) -> None:
 
 # ---------------------------------------------------------------- (a) jaxdl's loop
 
+
 def jaxdl_config(batch_size: int, steps: int, data_dir: str):
   """The experiment, shortened so that eval and checkpointing fall after the last timed interval."""
   interval = steps // INTERVALS
   num_steps = interval + steps  # The first interval is the warmup (compilation).
   config = config_lib.load_experiment(EXPERIMENT)
-  config_lib.apply_overrides(config, [
-      f"train.num_steps={num_steps}", f"train.batch_size={batch_size}",
-      f"train.log_every_steps={interval}", f"train.eval_every_steps={num_steps + 1}",
-      "train.checkpoint_every_steps=0", f"data.dir={data_dir}", "data.download=False"])
+  config_lib.apply_overrides(
+    config,
+    [
+      f"train.num_steps={num_steps}",
+      f"train.batch_size={batch_size}",
+      f"train.log_every_steps={interval}",
+      f"train.eval_every_steps={num_steps + 1}",
+      "train.checkpoint_every_steps=0",
+      f"data.dir={data_dir}",
+      "data.download=False",
+    ],
+  )
   return config
 
 
@@ -129,11 +142,15 @@ def run_jaxdl(batch_size: int, steps: int, data_dir: str) -> dict:
   if len(measured) != INTERVALS:
     raise RuntimeError(f"Expected {INTERVALS + 1} logged intervals from jaxdl, got {len(seconds)}.")
   # All intervals have the same length, so the plain mean is the mean over steps.
-  return {"examples_per_sec": batch_size / statistics.fmean(measured), "wall_seconds": wall,
-          "interval_seconds_per_step": measured}
+  return {
+    "examples_per_sec": batch_size / statistics.fmean(measured),
+    "wall_seconds": wall,
+    "interval_seconds_per_step": measured,
+  }
 
 
 # ---------------------------------------------------------------- (b) A plain Flax + Optax loop
+
 
 def plain_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
   """Endless shuffled batches, a fresh permutation per epoch, scaled on the host like jaxdl's."""
@@ -141,7 +158,7 @@ def plain_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed:
   while True:
     order = rng.permutation(len(labels))
     for start in range(0, len(order) - batch_size + 1, batch_size):
-      idx = order[start:start + batch_size]
+      idx = order[start : start + batch_size]
       yield images[idx].astype(np.float32) / np.float32(255), labels[idx]
 
 
@@ -151,6 +168,7 @@ def make_plain_step():
     def loss_fn(params):
       logits = state.apply_fn({"params": params}, image)
       return cross_entropy(logits, label).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grads), loss
 
@@ -180,23 +198,31 @@ def run_plain(data: data_lib.LoadedData, batch_size: int, steps: int) -> dict:
 
 # ---------------------------------------------------------------- Driver
 
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rounds", type=int, default=3, help="jaxdl/plain pairs per batch size")
   p.add_argument("--batch-sizes", default="64,256", help="comma-separated global batch sizes")
-  p.add_argument("--steps", default="",
-                 help="measured steps per run, one value or one per batch size, each a multiple "
-                      f"of {INTERVALS} (default: {DEFAULT_STEPS}, else ~6400 examples)")
+  p.add_argument(
+    "--steps",
+    default="",
+    help="measured steps per run, one value or one per batch size, each a multiple "
+    f"of {INTERVALS} (default: {DEFAULT_STEPS}, else ~6400 examples)",
+  )
   p.add_argument("--data-dir", default="", help='MNIST directory; "" = the shipped subset')
   p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-  p.add_argument("--check", action="store_true",
-                 help=f"exit 1 if a ratio is below {REQUIRED_RATIO}")
+  p.add_argument(
+    "--check", action="store_true", help=f"exit 1 if a ratio is below {REQUIRED_RATIO}"
+  )
   args = p.parse_args(argv)
   if args.rounds < 1:
     p.error("--rounds must be at least 1")
   args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-  steps = [int(s) for s in args.steps.split(",")] if args.steps else [
-      default_steps(b) for b in args.batch_sizes]
+  steps = (
+    [int(s) for s in args.steps.split(",")]
+    if args.steps
+    else [default_steps(b) for b in args.batch_sizes]
+  )
   if len(steps) == 1:
     steps *= len(args.batch_sizes)
   if len(steps) != len(args.batch_sizes):
@@ -216,10 +242,12 @@ def run_rounds(args, data) -> dict:
       b_res = run_plain(data, b, args.steps[b])
       results[b]["jaxdl"].append(a_res)
       results[b]["plain"].append(b_res)
-      print(f"round {r}  batch {b:4d}  jaxdl {a_res['examples_per_sec']:8.0f} ex/s "
-            f"(train() {a_res['wall_seconds']:5.1f} s)  "
-            f"plain {b_res['examples_per_sec']:8.0f} ex/s  load {os.getloadavg()[0]:.2f}",
-            flush=True)
+      print(
+        f"round {r}  batch {b:4d}  jaxdl {a_res['examples_per_sec']:8.0f} ex/s "
+        f"(train() {a_res['wall_seconds']:5.1f} s)  "
+        f"plain {b_res['examples_per_sec']:8.0f} ex/s  load {os.getloadavg()[0]:.2f}",
+        flush=True,
+      )
   return results
 
 
@@ -229,27 +257,36 @@ def summarize(results: dict, steps: dict) -> list[dict]:
     jaxdl_eps = [r["examples_per_sec"] for r in res["jaxdl"]]
     plain_eps = [r["examples_per_sec"] for r in res["plain"]]
     ratio = statistics.median(jaxdl_eps) / statistics.median(plain_eps)
-    rows.append({
-        "batch_size": b, "measured_steps": steps[b],
+    rows.append(
+      {
+        "batch_size": b,
+        "measured_steps": steps[b],
         "jaxdl_examples_per_sec": statistics.median(jaxdl_eps),
-        "plain_examples_per_sec": statistics.median(plain_eps), "ratio": ratio,
+        "plain_examples_per_sec": statistics.median(plain_eps),
+        "ratio": ratio,
         # Each round's own ratio: their scatter shows how far the machine's noise reaches.
         "round_ratios": [j / p for j, p in zip(jaxdl_eps, plain_eps)],
         "jaxdl_train_wall_seconds": statistics.median(r["wall_seconds"] for r in res["jaxdl"]),
-        "pass": ratio >= REQUIRED_RATIO})
+        "pass": ratio >= REQUIRED_RATIO,
+      }
+    )
   return rows
 
 
 def print_table(rows: list[dict], rounds: int) -> None:
   print(f"\nmedians over {rounds} round(s), examples/s; PASS if jaxdl/plain >= {REQUIRED_RATIO}")
-  print(f"{'batch':>5}  {'steps':>5}  {'jaxdl':>7}  {'plain':>7}  {'jaxdl/plain':>11}  "
-        f"{'result':>6}  {'train() s':>9}  per-round jaxdl/plain")
+  print(
+    f"{'batch':>5}  {'steps':>5}  {'jaxdl':>7}  {'plain':>7}  {'jaxdl/plain':>11}  "
+    f"{'result':>6}  {'train() s':>9}  per-round jaxdl/plain"
+  )
   for row in rows:
-    print(f"{row['batch_size']:5d}  {row['measured_steps']:5d}  "
-          f"{row['jaxdl_examples_per_sec']:7.0f}  {row['plain_examples_per_sec']:7.0f}  "
-          f"{row['ratio']:11.3f}  {'PASS' if row['pass'] else 'FAIL':>6}  "
-          f"{row['jaxdl_train_wall_seconds']:9.1f}  "
-          f"{' '.join(f'{r:.2f}' for r in row['round_ratios'])}")
+    print(
+      f"{row['batch_size']:5d}  {row['measured_steps']:5d}  "
+      f"{row['jaxdl_examples_per_sec']:7.0f}  {row['plain_examples_per_sec']:7.0f}  "
+      f"{row['ratio']:11.3f}  {'PASS' if row['pass'] else 'FAIL':>6}  "
+      f"{row['jaxdl_train_wall_seconds']:9.1f}  "
+      f"{' '.join(f'{r:.2f}' for r in row['round_ratios'])}"
+    )
 
 
 def main(argv=None) -> int:
@@ -267,9 +304,14 @@ def main(argv=None) -> int:
   total = time.perf_counter() - start
   print(f"\ntotal {total:.0f} s; load avg at the end {os.getloadavg()[0]:.2f}")
   if args.json:
-    report = {"environment": env, "rounds": args.rounds, "required_ratio": REQUIRED_RATIO,
-              "summary": rows, "runs": {str(b): r for b, r in results.items()},
-              "total_seconds": total}
+    report = {
+      "environment": env,
+      "rounds": args.rounds,
+      "required_ratio": REQUIRED_RATIO,
+      "summary": rows,
+      "runs": {str(b): r for b, r in results.items()},
+      "total_seconds": total,
+    }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
   return 1 if args.check and not all(row["pass"] for row in rows) else 0
 

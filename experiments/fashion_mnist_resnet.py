@@ -5,8 +5,8 @@ Run (Fashion-MNIST installs offline: `apt-get install dataset-fashion-mnist`, fo
     jaxdl train experiments/fashion_mnist_resnet.py
 
 Recipe: ResNet-20 at half width (8/16/32 channels, 68k parameters) with BatchNorm, random crops
-(padding 4) and horizontal flips, per-channel normalisation; SGD with Nesterov momentum 0.9, learning
-rate 0.1 with warmup and cosine decay, weight decay 5e-4 on kernels, batch 128, 4 epochs.
+(padding 4) and horizontal flips, per-channel normalisation; SGD with Nesterov momentum 0.9,
+learning rate 0.1 with warmup and cosine decay, weight decay 5e-4 on kernels, batch 128, 4 epochs.
 Measured (2-core x86 CPU, jax 0.10.2, 2026-11-28, with CI and other runs sharing the CPU):
 91.16% test accuracy (9,116/10,000) after 4 epochs, 14 min 5 s (~390 images/s while the CPU
 was shared; an idle machine is faster); 81.9% after the first epoch.

@@ -19,24 +19,36 @@ from jaxdl.config import base_config
 from jaxdl.nn import RNN, Classifier, Dropout, ImageRows, Pool, Sequential
 
 
-def make_model(num_classes: int = 10, features: int = 128, cell_type: str = "gru",
-               dropout_rate: float = 0.1) -> nn.Module:
+def make_model(
+  num_classes: int = 10, features: int = 128, cell_type: str = "gru", dropout_rate: float = 0.1
+) -> nn.Module:
   """images [B, 28, 28, 1] -> logits [B, num_classes]; `num_classes` comes from the data."""
   conv = lambda channels: nn.Conv(channels, (3, 3), padding="SAME")
-  return Sequential([
-      conv(32), nn.relu, Pool(2),  # [B, 14, 14, 32]
-      conv(64), nn.relu, Pool(2),  # [B, 7, 7, 64]
+  return Sequential(
+    [
+      conv(32),
+      nn.relu,
+      Pool(2),  # [B, 14, 14, 32]
+      conv(64),
+      nn.relu,
+      Pool(2),  # [B, 7, 7, 64]
       ImageRows(),  # [B, 7, 448]: the feature map's rows, top to bottom, as a sequence
       RNN(features, cell_type=cell_type, return_sequences=False),  # [B, 128], the last state
       Dropout(dropout_rate),
       Classifier(num_classes),  # float32 logits [B, 10]
-  ])
+    ]
+  )
 
 
 def get_config():
   config = base_config()
-  config.model = {"name": "mnist_cnn_rnn", "cls": f"{__file__}:make_model", "features": 128,
-                  "cell_type": "gru", "dropout_rate": 0.1}
+  config.model = {
+    "name": "mnist_cnn_rnn",
+    "cls": f"{__file__}:make_model",
+    "features": 128,
+    "cell_type": "gru",
+    "dropout_rate": 0.1,
+  }
   config.data.name = "mnist"
   config.train.num_epochs = 3
   config.train.batch_size = 128

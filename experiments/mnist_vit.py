@@ -17,8 +17,16 @@ from jaxdl.config import base_config
 
 def get_config():
   config = base_config()
-  config.model = {"name": "vit", "image_size": 28, "patch_size": 4, "embed_dim": 64,
-                  "num_layers": 4, "num_heads": 4, "mlp_dim": 128, "num_classes": 10}
+  config.model = {
+    "name": "vit",
+    "image_size": 28,
+    "patch_size": 4,
+    "embed_dim": 64,
+    "num_layers": 4,
+    "num_heads": 4,
+    "mlp_dim": 128,
+    "num_classes": 10,
+  }
   config.data.name = "mnist"
   config.train.num_epochs = 5
   config.train.batch_size = 128

@@ -24,8 +24,15 @@ The convolutional stem learns faster for a 4% larger model; both keep improving 
 import flax.linen as nn
 
 from jaxdl.config import base_config
-from jaxdl.nn import (BatchNorm, Classifier, GlobalAvgPool, ImageTokens, PositionEmbedding,
-                      Sequential, TransformerBlock)
+from jaxdl.nn import (
+  BatchNorm,
+  Classifier,
+  GlobalAvgPool,
+  ImageTokens,
+  PositionEmbedding,
+  Sequential,
+  TransformerBlock,
+)
 from jaxdl.nn.vit import PatchEmbed
 
 
@@ -36,40 +43,62 @@ def patch_stem(dim: int) -> nn.Module:
 
 def conv_stem(dim: int) -> nn.Module:
   """[B, 28, 28, C] -> [B, 49, dim]: strided 3x3 convolutions down to 7x7, then a 1x1 to dim."""
-  conv = lambda channels: nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME",
-                                  use_bias=False)  # BatchNorm follows, with its own bias.
-  return Sequential([
-      conv(dim // 4), BatchNorm(), nn.relu,  # [B, 14, 14, dim / 4]
-      conv(dim // 2), BatchNorm(), nn.relu,  # [B, 7, 7, dim / 2]
+  conv = lambda channels: nn.Conv(
+    channels, (3, 3), strides=(2, 2), padding="SAME", use_bias=False
+  )  # BatchNorm follows, with its own bias.
+  return Sequential(
+    [
+      conv(dim // 4),
+      BatchNorm(),
+      nn.relu,  # [B, 14, 14, dim / 4]
+      conv(dim // 2),
+      BatchNorm(),
+      nn.relu,  # [B, 7, 7, dim / 2]
       nn.Conv(dim, (1, 1)),  # [B, 7, 7, dim]
       ImageTokens(),  # [B, 49, dim]
-  ])
+    ]
+  )
 
 
 STEMS = {"patch": patch_stem, "conv": conv_stem}
 
 
-def make_model(num_classes: int = 10, stem: str = "patch", dim: int = 64, depth: int = 4,
-               num_heads: int = 4, mlp_dim: int = 128) -> nn.Module:
+def make_model(
+  num_classes: int = 10,
+  stem: str = "patch",
+  dim: int = 64,
+  depth: int = 4,
+  num_heads: int = 4,
+  mlp_dim: int = 128,
+) -> nn.Module:
   """images [B, 28, 28, 1] -> logits [B, num_classes]; `num_classes` comes from the data."""
   if stem not in STEMS:
     raise ValueError(f"Unknown stem {stem!r}; choose one of {', '.join(map(repr, STEMS))}.")
-  return Sequential([
+  return Sequential(
+    [
       STEMS[stem](dim),  # The stem: the only difference between the two variants.
       PositionEmbedding(),
       *[TransformerBlock(num_heads, mlp_dim, pre_ln=True) for _ in range(depth)],
       nn.LayerNorm(),
       GlobalAvgPool(),  # [B, dim]: the mean over the 49 tokens
       Classifier(num_classes),
-  ])
+    ]
+  )
 
 
 def get_config(stem: str = "patch"):
   if stem not in STEMS:
     raise ValueError(f"unknown variant {stem!r}; use mnist_vit_conv_stem.py:patch or :conv.")
   config = base_config()
-  config.model = {"name": f"mnist_vit_{stem}_stem", "cls": f"{__file__}:make_model",
-                  "stem": stem, "dim": 64, "depth": 4, "num_heads": 4, "mlp_dim": 128}
+  config.model = {
+    "name": f"mnist_vit_{stem}_stem",
+    "cls": f"{__file__}:make_model",
+    "stem": stem,
+    "dim": 64,
+    "depth": 4,
+    "num_heads": 4,
+    "mlp_dim": 128,
+  }
   config.data.name = "mnist"
   config.train.num_epochs = 2
   config.train.batch_size = 128

@@ -18,8 +18,15 @@ from jaxdl.config import base_config
 
 def get_config():
   config = base_config()
-  config.model = {"name": "transformer", "num_layers": 2, "num_heads": 4, "embed_dim": 128,
-                  "mlp_dim": 512, "dropout_rate": 0.1, "max_length": 32}
+  config.model = {
+    "name": "transformer",
+    "num_layers": 2,
+    "num_heads": 4,
+    "embed_dim": 128,
+    "mlp_dim": 512,
+    "dropout_rate": 0.1,
+    "max_length": 32,
+  }
   config.data.name = "seq2seq"
   config.data.kind = "reverse"
   config.data.eval_batch_size = 500

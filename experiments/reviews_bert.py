@@ -18,8 +18,15 @@ from jaxdl.config import base_config
 
 def get_config():
   config = base_config()
-  config.model = {"name": "bert_classifier", "num_layers": 2, "num_heads": 4, "hidden_dim": 128,
-                  "mlp_dim": 512, "max_length": 64, "dropout_rate": 0.1}
+  config.model = {
+    "name": "bert_classifier",
+    "num_layers": 2,
+    "num_heads": 4,
+    "hidden_dim": 128,
+    "mlp_dim": 512,
+    "max_length": 64,
+    "dropout_rate": 0.1,
+  }
   config.data.name = "reviews"
   config.data.tokenizer = "word"
   config.data.vocab_size = 8000

@@ -48,7 +48,8 @@ class LstmAttentionClassifier(nn.Module):
     x_BLE = Embed(self.vocab_size, self.embed_dim, dtype=self.dtype)(tokens_BL)
     x_BLE = Dropout(self.dropout_rate)(x_BLE, train=train)
     h_BLH = RNN(self.features, cell_type="lstm", bidirectional=True, dtype=self.dtype)(
-        x_BLE, mask_BT=mask_BL, train=train)  # [B, L, 2 * features], zeros at padding
+      x_BLE, mask_BT=mask_BL, train=train
+    )  # [B, L, 2 * features], zeros at padding
     pooled_BH = AttentionPooling(self.attention_dim, dtype=self.dtype)(h_BLH, mask_BL)
     pooled_BH = Dropout(self.dropout_rate)(pooled_BH, train=train)
     return Classifier(self.num_classes, dtype=self.dtype)(pooled_BH)
@@ -56,8 +57,14 @@ class LstmAttentionClassifier(nn.Module):
 
 def get_config():
   config = base_config()
-  config.model = {"name": "reviews_lstm_attention", "cls": f"{__file__}:LstmAttentionClassifier",
-                  "embed_dim": 128, "features": 128, "attention_dim": 128, "dropout_rate": 0.3}
+  config.model = {
+    "name": "reviews_lstm_attention",
+    "cls": f"{__file__}:LstmAttentionClassifier",
+    "embed_dim": 128,
+    "features": 128,
+    "attention_dim": 128,
+    "dropout_rate": 0.3,
+  }
   config.data.name = "reviews"
   config.data.tokenizer = "word"
   config.data.vocab_size = 8000

@@ -23,11 +23,19 @@ from jaxdl.config import base_config
 
 def get_config(variant: str = ""):
   if variant not in ("", "cpu"):
-    raise ValueError(f"unknown variant {variant!r}; use shakespeare_char_gpt.py or "
-                     "shakespeare_char_gpt.py:cpu")
+    raise ValueError(
+      f"unknown variant {variant!r}; use shakespeare_char_gpt.py or shakespeare_char_gpt.py:cpu"
+    )
   config = base_config()
-  config.model = {"name": "gpt", "num_layers": 6, "num_heads": 6, "embed_dim": 384,
-                  "block_size": 256, "dropout_rate": 0.2, "use_bias": False}
+  config.model = {
+    "name": "gpt",
+    "num_layers": 6,
+    "num_heads": 6,
+    "embed_dim": 384,
+    "block_size": 256,
+    "dropout_rate": 0.2,
+    "use_bias": False,
+  }
   config.data.name = "text"  # Empty data.dir: the shipped Shakespeare corpus.
   config.data.tokenizer = "char"
   config.data.block_size = 256
@@ -47,8 +55,9 @@ def get_config(variant: str = ""):
   opt.end_learning_rate = 1e-4
   opt.grad_clip_norm = 1.0
   if variant == "cpu":
-    config.model.update({"num_layers": 4, "num_heads": 4, "embed_dim": 128, "block_size": 64,
-                         "dropout_rate": 0.0})
+    config.model.update(
+      {"num_layers": 4, "num_heads": 4, "embed_dim": 128, "block_size": 64, "dropout_rate": 0.0}
+    )
     config.data.block_size = 64
     config.data.eval_batch_size = 256
     config.train.batch_size = 12

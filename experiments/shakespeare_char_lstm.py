@@ -18,8 +18,14 @@ from jaxdl.config import base_config
 
 def get_config():
   config = base_config()
-  config.model = {"name": "rnn_lm", "cell_type": "lstm", "embed_dim": 64, "features": 256,
-                  "num_layers": 2, "dropout_rate": 0.1}
+  config.model = {
+    "name": "rnn_lm",
+    "cell_type": "lstm",
+    "embed_dim": 64,
+    "features": 256,
+    "num_layers": 2,
+    "dropout_rate": 0.1,
+  }
   config.data.name = "text"
   config.data.tokenizer = "char"
   config.data.block_size = 64

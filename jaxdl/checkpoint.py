@@ -33,18 +33,31 @@ def _quiet_loggers(*names: str):
 class Checkpointer:
   """Saves every so often, keeps the newest `max_to_keep`, restores the latest or a given step."""
 
-  def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True,
-               read_only: bool = False):
+  def __init__(
+    self,
+    directory: str | Path,
+    *,
+    max_to_keep: int = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     self.directory = Path(directory).absolute()
     # Read-only managers warn that they are read-only, which is what we asked for.
     with _quiet_loggers("absl", "orbax") if read_only else contextlib.nullcontext():
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=not read_only,
-          read_only=read_only)
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+      )
       self._manager = ocp.CheckpointManager(
-          self.directory, options=options,
-          item_handlers={"state": ocp.StandardCheckpointHandler(),
-                         "data": grain.checkpoint.CheckpointHandler()})
+        self.directory,
+        options=options,
+        item_handlers={
+          "state": ocp.StandardCheckpointHandler(),
+          "data": grain.checkpoint.CheckpointHandler(),
+        },
+      )
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -54,9 +67,13 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator: Any) -> None:
     """Starts saving `state` and the iterator's position; returns before the write ends if async."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+      ),
+      force=True,
+    )
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
     """Restores the state at `step` into the structure, shapes and shardings of `abstract_state`.
@@ -64,8 +81,10 @@ class Checkpointer:
     `data_iterator`, when given, is moved to where it stood at that step.
     """
     if step not in self.all_steps():
-      raise CheckpointError(f"There is no checkpoint for step {step} in {self.directory}; the "
-                            f"saved steps are {self.all_steps() or 'none'}.")
+      raise CheckpointError(
+        f"There is no checkpoint for step {step} in {self.directory}; the "
+        f"saved steps are {self.all_steps() or 'none'}."
+      )
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -73,9 +92,10 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointError(
-          f"The checkpoint at step {step} in {self.directory} does not fit this run: {e}\n"
-          "It was probably written by a different model or config. Train with the config saved "
-          "next to it (config.json), or start a new workdir.") from e
+        f"The checkpoint at step {step} in {self.directory} does not fit this run: {e}\n"
+        "It was probably written by a different model or config. Train with the config saved "
+        "next to it (config.json), or start a new workdir."
+      ) from e
     return restored.state
 
   def restore_as_saved(self, step: int) -> Any:
@@ -85,14 +105,18 @@ class Checkpointer:
     run that wrote it.
     """
     if step not in self.all_steps():
-      raise CheckpointError(f"There is no checkpoint for step {step} in {self.directory}; the "
-                            f"saved steps are {self.all_steps() or 'none'}.")
+      raise CheckpointError(
+        f"There is no checkpoint for step {step} in {self.directory}; the "
+        f"saved steps are {self.all_steps() or 'none'}."
+      )
     metadata = self._manager.item_metadata(step)["state"]
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
     return self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    ).state
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -100,4 +124,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-

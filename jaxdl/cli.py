@@ -6,8 +6,8 @@ status 2; `--debug` shows the traceback as well.
 
 import argparse
 import logging
-import sys
 from pathlib import Path
+import sys
 
 from jaxdl.errors import UserError
 
@@ -21,8 +21,12 @@ def _parser() -> argparse.ArgumentParser:
 
   train = sub.add_parser("train", help="train an experiment (resumes an existing workdir)")
   train.add_argument("experiment", help="experiment file, e.g. experiments/mnist_cnn.py")
-  train.add_argument("overrides", nargs="*", metavar="key.path=value",
-                     help="config overrides, e.g. train.batch_size=128 optimizer.learning_rate=3e-4")
+  train.add_argument(
+    "overrides",
+    nargs="*",
+    metavar="key.path=value",
+    help="config overrides, e.g. train.batch_size=128 optimizer.learning_rate=3e-4",
+  )
   train.add_argument("--workdir", help="where the run's files go (default: runs/<experiment>)")
   train.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
 
@@ -34,40 +38,61 @@ def _parser() -> argparse.ArgumentParser:
   generate.add_argument("workdir")
   generate.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
   generate.add_argument("--max-new-tokens", type=int, default=500)
-  generate.add_argument("--temperature", type=float, default=1.0,
-                        help="0 always picks the most likely token")
+  generate.add_argument(
+    "--temperature", type=float, default=1.0, help="0 always picks the most likely token"
+  )
   generate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely")
   generate.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
   generate.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-  generate.add_argument("--member", type=int, default=0,
-                        help="which member of a sweep's run to sample from (default: 0)")
+  generate.add_argument(
+    "--member",
+    type=int,
+    default=0,
+    help="which member of a sweep's run to sample from (default: 0)",
+  )
 
   plot = sub.add_parser("plot", help="plot loss and accuracy curves of runs")
   plot.add_argument("workdirs", nargs="+")
   plot.add_argument("-o", "--output", required=True, help="image file to write, e.g. curves.png")
 
   summary = sub.add_parser(
-      "summary", help="parameters, forward FLOPs and memory of a model (weights never allocated)")
-  summary.add_argument("experiment", nargs="?",
-                       help="experiment file, e.g. experiments/mnist_cnn.py (or use --model)")
-  summary.add_argument("overrides", nargs="*", metavar="key.path=value",
-                       help="config overrides, as for train")
-  summary.add_argument("--model", help="a model or preset instead of an experiment, e.g. resnet50, "
-                       "vit_base_patch16_224, gpt2_small")
-  summary.add_argument("--input-shape", help="with --model: the input's shape, batch first, e.g. "
-                       "1,224,224,3 or 1,1024")
-  summary.add_argument("--input-dtype", default="float32",
-                       help="with --model: float32 (images, default) or int32 (token ids)")
+    "summary", help="parameters, forward FLOPs and memory of a model (weights never allocated)"
+  )
+  summary.add_argument(
+    "experiment", nargs="?", help="experiment file, e.g. experiments/mnist_cnn.py (or use --model)"
+  )
+  summary.add_argument(
+    "overrides", nargs="*", metavar="key.path=value", help="config overrides, as for train"
+  )
+  summary.add_argument(
+    "--model",
+    help="a model or preset instead of an experiment, e.g. resnet50, "
+    "vit_base_patch16_224, gpt2_small",
+  )
+  summary.add_argument(
+    "--input-shape", help="with --model: the input's shape, batch first, e.g. 1,224,224,3 or 1,1024"
+  )
+  summary.add_argument(
+    "--input-dtype",
+    default="float32",
+    help="with --model: float32 (images, default) or int32 (token ids)",
+  )
   summary.add_argument("--num-classes", type=int, help="with --model: the output classes")
-  summary.add_argument("--vocab-size", type=int,
-                       help="with --model: the vocabulary, for models without a default")
+  summary.add_argument(
+    "--vocab-size", type=int, help="with --model: the vocabulary, for models without a default"
+  )
   summary.add_argument("--dtype", help="with --model: the compute dtype, e.g. bfloat16")
-  summary.add_argument("--optimizer", default="adam",
-                       help="with --model: adam (default), adamw or sgd, to size its state")
-  summary.add_argument("--full", action="store_true",
-                       help="one row per array even for models with more than 200")
-  summary.add_argument("--no-flops", action="store_true",
-                       help="skip compiling the forward pass (FLOPs n/a)")
+  summary.add_argument(
+    "--optimizer",
+    default="adam",
+    help="with --model: adam (default), adamw or sgd, to size its state",
+  )
+  summary.add_argument(
+    "--full", action="store_true", help="one row per array even for models with more than 200"
+  )
+  summary.add_argument(
+    "--no-flops", action="store_true", help="skip compiling the forward pass (FLOPs n/a)"
+  )
   return parser
 
 
@@ -106,9 +131,15 @@ def _generate(args) -> int:
   from jaxdl import sampling  # pylint: disable=g-import-not-at-top
 
   text = sampling.generate_from_workdir(
-      args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
-      temperature=args.temperature, top_k=args.top_k, seed=args.seed, step=args.step,
-      member=args.member)
+    args.workdir,
+    args.prompt,
+    max_new_tokens=args.max_new_tokens,
+    temperature=args.temperature,
+    top_k=args.top_k,
+    seed=args.seed,
+    step=args.step,
+    member=args.member,
+  )
   print(text)
   return 0
 
@@ -123,27 +154,44 @@ def _plot(args) -> int:
 def _summary(args) -> int:
   from jaxdl import summary  # pylint: disable=g-import-not-at-top
 
-  model_flags = {"--input-shape": args.input_shape, "--num-classes": args.num_classes,
-                 "--vocab-size": args.vocab_size, "--dtype": args.dtype}
+  model_flags = {
+    "--input-shape": args.input_shape,
+    "--num-classes": args.num_classes,
+    "--vocab-size": args.vocab_size,
+    "--dtype": args.dtype,
+  }
   if args.model:
     if args.experiment or args.overrides:
-      raise UserError("Give an experiment file or --model NAME, not both (key=value overrides "
-                      "apply to experiments only).")
+      raise UserError(
+        "Give an experiment file or --model NAME, not both (key=value overrides "
+        "apply to experiments only)."
+      )
     heading, result = summary.for_model(
-        args.model, args.input_shape, input_dtype=args.input_dtype, num_classes=args.num_classes,
-        vocab_size=args.vocab_size, dtype=args.dtype, optimizer=args.optimizer,
-        flops=not args.no_flops)
+      args.model,
+      args.input_shape,
+      input_dtype=args.input_dtype,
+      num_classes=args.num_classes,
+      vocab_size=args.vocab_size,
+      dtype=args.dtype,
+      optimizer=args.optimizer,
+      flops=not args.no_flops,
+    )
   elif args.experiment:
     given = [flag for flag, value in model_flags.items() if value is not None]
     if given:
-      raise UserError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} with "
-                      "--model only; an experiment takes its model and input shape from its "
-                      "config and data.")
-    heading, result = summary.for_experiment(args.experiment, args.overrides,
-                                             flops=not args.no_flops)
+      raise UserError(
+        f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} with "
+        "--model only; an experiment takes its model and input shape from its "
+        "config and data."
+      )
+    heading, result = summary.for_experiment(
+      args.experiment, args.overrides, flops=not args.no_flops
+    )
   else:
-    raise UserError("Give an experiment file (jaxdl summary experiments/mnist_cnn.py) or a model "
-                    "and input shape (jaxdl summary --model resnet50 --input-shape 1,224,224,3).")
+    raise UserError(
+      "Give an experiment file (jaxdl summary experiments/mnist_cnn.py) or a model "
+      "and input shape (jaxdl summary --model resnet50 --input-shape 1,224,224,3)."
+    )
   print(heading)
   print(summary.format_summary(result, full=args.full))
   return 0
@@ -153,19 +201,31 @@ def main(argv: list[str] | None = None) -> int:
   parser = _parser()
   # Overrides may come before or after options: `train EXP a=1 --workdir W b=2`.
   args, extra = parser.parse_known_args(argv)
-  strays = [a for a in extra
-            if args.command not in ("train", "summary") or a.startswith("-") or "=" not in a]
+  strays = [
+    a
+    for a in extra
+    if args.command not in ("train", "summary") or a.startswith("-") or "=" not in a
+  ]
   if strays:
     parser.error(f"unrecognized arguments: {' '.join(strays)}")
   if extra:
     args.overrides += extra
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S", stream=sys.stderr)
+  logging.basicConfig(
+    level=logging.INFO,
+    format="%(asctime)s %(levelname)s %(message)s",
+    datefmt="%H:%M:%S",
+    stream=sys.stderr,
+  )
   # Orbax and absl log every save at INFO; only their warnings matter to a user.
   for name in ("absl", "jax", "orbax"):
     logging.getLogger(name).setLevel(logging.WARNING)
-  handlers = {"train": _train, "eval": _eval, "generate": _generate, "plot": _plot,
-              "summary": _summary}
+  handlers = {
+    "train": _train,
+    "eval": _eval,
+    "generate": _generate,
+    "plot": _plot,
+    "summary": _summary,
+  }
   try:
     return handlers[args.command](args)
   except UserError as e:

@@ -36,13 +36,16 @@ def configure(setting: str | None) -> Path | None:
     return None
   if jax.config.jax_compilation_cache_dir:
     return None
-  path = (perf.cache_dir().parent / "xla" if setting == "auto"
-          else Path(str(setting)).expanduser())
+  path = perf.cache_dir().parent / "xla" if setting == "auto" else Path(str(setting)).expanduser()
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:  # A read-only home must not stop a run; it only compiles every time.
-    logger.warning("Compilation cache off: cannot create %s (%s). Set train.compilation_cache to "
-                   "a writable folder, or '' to silence this.", path, e)
+    logger.warning(
+      "Compilation cache off: cannot create %s (%s). Set train.compilation_cache to "
+      "a writable folder, or '' to silence this.",
+      path,
+      e,
+    )
     return None
   jax.config.update("jax_compilation_cache_dir", str(path))
   return path

@@ -23,25 +23,54 @@ logger = logging.getLogger("jaxdl")
 
 # Keys that may differ between the run that wrote a workdir and the run that resumes it: they change
 # how long or how verbosely we train, or where the (same) data lives, not what is being trained.
-RESUMABLE_KEYS = frozenset({
-    "train.num_steps", "train.num_epochs", "train.eval_every_steps",
-    "train.checkpoint_every_steps", "train.log_every_steps", "train.max_checkpoints",
-    "train.async_checkpointing", "data.dir", "data.download", "data.num_threads",
-    "data.prefetch", "data.eval_batch_size", "train.grad_accum_steps", "sweep.method",
+RESUMABLE_KEYS = frozenset(
+  {
+    "train.num_steps",
+    "train.num_epochs",
+    "train.eval_every_steps",
+    "train.checkpoint_every_steps",
+    "train.log_every_steps",
+    "train.max_checkpoints",
+    "train.async_checkpointing",
+    "data.dir",
+    "data.download",
+    "data.num_threads",
+    "data.prefetch",
+    "data.eval_batch_size",
+    "train.grad_accum_steps",
+    "sweep.method",
     # Checkpoints do not depend on the device layout, so a run may resume on other hardware.
-    "parallel.strategy", "parallel.mesh.data", "parallel.mesh.fsdp", "parallel.distributed",
-    "parallel.cpu_devices", "train.compilation_cache", "train.reuse_host_memory",
-    "train.grad_accum_unroll", "train.steps_per_call",
-    "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
+    "parallel.strategy",
+    "parallel.mesh.data",
+    "parallel.mesh.fsdp",
+    "parallel.distributed",
+    "parallel.cpu_devices",
+    "train.compilation_cache",
+    "train.reuse_host_memory",
+    "train.grad_accum_unroll",
+    "train.steps_per_call",
+    "parallel.coordinator_address",
+    "parallel.num_processes",
+    "parallel.process_id",
     # How a CNN's layers run (jaxdl.nn.conv_layers): the same parameters, results equal up to
     # float rounding, as for the device layout.
     "model.kernels",
-})
+  }
+)
 
 REQUIRED_KEYS = (
-    "seed", "model.name", "data.name", "data.dir", "train.num_epochs", "train.num_steps",
-    "train.batch_size", "train.eval_every_steps", "train.checkpoint_every_steps",
-    "train.log_every_steps", "optimizer.name", "optimizer.learning_rate",
+  "seed",
+  "model.name",
+  "data.name",
+  "data.dir",
+  "train.num_epochs",
+  "train.num_steps",
+  "train.batch_size",
+  "train.eval_every_steps",
+  "train.checkpoint_every_steps",
+  "train.log_every_steps",
+  "optimizer.name",
+  "optimizer.learning_rate",
 )
 
 
@@ -156,8 +185,10 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     text, _, arg = text.rpartition(":")
   path = Path(text)
   if not path.is_file():
-    raise ConfigError(f"Experiment file {str(path)!r} does not exist. Pass the path to a Python "
-                      "file with a get_config() function, e.g. experiments/mnist_cnn.py.")
+    raise ConfigError(
+      f"Experiment file {str(path)!r} does not exist. Pass the path to a Python "
+      "file with a get_config() function, e.g. experiments/mnist_cnn.py."
+    )
   spec = importlib.util.spec_from_file_location(f"jaxdl_experiment_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   try:
@@ -165,20 +196,26 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
   except Exception as e:
     raise ConfigError(f"Importing experiment {str(path)!r} failed: {type(e).__name__}: {e}") from e
   if not callable(getattr(module, "get_config", None)):
-    raise ConfigError(f"Experiment {str(path)!r} has no get_config() function; define one that "
-                      "returns an ml_collections.ConfigDict (see experiments/mnist_cnn.py).")
+    raise ConfigError(
+      f"Experiment {str(path)!r} has no get_config() function; define one that "
+      "returns an ml_collections.ConfigDict (see experiments/mnist_cnn.py)."
+    )
   try:
     config = module.get_config() if arg is None else module.get_config(arg)
   except TypeError as e:
     if arg is None:
       raise
-    raise ConfigError(f"get_config() in {str(path)!r} takes no variant argument, but "
-                      f"{arg!r} was given after ':' ({e}).") from e
+    raise ConfigError(
+      f"get_config() in {str(path)!r} takes no variant argument, but "
+      f"{arg!r} was given after ':' ({e})."
+    ) from e
   except ValueError as e:
     raise ConfigError(f"Experiment {str(path)!r}: {e}") from e
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f"get_config() in {str(path)!r} returned {type(config).__name__}; it must "
-                      "return an ml_collections.ConfigDict (start from jaxdl.config.base_config()).")
+    raise ConfigError(
+      f"get_config() in {str(path)!r} returned {type(config).__name__}; it must "
+      "return an ml_collections.ConfigDict (start from jaxdl.config.base_config())."
+    )
   validate(config, source=str(path))
   upgrade_legacy_keys(config)
   _relative_model_file(config)
@@ -205,8 +242,10 @@ def validate(config: ml_collections.ConfigDict, source: str = "the config") -> N
   keys = set(flatten(config))
   missing = [k for k in REQUIRED_KEYS if k not in keys]
   if missing:
-    raise ConfigError(f"{source} lacks required key(s) {', '.join(missing)}. Start the config from "
-                      "jaxdl.config.base_config(), which has them all.")
+    raise ConfigError(
+      f"{source} lacks required key(s) {', '.join(missing)}. Start the config from "
+      "jaxdl.config.base_config(), which has them all."
+    )
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
@@ -227,8 +266,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key:
-      raise ConfigError(f"Override {override!r} is not of the form key.path=value "
-                        "(for example train.batch_size=128).")
+      raise ConfigError(
+        f"Override {override!r} is not of the form key.path=value "
+        "(for example train.batch_size=128)."
+      )
     if key not in flat and key.startswith("sweep."):
       _check_sweep_key(config, key, flat)
       flat[key] = None  # A list of values, parsed as a Python literal.
@@ -262,8 +303,10 @@ def _check_sweep_key(config: ml_collections.ConfigDict, key: str, flat: dict[str
   exists = swept in flat or _model_argument(config, swept)[0]
   if not exists or not sweep_lib.sweepable(swept):
     problem = "is not a config key" if not exists else "cannot be swept in one program"
-    raise ConfigError(f"{key}: {swept!r} {problem}; the keys a sweep can vary are sweep.seeds, "
-                      f"{sweep_lib.describe_sweepable()}.")
+    raise ConfigError(
+      f"{key}: {swept!r} {problem}; the keys a sweep can vary are sweep.seeds, "
+      f"{sweep_lib.describe_sweepable()}."
+    )
 
 
 def _model_argument(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
@@ -272,6 +315,7 @@ def _model_argument(config: ml_collections.ConfigDict, key: str) -> tuple[bool, 
   if prefix != "model" or "." in name or "name" not in config.get("model", {}):
     return False, None
   from jaxdl import models  # pylint: disable=g-import-not-at-top  # Imports jaxdl.nn, i.e. flax.
+
   return models.argument_default(config.model, name)
 
 
@@ -304,8 +348,10 @@ def parse_value(key: str, text: str, current: Any) -> Any:
   expected = type(current).__name__
 
   def wrong_type(hint: str = "") -> ConfigError:
-    return ConfigError(f"Value {text!r} for {key} is not a valid {expected} "
-                       f"(the current value is {current!r}).{hint}")
+    return ConfigError(
+      f"Value {text!r} for {key} is not a valid {expected} "
+      f"(the current value is {current!r}).{hint}"
+    )
 
   if isinstance(current, bool):
     if text.lower() in _TRUE:
@@ -359,8 +405,12 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 # The four model fields (MnistCNN, VGG) that one `kernels` field replaced, with their defaults.
 # Commands, experiment files and workdirs that use them keep working: they are read as the
 # kernel set they picked (jaxdl.nn.conv_layers).
-_LEGACY_KERNEL_DEFAULTS = {"conv_impl": "auto", "pool_impl": "reshape", "fuse_conv_pool": True,
-                           "conv_pool_impl": "auto"}
+_LEGACY_KERNEL_DEFAULTS = {
+  "conv_impl": "auto",
+  "pool_impl": "reshape",
+  "fuse_conv_pool": True,
+  "conv_pool_impl": "auto",
+}
 LEGACY_KERNEL_KEYS = tuple(_LEGACY_KERNEL_DEFAULTS)
 
 
@@ -386,8 +436,12 @@ def upgrade_legacy_keys(config: ml_collections.ConfigDict, note: bool = True) ->
   if not model or not any(k in model for k in LEGACY_KERNEL_KEYS):
     return
   from jaxdl import models  # pylint: disable=g-import-not-at-top  # Imports jaxdl.nn, i.e. flax.
-  legacy = {k: model[k] for k in LEGACY_KERNEL_KEYS
-            if k in model and not models.argument_default(model, k)[0]}
+
+  legacy = {
+    k: model[k]
+    for k in LEGACY_KERNEL_KEYS
+    if k in model and not models.argument_default(model, k)[0]
+  }
   if not legacy or not models.argument_default(model, "kernels")[0]:
     return
   kernels = model.get("kernels") or kernels_from_legacy(legacy)
@@ -397,16 +451,23 @@ def upgrade_legacy_keys(config: ml_collections.ConfigDict, note: bool = True) ->
     model.kernels = kernels
   if note:
     old = " ".join(f"model.{k}={v}" for k, v in legacy.items())
-    logger.warning("%s: read as model.kernels=%s, the one field that replaced them "
-                   "(jaxdl.nn.conv_layers); write that instead.", old, kernels)
+    logger.warning(
+      "%s: read as model.kernels=%s, the one field that replaced them "
+      "(jaxdl.nn.conv_layers); write that instead.",
+      old,
+      kernels,
+    )
 
 
-def resume_conflicts(saved: ml_collections.ConfigDict,
-                     new: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+def resume_conflicts(
+  saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict
+) -> list[tuple[str, Any, Any]]:
   """(key, saved value, new value) for every difference that forbids resuming `saved` with `new`."""
   old_flat, new_flat = flatten(saved), flatten(new)
   # JSON turns tuples into lists; compare them as lists.
   norm = lambda v: list(v) if isinstance(v, tuple) else v
-  return [(k, old_flat.get(k, "<absent>"), new_flat.get(k, "<absent>"))
-          for k in sorted(set(old_flat) | set(new_flat))
-          if k not in RESUMABLE_KEYS and norm(old_flat.get(k)) != norm(new_flat.get(k))]
+  return [
+    (k, old_flat.get(k, "<absent>"), new_flat.get(k, "<absent>"))
+    for k in sorted(set(old_flat) | set(new_flat))
+    if k not in RESUMABLE_KEYS and norm(old_flat.get(k)) != norm(new_flat.get(k))
+  ]

@@ -19,8 +19,8 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
+import numpy as np
 
 from jaxdl.errors import ConfigError
 
@@ -50,7 +50,8 @@ def initialize(parallel_config: Any) -> bool:
   if jax.distributed.is_initialized():
     return True
   address = parallel_config.get("coordinator_address", "") or os.environ.get(
-      "JAX_COORDINATOR_ADDRESS", "")
+    "JAX_COORDINATOR_ADDRESS", ""
+  )
   launcher = _cluster_launched_several()
   if mode == "off" or (mode == "auto" and not address and not launcher):
     return False
@@ -58,17 +59,25 @@ def initialize(parallel_config: Any) -> bool:
   process_id = parallel_config.get("process_id", -1)
   process_id = None if process_id is None or process_id < 0 else process_id
   if address and (num_processes is None or process_id is None) and not launcher:
-    raise ConfigError(f"parallel.coordinator_address={address!r} needs parallel.num_processes "
-                      "and parallel.process_id too (0 on the coordinator's host), unless a "
-                      "cluster launcher (SLURM, Open MPI) provides them.")
+    raise ConfigError(
+      f"parallel.coordinator_address={address!r} needs parallel.num_processes "
+      "and parallel.process_id too (0 on the coordinator's host), unless a "
+      "cluster launcher (SLURM, Open MPI) provides them."
+    )
   # CPU collectives across processes need an implementation; gloo ships with jaxlib. It changes
   # nothing on GPU or TPU.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=address or None, num_processes=num_processes,
-                             process_id=process_id)
-  logger.info("Process %d of %d (%s), %d local of %d devices.", jax.process_index(),
-              jax.process_count(), launcher or f"coordinator {address}",
-              jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=address or None, num_processes=num_processes, process_id=process_id
+  )
+  logger.info(
+    "Process %d of %d (%s), %d local of %d devices.",
+    jax.process_index(),
+    jax.process_count(),
+    launcher or f"coordinator {address}",
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 

@@ -59,6 +59,12 @@ def configure(setting: str) -> bool:
     return False
   # One arena: XLA's worker threads would otherwise each get an arena of their own, which glibc
   # trims (unmaps) whatever the threshold. Set before JAX starts its threads, where possible.
-  _applied = all(libc.mallopt(param, value) == 1 for param, value in [
-      (M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)])
+  _applied = all(
+    libc.mallopt(param, value) == 1
+    for param, value in [
+      (M_ARENA_MAX, 1),
+      (M_MMAP_MAX, 0),
+      (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+    ]
+  )
   return _applied

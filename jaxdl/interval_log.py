@@ -41,10 +41,19 @@ class IntervalLog:
     steps_per_call: train steps a compiled call runs (one step's FLOPs are counted either way).
   """
 
-  def __init__(self, writer: metrics_lib.MetricWriter, progress: Progress, *,
-               layout: parallel.Layout, members: list[sweep_lib.Member] | None,
-               examples_per_step: int, tokens_per_example: int, start_step: int,
-               compute_dtype: str, steps_per_call: int):
+  def __init__(
+    self,
+    writer: metrics_lib.MetricWriter,
+    progress: Progress,
+    *,
+    layout: parallel.Layout,
+    members: list[sweep_lib.Member] | None,
+    examples_per_step: int,
+    tokens_per_example: int,
+    start_step: int,
+    compute_dtype: str,
+    steps_per_call: int,
+  ):
     self._writer, self._progress, self._layout, self._members = writer, progress, layout, members
     self._compute_dtype, self._steps_loop = compute_dtype, steps_per_call > 1
     self._examples_per_step, self._tokens_per_example = examples_per_step, tokens_per_example
@@ -56,8 +65,9 @@ class IntervalLog:
   def compiled(self, compiled_call: Any, *, since: float) -> None:
     """Takes the compiled train call's FLOPs, and leaves the time from `since` (a perf_counter
     time: compiling, reading its batch, measuring the FLOPs and the peak) out of throughput."""
-    self._efficiency = step_efficiency(compiled_call, self._layout, self._compute_dtype,
-                                       self._steps_loop)
+    self._efficiency = step_efficiency(
+      compiled_call, self._layout, self._compute_dtype, self._steps_loop
+    )
     self._compile_seconds = time.perf_counter() - since
     self._t_last += self._compile_seconds
 
@@ -75,9 +85,11 @@ class IntervalLog:
     now = time.perf_counter()
     seconds_per_step = (now - self._t_last) / (step - self._step_last)
     self._t_last, self._step_last = now, step
-    perf = {"perf/examples_per_sec": self._examples_per_step / seconds_per_step,
-            "perf/step_time_ms": seconds_per_step * 1e3,
-            **self._efficiency.metrics(seconds_per_step)}
+    perf = {
+      "perf/examples_per_sec": self._examples_per_step / seconds_per_step,
+      "perf/step_time_ms": seconds_per_step * 1e3,
+      **self._efficiency.metrics(seconds_per_step),
+    }
     if self._tokens_per_example:
       perf["perf/tokens_per_sec"] = perf["perf/examples_per_sec"] * self._tokens_per_example
     if self._compile_seconds is not None:
@@ -95,16 +107,22 @@ class IntervalLog:
       self._t_last += time.perf_counter() - start
 
 
-def step_efficiency(compiled_call: Any, layout: parallel.Layout, compute_dtype: str,
-                    steps_loop: bool = False) -> perf_lib.Efficiency:
+def step_efficiency(
+  compiled_call: Any, layout: parallel.Layout, compute_dtype: str, steps_loop: bool = False
+) -> perf_lib.Efficiency:
   """The compiled call's FLOPs a step (XLA's cost analysis) against its devices' peak, and a log
   line. `steps_loop`: the call runs several steps (jaxdl.train.step.steps_in_one_call)."""
   devices = list(layout.mesh.devices.flat)
   efficiency = perf_lib.Efficiency.for_step(compiled_call, devices, compute_dtype, steps_loop)
   if efficiency.flops_per_step is not None:
-    logger.info("Train step: %.3g GFLOP%s; peak %s.", efficiency.flops_per_step / 1e9,
-                " (a lower bound: XLA counts a loop's body once, e.g. under gradient accumulation "
-                "or a scan)" if efficiency.lower_bound else "", efficiency.peak_source or "unknown")
+    logger.info(
+      "Train step: %.3g GFLOP%s; peak %s.",
+      efficiency.flops_per_step / 1e9,
+      " (a lower bound: XLA counts a loop's body once, e.g. under gradient accumulation or a scan)"
+      if efficiency.lower_bound
+      else "",
+      efficiency.peak_source or "unknown",
+    )
   return efficiency
 
 
@@ -116,13 +134,17 @@ def raise_if_nonfinite(sums: dict[str, Any], members: list[sweep_lib.Member] | N
     which = ""
     if members is not None:
       which = " in sweep member(s) " + ", ".join(
-          f"{i} ({m.label})" for i, m in enumerate(members) if bad_steps[i] >= 0)
-    raise NonFiniteLossError(f"Training diverged at step {step}{which}: the loss, gradients or "
-                             "parameters became NaN or Inf.")
+        f"{i} ({m.label})" for i, m in enumerate(members) if bad_steps[i] >= 0
+      )
+    raise NonFiniteLossError(
+      f"Training diverged at step {step}{which}: the loss, gradients or "
+      "parameters became NaN or Inf."
+    )
 
 
-def interval_means(sums: dict[str, Any],
-                   members: list[sweep_lib.Member] | None) -> dict[str, float]:
+def interval_means(
+  sums: dict[str, Any], members: list[sweep_lib.Member] | None
+) -> dict[str, float]:
   """Means of accumulated train metrics (host arrays, Layout.to_host); stops the run on a NaN or
   Inf metric."""
   raise_if_nonfinite(sums, members)

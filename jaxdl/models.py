@@ -18,8 +18,8 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import sys
 from pathlib import Path
+import sys
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -42,21 +42,26 @@ def import_model(spec: str) -> Callable[..., nn.Module]:
   """
   where, sep, attr = str(spec).rpartition(":")
   if not sep or not where or not attr.isidentifier():
-    raise ConfigError(f"model.cls={spec!r} is not an import path; write 'package.module:Name' "
-                      "or 'path/to/file.py:Name' (a Linen module class or a function returning "
-                      "a module).")
+    raise ConfigError(
+      f"model.cls={spec!r} is not an import path; write 'package.module:Name' "
+      "or 'path/to/file.py:Name' (a Linen module class or a function returning "
+      "a module)."
+    )
   if where.endswith(".py"):
     module = _import_file(Path(where), spec)
   else:
     try:
       module = importlib.import_module(where)
     except ImportError as e:
-      raise ConfigError(f"model.cls={spec!r}: cannot import module {where!r} ({e}). Install the "
-                        "package, add its directory to PYTHONPATH, or give a file path "
-                        "'path/to/file.py:Name'.") from e
+      raise ConfigError(
+        f"model.cls={spec!r}: cannot import module {where!r} ({e}). Install the "
+        "package, add its directory to PYTHONPATH, or give a file path "
+        "'path/to/file.py:Name'."
+      ) from e
     except Exception as e:  # The user's module raised while importing.
-      raise ConfigError(f"model.cls={spec!r}: importing {where!r} failed: "
-                        f"{type(e).__name__}: {e}") from e
+      raise ConfigError(
+        f"model.cls={spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
+      ) from e
   if not hasattr(module, attr):
     names = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
     close = difflib.get_close_matches(attr, names, n=3)
@@ -64,15 +69,19 @@ def import_model(spec: str) -> Callable[..., nn.Module]:
     raise ConfigError(f"model.cls={spec!r}: {where!r} has no attribute {attr!r}.{hint}")
   target = getattr(module, attr)
   if not callable(target):
-    raise ConfigError(f"model.cls={spec!r} names a {type(target).__name__}, not a module class "
-                      "or a function returning a module.")
+    raise ConfigError(
+      f"model.cls={spec!r} names a {type(target).__name__}, not a module class "
+      "or a function returning a module."
+    )
   return target
 
 
 def _import_file(path: Path, spec: str) -> Any:
   if not path.is_file():
-    raise ConfigError(f"model.cls={spec!r}: file {str(path)!r} does not exist (relative paths "
-                      f"are read from the current directory, {str(Path.cwd())!r}).")
+    raise ConfigError(
+      f"model.cls={spec!r}: file {str(path)!r} does not exist (relative paths "
+      f"are read from the current directory, {str(Path.cwd())!r})."
+    )
   resolved = path.resolve()
   digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
   module_name = f"jaxdl_model_{resolved.stem}_{digest}"
@@ -85,8 +94,9 @@ def _import_file(path: Path, spec: str) -> Any:
     file_spec.loader.exec_module(module)
   except Exception as e:
     del sys.modules[module_name]
-    raise ConfigError(f"model.cls={spec!r}: importing {str(path)!r} failed: "
-                      f"{type(e).__name__}: {e}") from e
+    raise ConfigError(
+      f"model.cls={spec!r}: importing {str(path)!r} failed: {type(e).__name__}: {e}"
+    ) from e
   return module
 
 
@@ -98,13 +108,13 @@ def callable_arguments(target: Callable[..., Any]) -> tuple[set[str], bool]:
     parameters = inspect.signature(target).parameters.values()
   except (TypeError, ValueError):
     return set(), True  # Unknown: let the call itself complain.
-  names = {p.name for p in parameters
-           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+  names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
   return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def resolve_model(model_config: Mapping[str, Any]) -> tuple[Callable[..., Any], dict[str, Any],
-                                                           str]:
+def resolve_model(
+  model_config: Mapping[str, Any],
+) -> tuple[Callable[..., Any], dict[str, Any], str]:
   """(class or function, preset arguments, a name for messages) that a `model` section names."""
   spec = model_config.get("cls", "")
   if spec:
@@ -112,8 +122,9 @@ def resolve_model(model_config: Mapping[str, Any]) -> tuple[Callable[..., Any], 
   try:
     cls, preset = nn_lib.registry.resolve(model_config["name"])
   except ValueError as e:
-    raise ConfigError(f"model: {e} Or name any module by import path with "
-                      "model.cls='package.module:Name'.") from e
+    raise ConfigError(
+      f"model: {e} Or name any module by import path with model.cls='package.module:Name'."
+    ) from e
   return cls, preset, model_config["name"]
 
 
@@ -132,8 +143,9 @@ def build_model(model_config: Mapping[str, Any], model_hints: Mapping[str, Any] 
   if unknown and not any_kwargs:
     close = {k: difflib.get_close_matches(k, accepted, n=1) for k in unknown}
     hints = "".join(f" ({k}: did you mean {c[0]}?)" for k, c in close.items() if c)
-    raise ConfigError(f"model: {what!r} takes no argument(s) {unknown}{hints}; it takes "
-                      f"{sorted(accepted)}.")
+    raise ConfigError(
+      f"model: {what!r} takes no argument(s) {unknown}{hints}; it takes {sorted(accepted)}."
+    )
   for key, value in dict(model_hints).items():
     if key not in accepted:
       continue
@@ -142,8 +154,9 @@ def build_model(model_config: Mapping[str, Any], model_hints: Mapping[str, Any] 
       kwargs[key] = value
     elif configured != value:
       raise ConfigError(
-          f"model.{key}={configured} contradicts the data, which has {key}={value}; remove "
-          f"model.{key} from the config (it is taken from the data) or set it to {value}.")
+        f"model.{key}={configured} contradicts the data, which has {key}={value}; remove "
+        f"model.{key} from the config (it is taken from the data) or set it to {value}."
+      )
   try:
     kwargs = nn_lib.registry.convert_dtype_args({**preset, **kwargs})
     model = target(**kwargs)
@@ -152,8 +165,10 @@ def build_model(model_config: Mapping[str, Any], model_hints: Mapping[str, Any] 
   except TypeError as e:
     raise ConfigError(f"model: building {what!r} with {kwargs} failed: {e}") from e
   if not isinstance(model, nn.Module):
-    raise ConfigError(f"model.cls={what!r} returned a {type(model).__name__}, not a Flax Linen "
-                      "module; return e.g. jaxdl.nn.Sequential([...]) or an nn.Module instance.")
+    raise ConfigError(
+      f"model.cls={what!r} returned a {type(model).__name__}, not a Flax Linen "
+      "module; return e.g. jaxdl.nn.Sequential([...]) or an nn.Module instance."
+    )
   return model
 
 

@@ -28,11 +28,11 @@ import json
 import logging
 import math
 import os
+from pathlib import Path
 import platform
 import re
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -51,6 +51,7 @@ class Peak:
   Ampere and later, bf16 passes of the MXU on TPU. With precision="highest" the real ceiling is
   lower (NVIDIA's non-tensor FP32 rate; several bf16 passes on TPU), so MFU reads low.
   """
+
   bfloat16: float
   float32: float
   source: str  # Where the figures come from (a datasheet or Cloud TPU page).
@@ -70,55 +71,59 @@ class Peak:
 # figures below are the dense halves. A TPU device in JAX is a chip from v4 on (megacore), but one
 # of the chip's two TensorCores on v2 and v3, so those chips' figures are halved.
 PEAK_TFLOPS: dict[str, Peak] = {
-    # H100, H200, GH200: https://www.nvidia.com/en-us/data-center/h100/,
-    # https://www.nvidia.com/en-us/data-center/h200/,
-    # https://www.nvidia.com/en-us/data-center/grace-hopper-superchip/
-    # JAX reports the SXM part as "NVIDIA H100 80GB HBM3", so a bare "h100" is SXM.
-    "NVIDIA H100 SXM": Peak(989.5, 494.5, "NVIDIA H100 datasheet (SXM)", ("h100",)),
-    "NVIDIA H100 PCIe": Peak(756.5, 378.0, "NVIDIA H100 datasheet (PCIe)", ("h100 pcie",)),
-    "NVIDIA H100 NVL": Peak(835.5, 417.5, "NVIDIA H100 datasheet (NVL)", ("h100 nvl",)),
-    "NVIDIA H200": Peak(989.5, 494.5, "NVIDIA H200 datasheet (SXM)", ("h200",)),
-    "NVIDIA H200 NVL": Peak(835.5, 417.5, "NVIDIA H200 datasheet (NVL)", ("h200 nvl",)),
-    "NVIDIA GH200": Peak(989.5, 494.5, "NVIDIA GH200 datasheet", ("gh200",)),
-    # A100 40GB and 80GB, SXM and PCIe, share one peak: https://www.nvidia.com/content/dam/en-zz/
-    # Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
-    "NVIDIA A100": Peak(312.0, 156.0, "NVIDIA A100 datasheet", ("a100",)),
-    # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a10/pdf/a10-datasheet.pdf
-    "NVIDIA A10": Peak(125.0, 62.5, "NVIDIA A10 datasheet", ("a10",)),
-    # AWS's variant of the A10 (G5 instances). NVIDIA publishes no datasheet; these are the
-    # figures AWS-facing vendors quote, e.g.
-    # https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/
-    "NVIDIA A10G": Peak(70.0, 35.0, "A10G figures as quoted for AWS G5 (no NVIDIA datasheet)",
-                        ("a10g",)),
-    # https://www.nvidia.com/en-us/data-center/l4/
-    "NVIDIA L4": Peak(121.0, 60.0, "NVIDIA L4 datasheet", ("l4",)),
-    # Volta has fp16 tensor cores but none for bf16 or tf32: those run at the FP32 rate.
-    # https://images.nvidia.com/content/technologies/volta/pdf/
-    # volta-v100-datasheet-update-us-1165301-r5.pdf
-    "NVIDIA V100 SXM2": Peak(15.7, 15.7, "NVIDIA V100 datasheet (SXM2)",
-                             ("v100 sxm2", "v100 sxm3"), float16=125.0),
-    "NVIDIA V100 PCIe": Peak(14.0, 14.0, "NVIDIA V100 datasheet (PCIe)", ("v100",),
-                             float16=112.0),
-    "NVIDIA V100S PCIe": Peak(16.4, 16.4, "NVIDIA V100S datasheet", ("v100s",), float16=130.0),
-    # GeForce: bf16 with FP32 accumulate (what XLA uses). Ada whitepaper, appendix table:
-    # https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf
-    "NVIDIA GeForce RTX 4090": Peak(165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper",
-                                    ("rtx 4090",)),
-    # Cloud TPU "peak compute per chip (bf16)":
-    # https://cloud.google.com/tpu/docs/system-architecture-tpu-vm
-    "TPU v2": Peak(22.5, 22.5, "Cloud TPU docs: 45 TFLOP/s per v2 chip, 2 devices a chip",
-                   ("tpu v2",)),
-    "TPU v3": Peak(61.5, 61.5, "Cloud TPU docs: 123 TFLOP/s per v3 chip, 2 devices a chip",
-                   ("tpu v3",)),
-    # https://cloud.google.com/tpu/docs/v4
-    "TPU v4": Peak(275.0, 275.0, "Cloud TPU docs (v4)", ("tpu v4",)),
-    # https://cloud.google.com/tpu/docs/v5e; JAX calls it "TPU v5 lite".
-    "TPU v5e": Peak(197.0, 197.0, "Cloud TPU docs (v5e)", ("tpu v5 lite", "tpu v5e")),
-    # https://cloud.google.com/tpu/docs/v5p; JAX reports "TPU v5" on a TPU VM, "TPU v5p" on
-    # Pathways.
-    "TPU v5p": Peak(459.0, 459.0, "Cloud TPU docs (v5p)", ("tpu v5p", "tpu v5")),
-    # https://cloud.google.com/tpu/docs/v6e (Trillium); JAX calls it "TPU v6 lite".
-    "TPU v6e": Peak(918.0, 918.0, "Cloud TPU docs (v6e)", ("tpu v6 lite", "tpu v6e")),
+  # H100, H200, GH200: https://www.nvidia.com/en-us/data-center/h100/,
+  # https://www.nvidia.com/en-us/data-center/h200/,
+  # https://www.nvidia.com/en-us/data-center/grace-hopper-superchip/
+  # JAX reports the SXM part as "NVIDIA H100 80GB HBM3", so a bare "h100" is SXM.
+  "NVIDIA H100 SXM": Peak(989.5, 494.5, "NVIDIA H100 datasheet (SXM)", ("h100",)),
+  "NVIDIA H100 PCIe": Peak(756.5, 378.0, "NVIDIA H100 datasheet (PCIe)", ("h100 pcie",)),
+  "NVIDIA H100 NVL": Peak(835.5, 417.5, "NVIDIA H100 datasheet (NVL)", ("h100 nvl",)),
+  "NVIDIA H200": Peak(989.5, 494.5, "NVIDIA H200 datasheet (SXM)", ("h200",)),
+  "NVIDIA H200 NVL": Peak(835.5, 417.5, "NVIDIA H200 datasheet (NVL)", ("h200 nvl",)),
+  "NVIDIA GH200": Peak(989.5, 494.5, "NVIDIA GH200 datasheet", ("gh200",)),
+  # A100 40GB and 80GB, SXM and PCIe, share one peak: https://www.nvidia.com/content/dam/en-zz/
+  # Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
+  "NVIDIA A100": Peak(312.0, 156.0, "NVIDIA A100 datasheet", ("a100",)),
+  # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a10/pdf/a10-datasheet.pdf
+  "NVIDIA A10": Peak(125.0, 62.5, "NVIDIA A10 datasheet", ("a10",)),
+  # AWS's variant of the A10 (G5 instances). NVIDIA publishes no datasheet; these are the
+  # figures AWS-facing vendors quote, e.g.
+  # https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/
+  "NVIDIA A10G": Peak(
+    70.0, 35.0, "A10G figures as quoted for AWS G5 (no NVIDIA datasheet)", ("a10g",)
+  ),
+  # https://www.nvidia.com/en-us/data-center/l4/
+  "NVIDIA L4": Peak(121.0, 60.0, "NVIDIA L4 datasheet", ("l4",)),
+  # Volta has fp16 tensor cores but none for bf16 or tf32: those run at the FP32 rate.
+  # https://images.nvidia.com/content/technologies/volta/pdf/
+  # volta-v100-datasheet-update-us-1165301-r5.pdf
+  "NVIDIA V100 SXM2": Peak(
+    15.7, 15.7, "NVIDIA V100 datasheet (SXM2)", ("v100 sxm2", "v100 sxm3"), float16=125.0
+  ),
+  "NVIDIA V100 PCIe": Peak(14.0, 14.0, "NVIDIA V100 datasheet (PCIe)", ("v100",), float16=112.0),
+  "NVIDIA V100S PCIe": Peak(16.4, 16.4, "NVIDIA V100S datasheet", ("v100s",), float16=130.0),
+  # GeForce: bf16 with FP32 accumulate (what XLA uses). Ada whitepaper, appendix table:
+  # https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf
+  "NVIDIA GeForce RTX 4090": Peak(
+    165.2, 82.6, "NVIDIA Ada GPU architecture whitepaper", ("rtx 4090",)
+  ),
+  # Cloud TPU "peak compute per chip (bf16)":
+  # https://cloud.google.com/tpu/docs/system-architecture-tpu-vm
+  "TPU v2": Peak(
+    22.5, 22.5, "Cloud TPU docs: 45 TFLOP/s per v2 chip, 2 devices a chip", ("tpu v2",)
+  ),
+  "TPU v3": Peak(
+    61.5, 61.5, "Cloud TPU docs: 123 TFLOP/s per v3 chip, 2 devices a chip", ("tpu v3",)
+  ),
+  # https://cloud.google.com/tpu/docs/v4
+  "TPU v4": Peak(275.0, 275.0, "Cloud TPU docs (v4)", ("tpu v4",)),
+  # https://cloud.google.com/tpu/docs/v5e; JAX calls it "TPU v5 lite".
+  "TPU v5e": Peak(197.0, 197.0, "Cloud TPU docs (v5e)", ("tpu v5 lite", "tpu v5e")),
+  # https://cloud.google.com/tpu/docs/v5p; JAX reports "TPU v5" on a TPU VM, "TPU v5p" on
+  # Pathways.
+  "TPU v5p": Peak(459.0, 459.0, "Cloud TPU docs (v5p)", ("tpu v5p", "tpu v5")),
+  # https://cloud.google.com/tpu/docs/v6e (Trillium); JAX calls it "TPU v6 lite".
+  "TPU v6e": Peak(918.0, 918.0, "Cloud TPU docs (v6e)", ("tpu v6 lite", "tpu v6e")),
 }
 
 _warned_kinds: set[str] = set()  # Unknown device kinds already warned about, once per process.
@@ -150,13 +155,16 @@ def _dtype_name(compute_dtype: Any) -> str:
   except TypeError:
     name = None
   if name not in COMPUTE_DTYPES:
-    raise ValueError(f"No peak FLOP/s for compute dtype {compute_dtype!r}; use one of "
-                     f"{', '.join(COMPUTE_DTYPES)} (the dtype the model's matmuls run in).")
+    raise ValueError(
+      f"No peak FLOP/s for compute dtype {compute_dtype!r}; use one of "
+      f"{', '.join(COMPUTE_DTYPES)} (the dtype the model's matmuls run in)."
+    )
   return name
 
 
-def peak_flops_per_sec(devices: Sequence[jax.Device],
-                       compute_dtype: Any = "bfloat16") -> tuple[float | None, str]:
+def peak_flops_per_sec(
+  devices: Sequence[jax.Device], compute_dtype: Any = "bfloat16"
+) -> tuple[float | None, str]:
   """Total peak FLOP/s of `devices` for matmuls in `compute_dtype`, and where it comes from.
 
   Args:
@@ -172,13 +180,15 @@ def peak_flops_per_sec(devices: Sequence[jax.Device],
   dtype = _dtype_name(compute_dtype)
   devices = list(devices)
   if not devices:
-    raise ValueError("peak_flops_per_sec got no devices; pass the devices the step runs on, "
-                     "e.g. jax.devices().")
+    raise ValueError(
+      "peak_flops_per_sec got no devices; pass the devices the step runs on, e.g. jax.devices()."
+    )
   if all(d.platform == "cpu" for d in devices):
     # Forced host devices (--xla_force_host_platform_device_count) split one CPU, not add to it.
     return measured_cpu_peak(dtype), (
-        f"measured {dtype} matmul rate of this CPU ({_cpu_model()}, {_num_cores()} cores), "
-        f"shared by its {len(devices)} device(s); not a datasheet figure")
+      f"measured {dtype} matmul rate of this CPU ({_cpu_model()}, {_num_cores()} cores), "
+      f"shared by its {len(devices)} device(s); not a datasheet figure"
+    )
   counts = collections.Counter(d.device_kind for d in devices)
   total, parts = 0.0, []
   for kind, count in counts.items():
@@ -186,15 +196,20 @@ def peak_flops_per_sec(devices: Sequence[jax.Device],
     if found is None:
       if kind not in _warned_kinds:
         _warned_kinds.add(kind)
-        logger.warning("No peak FLOP/s known for device kind %r, so perf/mfu is not reported "
-                       "(perf/tflops_per_sec still is). To add it, put its dense %s TFLOP/s in "
-                       "jaxdl.perf.PEAK_TFLOPS, matched by words of %r.", kind, dtype,
-                       normalize_kind(kind))
+        logger.warning(
+          "No peak FLOP/s known for device kind %r, so perf/mfu is not reported "
+          "(perf/tflops_per_sec still is). To add it, put its dense %s TFLOP/s in "
+          "jaxdl.perf.PEAK_TFLOPS, matched by words of %r.",
+          kind,
+          dtype,
+          normalize_kind(kind),
+        )
       return None, f"no peak FLOP/s known for device kind {kind!r}"
     name, peak = found
     total += count * peak.tflops(dtype) * 1e12
-    parts.append(f"{count} x {name} at {peak.tflops(dtype):g} TFLOP/s {dtype} dense "
-                 f"({peak.source})")
+    parts.append(
+      f"{count} x {name} at {peak.tflops(dtype):g} TFLOP/s {dtype} dense ({peak.source})"
+    )
   return total, "; ".join(parts)
 
 
@@ -216,6 +231,7 @@ def cache_dir() -> Path:
     return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "jaxdl" / "perf"
   # pylint: disable=g-import-not-at-top  # jaxdl.data pulls in Grain; only the cache needs it.
   from jaxdl.data import download
+
   return download.cache_root() / "perf"
 
 
@@ -241,8 +257,10 @@ def cpu_cache_key(dtype: str = "float32") -> str:
   """What a measured peak depends on: CPU model, usable cores, JAX and jaxlib versions, dtype."""
   jaxlib_version = getattr(getattr(jax, "lib", None), "__version__", None)
   jaxlib = f" jaxlib {jaxlib_version}" if jaxlib_version else ""
-  return (f"{_cpu_model()} | {_num_cores()} cores | jax {jax.__version__}{jaxlib} | "
-          f"{PROBE_SIZE}x{PROBE_SIZE} {dtype}")
+  return (
+    f"{_cpu_model()} | {_num_cores()} cores | jax {jax.__version__}{jaxlib} | "
+    f"{PROBE_SIZE}x{PROBE_SIZE} {dtype}"
+  )
 
 
 def _probe_matmul(dtype: str) -> float:
@@ -286,8 +304,12 @@ def _write_cache(path: Path, entries: dict[str, Any]) -> None:
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except OSError as e:  # A read-only cache costs a re-measurement next run, never the run itself.
-    logger.warning("Could not cache the measured CPU peak in %s (%s); it will be measured again "
-                   "next run. Set JAXDL_DATA_DIR or XDG_CACHE_HOME to a writable folder.", path, e)
+    logger.warning(
+      "Could not cache the measured CPU peak in %s (%s); it will be measured again "
+      "next run. Set JAXDL_DATA_DIR or XDG_CACHE_HOME to a writable folder.",
+      path,
+      e,
+    )
 
 
 def measured_cpu_peak(dtype: Any = "float32") -> float:
@@ -301,15 +323,19 @@ def measured_cpu_peak(dtype: Any = "float32") -> float:
   path, key = cache_dir() / CPU_PEAK_FILE, cpu_cache_key(dtype)
   entries = _read_cache(path)
   cached = entries.get(key)
-  if isinstance(cached, dict) and isinstance(cached.get("flops_per_sec"), (int, float)) \
-      and cached["flops_per_sec"] > 0:
+  if (
+    isinstance(cached, dict)
+    and isinstance(cached.get("flops_per_sec"), (int, float))
+    and cached["flops_per_sec"] > 0
+  ):
     return float(cached["flops_per_sec"])
   flops = _probe_matmul(dtype)
   entries = _read_cache(path)  # Another process may have added a key meanwhile.
   entries[key] = {"flops_per_sec": flops, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
   _write_cache(path, entries)
-  logger.info("Measured this CPU's %s matmul rate: %.1f GFLOP/s (cached in %s).", dtype,
-              flops / 1e9, path)
+  logger.info(
+    "Measured this CPU's %s matmul rate: %.1f GFLOP/s (cached in %s).", dtype, flops / 1e9, path
+  )
   return flops
 
 
@@ -354,8 +380,9 @@ def loop_trip_counts(compiled: Any) -> list[int | None]:
 # ------------------------------------------------------------------------------ Metrics
 
 
-def efficiency_metrics(flops_per_step: float | None, seconds_per_step: float,
-                       peak_flops_per_sec: float | None) -> dict[str, float]:
+def efficiency_metrics(
+  flops_per_step: float | None, seconds_per_step: float, peak_flops_per_sec: float | None
+) -> dict[str, float]:
   """{"perf/tflops_per_sec", "perf/mfu"} of a step; a metric whose input is None is left out.
 
   Args:
@@ -363,10 +390,15 @@ def efficiency_metrics(flops_per_step: float | None, seconds_per_step: float,
     seconds_per_step: measured wall-clock time of one step.
     peak_flops_per_sec: the devices' total peak (`peak_flops_per_sec`).
   """
-  if not (isinstance(seconds_per_step, (int, float)) and math.isfinite(seconds_per_step)
-          and seconds_per_step > 0):
-    raise ValueError(f"seconds_per_step must be a positive number of seconds, got "
-                     f"{seconds_per_step!r}; time at least one finished step.")
+  if not (
+    isinstance(seconds_per_step, (int, float))
+    and math.isfinite(seconds_per_step)
+    and seconds_per_step > 0
+  ):
+    raise ValueError(
+      f"seconds_per_step must be a positive number of seconds, got "
+      f"{seconds_per_step!r}; time at least one finished step."
+    )
   if flops_per_step is None:
     return {}
   flops_per_sec = flops_per_step / seconds_per_step
@@ -379,14 +411,20 @@ def efficiency_metrics(flops_per_step: float | None, seconds_per_step: float,
 @dataclasses.dataclass(frozen=True)
 class Efficiency:
   """A train step's FLOPs and its devices' peak, measured once; `metrics` for each timing."""
+
   flops_per_step: float | None  # Over all devices; None when XLA gives no count.
   peak_flops_per_sec: float | None  # Over all devices; None for unknown accelerators.
   peak_source: str = ""  # Where the peak comes from, for the log.
   lower_bound: bool = False  # The step has loops run more than once: FLOPs are undercounted.
 
   @classmethod
-  def for_step(cls, compiled: Any, devices: Sequence[jax.Device],
-               compute_dtype: Any = "bfloat16", steps_loop: bool = False) -> "Efficiency":
+  def for_step(
+    cls,
+    compiled: Any,
+    devices: Sequence[jax.Device],
+    compute_dtype: Any = "bfloat16",
+    steps_loop: bool = False,
+  ) -> "Efficiency":
     """From the compiled train step and the devices that each run it (all of a pmap or mesh).
 
     `steps_loop`: `compiled` runs several steps as a loop whose trip count is an argument
@@ -399,8 +437,12 @@ class Efficiency:
     if steps_loop and None in counts:
       counts.remove(None)
     repeated = any(n is None or n > 1 for n in counts)
-    return cls(flops_per_step=None if per_device is None else per_device * len(devices),
-               peak_flops_per_sec=peak, peak_source=source, lower_bound=repeated)
+    return cls(
+      flops_per_step=None if per_device is None else per_device * len(devices),
+      peak_flops_per_sec=peak,
+      peak_source=source,
+      lower_bound=repeated,
+    )
 
   def metrics(self, seconds_per_step: float) -> dict[str, float]:
     """perf/tflops_per_sec and perf/mfu at `seconds_per_step` (see `efficiency_metrics`)."""

@@ -12,21 +12,24 @@ from jaxdl.errors import UserError
 
 # (panel title, [(metric key, line style)]): train and eval curves of a quantity share a panel.
 PANELS = (
-    ("loss", (("train/loss", "--"), ("eval/loss", "-"))),
-    ("accuracy", (("train/accuracy", "--"), ("eval/accuracy", "-"))),
+  ("loss", (("train/loss", "--"), ("eval/loss", "-"))),
+  ("accuracy", (("train/accuracy", "--"), ("eval/accuracy", "-"))),
 )
 
 
-def plot_runs(workdirs: list[str | Path], output: str | Path, *, labels: list[str] | None = None
-              ) -> Path:
+def plot_runs(
+  workdirs: list[str | Path], output: str | Path, *, labels: list[str] | None = None
+) -> Path:
   """Draws one panel per quantity; each run keeps one colour, train dashed and eval solid."""
   labels = labels or [_label(w, workdirs) for w in workdirs]
   runs = []
   for workdir, label in zip(workdirs, labels):
     records = metrics_lib.read_metrics(workdir)
     if not records:
-      raise UserError(f"{workdir} has no {metrics_lib.METRICS_FILE}, or it is empty: pass the "
-                      "workdir of a run that has logged at least once.")
+      raise UserError(
+        f"{workdir} has no {metrics_lib.METRICS_FILE}, or it is empty: pass the "
+        "workdir of a run that has logged at least once."
+      )
     runs.append((label, records))
 
   fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4.2), squeeze=False)
@@ -37,8 +40,14 @@ def plot_runs(workdirs: list[str | Path], output: str | Path, *, labels: list[st
         points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         if points:
           steps, values = zip(*points)
-          ax.plot(steps, values, style, color=colors[i % len(colors)], marker="." if
-                  len(points) < 30 else None, label=f"{label} {key.split('/')[0]}")
+          ax.plot(
+            steps,
+            values,
+            style,
+            color=colors[i % len(colors)],
+            marker="." if len(points) < 30 else None,
+            label=f"{label} {key.split('/')[0]}",
+          )
     ax.set_title(title)
     if title == "loss":
       ax.set_yscale("log")  # Late training lives in the last decade of the loss.

@@ -16,15 +16,17 @@ class Progress:
   process only.
   """
 
-  def __init__(self, *, total_steps: int, initial_step: int, enabled: bool = True,
-               is_main_process: bool = True):
+  def __init__(
+    self, *, total_steps: int, initial_step: int, enabled: bool = True, is_main_process: bool = True
+  ):
     self.total_steps = total_steps
     self._bar = None
     self._enabled = enabled and is_main_process
     self._speaks = is_main_process
     if self._enabled and sys.stderr.isatty():
-      self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
-                       file=sys.stderr)
+      self._bar = tqdm(
+        total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True, file=sys.stderr
+      )
     self._step = initial_step
 
   def update(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -37,8 +39,14 @@ class Progress:
       self._bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{rate:,.0f}", refresh=False)
     else:
       eta_s = (self.total_steps - step) * metrics.get("perf/step_time_ms", float("nan")) / 1e3
-      logger.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %s", step, self.total_steps, loss,
-                  rate, _format_seconds(eta_s))
+      logger.info(
+        "step %d/%d  loss %.4f  %.0f examples/s  ETA %s",
+        step,
+        self.total_steps,
+        loss,
+        rate,
+        _format_seconds(eta_s),
+      )
     self._step = step
 
   def message(self, text: str) -> None:

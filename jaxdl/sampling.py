@@ -23,13 +23,24 @@ from jaxdl.errors import CheckpointError, UserError
 
 def _fresh_cache(model, cache_length: int) -> Any:
   """An empty cache for a batch of one sequence of up to `cache_length` tokens."""
-  shapes = jax.eval_shape(functools.partial(model.init, decode=True), jax.random.key(0),
-                          jnp.zeros((1, cache_length), jnp.int32))["cache"]
+  shapes = jax.eval_shape(
+    functools.partial(model.init, decode=True),
+    jax.random.key(0),
+    jnp.zeros((1, cache_length), jnp.int32),
+  )["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def generate(model, params: Any, prompt_ids: np.ndarray, *, max_new_tokens: int,
-             temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> np.ndarray:
+def generate(
+  model,
+  params: Any,
+  prompt_ids: np.ndarray,
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  seed: int = 0,
+) -> np.ndarray:
   """Samples `max_new_tokens` token ids continuing `prompt_ids` (int [T0], T0 >= 1).
 
   temperature 0 picks the most likely token; top_k > 0 samples among the k most likely. A model
@@ -46,8 +57,9 @@ def generate(model, params: Any, prompt_ids: np.ndarray, *, max_new_tokens: int,
 
   @jax.jit
   def forward(params, cache, chunk_1L):
-    logits_1LV, variables = model.apply({"params": params, "cache": cache}, chunk_1L,
-                                        decode=True, mutable=["cache"])
+    logits_1LV, variables = model.apply(
+      {"params": params, "cache": cache}, chunk_1L, decode=True, mutable=["cache"]
+    )
     return logits_1LV[0, -1].astype(jnp.float32), variables["cache"]
 
   @jax.jit
@@ -74,18 +86,26 @@ def generate(model, params: Any, prompt_ids: np.ndarray, *, max_new_tokens: int,
     if i == max_new_tokens - 1:
       break
     if max_context and used == max_context:
-      context = tokens[-(max_context // 2):]
+      context = tokens[-(max_context // 2) :]
       logits_V, cache = read(context)
       used = len(context)
     else:
       logits_V, cache = forward(params, cache, jnp.asarray([[token]], jnp.int32))
       used += 1
-  return np.asarray(tokens[len(prompt_ids):], np.int32)
+  return np.asarray(tokens[len(prompt_ids) :], np.int32)
 
 
-def generate_from_workdir(workdir: str | Path, prompt: str, *, max_new_tokens: int,
-                          temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                          step: int | None = None, member: int = 0) -> str:
+def generate_from_workdir(
+  workdir: str | Path,
+  prompt: str,
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  seed: int = 0,
+  step: int | None = None,
+  member: int = 0,
+) -> str:
   """Text sampled from the checkpoint at `step` (default: the latest) of a language-model run;
   for a sweep's workdir (jaxdl.sweep), from its member `member`."""
   from jaxdl import models  # pylint: disable=g-import-not-at-top
@@ -95,8 +115,10 @@ def generate_from_workdir(workdir: str | Path, prompt: str, *, max_new_tokens: i
   tokenizer = workdir_lib.load_tokenizer(workdir)
   model = models.build_model(config.model, {"vocab_size": tokenizer.vocab_size})
   if "decode" not in _call_arguments(model):
-    raise UserError(f"Model {config.model.name!r} of {workdir} is not a language model with a "
-                    "decode mode; `jaxdl generate` samples from language models (gpt, rnn_lm).")
+    raise UserError(
+      f"Model {config.model.name!r} of {workdir} is not a language model with a "
+      "decode mode; `jaxdl generate` samples from language models (gpt, rnn_lm)."
+    )
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR, read_only=True)
   try:
     steps = checkpointer.all_steps()
@@ -108,12 +130,20 @@ def generate_from_workdir(workdir: str | Path, prompt: str, *, max_new_tokens: i
   members = sweep_lib.members(config)
   if members is not None:  # Every array has a leading member axis.
     if not 0 <= member < len(members):
-      raise UserError(f"--member {member}: the sweep in {workdir} has members 0 to "
-                      f"{len(members) - 1}.")
+      raise UserError(
+        f"--member {member}: the sweep in {workdir} has members 0 to {len(members) - 1}."
+      )
     params = jax.tree.map(lambda x: x[member], params)
   prompt_ids = tokenizer.encode(prompt)
-  new_ids = generate(model, params, prompt_ids, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_k=top_k, seed=seed)
+  new_ids = generate(
+    model,
+    params,
+    prompt_ids,
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_k=top_k,
+    seed=seed,
+  )
   return prompt + tokenizer.decode(new_ids)
 
 

@@ -3,7 +3,7 @@
 Everything here is abstract: `jax.eval_shape` gives the variables' shapes (so resnet152 or
 gpt2_medium costs no memory), and the forward pass is lowered and compiled, never run, so XLA's
 cost analysis can count its FLOPs. Two ways in:
-    jaxdl summary experiments/mnist_cnn.py [key=value ...]   # the experiment's model, data, optimizer
+    jaxdl summary experiments/mnist_cnn.py [key=value ...]  # the experiment's model, data, optim.
     jaxdl summary --model resnet50 --input-shape 1,224,224,3  # a registry model on a made-up input
 """
 
@@ -33,6 +33,7 @@ FLAGS = {"num_classes": "--num-classes", "vocab_size": "--vocab-size"}
 class Row:
   """One variable array of a model: `collection` "params" is trainable; the others (e.g.
   "batch_stats") are state the model updates itself and are not counted as parameters."""
+
   collection: str
   path: str  # Module path and name, e.g. "layer1_0/conv1/kernel".
   shape: tuple[int, ...]
@@ -51,6 +52,7 @@ class Row:
 @dataclasses.dataclass
 class Summary:
   """What `summarize` measures. Byte counts are of the arrays themselves (count * itemsize)."""
+
   rows: list[Row]  # Every variable array, "params" first, each collection in path order.
   total_params: int  # Elements of all "params" arrays.
   non_trainable: int  # Elements of every other collection (batch_stats, ...).
@@ -62,8 +64,14 @@ class Summary:
 
 def _abstract(tree: Any) -> Any:
   """ShapeDtypeStructs for arrays (numpy or jax), ShapeDtypeStructs or Python scalars."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
-                      if not hasattr(x, "dtype") else jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  return jax.tree.map(
+    lambda x: (
+      jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+      if not hasattr(x, "dtype")
+      else jax.ShapeDtypeStruct(x.shape, x.dtype)
+    ),
+    tree,
+  )
 
 
 def _nbytes(tree: Any) -> int:
@@ -79,9 +87,14 @@ def _call_kwargs(model: nn.Module) -> dict[str, Any]:
   return {"train": False} if "train" in inspect.signature(model.__call__).parameters else {}
 
 
-def summarize(model: nn.Module, example_inputs: Any,
-              tx: optax.GradientTransformation | None = None, *, flops: bool = True,
-              frozen_mask: Callable[[Any], Any] | None = None) -> Summary:
+def summarize(
+  model: nn.Module,
+  example_inputs: Any,
+  tx: optax.GradientTransformation | None = None,
+  *,
+  flops: bool = True,
+  frozen_mask: Callable[[Any], Any] | None = None,
+) -> Summary:
   """Shapes, counts, FLOPs and memory of `model` applied to `example_inputs`.
 
   Args:
@@ -110,21 +123,29 @@ def summarize(model: nn.Module, example_inputs: Any,
   if frozen_mask is not None:
     flat_mask = flax.traverse_util.flatten_dict(flax.core.unfreeze(frozen_mask(params)), sep="/")
     frozen = {path for path, is_frozen in flat_mask.items() if is_frozen}
-  rows = [Row(c, path, tuple(x.shape), jnp.dtype(x.dtype).name,
-              frozen=c == "params" and path in frozen)
-          for c in collections
-          for path, x in sorted(flax.traverse_util.flatten_dict(variables[c], sep="/").items(),
-                                key=lambda item: _natural_key(item[0]))]
+  rows = [
+    Row(c, path, tuple(x.shape), jnp.dtype(x.dtype).name, frozen=c == "params" and path in frozen)
+    for c in collections
+    for path, x in sorted(
+      flax.traverse_util.flatten_dict(variables[c], sep="/").items(),
+      key=lambda item: _natural_key(item[0]),
+    )
+  ]
 
   forward_flops = None
   if flops:
     forward = jax.jit(lambda v, *x: model.apply(v, *x, **kwargs))
     forward_flops = perf.compiled_flops(forward.lower(variables, *inputs).compile())
   opt_bytes = None if tx is None else _nbytes(jax.eval_shape(tx.init, params))
-  return Summary(rows=rows, total_params=sum(r.count for r in rows if r.trainable),
-                 non_trainable=sum(r.count for r in rows if not r.trainable),
-                 flops=forward_flops, param_bytes=_nbytes(params), opt_bytes=opt_bytes,
-                 frozen_params=sum(r.count for r in rows if r.frozen))
+  return Summary(
+    rows=rows,
+    total_params=sum(r.count for r in rows if r.trainable),
+    non_trainable=sum(r.count for r in rows if not r.trainable),
+    flops=forward_flops,
+    param_bytes=_nbytes(params),
+    opt_bytes=opt_bytes,
+    frozen_params=sum(r.count for r in rows if r.frozen),
+  )
 
 
 # ------------------------------------------------------------------------------ Text
@@ -158,16 +179,31 @@ def _group_by_module(rows: list[Row]) -> list[tuple[str, str, str, str, int]]:
       continue
     dtypes = {r.dtype for r in members}
     num_frozen = sum(r.frozen for r in members)
-    note = "" if not num_frozen else (
-        " (frozen)" if num_frozen == len(members) else f" ({num_frozen} frozen)")
-    cells.append((collection, f"{module}/*{note}", f"{len(members)} arrays",
-                  dtypes.pop() if len(dtypes) == 1 else "mixed", sum(r.count for r in members)))
+    note = (
+      ""
+      if not num_frozen
+      else (" (frozen)" if num_frozen == len(members) else f" ({num_frozen} frozen)")
+    )
+    cells.append(
+      (
+        collection,
+        f"{module}/*{note}",
+        f"{len(members)} arrays",
+        dtypes.pop() if len(dtypes) == 1 else "mixed",
+        sum(r.count for r in members),
+      )
+    )
   return cells
 
 
 def _cells(row: Row) -> tuple[str, str, str, str, int]:
-  return row.collection, row.path + (" (frozen)" if row.frozen else ""), str(row.shape), \
-      row.dtype, row.count
+  return (
+    row.collection,
+    row.path + (" (frozen)" if row.frozen else ""),
+    str(row.shape),
+    row.dtype,
+    row.count,
+  )
 
 
 def format_summary(summary: Summary, full: bool = False) -> str:
@@ -191,8 +227,11 @@ def format_summary(summary: Summary, full: bool = False) -> str:
   for c in cells:
     if c[0] != collection:
       collection = c[0]
-      lines.append(collection if collection == "params" else
-                   f"{collection} (non-trainable, not in total params)")
+      lines.append(
+        collection
+        if collection == "params"
+        else f"{collection} (non-trainable, not in total params)"
+      )
     lines.append(f"  {c[1]:<{path_w - 2}}  {c[2]:<{shape_w}}  {c[3]:<{dtype_w}}  {c[4]:>{count_w}}")
   if grouped:
     lines.append(f"({len(summary.rows)} arrays summed per top-level module; --full lists each)")
@@ -200,10 +239,14 @@ def format_summary(summary: Summary, full: bool = False) -> str:
   lines.append(f"total params: {summary.total_params} ({human_count(summary.total_params)})")
   if summary.frozen_params:
     trainable = summary.total_params - summary.frozen_params
-    lines.append(f"frozen params: {summary.frozen_params} ({human_count(summary.frozen_params)}); "
-                 f"trained: {trainable} ({human_count(trainable)})")
-  lines.append(f"non-trainable variables: {summary.non_trainable}"
-               + (f" ({human_count(summary.non_trainable)})" if summary.non_trainable else ""))
+    lines.append(
+      f"frozen params: {summary.frozen_params} ({human_count(summary.frozen_params)}); "
+      f"trained: {trainable} ({human_count(trainable)})"
+    )
+  lines.append(
+    f"non-trainable variables: {summary.non_trainable}"
+    + (f" ({human_count(summary.non_trainable)})" if summary.non_trainable else "")
+  )
   if summary.flops is None:
     lines.append("forward FLOPs: n/a")
   else:
@@ -220,12 +263,14 @@ def format_summary(summary: Summary, full: bool = False) -> str:
 
 
 def _describe_inputs(inputs: Sequence[Any]) -> str:
-  return ", ".join(f"{jnp.dtype(x.dtype).name}[{','.join(map(str, x.shape))}]"
-                   for x in _abstract(tuple(inputs)))
+  return ", ".join(
+    f"{jnp.dtype(x.dtype).name}[{','.join(map(str, x.shape))}]" for x in _abstract(tuple(inputs))
+  )
 
 
-def _summarize_or_explain(model, inputs, tx, what: str, flops: bool,
-                          frozen_mask: Callable[[Any], Any] | None = None) -> Summary:
+def _summarize_or_explain(
+  model, inputs, tx, what: str, flops: bool, frozen_mask: Callable[[Any], Any] | None = None
+) -> Summary:
   """summarize(), with a model's complaint about its input (a context longer than block_size, an
   image of the wrong rank) turned into one line for the user."""
   try:
@@ -234,16 +279,15 @@ def _summarize_or_explain(model, inputs, tx, what: str, flops: bool,
     raise ConfigError(f"{what} does not fit inputs {_describe_inputs(inputs)}: {e}") from e
 
 
-def for_experiment(experiment: str, overrides: Sequence[str] = (), *,
-                   flops: bool = True) -> tuple[str, Summary]:
+def for_experiment(
+  experiment: str, overrides: Sequence[str] = (), *, flops: bool = True
+) -> tuple[str, Summary]:
   """(heading, summary) of an experiment's model on a batch of 1 shaped like its data, with its
   optimizer. Loads the data (for its shapes and model hints), never the weights."""
   # pylint: disable=g-import-not-at-top  # The trainer pulls in Orbax and Grain; only this needs them.
   from jaxdl import config as config_lib
-  from jaxdl import models
-  from jaxdl import trainer
-  from jaxdl.train import optim
-  from jaxdl.train import tasks
+  from jaxdl import models, trainer
+  from jaxdl.train import optim, tasks
 
   config = config_lib.load_experiment(experiment)
   config_lib.apply_overrides(config, overrides)
@@ -251,13 +295,16 @@ def for_experiment(experiment: str, overrides: Sequence[str] = (), *,
   model = models.build_model(config.model, data.model_hints)
   inputs = tasks.make_task(data).model_inputs(data.example_batch(1))
   # The schedule does not change the optimizer state's shapes; any length past the warmup will do.
-  tx, _ = optim.make_optimizer(config.optimizer,
-                               max(config.train.num_steps, config.optimizer.warmup_steps + 1))
+  tx, _ = optim.make_optimizer(
+    config.optimizer, max(config.train.num_steps, config.optimizer.warmup_steps + 1)
+  )
   what = f"model {config.model.get('cls') or config.model.name!r}"
   frozen_mask = lambda params: optim.frozen_mask(config.optimizer, params)
   summary = _summarize_or_explain(model, inputs, tx, what, flops, frozen_mask)
-  heading = (f"{what} ({type(model).__name__}) of {experiment}, inputs "
-             f"{_describe_inputs(inputs)}, optimizer {config.optimizer.name}")
+  heading = (
+    f"{what} ({type(model).__name__}) of {experiment}, inputs "
+    f"{_describe_inputs(inputs)}, optimizer {config.optimizer.name}"
+  )
   return heading, summary
 
 
@@ -268,15 +315,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
   except ValueError:
     shape = ()
   if not shape or any(d <= 0 for d in shape):
-    raise ConfigError(f"--input-shape {text!r} is not a shape; give positive sizes separated by "
-                      "commas, batch first, e.g. --input-shape 1,224,224,3 (or 1,1024 for tokens).")
+    raise ConfigError(
+      f"--input-shape {text!r} is not a shape; give positive sizes separated by "
+      "commas, batch first, e.g. --input-shape 1,224,224,3 (or 1,1024 for tokens)."
+    )
   return shape
 
 
-def for_model(name: str, input_shape: str | None, *, input_dtype: str = "float32",
-              num_classes: int | None = None, vocab_size: int | None = None,
-              dtype: str | None = None, optimizer: str = "adam",
-              flops: bool = True) -> tuple[str, Summary]:
+def for_model(
+  name: str,
+  input_shape: str | None,
+  *,
+  input_dtype: str = "float32",
+  num_classes: int | None = None,
+  vocab_size: int | None = None,
+  dtype: str | None = None,
+  optimizer: str = "adam",
+  flops: bool = True,
+) -> tuple[str, Summary]:
   """(heading, summary) of registry model or preset `name` on zeros of `input_shape` (text,
   '1,224,224,3') and `input_dtype`, with a default-configured `optimizer`. No experiment, no data.
 
@@ -290,15 +346,18 @@ def for_model(name: str, input_shape: str | None, *, input_dtype: str = "float32
   from jaxdl.train import optim
 
   if not input_shape:
-    raise ConfigError(f"--model {name} needs --input-shape, batch first, e.g. "
-                      "--input-shape 1,224,224,3 (images) or --input-shape 1,1024 with "
-                      "--input-dtype int32 (token ids).")
+    raise ConfigError(
+      f"--model {name} needs --input-shape, batch first, e.g. "
+      "--input-shape 1,224,224,3 (images) or --input-shape 1,1024 with "
+      "--input-dtype int32 (token ids)."
+    )
   shape = parse_shape(input_shape)
   try:
     in_dtype = jnp.dtype(input_dtype)
   except TypeError:
-    raise ConfigError(f"--input-dtype {input_dtype!r} is not a dtype; use float32 (images) or "
-                      "int32 (token ids).") from None
+    raise ConfigError(
+      f"--input-dtype {input_dtype!r} is not a dtype; use float32 (images) or int32 (token ids)."
+    ) from None
   try:
     cls, preset = nn_lib.registry.resolve(name)
   except ValueError as e:
@@ -310,27 +369,36 @@ def for_model(name: str, input_shape: str | None, *, input_dtype: str = "float32
     if key not in fields:
       flag = FLAGS.get(key, "--" + key.replace("_", "-"))
       raise ConfigError(f"Model {name!r} ({cls.__name__}) takes no {key}; drop {flag}.")
-  required = [f.name for f in dataclasses.fields(cls)
-              if f.name in fields and f.default is dataclasses.MISSING
-              and f.default_factory is dataclasses.MISSING]
+  required = [
+    f.name
+    for f in dataclasses.fields(cls)
+    if f.name in fields
+    and f.default is dataclasses.MISSING
+    and f.default_factory is dataclasses.MISSING
+  ]
   missing = [k for k in required if k not in kwargs and k not in preset]
   if missing:
-    presets = sorted(p for p, (base, _) in nn_lib.PRESETS.items()
-                     if nn_lib.MODELS[base] is cls)
+    presets = sorted(p for p, (base, _) in nn_lib.PRESETS.items() if nn_lib.MODELS[base] is cls)
     flagged = [FLAGS[k] for k in missing if k in FLAGS]
     others = [k for k in missing if k not in FLAGS]
     fixes = []
     if flagged:
       fixes.append(f"pass {' and '.join(flagged)}")
     if others:
-      fixes.append(f"use a preset that sets {', '.join(others)}"
-                   + (f" ({', '.join(presets)})" if presets else "")
-                   + " or an experiment file")
-    raise ConfigError(f"Model {name!r} ({cls.__name__}) needs {', '.join(missing)}, which it has "
-                      f"no default for: {'; or '.join(fixes)}.")
+      fixes.append(
+        f"use a preset that sets {', '.join(others)}"
+        + (f" ({', '.join(presets)})" if presets else "")
+        + " or an experiment file"
+      )
+    raise ConfigError(
+      f"Model {name!r} ({cls.__name__}) needs {', '.join(missing)}, which it has "
+      f"no default for: {'; or '.join(fixes)}."
+    )
   if "vocab_size" in fields and not jnp.issubdtype(in_dtype, jnp.integer):
-    raise ConfigError(f"Model {name!r} ({cls.__name__}) reads token ids; pass --input-dtype int32 "
-                      f"(the input is now {in_dtype.name}).")
+    raise ConfigError(
+      f"Model {name!r} ({cls.__name__}) reads token ids; pass --input-dtype int32 "
+      f"(the input is now {in_dtype.name})."
+    )
   # The one way jaxdl builds a model (as training does); its errors are ConfigErrors already.
   model = models.build_model({"name": name, **kwargs})
 
@@ -344,6 +412,8 @@ def for_model(name: str, input_shape: str | None, *, input_dtype: str = "float32
   tx, _ = optim.make_optimizer(opt_config, 1)
   what = f"model {name!r}"
   summary = _summarize_or_explain(model, inputs, tx, what, flops)
-  heading = (f"{what} ({cls.__name__}), inputs {_describe_inputs(inputs)}, optimizer "
-             f"{optimizer} (default settings)")
+  heading = (
+    f"{what} ({cls.__name__}), inputs {_describe_inputs(inputs)}, optimizer "
+    f"{optimizer} (default settings)"
+  )
   return heading, summary

@@ -18,11 +18,11 @@ Only values that enter the computation arithmetically can differ between members
 traced program; sweep them with separate runs.
 """
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import jax
@@ -32,8 +32,13 @@ from jaxdl.errors import ConfigError
 
 # Config keys whose value may differ between the members of one sweep: each is used by the
 # optimizer (jaxdl.train.optim) in arithmetic only, so a traced value works in its place.
-SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.end_learning_rate",
-             "optimizer.b1", "optimizer.b2")
+SWEEPABLE = (
+  "optimizer.learning_rate",
+  "optimizer.weight_decay",
+  "optimizer.end_learning_rate",
+  "optimizer.b1",
+  "optimizer.b2",
+)
 # And model arguments that are dropout rates: each member's model is built with its traced rate.
 SWEEPABLE_MODEL_ARGUMENT = re.compile(r"model\.\w*drop\w*_rate")
 
@@ -50,6 +55,7 @@ def describe_sweepable() -> str:
 @dataclasses.dataclass(frozen=True)
 class Member:
   """One run of a sweep: its seed and the values it gives the swept keys."""
+
   seed: int
   values: dict[str, float]
 
@@ -73,13 +79,19 @@ def swept_values(sweep_config: Mapping[str, Any]) -> dict[str, list[float]]:
   for key, values in flat.items():
     if not sweepable(key):
       raise ConfigError(
-          f"sweep.{key} cannot be swept in one program: only sweep.seeds, "
-          f"{describe_sweepable()} can differ between the members of a sweep, since anything "
-          "else changes the compiled program. Run separate trainings for it.")
-    if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-      raise ConfigError(f"sweep.{key}={values!r} must be a non-empty list of numbers, e.g. "
-                        f"sweep.{key}=[1e-3,3e-4].")
+        f"sweep.{key} cannot be swept in one program: only sweep.seeds, "
+        f"{describe_sweepable()} can differ between the members of a sweep, since anything "
+        "else changes the compiled program. Run separate trainings for it."
+      )
+    if (
+      isinstance(values, (str, bytes))
+      or not isinstance(values, Sequence)
+      or not values
+      or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
+      raise ConfigError(
+        f"sweep.{key}={values!r} must be a non-empty list of numbers, e.g. sweep.{key}=[1e-3,3e-4]."
+      )
   return {key: [float(v) for v in flat[key]] for key in sorted(flat)}
 
 
@@ -151,9 +163,11 @@ class StackedIterator:
   def set_state(self, state: bytes) -> None:
     states = json.loads(state)
     if len(states) != len(self._iterators):
-      raise ConfigError(f"The checkpoint holds {len(states)} data positions, one per seed of the "
-                        f"sweep that wrote it, this run has {len(self._iterators)}; resume with "
-                        "the sweep it was written with.")
+      raise ConfigError(
+        f"The checkpoint holds {len(states)} data positions, one per seed of the "
+        f"sweep that wrote it, this run has {len(self._iterators)}; resume with "
+        "the sweep it was written with."
+      )
     for it, seed_state in zip(self._iterators, states):
       it.set_state(seed_state)
 
@@ -186,11 +200,13 @@ def over_members(method: str) -> Callable[..., Callable[..., Any]]:
     def mapped(*args, **kwargs):
       flags = shared + (False,) * (len(args) - len(shared))
       per_member = tuple(a for a, s in zip(args, flags) if not s)
+
       def one(member_args):
         it = iter(member_args)
         full = [a if s else next(it) for a, s in zip(args, flags)]
-        member_kwargs = {k: v for k, v in zip(kwargs, member_args[len(per_member):])}
+        member_kwargs = {k: v for k, v in zip(kwargs, member_args[len(per_member) :])}
         return fn(*full, **member_kwargs)
+
       return jax.lax.map(one, per_member + tuple(kwargs.values()))
 
     return mapped

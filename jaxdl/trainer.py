@@ -9,10 +9,10 @@ jaxdl.interval_log, checkpoint I/O in jaxdl.checkpoint.
 import dataclasses
 import functools
 import logging
+from pathlib import Path
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,26 +20,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import compile_cache
+from jaxdl import compile_cache, distributed, host_memory, interval_log, models
 from jaxdl import data as data_lib
-from jaxdl import distributed
-from jaxdl import host_memory
-from jaxdl import interval_log
 from jaxdl import metrics as metrics_lib
-from jaxdl import models
 from jaxdl import sweep as sweep_lib
 from jaxdl import transfer as transfer_lib
 from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from jaxdl.progress import Progress
-from jaxdl.train import cpu_devices
-from jaxdl.train import dispatch
-from jaxdl.train import optim
-from jaxdl.train import parallel
+from jaxdl.train import cpu_devices, dispatch, optim, parallel, tasks
 from jaxdl.train import step as step_lib
 from jaxdl.train import steps_per_call as steps_per_call_lib
-from jaxdl.train import tasks
 
 logger = logging.getLogger("jaxdl")
 
@@ -56,6 +48,7 @@ class TrainResult:
 @dataclasses.dataclass
 class Setup:
   """What a run needs besides its loop: everything derivable from the config and the data."""
+
   model: Any
   task: Any  # jaxdl.train.tasks: which batch entries the model reads, the loss, the metrics.
   tx: Any
@@ -75,31 +68,43 @@ class Setup:
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
-  return data_lib.load_from_config(config.data,
-                                   allow_download=None if config.data.download else False)
+  return data_lib.load_from_config(
+    config.data, allow_download=None if config.data.download else False
+  )
 
 
-def _check_and_count_steps(config: ml_collections.ConfigDict, data: data_lib.Dataset,
-                           layout: parallel.Layout) -> tuple[int, int]:
+def _check_and_count_steps(
+  config: ml_collections.ConfigDict, data: data_lib.Dataset, layout: parallel.Layout
+) -> tuple[int, int]:
   """(total steps, steps per epoch) of the run; ConfigError for settings that cannot work."""
   layout.check_batch_size(config.train.batch_size, "train.batch_size")
   layout.check_batch_size(config.data.eval_batch_size, "data.eval_batch_size")
   grad_accum = config.train.get("grad_accum_steps", 1)
-  if (isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1
-      or (config.train.batch_size // layout.num_devices) % grad_accum):
-    raise ConfigError(f"train.grad_accum_steps={grad_accum!r} must be a whole number >= 1 that "
-                      f"divides each device's share of the batch ({config.train.batch_size} / "
-                      f"{layout.num_devices} devices).")
+  if (
+    isinstance(grad_accum, bool)
+    or not isinstance(grad_accum, int)
+    or grad_accum < 1
+    or (config.train.batch_size // layout.num_devices) % grad_accum
+  ):
+    raise ConfigError(
+      f"train.grad_accum_steps={grad_accum!r} must be a whole number >= 1 that "
+      f"divides each device's share of the batch ({config.train.batch_size} / "
+      f"{layout.num_devices} devices)."
+    )
   steps_per_call_lib.check(config.train.get("steps_per_call", 0))
   if not 0.0 <= config.train.ema_decay < 1.0:
-    raise ConfigError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
-                      "moving average off, 0.999 is typical.")
+    raise ConfigError(
+      f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
+      "moving average off, 0.999 is typical."
+    )
   steps_per_epoch = data.steps_per_epoch(config.train.batch_size)
   if steps_per_epoch == 0:
-    raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the "
-                      f"{data.source.get('num_train')} training examples of {config.data.name} "
-                      f"({data.source.get('kind')}), so not one batch fits; use a smaller batch "
-                      "or more data.")
+    raise ConfigError(
+      f"train.batch_size={config.train.batch_size} exceeds the "
+      f"{data.source.get('num_train')} training examples of {config.data.name} "
+      f"({data.source.get('kind')}), so not one batch fits; use a smaller batch "
+      "or more data."
+    )
   total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
   if total_steps <= 0:
     raise ConfigError("Nothing to train: set train.num_steps or train.num_epochs to more than 0.")
@@ -122,9 +127,11 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   layout = parallel.make_layout(config.get("parallel", {}))
   total_steps, steps_per_epoch = _check_and_count_steps(config, data, layout)
   make_step = functools.partial(
-      step_lib.make_train_step, grad_accum_steps=config.train.get("grad_accum_steps", 1),
-      grad_accum_unroll=_grad_accum_unroll(config.train.get("grad_accum_unroll", "auto")),
-      collectives=layout.collectives)
+    step_lib.make_train_step,
+    grad_accum_steps=config.train.get("grad_accum_steps", 1),
+    grad_accum_unroll=_grad_accum_unroll(config.train.get("grad_accum_unroll", "auto")),
+    collectives=layout.collectives,
+  )
   model = models.build_model(config.model, data.model_hints)
   try:
     task = tasks.make_task(data, label_smoothing=config.train.label_smoothing)
@@ -132,8 +139,9 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     raise ConfigError(f"train.label_smoothing: {e}") from e
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   train_step = make_step(model, tx, schedule, task, config.train.ema_decay)
-  batch_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                              data.example_batch(config.train.batch_size))
+  batch_shapes = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data.example_batch(config.train.batch_size)
+  )
   example_inputs = task.model_inputs(data.example_batch(1))
 
   def step_fn_and_tx(hparams):
@@ -142,24 +150,39 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     if not hparams:
       return train_step, tx
     member_tx, member_schedule = optim.make_optimizer(
-        sweep_lib.with_values(config.optimizer, "optimizer", hparams), total_steps)
+      sweep_lib.with_values(config.optimizer, "optimizer", hparams), total_steps
+    )
     model_values = sweep_lib.with_values({}, "model", hparams)  # Dropout rates.
-    member_model = model if not model_values else models.build_model(
-        {**config.model, **model_values}, data.model_hints)
-    return (make_step(member_model, member_tx, member_schedule, task, config.train.ema_decay),
-            member_tx)
+    member_model = (
+      model
+      if not model_values
+      else models.build_model({**config.model, **model_values}, data.model_hints)
+    )
+    return (
+      make_step(member_model, member_tx, member_schedule, task, config.train.ema_decay),
+      member_tx,
+    )
 
   def init_loop(seed, hparams):
     """Everything a resumed run needs to continue bit for bit, besides the data iterator."""
     step_fn, run_tx = step_fn_and_tx(hparams)
     root_key = jax.random.key(seed)
-    state = step_lib.create_train_state(model, run_tx, jax.random.fold_in(root_key, 0),
-                                        *example_inputs, ema=config.train.ema_decay > 0)
+    state = step_lib.create_train_state(
+      model,
+      run_tx,
+      jax.random.fold_in(root_key, 0),
+      *example_inputs,
+      ema=config.train.ema_decay > 0,
+    )
     rng = jax.random.fold_in(root_key, 1)
-    metric_shapes = jax.eval_shape(layout.collectives.traceable(step_fn), state, batch_shapes,
-                                   rng)[1]
-    return {"state": state, "metric_sums": step_lib.init_metric_sums(metric_shapes),
-            "rng": jax.random.key_data(rng)}  # Raw key data: checkpoints store plain arrays.
+    metric_shapes = jax.eval_shape(layout.collectives.traceable(step_fn), state, batch_shapes, rng)[
+      1
+    ]
+    return {
+      "state": state,
+      "metric_sums": step_lib.init_metric_sums(metric_shapes),
+      "rng": jax.random.key_data(rng),
+    }  # Raw key data: checkpoints store plain arrays.
 
   def update(state, sums, batch, rng, hparams):
     """One train step, and its metrics added to the interval's sums."""
@@ -183,11 +206,25 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
     loop_shapes = jax.eval_shape(init)  # into a config error now rather than a traceback later.
   except ValueError as e:
-    raise ConfigError(f"model {config.model.get('cls') or config.model.name!r} does not fit the "
-                      f"data: {e}") from e
-  return Setup(model, task, tx, schedule, layout, train_step,
-               functools.partial(layout.init, init, loop_shapes), total_steps, steps_per_epoch,
-               members, update, eval_step, init, loop_shapes)
+    raise ConfigError(
+      f"model {config.model.get('cls') or config.model.name!r} does not fit the data: {e}"
+    ) from e
+  return Setup(
+    model,
+    task,
+    tx,
+    schedule,
+    layout,
+    train_step,
+    functools.partial(layout.init, init, loop_shapes),
+    total_steps,
+    steps_per_epoch,
+    members,
+    update,
+    eval_step,
+    init,
+    loop_shapes,
+  )
 
 
 def abstract_loop(setup: Setup) -> Any:
@@ -195,8 +232,9 @@ def abstract_loop(setup: Setup) -> Any:
   return setup.layout.abstract_saved(setup.loop_shapes)
 
 
-def evaluate(eval_step, state, data: data_lib.Dataset, setup: Setup,
-             batch_size: int) -> dict[str, float]:
+def evaluate(
+  eval_step, state, data: data_lib.Dataset, setup: Setup, batch_size: int
+) -> dict[str, float]:
   """The task's metrics over every example of the evaluation split, each counted exactly once;
   for a sweep, each member's and their mean and std (jaxdl.sweep.aggregate).
 
@@ -210,8 +248,12 @@ def evaluate(eval_step, state, data: data_lib.Dataset, setup: Setup,
     sums = out if sums is None else jax.tree.map(np.add, sums, out)
   if setup.members is None:
     return setup.task.eval_metrics(sums)
-  return sweep_lib.aggregate([setup.task.eval_metrics(member_sums)
-                              for member_sums in sweep_lib.unstack(sums, len(setup.members))])
+  return sweep_lib.aggregate(
+    [
+      setup.task.eval_metrics(member_sums)
+      for member_sums in sweep_lib.unstack(sums, len(setup.members))
+    ]
+  )
 
 
 def describe(setup: Setup, metrics: dict[str, float]) -> str:
@@ -221,7 +263,7 @@ def describe(setup: Setup, metrics: dict[str, float]) -> str:
   lines = [f"mean of {len(setup.members)} sweep members: {setup.task.summary(metrics)}"]
   for i, member in enumerate(setup.members):
     prefix = f"member{i}/"
-    own = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
     lines.append(f"  member {i} ({member.label}): {setup.task.summary(own)}")
   return "\n".join(lines)
 
@@ -260,13 +302,18 @@ def _source_checkpoint(path_text: str) -> tuple[Path, int | None]:
     return path / workdir_lib.CHECKPOINT_DIR, None
   if path.name == workdir_lib.CHECKPOINT_DIR and path.is_dir():
     return path, None
-  raise CheckpointError(f"init.checkpoint={path_text!r} is not a jaxdl workdir or checkpoint: "
-                        f"{'it does not exist' if not path.exists() else 'it has no checkpoints/'}."
-                        " Give the workdir of a finished run, or WORKDIR/checkpoints/STEP.")
+  raise CheckpointError(
+    f"init.checkpoint={path_text!r} is not a jaxdl workdir or checkpoint: "
+    f"{'it does not exist' if not path.exists() else 'it has no checkpoints/'}."
+    " Give the workdir of a finished run, or WORKDIR/checkpoints/STEP."
+  )
 
 
-def _init_from_checkpoint(loop: dict[str, Any], init_config: ml_collections.ConfigDict,
-                          members: list[sweep_lib.Member] | None) -> dict[str, Any]:
+def _init_from_checkpoint(
+  loop: dict[str, Any],
+  init_config: ml_collections.ConfigDict,
+  members: list[sweep_lib.Member] | None,
+) -> dict[str, Any]:
   """The freshly initialised loop state (global form) with (part of) another run's parameters
   and BatchNorm statistics copied in (jaxdl.transfer); every sweep member starts from the same
   copy."""
@@ -284,18 +331,26 @@ def _init_from_checkpoint(loop: dict[str, Any], init_config: ml_collections.Conf
   new_states = []
   for member_state in member_states:
     params, model_state, copied = transfer_lib.transfer_variables(
-        member_state.params, member_state.model_state, source, list(init_config.mapping))
-    new_states.append(member_state.replace(
-        params=params, model_state=model_state,
+      member_state.params, member_state.model_state, source, list(init_config.mapping)
+    )
+    new_states.append(
+      member_state.replace(
+        params=params,
+        model_state=model_state,
         # A copy: the train step donates the state, and one buffer cannot be donated twice.
-        ema_params=None if member_state.ema_params is None else jax.tree.map(jnp.copy, params)))
-  logger.info("Initialised %d parameter arrays from %s.", len(copied["params"]),
-              init_config.checkpoint)
+        ema_params=None if member_state.ema_params is None else jax.tree.map(jnp.copy, params),
+      )
+    )
+  logger.info(
+    "Initialised %d parameter arrays from %s.", len(copied["params"]), init_config.checkpoint
+  )
   if members is not None:
     new_states = [jax.tree.map(lambda *xs: jnp.stack(xs), *new_states)]
   # Back where each array was (replicated, or split by FSDP).
-  return {**loop, "state": jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
-                                        new_states[0], state)}
+  return {
+    **loop,
+    "state": jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), new_states[0], state),
+  }
 
 
 def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
@@ -303,8 +358,11 @@ def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
   divide the micro-batch (or batch) and the eval batch."""
   batch, accum = config.train.batch_size, config.train.get("grad_accum_steps", 1)
   micro = batch // accum if isinstance(accum, int) and accum >= 1 and batch % accum == 0 else batch
-  cpu_devices.configure(config.get("parallel", {}), [micro, config.data.eval_batch_size],
-                        sweep=sweep_lib.members(config) is not None)
+  cpu_devices.configure(
+    config.get("parallel", {}),
+    [micro, config.data.eval_batch_size],
+    sweep=sweep_lib.members(config) is not None,
+  )
 
 
 def _configure_host(config: ml_collections.ConfigDict) -> None:
@@ -324,45 +382,61 @@ def _check_same_data(workdir: Path, data: data_lib.Dataset) -> None:
   saved = workdir_lib.last_data_source(workdir)
   if saved and saved.get("num_train") != data.source.get("num_train"):
     raise CheckpointError(
-        f"Workdir {workdir} was trained on {saved.get('num_train')} training examples "
-        f"(or tokens, for text) from {saved.get('path', 'its data')} ({saved.get('kind')}); this "
-        f"run has {data.source.get('num_train')} ({data.source.get('kind')}); the saved data "
-        "position would not fit. Point data.dir at the data it was trained on, or use a new "
-        "--workdir.")
+      f"Workdir {workdir} was trained on {saved.get('num_train')} training examples "
+      f"(or tokens, for text) from {saved.get('path', 'its data')} ({saved.get('kind')}); this "
+      f"run has {data.source.get('num_train')} ({data.source.get('kind')}); the saved data "
+      "position would not fit. Point data.dir at the data it was trained on, or use a new "
+      "--workdir."
+    )
 
 
-def _train_batches(config: ml_collections.ConfigDict, data: data_lib.Dataset,
-                   members: list[sweep_lib.Member] | None) -> Any:
+def _train_batches(
+  config: ml_collections.ConfigDict, data: data_lib.Dataset, members: list[sweep_lib.Member] | None
+) -> Any:
   """This process's train batches (a sweep's stacked: each member reads its own seed's order)."""
+
   def batches_for(seed: int):
     # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
     data_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
-    return iter(data.train_batches(
-        batch_size=config.train.batch_size // jax.process_count(), seed=data_seed,
-        shard_index=jax.process_index(), shard_count=jax.process_count(),
-        num_threads=config.data.num_threads, prefetch=config.data.prefetch))
+    return iter(
+      data.train_batches(
+        batch_size=config.train.batch_size // jax.process_count(),
+        seed=data_seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch,
+      )
+    )
 
   if members is None:
     return batches_for(config.seed)
   return sweep_lib.StackedIterator(batches_for, [m.seed for m in members])
 
 
-def _write_workdir_files(workdir: Path, config: ml_collections.ConfigDict,
-                         data: data_lib.Dataset) -> None:
+def _write_workdir_files(
+  workdir: Path, config: ml_collections.ConfigDict, data: data_lib.Dataset
+) -> None:
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   workdir_lib.write_config(workdir, config)  # Only once the config is known to work.
   workdir_lib.write_tokenizer(workdir, data.tokenizer)
 
 
-def _initial_loop(checkpointer: Checkpointer, setup: Setup, config: ml_collections.ConfigDict,
-                  train_iter: Any, workdir: Path) -> tuple[int, dict[str, Any]]:
+def _initial_loop(
+  checkpointer: Checkpointer,
+  setup: Setup,
+  config: ml_collections.ConfigDict,
+  train_iter: Any,
+  workdir: Path,
+) -> tuple[int, dict[str, Any]]:
   """(start step, loop state in the run layout): the latest checkpoint's (which also restores the
   data position), step 0's with `init.checkpoint`'s parameters copied in, or step 0's."""
   layout, start_step = setup.layout, checkpointer.latest_step() or 0
   if start_step:
     logger.info("Resuming %s from step %d.", workdir, start_step)
     return start_step, layout.from_saved(
-        checkpointer.restore(start_step, abstract_loop(setup), train_iter))
+      checkpointer.restore(start_step, abstract_loop(setup), train_iter)
+    )
   if config.get("init", {}).get("checkpoint"):
     loop = layout.to_saved(setup.init_loop())
     return 0, layout.from_saved(_init_from_checkpoint(loop, config.init, setup.members))
@@ -380,13 +454,19 @@ def _diverged(error: NonFiniteLossError, checkpointer: Checkpointer) -> NonFinit
   checkpointer.wait()
   last_good = checkpointer.latest_step()
   return NonFiniteLossError(
-      f"{error} The last good checkpoint is {f'step {last_good}' if last_good else 'none'} in "
-      f"{checkpointer.directory}; nothing after it was saved. Lower optimizer.learning_rate, set "
-      "optimizer.grad_clip_norm, or check the data for bad values.")
+    f"{error} The last good checkpoint is {f'step {last_good}' if last_good else 'none'} in "
+    f"{checkpointer.directory}; nothing after it was saved. Lower optimizer.learning_rate, set "
+    "optimizer.grad_clip_norm, or check the data for bad values."
+  )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
-          command: list[str] | None = None, show_progress: bool = True) -> TrainResult:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str | Path,
+  *,
+  command: list[str] | None = None,
+  show_progress: bool = True,
+) -> TrainResult:
   """Trains `config` in `workdir`, continuing from its latest checkpoint if it has one."""
   # ---------------------------------------------------------------- Setup
   workdir = Path(workdir)
@@ -402,30 +482,51 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # Outputs keep the inputs' layout, so the train call never compiles twice.
   reset_sums = layout.compile_elementwise(step_lib.reset_metric_sums, layout.replicated())
   steps_per_call = steps_per_call_lib.resolve(
-      cfg.get("steps_per_call", 0), setup.model, *setup.task.model_inputs(data.example_batch(1)))
-  calls = dispatch.TrainCalls(layout, setup.update, setup.loop_shapes, steps_per_call, train_iter,
-                              member_axis=members is not None)
+    cfg.get("steps_per_call", 0), setup.model, *setup.task.model_inputs(data.example_batch(1))
+  )
+  calls = dispatch.TrainCalls(
+    layout,
+    setup.update,
+    setup.loop_shapes,
+    steps_per_call,
+    train_iter,
+    member_axis=members is not None,
+  )
 
   # ---------------------------------------------------------------- Resume
-  checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR,
-                              max_to_keep=cfg.max_checkpoints, async_save=cfg.async_checkpointing)
+  checkpointer = Checkpointer(
+    workdir / workdir_lib.CHECKPOINT_DIR,
+    max_to_keep=cfg.max_checkpoints,
+    async_save=cfg.async_checkpointing,
+  )
   start_step, loop = _initial_loop(checkpointer, setup, config, train_iter, workdir)
   if jax.process_index() == 0:
     metrics_lib.truncate_after(workdir, start_step)
-  workdir_lib.append_run(workdir, workdir_lib.run_record(
-      data_source=data.source, command=command, start_step=start_step))
+  workdir_lib.append_run(
+    workdir, workdir_lib.run_record(data_source=data.source, command=command, start_step=start_step)
+  )
   state, sums, rng_data = loop["state"], loop["metric_sums"], loop["rng"]
   rng = jax.random.wrap_key_data(rng_data)
 
   # ---------------------------------------------------------------- Train, log, evaluate, save
   writer = metrics_lib.MetricWriter(workdir)
-  progress = Progress(total_steps=total_steps, initial_step=start_step,
-                      enabled=show_progress, is_main_process=jax.process_index() == 0)
+  progress = Progress(
+    total_steps=total_steps,
+    initial_step=start_step,
+    enabled=show_progress,
+    is_main_process=jax.process_index() == 0,
+  )
   intervals = interval_log.IntervalLog(
-      writer, progress, layout=layout, members=members, start_step=start_step,
-      examples_per_step=cfg.batch_size * (len(members) if members else 1),
-      tokens_per_example=setup.task.tokens_per_example(data.example_batch(1)),
-      compute_dtype=config.model.get("dtype") or "float32", steps_per_call=steps_per_call)
+    writer,
+    progress,
+    layout=layout,
+    members=members,
+    start_step=start_step,
+    examples_per_step=cfg.batch_size * (len(members) if members else 1),
+    tokens_per_example=setup.task.tokens_per_example(data.example_batch(1)),
+    compute_dtype=config.model.get("dtype") or "float32",
+    steps_per_call=steps_per_call,
+  )
   eval_every = cfg.eval_every_steps or setup.steps_per_epoch
   stop_periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
   eval_metrics: dict[str, float] = {}
@@ -466,15 +567,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           intervals.flush()
           # Never save a state that a NaN has reached.
           interval_log.raise_if_nonfinite(layout.to_host(sums), members)
-          checkpointer.save(step, layout.to_saved(
-              {"state": state, "metric_sums": sums, "rng": rng_data}), train_iter)
+          checkpointer.save(
+            step,
+            layout.to_saved({"state": state, "metric_sums": sums, "rng": rng_data}),
+            train_iter,
+          )
         if stopping:
           checkpointer.wait()
           cause = f"signal {stop.signum}" if stop.signum else "a signal to another process"
-          progress.message(f"Stopped by {cause} after step {step}; checkpoint saved. Run the "
-                           "same command to resume.")
-          return TrainResult(step, eval_metrics, interrupted_by=stop.signum or 0,
-                             summary=describe(setup, eval_metrics) if eval_metrics else "")
+          progress.message(
+            f"Stopped by {cause} after step {step}; checkpoint saved. Run the "
+            "same command to resume."
+          )
+          return TrainResult(
+            step,
+            eval_metrics,
+            interrupted_by=stop.signum or 0,
+            summary=describe(setup, eval_metrics) if eval_metrics else "",
+          )
       intervals.flush()
   except NonFiniteLossError as e:
     raise _diverged(e, checkpointer) from None
@@ -486,12 +596,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   if start_step >= total_steps:  # Already trained this far: report the saved model.
     eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
-  return TrainResult(max(start_step, total_steps), eval_metrics,
-                     summary=describe(setup, eval_metrics))
+  return TrainResult(
+    max(start_step, total_steps), eval_metrics, summary=describe(setup, eval_metrics)
+  )
 
 
-def evaluate_workdir(workdir: str | Path,
-                     step: int | None = None) -> tuple[int, dict[str, float], str]:
+def evaluate_workdir(
+  workdir: str | Path, step: int | None = None
+) -> tuple[int, dict[str, float], str]:
   """Evaluates the checkpoint at `step` (default: the latest) of a run on its evaluation split.
 
   Returns (step, metrics, the metrics in words).
@@ -512,6 +624,7 @@ def evaluate_workdir(workdir: str | Path,
     state = setup.layout.from_saved(checkpointer.restore(step, abstract_loop(setup)))["state"]
   finally:
     checkpointer.close()
-  metrics = evaluate(setup.layout.compile_eval(setup.eval_step), state, data, setup,
-                     config.data.eval_batch_size)
+  metrics = evaluate(
+    setup.layout.compile_eval(setup.eval_step), state, data, setup, config.data.eval_batch_size
+  )
   return step, metrics, describe(setup, metrics)

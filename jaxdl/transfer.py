@@ -20,14 +20,22 @@ from jaxdl.train.param_paths import SEP
 def _pairs(mapping: Any, what: str) -> list[tuple[str, str]]:
   """The mapping as (target prefix, source prefix) pairs without outer slashes; [] is [("", "")]."""
   if isinstance(mapping, (str, bytes)) or not isinstance(mapping, Sequence):
-    raise ConfigError(f"{what}={mapping!r} must be a list of (target prefix, source prefix) pairs, "
-                      "e.g. [('encoder', 'backbone')], or [] to copy everything.")
+    raise ConfigError(
+      f"{what}={mapping!r} must be a list of (target prefix, source prefix) pairs, "
+      "e.g. [('encoder', 'backbone')], or [] to copy everything."
+    )
   pairs = []
   for entry in mapping:
-    if (isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2
-        or not all(isinstance(p, str) for p in entry)):
-      raise ConfigError(f"{what} entry {entry!r} must be a (target prefix, source prefix) pair of "
-                        "strings, e.g. ('encoder', 'backbone'); '' stands for the whole tree.")
+    if (
+      isinstance(entry, (str, bytes))
+      or not isinstance(entry, Sequence)
+      or len(entry) != 2
+      or not all(isinstance(p, str) for p in entry)
+    ):
+      raise ConfigError(
+        f"{what} entry {entry!r} must be a (target prefix, source prefix) pair of "
+        "strings, e.g. ('encoder', 'backbone'); '' stands for the whole tree."
+      )
     pairs.append((entry[0].strip(SEP), entry[1].strip(SEP)))
   return pairs or [("", "")]
 
@@ -39,7 +47,7 @@ def _under(path: str, prefix: str) -> str | None:
   if path == prefix:
     return ""
   if path.startswith(prefix + SEP):
-    return path[len(prefix) + 1:]
+    return path[len(prefix) + 1 :]
   return None
 
 
@@ -57,8 +65,9 @@ def _source_prefixes(paths: list[str]) -> list[str]:
   return sorted(prefixes)
 
 
-def _transfer(target: Any, source: Any, pairs: list[tuple[str, str]], where: str,
-              allow_unmatched: bool) -> tuple[Any, list[str], list[str]]:
+def _transfer(
+  target: Any, source: Any, pairs: list[tuple[str, str]], where: str, allow_unmatched: bool
+) -> tuple[Any, list[str], list[str]]:
   """(new target, copied target paths, problems); `where` names the tree in problems."""
   target_leaves = param_paths.named_leaves(target)
   source_leaves = param_paths.named_leaves(source)
@@ -75,27 +84,36 @@ def _transfer(target: Any, source: Any, pairs: list[tuple[str, str]], where: str
       matched = True
       target_path = _join(target_prefix, rest)
       if target_path in written_by:
-        problems.append(f"{where}: target {target_path!r} is written twice: by {written_by[target_path]} "
-                        f"and by {entry} (from {source_path!r}).")
+        problems.append(
+          f"{where}: target {target_path!r} is written twice: by {written_by[target_path]} "
+          f"and by {entry} (from {source_path!r})."
+        )
         continue
       written_by[target_path] = f"{entry} (from {source_path!r})"
       if target_path not in target_leaves:
         close = ", ".join(param_paths.example_paths(target_path, target_leaves, n=3)) or "none"
-        problems.append(f"{where}: source {source_path!r} ({entry}) goes to {target_path!r}, "
-                        f"which this model does not have; close paths: {close}.")
+        problems.append(
+          f"{where}: source {source_path!r} ({entry}) goes to {target_path!r}, "
+          f"which this model does not have; close paths: {close}."
+        )
         continue
       old = target_leaves[target_path]
       if np.shape(value) != np.shape(old):
-        problems.append(f"{where}: source {source_path!r} has shape {tuple(np.shape(value))} but "
-                        f"target {target_path!r} has shape {tuple(np.shape(old))} ({entry}).")
+        problems.append(
+          f"{where}: source {source_path!r} has shape {tuple(np.shape(value))} but "
+          f"target {target_path!r} has shape {tuple(np.shape(old))} ({entry})."
+        )
         continue
       new[target_path] = _like(value, old)
     if not matched and not allow_unmatched:
       close = param_paths.example_paths(source_prefix, _source_prefixes(list(source_leaves)), n=4)
-      problems.append(f"{where}: source prefix {source_prefix!r} of {entry} matches nothing in the "
-                      f"checkpoint; close prefixes there: {', '.join(close) or 'none'}.")
+      problems.append(
+        f"{where}: source prefix {source_prefix!r} of {entry} matches nothing in the "
+        f"checkpoint; close prefixes there: {', '.join(close) or 'none'}."
+      )
   result = jax.tree_util.tree_map_with_path(
-      lambda kp, leaf: new.get(param_paths.path_str(kp), leaf), target)
+    lambda kp, leaf: new.get(param_paths.path_str(kp), leaf), target
+  )
   return result, list(new), problems
 
 
@@ -109,13 +127,17 @@ def _like(value: Any, old: Any) -> Any:
 
 def _raise(problems: list[str], what: str) -> None:
   if problems:
-    raise CheckpointError(f"{what} does not fit ({len(problems)} problem"
-                          f"{'s' if len(problems) > 1 else ''}):\n  - " + "\n  - ".join(problems)
-                          + f"\nFix {what} (`jaxdl summary` lists this model's parameter paths).")
+    raise CheckpointError(
+      f"{what} does not fit ({len(problems)} problem"
+      f"{'s' if len(problems) > 1 else ''}):\n  - "
+      + "\n  - ".join(problems)
+      + f"\nFix {what} (`jaxdl summary` lists this model's parameter paths)."
+    )
 
 
-def transfer(target: Any, source: Any, mapping: Sequence[Sequence[str]],
-             what: str = "init.mapping") -> tuple[Any, list[str]]:
+def transfer(
+  target: Any, source: Any, mapping: Sequence[Sequence[str]], what: str = "init.mapping"
+) -> tuple[Any, list[str]]:
   """Copies the leaves of `source` that `mapping` selects into `target`.
 
   Args:
@@ -139,9 +161,13 @@ def transfer(target: Any, source: Any, mapping: Sequence[Sequence[str]],
   return new, copied
 
 
-def transfer_variables(params: Any, model_state: dict[str, Any], source_state: Any,
-                       mapping: Sequence[Sequence[str]], what: str = "init.mapping"
-                       ) -> tuple[Any, dict[str, Any], dict[str, list[str]]]:
+def transfer_variables(
+  params: Any,
+  model_state: dict[str, Any],
+  source_state: Any,
+  mapping: Sequence[Sequence[str]],
+  what: str = "init.mapping",
+) -> tuple[Any, dict[str, Any], dict[str, list[str]]]:
   """Applies `mapping` to the parameters and every model-state collection (e.g. batch_stats).
 
   Args:
@@ -161,12 +187,17 @@ def transfer_variables(params: Any, model_state: dict[str, Any], source_state: A
     CheckpointError: the source is not a jaxdl checkpoint, or (all listed at once) anything
       `transfer` refuses.
   """
-  if not isinstance(source_state, dict) or not isinstance(source_state.get("state"), dict) or (
-      "params" not in source_state["state"]):
+  if (
+    not isinstance(source_state, dict)
+    or not isinstance(source_state.get("state"), dict)
+    or ("params" not in source_state["state"])
+  ):
     keys = sorted(source_state) if isinstance(source_state, dict) else type(source_state).__name__
-    raise CheckpointError(f"The checkpoint given by init.checkpoint is not a jaxdl training "
-                          f"checkpoint: it lacks state/params (its top level holds {keys}). Give "
-                          "the workdir of a jaxdl run, or one of its checkpoints/STEP.")
+    raise CheckpointError(
+      f"The checkpoint given by init.checkpoint is not a jaxdl training "
+      f"checkpoint: it lacks state/params (its top level holds {keys}). Give "
+      "the workdir of a jaxdl run, or one of its checkpoints/STEP."
+    )
   pairs = _pairs(mapping, what)
   saved = source_state["state"]
   params, copied_params, problems = _transfer(params, saved["params"], pairs, "params", False)
@@ -176,7 +207,8 @@ def transfer_variables(params: Any, model_state: dict[str, Any], source_state: A
   for name in model_state:
     if name in source_collections:
       model_state[name], copied[name], more = _transfer(
-          model_state[name], source_collections[name], pairs, name, True)
+        model_state[name], source_collections[name], pairs, name, True
+      )
       problems += more
   _raise(problems, what)
   return params, model_state, copied

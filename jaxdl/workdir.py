@@ -1,20 +1,20 @@
 """The files of a run's workdir, other than checkpoints and metrics.
 
-    config.json     the resolved config of the latest run
-    metadata.json   one record per run (versions, devices, data source, command line)
-    tokenizer.json  the vocabulary of text data, for evaluation and sampling
-    metrics.jsonl   see jaxdl.metrics
-    tensorboard/    TensorBoard event files
-    checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
+config.json     the resolved config of the latest run
+metadata.json   one record per run (versions, devices, data source, command line)
+tokenizer.json  the vocabulary of text data, for evaluation and sampling
+metrics.jsonl   see jaxdl.metrics
+tensorboard/    TensorBoard event files
+checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
 """
 
 import datetime
 import importlib.metadata
 import json
+from pathlib import Path
 import platform
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,8 +27,16 @@ CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 CHECKPOINT_DIR = "checkpoints"
 TOKENIZER_FILE = "tokenizer.json"
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
-             "ml_collections")
+_PACKAGES = (
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "grain",
+  "numpy",
+  "ml_collections",
+)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -40,8 +48,10 @@ def _write_atomic(path: Path, text: str) -> None:
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   path = Path(workdir) / CONFIG_FILE
   if not path.is_file():
-    raise CheckpointError(f"{workdir} is not a jaxdl workdir: it has no {CONFIG_FILE}. Pass the "
-                          "directory a `jaxdl train` run wrote (by default runs/<experiment>).")
+    raise CheckpointError(
+      f"{workdir} is not a jaxdl workdir: it has no {CONFIG_FILE}. Pass the "
+      "directory a `jaxdl train` run wrote (by default runs/<experiment>)."
+    )
   return config_lib.from_json(path.read_text())
 
 
@@ -69,12 +79,15 @@ def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
       what = "a different model" if model_keys else "a different training setup"
       lines = "\n".join(f"  {k}: saved {old!r}, now {new!r}" for k, old, new in conflicts)
       raise CheckpointError(
-          f"Workdir {workdir} holds a run of {what}; resuming it with this config would mix "
-          f"two experiments:\n{lines}\nUse a new --workdir, or pass the saved values to continue "
-          f"that run (only {', '.join(sorted(config_lib.RESUMABLE_KEYS))} may change on resume).")
+        f"Workdir {workdir} holds a run of {what}; resuming it with this config would mix "
+        f"two experiments:\n{lines}\nUse a new --workdir, or pass the saved values to continue "
+        f"that run (only {', '.join(sorted(config_lib.RESUMABLE_KEYS))} may change on resume)."
+      )
   elif workdir.is_dir() and any(workdir.iterdir()):
-    raise CheckpointError(f"Workdir {workdir} exists, is not empty and is not a jaxdl workdir (no "
-                          f"{CONFIG_FILE}); jaxdl will not write into it. Pass another --workdir.")
+    raise CheckpointError(
+      f"Workdir {workdir} exists, is not empty and is not a jaxdl workdir (no "
+      f"{CONFIG_FILE}); jaxdl will not write into it. Pass another --workdir."
+    )
 
 
 def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -85,8 +98,9 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
 
 def _git_commit(path: Path) -> str | None:
   try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
-                         timeout=5)
+    out = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   return out.stdout.strip() or None if out.returncode == 0 else None
@@ -99,22 +113,23 @@ def _version(package: str) -> str | None:
     return None
 
 
-def run_record(*, data_source: dict[str, Any], command: list[str] | None,
-               start_step: int) -> dict[str, Any]:
+def run_record(
+  *, data_source: dict[str, Any], command: list[str] | None, start_step: int
+) -> dict[str, Any]:
   """What this run ran on and with: enough to reproduce it or explain a difference."""
   return {
-      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": command if command is not None else sys.argv,
-      "cwd": str(Path.cwd()),
-      "start_step": start_step,
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "versions": {p: _version(p) for p in _PACKAGES},
-      "jaxdl_version": _version("jaxdl"),
-      "git_commit": _git_commit(Path(__file__).parent),
-      "devices": [str(d) for d in jax.devices()],
-      "process_count": jax.process_count(),
-      "data": data_source,
+    "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "command": command if command is not None else sys.argv,
+    "cwd": str(Path.cwd()),
+    "start_step": start_step,
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "versions": {p: _version(p) for p in _PACKAGES},
+    "jaxdl_version": _version("jaxdl"),
+    "git_commit": _git_commit(Path(__file__).parent),
+    "devices": [str(d) for d in jax.devices()],
+    "process_count": jax.process_count(),
+    "data": data_source,
   }
 
 
@@ -144,9 +159,10 @@ def check_tokenizer(workdir: Path, tokenizer: Any) -> None:
     return
   if tokenizer is None or tokenizer.to_json() != path.read_text():
     raise CheckpointError(
-        f"The data's vocabulary differs from the one {workdir} was trained with ({path}); the "
-        "saved model's token ids would mean other tokens. Point data.dir at the text it was "
-        "trained on, or use a new --workdir.")
+      f"The data's vocabulary differs from the one {workdir} was trained with ({path}); the "
+      "saved model's token ids would mean other tokens. Point data.dir at the text it was "
+      "trained on, or use a new --workdir."
+    )
 
 
 def write_tokenizer(workdir: Path, tokenizer: Any) -> None:
@@ -157,8 +173,11 @@ def write_tokenizer(workdir: Path, tokenizer: Any) -> None:
 def load_tokenizer(workdir: str | Path) -> Any:
   """The tokenizer a text run saved, to encode prompts and decode samples."""
   from jaxdl.data import tokenizers  # pylint: disable=g-import-not-at-top
+
   path = Path(workdir) / TOKENIZER_FILE
   if not path.is_file():
-    raise CheckpointError(f"{workdir} has no {TOKENIZER_FILE}: it was not trained on text, so "
-                          "there is no vocabulary to sample with.")
+    raise CheckpointError(
+      f"{workdir} has no {TOKENIZER_FILE}: it was not trained on text, so "
+      "there is no vocabulary to sample with."
+    )
   return tokenizers.tokenizer_from_json(path.read_text())

@@ -13,8 +13,9 @@ os.environ.setdefault("JAXDL_OFFLINE", "1")
 # (and whichever test first started JAX) ran them. parallel.cpu_devices=auto would otherwise split
 # a fresh process into 8 devices; tests/test_cpu_devices.py tests that apart.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=1").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
+  ).strip()
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +43,21 @@ def seed_cnn_run(workdir: Path, *overrides: str) -> list[dict]:
   from jaxdl import config as config_lib
   from jaxdl import metrics as metrics_lib
   from jaxdl import trainer
+
   config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
-  config_lib.apply_overrides(config, [
-      "train.batch_size=32", "train.num_steps=20", "train.log_every_steps=10",
-      "train.eval_every_steps=20", "data.eval_batch_size=500", *overrides])
+  config_lib.apply_overrides(
+    config,
+    [
+      "train.batch_size=32",
+      "train.num_steps=20",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=20",
+      "data.eval_batch_size=500",
+      *overrides,
+    ],
+  )
   trainer.train(config, workdir, show_progress=False)
-  return [{k: v for k, v in r.items() if not k.startswith("perf/")}
-          for r in metrics_lib.read_metrics(workdir)]
+  return [
+    {k: v for k, v in r.items() if not k.startswith("perf/")}
+    for r in metrics_lib.read_metrics(workdir)
+  ]

@@ -9,14 +9,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl.nn.attention import (MultiHeadAttention, causal_mask, combine_masks,
-                                dot_product_attention, length_mask, padding_mask)
+from jaxdl.nn.attention import (
+  MultiHeadAttention,
+  causal_mask,
+  combine_masks,
+  dot_product_attention,
+  length_mask,
+  padding_mask,
+)
 
 B, T, N, H = 2, 5, 4, 8
 
 # Jitted, since one compiled program is much faster on CPU than dispatching every op eagerly.
-attention = jax.jit(dot_product_attention,
-                    static_argnames=("dropout_rate", "deterministic", "implementation", "dtype"))
+attention = jax.jit(
+  dot_product_attention,
+  static_argnames=("dropout_rate", "deterministic", "implementation", "dtype"),
+)
 
 
 def _np_attention(q, k, v, mask=None, bias=None):
@@ -30,8 +38,9 @@ def _np_attention(q, k, v, mask=None, bias=None):
   logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
   if bias is not None:
     logits = logits + np.asarray(bias, np.float64)
-  m = np.ones(logits.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask),
-                                                                         logits.shape)
+  m = (
+    np.ones(logits.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask), logits.shape)
+  )
   logits = np.where(m, logits, -np.inf)
   row_max = np.max(logits, axis=-1, keepdims=True)
   e = np.where(m, np.exp(logits - np.where(np.isfinite(row_max), row_max, 0.0)), 0.0)
@@ -46,19 +55,22 @@ def _normal(shape, seed=0):
 
 
 def _qkv(num_kv_heads=N, s=T, seed=0):
-  return (_normal((B, T, N, H), seed), _normal((B, s, num_kv_heads, H), seed + 100),
-          _normal((B, s, num_kv_heads, H), seed + 200))
+  return (
+    _normal((B, T, N, H), seed),
+    _normal((B, s, num_kv_heads, H), seed + 100),
+    _normal((B, s, num_kv_heads, H), seed + 200),
+  )
 
 
 _TOKENS = jnp.array([[5, 3, 7, 0, 0], [2, 9, 4, 6, 1]])  # Example 0 has two pad tokens.
 _BIAS = _normal((1, N, T, T), 7) * 2.0
 MASKS = {
-    "none": (None, None),
-    "causal": (causal_mask(T), None),
-    "padding": (padding_mask(_TOKENS), None),
-    "combined": (combine_masks(causal_mask(T), padding_mask(_TOKENS)), None),
-    "bias": (None, _BIAS),
-    "bias_and_mask": (padding_mask(_TOKENS), _BIAS),
+  "none": (None, None),
+  "causal": (causal_mask(T), None),
+  "padding": (padding_mask(_TOKENS), None),
+  "combined": (combine_masks(causal_mask(T), padding_mask(_TOKENS)), None),
+  "bias": (None, _BIAS),
+  "bias_and_mask": (padding_mask(_TOKENS), _BIAS),
 }
 
 
@@ -98,8 +110,9 @@ def test_fully_masked_rows_are_zero_not_nan(implementation):
   np.testing.assert_array_equal(out[0, 2], 0.0)
   np.testing.assert_allclose(out, _np_attention(q, k, v, mask), rtol=1e-5, atol=1e-5)
   # Gradients through such rows are finite too.
-  grads = jax.grad(lambda q: jnp.sum(attention(q, k, v, mask=mask,
-                                               implementation=implementation)))(q)
+  grads = jax.grad(lambda q: jnp.sum(attention(q, k, v, mask=mask, implementation=implementation)))(
+    q
+  )
   assert np.isfinite(np.asarray(grads)).all()
   np.testing.assert_array_equal(grads[0, 2], 0.0)
 
@@ -122,8 +135,9 @@ def test_bfloat16_inputs_softmax_in_float32():
   assert out16.dtype == jnp.bfloat16
   # Reference: the float32 computation on the same (bf16-rounded) inputs; bf16 output rounding
   # is ~2^-8 relative.
-  expected = _np_attention(q16.astype(jnp.float32), k16.astype(jnp.float32),
-                           v16.astype(jnp.float32), mask)
+  expected = _np_attention(
+    q16.astype(jnp.float32), k16.astype(jnp.float32), v16.astype(jnp.float32), mask
+  )
   np.testing.assert_allclose(np.asarray(out16, np.float32), expected, rtol=2e-2, atol=2e-2)
   # Structure: the softmax's exp and the logits' matmul run in float32.
   jaxpr = jax.make_jaxpr(lambda q, k, v: dot_product_attention(q, k, v, mask=mask))(q16, k16, v16)
@@ -149,8 +163,9 @@ def test_attention_dropout():
   probs = np.asarray(attention(q, k, v))[..., :T]  # [B, T, N, S]
   rate = 0.5
   rng = jax.random.key(42)
-  drop = lambda rng, det=False: np.asarray(attention(
-      q, k, v, dropout_rate=rate, dropout_rng=rng, deterministic=det))[..., :T]
+  drop = lambda rng, det=False: np.asarray(
+    attention(q, k, v, dropout_rate=rate, dropout_rng=rng, deterministic=det)
+  )[..., :T]
   out = drop(rng)
   np.testing.assert_array_equal(out, drop(rng))  # Same rng, same mask.
   assert not np.array_equal(out, drop(jax.random.key(43)))
@@ -169,8 +184,15 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="Unknown attention implementation 'flash'.*'plain'"):
     dot_product_attention(q, k, v, implementation="flash")
   with pytest.raises(ValueError, match="no attention dropout"):
-    dot_product_attention(q, k, v, implementation="jax", dropout_rate=0.1,
-                          dropout_rng=jax.random.key(0), deterministic=False)
+    dot_product_attention(
+      q,
+      k,
+      v,
+      implementation="jax",
+      dropout_rate=0.1,
+      dropout_rng=jax.random.key(0),
+      deterministic=False,
+    )
   # Dropout off (deterministic) is fine with the fused implementation.
   attention(q, k, v, implementation="jax", dropout_rate=0.1, deterministic=True)
   with pytest.raises(ValueError, match="needs dropout_rng"):
@@ -187,14 +209,14 @@ def test_bad_inputs_raise_clear_errors():
 def test_mask_helpers():
   np.testing.assert_array_equal(causal_mask(4)[0, 0], np.tril(np.ones((4, 4), bool)))
   # Queries at absolute positions 3..5 over 6 cached keys: query i sees keys 0..3+i.
-  np.testing.assert_array_equal(causal_mask(3, 6, offset=3)[0, 0],
-                                np.tril(np.ones((3, 6), bool), k=3))
+  np.testing.assert_array_equal(
+    causal_mask(3, 6, offset=3)[0, 0], np.tril(np.ones((3, 6), bool), k=3)
+  )
   assert causal_mask(3, 6).shape == (1, 1, 3, 6)
   tokens = jnp.array([[4, 0, 5], [0, 0, 1]])
   np.testing.assert_array_equal(padding_mask(tokens)[:, 0, 0], [[1, 0, 1], [0, 0, 1]])
   np.testing.assert_array_equal(padding_mask(tokens, pad_id=4)[:, 0, 0], [[0, 1, 1], [1, 1, 1]])
-  np.testing.assert_array_equal(length_mask(jnp.array([2, 0]), 3)[:, 0, 0],
-                                [[1, 1, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(length_mask(jnp.array([2, 0]), 3)[:, 0, 0], [[1, 1, 0], [0, 0, 0]])
   assert combine_masks(None, None) is None
   m = combine_masks(None, causal_mask(3), padding_mask(jnp.array([[1, 1, 0]])))
   np.testing.assert_array_equal(m[0, 0], np.tril(np.ones((3, 3), bool)) & [True, True, False])
@@ -220,8 +242,13 @@ def _random_biases(params, seed=5):
   """Non-zero biases, so that the tests also check where they are added."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(
-      lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape, np.float32) if x.ndim <= 2
-      else np.asarray(x), params)
+    lambda x: (
+      np.asarray(x) + 0.1 * rng.standard_normal(x.shape, np.float32)
+      if x.ndim <= 2
+      else np.asarray(x)
+    ),
+    params,
+  )
 
 
 @pytest.mark.parametrize("num_kv_heads", [None, 2, 1])
@@ -232,10 +259,11 @@ def test_mha_parameters_and_forward(num_kv_heads):
   k = 4 if num_kv_heads is None else num_kv_heads
   h = D // 4
   assert jax.tree.map(jnp.shape, params) == {
-      "query": {"kernel": (D, 4, h), "bias": (4, h)},
-      "key": {"kernel": (D, k, h), "bias": (k, h)},
-      "value": {"kernel": (D, k, h), "bias": (k, h)},
-      "out": {"kernel": (4, h, D), "bias": (D,)}}
+    "query": {"kernel": (D, 4, h), "bias": (4, h)},
+    "key": {"kernel": (D, k, h), "bias": (k, h)},
+    "value": {"kernel": (D, k, h), "bias": (k, h)},
+    "out": {"kernel": (4, h, D), "bias": (D,)},
+  }
   if num_kv_heads is None:  # Standard MHA: q, k, v, out each D*D + D.
     assert sum(p.size for p in jax.tree.leaves(params)) == 4 * (D * D + D)
   mask = combine_masks(causal_mask(T), padding_mask(_TOKENS))
@@ -283,14 +311,17 @@ def test_kv_cache_decoding_equals_full_causal_forward(num_kv_heads):
   assert int(cache["cache_index"]) == 0  # init creates the cache without advancing it.
   full = jax.jit(mha.apply)({"params": params}, x, mask=causal_mask(max_len))
 
-  step = jax.jit(lambda cache, chunk: mha.apply({"params": params, "cache": cache}, chunk,
-                                                 decode=True, mutable=["cache"]))
+  step = jax.jit(
+    lambda cache, chunk: mha.apply(
+      {"params": params, "cache": cache}, chunk, decode=True, mutable=["cache"]
+    )
+  )
   outs = []
   out, state = step(cache, x[:, :3])  # Prefill 3 tokens, then one at a time.
   outs.append(out)
   assert int(state["cache"]["cache_index"]) == 3
   for t in range(3, max_len):
-    out, state = step(state["cache"], x[:, t:t + 1])
+    out, state = step(state["cache"], x[:, t : t + 1])
     outs.append(out)
   assert int(state["cache"]["cache_index"]) == max_len
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
@@ -299,8 +330,15 @@ def test_kv_cache_decoding_equals_full_causal_forward(num_kv_heads):
   np.testing.assert_allclose(state["cache"]["cached_key"], k_full, rtol=1e-5, atol=1e-5)
 
   with pytest.raises(ValueError, match="Decoding 9 tokens at once into a KV cache of 8"):
-    jax.eval_shape(functools.partial(mha.apply, decode=True, mutable=["cache"]),
-                   {"params": params, "cache": cache}, jnp.zeros((B, 9, D)))
+    jax.eval_shape(
+      functools.partial(mha.apply, decode=True, mutable=["cache"]),
+      {"params": params, "cache": cache},
+      jnp.zeros((B, 9, D)),
+    )
   with pytest.raises(ValueError, match="self-attention only"):
-    jax.eval_shape(functools.partial(mha.apply, decode=True, mutable=["cache"]),
-                   {"params": params, "cache": cache}, x, x)
+    jax.eval_shape(
+      functools.partial(mha.apply, decode=True, mutable=["cache"]),
+      {"params": params, "cache": cache},
+      x,
+      x,
+    )

@@ -9,8 +9,9 @@ from jaxdl.data import augment
 from jaxdl.data.pipeline import LoadedData, Split, eval_batches, train_batches
 from jaxdl.errors import DataError
 
-CROP_FLIP = augment.ImageAugment(crop_padding=2, flip=True, mean=(0.5, 0.4, 0.3),
-                                 std=(0.2, 0.25, 0.5))
+CROP_FLIP = augment.ImageAugment(
+  crop_padding=2, flip=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5)
+)
 
 
 def _images(num=6, height=5, width=7, channels=3, seed=0):
@@ -37,7 +38,7 @@ def test_crop_is_a_slice_of_the_padded_image(mode, np_mode):
   padded = np.pad(image, ((0, 0), (2, 2), (2, 2), (0, 0)), mode=np_mode)
   assert out.shape == image.shape and out.dtype == image.dtype
   for b in range(40):
-    np.testing.assert_array_equal(out[b], padded[b, dy[b]:dy[b] + 5, dx[b]:dx[b] + 7])
+    np.testing.assert_array_equal(out[b], padded[b, dy[b] : dy[b] + 5, dx[b] : dx[b] + 7])
   assert set(dy.tolist()) == set(dx.tolist()) == set(range(5))  # Every offset in [0, 2p] occurs.
 
 
@@ -83,33 +84,59 @@ def test_train_is_crop_then_flip_then_normalize_and_eval_only_normalizes():
   np.testing.assert_array_equal(out["image"], expected)
   assert out["label"] is batch["label"]
   evaluated = CROP_FLIP.eval(batch)
-  np.testing.assert_array_equal(evaluated["image"],
-                                augment.normalize(image, CROP_FLIP.mean, CROP_FLIP.std))
+  np.testing.assert_array_equal(
+    evaluated["image"], augment.normalize(image, CROP_FLIP.mean, CROP_FLIP.std)
+  )
   assert augment.ImageAugment(flip=True).eval(batch) is batch  # Nothing to do.
 
 
-@pytest.mark.parametrize("name, crop, flip", [("none", 0, False), ("flip", 0, True),
-                                               ("crop", 4, False), ("crop_flip", 4, True)])
+@pytest.mark.parametrize(
+  "name, crop, flip",
+  [("none", 0, False), ("flip", 0, True), ("crop", 4, False), ("crop_flip", 4, True)],
+)
 def test_from_options(name, crop, flip):
-  options = {"augment": name, "crop_padding": 4, "padding_mode": "reflect",
-             "mean": augment.CIFAR10_MEAN, "std": augment.CIFAR10_STD}
+  options = {
+    "augment": name,
+    "crop_padding": 4,
+    "padding_mode": "reflect",
+    "mean": augment.CIFAR10_MEAN,
+    "std": augment.CIFAR10_STD,
+  }
   normalized = augment.from_options(normalize=True, **options)
-  assert normalized == augment.ImageAugment(crop_padding=crop, padding_mode="reflect", flip=flip,
-                                            mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD)
+  assert normalized == augment.ImageAugment(
+    crop_padding=crop,
+    padding_mode="reflect",
+    flip=flip,
+    mean=augment.CIFAR10_MEAN,
+    std=augment.CIFAR10_STD,
+  )
   plain = augment.from_options(normalize=False, **options)
   assert plain is None if name == "none" else plain.mean is None and plain.flip == flip
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"augment": "crop-flip"}, r"data.augment must be one of 'none', 'flip', 'crop', "
-                               r"'crop_flip', got 'crop-flip'"),
+@pytest.mark.parametrize(
+  "options, message",
+  [
+    (
+      {"augment": "crop-flip"},
+      r"data.augment must be one of 'none', 'flip', 'crop', "
+      r"'crop_flip', got 'crop-flip'",
+    ),
     ({"padding_mode": "edge"}, r"data.padding_mode must be one of 'zero', 'reflect'"),
     ({"crop_padding": 0}, r"data.crop_padding must be an integer >= 1, got 0"),
     ({"normalize": "yes"}, r"data.normalize must be true or false, got 'yes'"),
-])
+  ],
+)
 def test_bad_options(options, message):
-  options = {"augment": "crop_flip", "normalize": True, "crop_padding": 4,
-             "padding_mode": "zero", "mean": (0.5,), "std": (0.5,), **options}
+  options = {
+    "augment": "crop_flip",
+    "normalize": True,
+    "crop_padding": 4,
+    "padding_mode": "zero",
+    "mean": (0.5,),
+    "std": (0.5,),
+    **options,
+  }
   with pytest.raises(DataError, match=message):
     augment.from_options(**options)
 
@@ -128,8 +155,9 @@ def test_bad_statistics_and_reflect_padding():
 
 def test_each_batch_is_augmented_with_the_generator_of_its_position():
   split = _split(24)
-  batches = _take(train_batches(split, batch_size=5, seed=11, augment=CROP_FLIP,
-                                shard_index=1, shard_count=2), 6)
+  batches = _take(
+    train_batches(split, batch_size=5, seed=11, augment=CROP_FLIP, shard_index=1, shard_count=2), 6
+  )
   plain = _take(train_batches(split, batch_size=5, seed=11, shard_index=1, shard_count=2), 6)
   for index, (batch, raw) in enumerate(zip(batches, plain)):
     epoch, position = divmod(index, 12 // 5)
@@ -140,8 +168,10 @@ def test_each_batch_is_augmented_with_the_generator_of_its_position():
 
 def test_augmentation_is_deterministic_across_threads_and_differs_by_seed():
   split = _split(40)
-  runs = [_take(train_batches(split, batch_size=8, seed=s, augment=CROP_FLIP, num_threads=t), 10)
-          for s, t in ((1, 2), (1, 0), (2, 2))]
+  runs = [
+    _take(train_batches(split, batch_size=8, seed=s, augment=CROP_FLIP, num_threads=t), 10)
+    for s, t in ((1, 2), (1, 0), (2, 2))
+  ]
   for a, b in zip(runs[0], runs[1]):
     np.testing.assert_array_equal(a["image"], b["image"])
   assert not all(np.array_equal(a["image"], c["image"]) for a, c in zip(runs[0], runs[2]))
@@ -178,25 +208,33 @@ def test_eval_batches_are_normalised_never_augmented_and_padding_stays_zero():
   expected = augment.normalize(split.take(slice(None))["image"], CROP_FLIP.mean, CROP_FLIP.std)
   np.testing.assert_array_equal(images, expected)
   assert not batches[-1]["image"][2:].any()
-  again = np.concatenate([b["image"][b["mask"]] for b in eval_batches(split, batch_size=4,
-                                                                       augment=CROP_FLIP)])
+  again = np.concatenate(
+    [b["image"][b["mask"]] for b in eval_batches(split, batch_size=4, augment=CROP_FLIP)]
+  )
   np.testing.assert_array_equal(images, again)
 
 
 def test_loaded_data_uses_its_augment():
-  data = LoadedData(train=_split(16), test=_split(6, seed=1), num_classes=16,
-                    source={"kind": "test"}, augment=CROP_FLIP)
+  data = LoadedData(
+    train=_split(16),
+    test=_split(6, seed=1),
+    num_classes=16,
+    source={"kind": "test"},
+    augment=CROP_FLIP,
+  )
   method = _take(data.train_batches(batch_size=4, seed=3), 5)
   module = _take(train_batches(data.train, batch_size=4, seed=3, augment=CROP_FLIP), 5)
   for a, b in zip(method, module):
     np.testing.assert_array_equal(a["image"], b["image"])
   evals = list(data.eval_batches(batch_size=4))
   np.testing.assert_array_equal(
-      evals[0]["image"], augment.normalize(data.test.take(slice(0, 4))["image"], CROP_FLIP.mean,
-                                           CROP_FLIP.std))
+    evals[0]["image"],
+    augment.normalize(data.test.take(slice(0, 4))["image"], CROP_FLIP.mean, CROP_FLIP.std),
+  )
   example = data.example_batch(3)
   assert example["image"].shape == (3, 6, 6, 3) and example["image"].dtype == np.float32
   plain = LoadedData(train=_split(16), test=_split(6), num_classes=16, source={"kind": "test"})
   assert plain.augment is None
-  np.testing.assert_array_equal(next(iter(plain.eval_batches(batch_size=6)))["image"],
-                                plain.test.take(slice(None))["image"])
+  np.testing.assert_array_equal(
+    next(iter(plain.eval_batches(batch_size=6)))["image"], plain.test.take(slice(None))["image"]
+  )

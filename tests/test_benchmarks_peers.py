@@ -17,9 +17,14 @@ import pytest
 from tests.conftest import REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "mnist_cnn_peers.py"
-MISSING = next((p for p, m in [("torch", "torch"), ("tf_keras", "tensorflow"),
-                               ("keras_jax", "keras")] if importlib.util.find_spec(m) is None),
-               None)
+MISSING = next(
+  (
+    p
+    for p, m in [("torch", "torch"), ("tf_keras", "tensorflow"), ("keras_jax", "keras")]
+    if importlib.util.find_spec(m) is None
+  ),
+  None,
+)
 
 
 def table_rows(stdout: str) -> dict[str, list[str]]:
@@ -37,8 +42,22 @@ def test_quick_run_reports_jaxdl_and_flax_and_skips_missing_peer(tmp_path):
   peers = ["jaxdl", "flax"] + ([MISSING] if MISSING else [])
   out = tmp_path / "peers.json"
   proc = subprocess.run(
-      [sys.executable, str(SCRIPT), "--quick", "--peers", ",".join(peers), "--batch-sizes", "32",
-       "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      str(SCRIPT),
+      "--quick",
+      "--peers",
+      ",".join(peers),
+      "--batch-sizes",
+      "32",
+      "--json",
+      str(out),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
   rows = table_rows(proc.stdout)
@@ -64,13 +83,18 @@ def test_quick_run_reports_jaxdl_and_flax_and_skips_missing_peer(tmp_path):
 
 def test_bad_variant_is_rejected_before_any_run():
   proc = subprocess.run(
-      [sys.executable, str(SCRIPT), "--peers", "flax", "--variant", "flax:x=train.batch_size=8"],
-      cwd=REPO, capture_output=True, text=True, timeout=60)
+    [sys.executable, str(SCRIPT), "--peers", "flax", "--variant", "flax:x=train.batch_size=8"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 2
   assert "only jaxdl variants take" in proc.stderr
 
 
 # ---------------------------------------------------------------- sequence_peers.py
+
 
 @pytest.fixture(scope="module")
 def peers():
@@ -79,13 +103,16 @@ def peers():
 
 def param_count(model, tokens_BT) -> int:
   import jax
+
   init = lambda key: model.init(key, tokens_BT, train=False)["params"]
   return sum(x.size for x in jax.tree.leaves(jax.eval_shape(init, jax.random.key(0))))
 
 
 def test_sequence_peers_flax_models_have_the_peers_param_counts(peers):
   import jax.numpy as jnp
+
   from jaxdl import models
+
   spec = peers.comparison_spec("gpt_char", quick=False)
   config = peers.experiment_config(spec)
   tokens_BT = jnp.zeros((spec["batch_size"], spec["seq_len"]), jnp.int32)
@@ -119,15 +146,28 @@ def test_sequence_peers_flax_worker_starts_at_the_uniform_loss(peers, comparison
 
 
 def test_sequence_peers_table_has_a_ratio_column_per_peer(peers, capsys):
-  tokens = {"jaxdl": [100.0, 120.0, 90.0], "torch": [50.0, 60.0, 90.0],
-            "flax": [100.0, 100.0, 100.0]}
+  tokens = {
+    "jaxdl": [100.0, 120.0, 90.0],
+    "torch": [50.0, 60.0, 90.0],
+    "flax": [100.0, 100.0, 100.0],
+  }
   rounds = {f: [{"tokens_per_sec": x} for x in xs] for f, xs in tokens.items()}
   ratios = peers.paired_ratios(rounds)
   assert ratios == {"torch": [2.0, 2.0, 1.0], "flax": [1.0, 1.2, 0.9]}
-  rows = [{"title": "t", "framework": f, "params": 1, "tokens_per_sec": xs[0], "ms_per_step": 1.0,
-           "cpu_ms_per_step": 1.0, "round_tokens_per_sec": xs,
-           "ratios": {"torch": 2.0, "flax": 1.0} if f == "jaxdl" else {},
-           "round_ratios": ratios if f == "jaxdl" else {}} for f, xs in tokens.items()]
+  rows = [
+    {
+      "title": "t",
+      "framework": f,
+      "params": 1,
+      "tokens_per_sec": xs[0],
+      "ms_per_step": 1.0,
+      "cpu_ms_per_step": 1.0,
+      "round_tokens_per_sec": xs,
+      "ratios": {"torch": 2.0, "flax": 1.0} if f == "jaxdl" else {},
+      "round_ratios": ratios if f == "jaxdl" else {},
+    }
+    for f, xs in tokens.items()
+  ]
   peers.print_table(rows, rounds=3)
   lines = capsys.readouterr().out.splitlines()
   header = next(line for line in lines if line.startswith("| comparison"))

@@ -1,10 +1,9 @@
-"""Orbax checkpoints: round trip with the data position, retention, crashes mid-save, bad restores."""
+"""Orbax checkpoints: round trip with the data position, retention, crashes mid-save, bad
+restores."""
 
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import grain
@@ -19,9 +18,11 @@ from tests.conftest import REPO
 
 
 def _state(value: float):
-  return {"params": {"w": jnp.full((3, 2), value), "b": jnp.arange(2.0) + value},
-          "step": jnp.asarray(int(value), jnp.int32),
-          "rng": jax.random.key_data(jax.random.key(int(value)))}
+  return {
+    "params": {"w": jnp.full((3, 2), value), "b": jnp.arange(2.0) + value},
+    "step": jnp.asarray(int(value), jnp.int32),
+    "rng": jax.random.key_data(jax.random.key(int(value))),
+  }
 
 
 def _abstract(state):
@@ -107,8 +108,12 @@ def test_crash_during_save_leaves_previous_checkpoint_usable(tmp_path):
   script.write_text(_CRASHING_SAVER)
   marker = tmp_path / "marker"
   directory = tmp_path / "ckpt"
-  child = subprocess.Popen([sys.executable, str(script), str(directory), str(marker)], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  child = subprocess.Popen(
+    [sys.executable, str(script), str(directory), str(marker)],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
   deadline = time.time() + 120
   while not marker.exists():
     assert child.poll() is None, child.stdout.read().decode()
@@ -121,8 +126,10 @@ def test_crash_during_save_leaves_previous_checkpoint_usable(tmp_path):
 
   checkpointer = Checkpointer(directory)
   assert checkpointer.latest_step() == 1
-  abstract = {"w": jax.ShapeDtypeStruct((256, 256), jnp.float32),
-              "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  abstract = {
+    "w": jax.ShapeDtypeStruct((256, 256), jnp.float32),
+    "step": jax.ShapeDtypeStruct((), jnp.int32),
+  }
   restored = checkpointer.restore(1, abstract)
   np.testing.assert_array_equal(restored["w"], 1.0)
   # Saving step 2 again succeeds over the debris.

@@ -31,11 +31,16 @@ def _fake_files(layout, seed=0):
   rng = np.random.default_rng(seed)
   files = {}
   for name in layout.files:
-    count = NUM_TEST if name in layout.test_files else NUM_PER_BATCH * (
-        5 if layout is cifar.CIFAR100 else 1)
+    count = (
+      NUM_TEST
+      if name in layout.test_files
+      else NUM_PER_BATCH * (5 if layout is cifar.CIFAR100 else 1)
+    )
     labels = np.stack([rng.integers(0, n, count) for n in layout.label_classes], axis=1)
-    files[name] = (rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
-                   labels.astype(np.uint8))
+    files[name] = (
+      rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
+      labels.astype(np.uint8),
+    )
   return files
 
 
@@ -52,8 +57,9 @@ def _archive_bytes(layout, files, extra=()):
     members = [(f"{layout.folder}/readme.html", b"<html/>")]
     for name, (image, labels) in files.items():
       planes = image.transpose(0, 3, 1, 2).reshape(len(image), -1)
-      members.append((f"{layout.folder}/{name}",
-                      np.concatenate([labels, planes], axis=1).tobytes()))
+      members.append(
+        (f"{layout.folder}/{name}", np.concatenate([labels, planes], axis=1).tobytes())
+      )
     for member_name, content in [*members, *extra]:
       info = tarfile.TarInfo(member_name)
       info.size = len(content)
@@ -63,8 +69,11 @@ def _archive_bytes(layout, files, extra=()):
 
 def _expected(layout, files, label_index=0):
   def split(names):
-    return (np.concatenate([files[n][0] for n in names]),
-            np.concatenate([files[n][1][:, label_index] for n in names]))
+    return (
+      np.concatenate([files[n][0] for n in names]),
+      np.concatenate([files[n][1][:, label_index] for n in names]),
+    )
+
   return split(layout.train_files), split(layout.test_files)
 
 
@@ -75,8 +84,7 @@ def _assert_matches(data, layout, files, label_index=0):
   np.testing.assert_array_equal(data.test.image, test_image)
   np.testing.assert_array_equal(data.test.label, test_label)
   assert data.train.image.dtype == np.uint8 and data.train.label.dtype == np.int32
-  assert (data.source["num_train"], data.source["num_test"]) == (len(train_label),
-                                                                 len(test_label))
+  assert (data.source["num_train"], data.source["num_test"]) == (len(train_label), len(test_label))
 
 
 def test_record_layout_is_label_then_red_green_blue_planes():
@@ -95,14 +103,16 @@ def test_write_records_round_trips(tmp_path):
   image, labels = _fake_files(cifar.CIFAR100)["test.bin"]
   cifar.write_records(tmp_path / "t.bin", image, labels)
   assert (tmp_path / "t.bin").stat().st_size == NUM_TEST * 3074
-  got_image, got_labels = cifar.parse_records((tmp_path / "t.bin").read_bytes(), name="t",
-                                              label_classes=(20, 100))
+  got_image, got_labels = cifar.parse_records(
+    (tmp_path / "t.bin").read_bytes(), name="t", label_classes=(20, 100)
+  )
   np.testing.assert_array_equal(got_image, image)
   np.testing.assert_array_equal(got_labels, labels)
 
 
-@pytest.mark.parametrize("where", ["bin_files", "extracted_folder", "archive_in_dir",
-                                   "archive_path"])
+@pytest.mark.parametrize(
+  "where", ["bin_files", "extracted_folder", "archive_in_dir", "archive_path"]
+)
 def test_cifar10_from_data_dir(tmp_path, where):
   files = _fake_files(cifar.CIFAR10)
   root = tmp_path / "mine"
@@ -118,14 +128,17 @@ def test_cifar10_from_data_dir(tmp_path, where):
   _assert_matches(data, cifar.CIFAR10, files)
   assert data.num_classes == 10 and data.model_hints == {"num_classes": 10}
   assert len(data.train) == 5 * NUM_PER_BATCH and len(data.test) == NUM_TEST
-  assert data.source == {"kind": "data_dir", "path": str(data_dir.resolve()),
-                         "num_train": 100, "num_test": 10}
+  assert data.source == {
+    "kind": "data_dir",
+    "path": str(data_dir.resolve()),
+    "num_train": 100,
+    "num_test": 10,
+  }
   if where.startswith("archive"):
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-binary.tar.gz"]  # Not unpacked.
 
 
-@pytest.mark.parametrize("label, label_index, num_classes", [("fine", 1, 100),
-                                                            ("coarse", 0, 20)])
+@pytest.mark.parametrize("label, label_index, num_classes", [("fine", 1, 100), ("coarse", 0, 20)])
 def test_cifar100_fine_and_coarse_labels(tmp_path, label, label_index, num_classes):
   files = _fake_files(cifar.CIFAR100, seed=1)
   _write_dir(tmp_path / "mine" / "cifar-100-binary", files)
@@ -145,8 +158,12 @@ def test_default_options_are_the_standard_recipe(tmp_path):
   _write_dir(tmp_path / "mine", _fake_files(cifar.CIFAR10))
   data = cifar.load_cifar10(str(tmp_path / "mine"))
   assert data.augment == augment.ImageAugment(
-      crop_padding=4, padding_mode="zero", flip=True, mean=augment.CIFAR10_MEAN,
-      std=augment.CIFAR10_STD)
+    crop_padding=4,
+    padding_mode="zero",
+    flip=True,
+    mean=augment.CIFAR10_MEAN,
+    std=augment.CIFAR10_STD,
+  )
   plain = cifar.load_cifar10(str(tmp_path / "mine"), augment="none", normalize=False)
   assert plain.augment is None
   batch = next(iter(data.train_batches(batch_size=8, seed=0)))
@@ -155,19 +172,21 @@ def test_default_options_are_the_standard_recipe(tmp_path):
   assert cifar.CIFAR100_OPTIONS == {**cifar.CIFAR10_OPTIONS, "label": "fine"}
 
 
-@pytest.mark.parametrize("loader, options", [(cifar.load_cifar10, cifar.CIFAR10_OPTIONS),
-                                             (cifar.load_cifar100, cifar.CIFAR100_OPTIONS)])
+@pytest.mark.parametrize(
+  "loader, options",
+  [(cifar.load_cifar10, cifar.CIFAR10_OPTIONS), (cifar.load_cifar100, cifar.CIFAR100_OPTIONS)],
+)
 def test_options_are_the_loaders_keyword_defaults(loader, options):
   params = inspect.signature(loader).parameters
   assert {name: params[name].default for name in options} == options
 
 
 def test_load_dataset_passes_options(tmp_path, monkeypatch):
-  monkeypatch.setitem(data_lib.DATASETS, "cifar100",
-                      data_lib.DatasetSpec(cifar.load_cifar100, cifar.CIFAR100_OPTIONS))
+  monkeypatch.setitem(
+    data_lib.DATASETS, "cifar100", data_lib.DatasetSpec(cifar.load_cifar100, cifar.CIFAR100_OPTIONS)
+  )
   _write_dir(tmp_path / "mine", _fake_files(cifar.CIFAR100))
-  data = data_lib.load_dataset("cifar100", str(tmp_path / "mine"), label="coarse",
-                               augment="flip")
+  data = data_lib.load_dataset("cifar100", str(tmp_path / "mine"), label="coarse", augment="flip")
   assert data.num_classes == 20 and data.augment.flip and not data.augment.crop_padding
   with pytest.raises(DataError, match=r"data.label must be one of 'fine', 'coarse'"):
     data_lib.load_dataset("cifar100", str(tmp_path / "mine"), label="both")
@@ -209,11 +228,14 @@ def test_data_dir_problems(tmp_path):
     cifar.load_cifar10(str(tmp_path / "py"))
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (lambda b: b[:-100], r"is 307200 bytes long: 99 whole records and 2973 bytes more"),
     (lambda b: b + b"\0" * 5, r"is 307305 bytes long: 100 whole records and 5 bytes more"),
     (lambda b: b"", r"is empty"),
-])
+  ],
+)
 def test_truncated_or_overlong_file(tmp_path, change, message):
   _write_dir(tmp_path, _fake_files(cifar.CIFAR10))
   path = tmp_path / "data_batch_3.bin"
@@ -231,8 +253,11 @@ def test_label_out_of_range(tmp_path):
   files = _fake_files(cifar.CIFAR100)
   files["test.bin"][1][4, 1] = 100  # Fine label of record 4.
   _write_dir(tmp_path, files)
-  with pytest.raises(DataError, match=r"test\.bin' has label 100 in record 4 \(label byte 1\), "
-                                      r"outside \[0, 100\)"):
+  with pytest.raises(
+    DataError,
+    match=r"test\.bin' has label 100 in record 4 \(label byte 1\), "
+    r"outside \[0, 100\)",
+  ):
     cifar.load_cifar100(str(tmp_path))
   # A CIFAR-100 file read as CIFAR-10: its record size is wrong for the 1-byte layout.
   with pytest.raises(DataError, match="3073-byte records"):
@@ -250,13 +275,16 @@ def test_damaged_or_foreign_archive(tmp_path):
   archive = tmp_path / "cifar-10-binary.tar.gz"
   files = _fake_files(cifar.CIFAR10)
   content = _archive_bytes(cifar.CIFAR10, files)
-  archive.write_bytes(content[:len(content) // 2])
+  archive.write_bytes(content[: len(content) // 2])
   with pytest.raises(DataError, match="Cannot read the archive .* damaged"):
     cifar.load_cifar10(str(archive))
   del files["test_batch.bin"]
   archive.write_bytes(_archive_bytes(cifar.CIFAR10, files))
-  with pytest.raises(DataError, match=r"lacks test_batch\.bin \(expected under "
-                                      r"cifar-10-batches-bin/\)"):
+  with pytest.raises(
+    DataError,
+    match=r"lacks test_batch\.bin \(expected under "
+    r"cifar-10-batches-bin/\)",
+  ):
     cifar.load_cifar10(str(archive))
 
 
@@ -266,8 +294,10 @@ def test_archive_with_a_link_is_refused(tmp_path):
   buffer = io.BytesIO(_archive_bytes(cifar.CIFAR10, files))
   # Re-open to append a symlink member named like a data file (tarfile cannot append to .gz).
   raw = io.BytesIO()
-  with tarfile.open(fileobj=buffer, mode="r:gz") as src, tarfile.open(fileobj=raw,
-                                                                      mode="w:gz") as dst:
+  with (
+    tarfile.open(fileobj=buffer, mode="r:gz") as src,
+    tarfile.open(fileobj=raw, mode="w:gz") as dst,
+  ):
     for member in src:
       dst.addfile(member, src.extractfile(member))
     link = tarfile.TarInfo("cifar-10-batches-bin/test_batch.bin")
@@ -318,7 +348,8 @@ def test_download_checks_md5_unpacks_into_cache_and_is_reused(server, monkeypatc
   cache = cifar.cache_dir()
   assert sorted(p.name for p in cache.iterdir()) == ["cifar-10-batches-bin"]  # Archive removed.
   assert sorted(p.name for p in (cache / "cifar-10-batches-bin").iterdir()) == sorted(
-      cifar.CIFAR10.files)
+    cifar.CIFAR10.files
+  )
   assert not list(cache.parent.parent.rglob("escaped.bin"))
   again = cifar.load_cifar10(allow_download=True, mirrors=[base + "gone/"])
   assert again.source["kind"] == "cache"

@@ -10,24 +10,38 @@ from jaxdl import cli
 from tests.conftest import REPO
 
 EXPERIMENT = str(REPO / "experiments" / "mnist_cnn.py")
-QUICK = ["train.num_steps=20", "train.batch_size=32", "train.log_every_steps=10",
-         "data.eval_batch_size=500", "--no-progress"]
+QUICK = [
+  "train.num_steps=20",
+  "train.batch_size=32",
+  "train.log_every_steps=10",
+  "data.eval_batch_size=500",
+  "--no-progress",
+]
 
 
 def _jaxdl(*args, cwd=REPO):
   env = {**os.environ, "JAXDL_OFFLINE": "1"}
-  return subprocess.run([sys.executable, "-m", "jaxdl.cli", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "jaxdl.cli", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["train", EXPERIMENT, "train.batchsize=3"], "Did you mean train.batch_size"),
     (["train", EXPERIMENT, "train.batch_size=lots"], "not a valid int"),
     (["train", "experiments/nope.py"], "does not exist"),
     (["train", EXPERIMENT, "data.dir=/no/such/dir"], "Fix data.dir"),
     (["eval", "/no/such/workdir"], "not a jaxdl workdir"),
     (["train", EXPERIMENT, "train.batch_size=20000"], "20000"),
-])
+  ],
+)
 def test_user_errors_are_one_message_without_traceback(args, message, capsys, tmp_path):
   code = cli.main([*args, "--workdir", str(tmp_path / "w")] if args[0] == "train" else args)
   err = capsys.readouterr().err

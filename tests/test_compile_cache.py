@@ -11,20 +11,37 @@ import pytest
 from jaxdl import compile_cache
 from tests.conftest import REPO
 
-RUN = [sys.executable, "-m", "jaxdl.cli", "train", str(REPO / "experiments" / "mnist_cnn.py"),
-       "train.num_steps=6", "train.batch_size=32", "train.log_every_steps=3",
-       "train.eval_every_steps=6", "data.eval_batch_size=1000", "--no-progress"]
+RUN = [
+  sys.executable,
+  "-m",
+  "jaxdl.cli",
+  "train",
+  str(REPO / "experiments" / "mnist_cnn.py"),
+  "train.num_steps=6",
+  "train.batch_size=32",
+  "train.log_every_steps=3",
+  "train.eval_every_steps=6",
+  "data.eval_batch_size=1000",
+  "--no-progress",
+]
 
 
 def _train(workdir, cache):
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  out = subprocess.run([*RUN, f"train.compilation_cache={cache}", "--workdir", str(workdir)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [*RUN, f"train.compilation_cache={cache}", "--workdir", str(workdir)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   compile_seconds = [r["perf/compile_seconds"] for r in records if "perf/compile_seconds" in r]
-  return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records], \
-      compile_seconds
+  return [
+    {k: v for k, v in r.items() if not k.startswith("perf/")} for r in records
+  ], compile_seconds
 
 
 # Slow (two `jaxdl train` processes, ~20 s): end to end, run by CI's `-m slow`.

@@ -7,9 +7,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl.nn import (RNN, AttentionPooling, BatchNorm, Classifier, Dropout, Embed, Flatten,
-                      GlobalAvgPool, ImageRows, ImageTokens, Parallel, Pool, PositionEmbedding,
-                      Residual, Sequential, StackedRNN, TransformerBlock, takes_train)
+from jaxdl.nn import (
+  RNN,
+  AttentionPooling,
+  BatchNorm,
+  Classifier,
+  Dropout,
+  Embed,
+  Flatten,
+  GlobalAvgPool,
+  ImageRows,
+  ImageTokens,
+  Parallel,
+  Pool,
+  PositionEmbedding,
+  Residual,
+  Sequential,
+  StackedRNN,
+  TransformerBlock,
+  takes_train,
+)
 
 KEY = jax.random.key(0)
 
@@ -62,8 +79,9 @@ def test_residual_equals_x_plus_the_branch():
   model = Residual(nn.Dense(6))
   x = _x(3, 6)
   params = model.init(KEY, x)["params"]
-  np.testing.assert_allclose(model.apply({"params": params}, x),
-                             x + _dense_apply(params["inner"], x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    model.apply({"params": params}, x), x + _dense_apply(params["inner"], x), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_residual_projection_maps_the_shortcut():
@@ -83,14 +101,20 @@ def test_parallel_merges_equal_the_branches_by_hand():
   x = _x(2, 5, 3)
   concat = Parallel([nn.Dense(4), nn.Dense(2), jnp.tanh])
   params = concat.init(KEY, x)["params"]
-  expected = np.concatenate([_dense_apply(params["branches_0"], x),
-                             _dense_apply(params["branches_1"], x), np.tanh(x)], axis=-1)
+  expected = np.concatenate(
+    [_dense_apply(params["branches_0"], x), _dense_apply(params["branches_1"], x), np.tanh(x)],
+    axis=-1,
+  )
   np.testing.assert_allclose(concat.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-6)
 
   summed = Parallel([nn.Dense(3), lambda v: v], merge="sum")
   params = summed.init(KEY, x)["params"]
-  np.testing.assert_allclose(summed.apply({"params": params}, x),
-                             _dense_apply(params["branches_0"], x) + x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    summed.apply({"params": params}, x),
+    _dense_apply(params["branches_0"], x) + x,
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
   stacked = Parallel([jnp.tanh, jnp.sin], merge="stack")
   y = stacked.apply({}, x)
@@ -137,14 +161,17 @@ def test_shape_adapters():
   tokens = ImageTokens().apply({}, x_BHWC)
   assert tokens.shape == (2, 24, 3)
   np.testing.assert_array_equal(tokens[:, 6 + 2], x_BHWC[:, 1, 2])  # Row-major positions.
-  np.testing.assert_allclose(GlobalAvgPool().apply({}, x_BHWC), np.mean(x_BHWC, axis=(1, 2)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    GlobalAvgPool().apply({}, x_BHWC), np.mean(x_BHWC, axis=(1, 2)), rtol=1e-6
+  )
   pooled = Pool(2).apply({}, x_BHWC)
   np.testing.assert_array_equal(
-      pooled, np.asarray(x_BHWC).reshape(2, 2, 2, 3, 2, 3).max(axis=(2, 4)))
+    pooled, np.asarray(x_BHWC).reshape(2, 2, 2, 3, 2, 3).max(axis=(2, 4))
+  )
   avg = Pool((2, 3), kind="avg").apply({}, x_BHWC)
-  np.testing.assert_allclose(avg, np.asarray(x_BHWC).reshape(2, 2, 2, 2, 3, 3).mean(axis=(2, 4)),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    avg, np.asarray(x_BHWC).reshape(2, 2, 2, 2, 3, 3).mean(axis=(2, 4)), rtol=1e-5, atol=1e-6
+  )
   with pytest.raises(ValueError, match=r"\[B, H, W, C\]; got shape \(2, 3\)"):
     ImageRows().apply({}, _x(2, 3))
   with pytest.raises(ValueError, match="unknown kind 'min'"):
@@ -155,8 +182,9 @@ def test_embed_and_position_embedding():
   tokens = jnp.array([[1, 2, 0], [3, 3, 1]])
   embed = Embed(vocab_size=5, dim=4)
   params = embed.init(KEY, tokens)["params"]
-  np.testing.assert_array_equal(embed.apply({"params": params}, tokens),
-                                params["embed"]["embedding"][tokens])
+  np.testing.assert_array_equal(
+    embed.apply({"params": params}, tokens), params["embed"]["embedding"][tokens]
+  )
   with pytest.raises(ValueError, match="integer token ids"):
     embed.init(KEY, _x(2, 3))
   pos = PositionEmbedding()
@@ -215,8 +243,12 @@ def test_attention_pooling_matches_a_numpy_softmax_with_masking():
   pool = AttentionPooling(dim=4)
   params = pool.init(KEY, x, mask)["params"]
   # The query starts at zero: uniform weights, the mean over the valid steps.
-  np.testing.assert_allclose(pool.apply({"params": params}, x, mask)[1],
-                             np.asarray(x)[1, [0, 2, 3]].mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    pool.apply({"params": params}, x, mask)[1],
+    np.asarray(x)[1, [0, 2, 3]].mean(0),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   params = {**params, "query": 2.0 * jax.random.normal(jax.random.key(5), (4,))}
   out, state = pool.apply({"params": params}, x, mask, mutable=["intermediates"])
   ref_out, ref_weights = _softmax_pool_reference(params, x, mask)
@@ -227,8 +259,7 @@ def test_attention_pooling_matches_a_numpy_softmax_with_masking():
   np.testing.assert_array_equal(out[2], 0.0)  # No valid step: zeros, not NaN.
   # Changing x at masked steps changes nothing.
   x_changed = x.at[1, 4].set(100.0)
-  np.testing.assert_allclose(pool.apply({"params": params}, x_changed, mask)[1], out[1],
-                             rtol=1e-6)
+  np.testing.assert_allclose(pool.apply({"params": params}, x_changed, mask)[1], out[1], rtol=1e-6)
   # No mask: every step counts.
   ref_all, _ = _softmax_pool_reference(params, x, np.ones((3, 6), bool))
   np.testing.assert_allclose(pool.apply({"params": params}, x), ref_all, rtol=1e-5, atol=1e-6)
@@ -252,17 +283,27 @@ def test_classifier_gives_float32_logits_even_in_bfloat16():
 
 def test_a_composed_model_trains_a_gradient_step():
   """Conv -> rows -> GRU -> head, built from parts, under jit with dropout and BatchNorm."""
-  model = Sequential([nn.Conv(4, (3, 3)), BatchNorm(), nn.relu, Pool(2), ImageRows(),
-                      RNN(8, cell_type="gru", return_sequences=False), Dropout(0.2),
-                      Classifier(3)])
+  model = Sequential(
+    [
+      nn.Conv(4, (3, 3)),
+      BatchNorm(),
+      nn.relu,
+      Pool(2),
+      ImageRows(),
+      RNN(8, cell_type="gru", return_sequences=False),
+      Dropout(0.2),
+      Classifier(3),
+    ]
+  )
   x = _x(4, 8, 8, 1)
   labels = jnp.array([0, 1, 2, 0])
   variables = model.init(KEY, x)
   assert set(variables) == {"params", "batch_stats"}
 
   def loss_fn(params, rng):
-    logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                            rngs={"dropout": rng}, mutable=["batch_stats"])
+    logits, _ = model.apply(
+      {**variables, "params": params}, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+    )
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
   grad = jax.jit(jax.grad(loss_fn))(variables["params"], jax.random.key(1))

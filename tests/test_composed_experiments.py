@@ -9,16 +9,21 @@ import pytest
 
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
-from jaxdl import models
-from jaxdl import trainer
+from jaxdl import models, trainer
 from jaxdl.errors import ConfigError
 from tests.conftest import REPO
 
 EXPERIMENTS = REPO / "experiments"
-SHORT_RUN = ["train.num_steps=30", "train.log_every_steps=10", "train.eval_every_steps=1000",
-             "train.checkpoint_every_steps=1000", "train.batch_size=32",
-             "data.eval_batch_size=500", "optimizer.learning_rate=3e-3",
-             "optimizer.schedule=constant"]
+SHORT_RUN = [
+  "train.num_steps=30",
+  "train.log_every_steps=10",
+  "train.eval_every_steps=1000",
+  "train.checkpoint_every_steps=1000",
+  "train.batch_size=32",
+  "data.eval_batch_size=500",
+  "optimizer.learning_rate=3e-3",
+  "optimizer.schedule=constant",
+]
 
 
 def _config(experiment, *overrides):
@@ -52,9 +57,15 @@ def test_mnist_cnn_rnn_learns(tmp_path):
 # inside a Sequential, is the new part, so it is the one in the fast suite.
 @pytest.mark.parametrize("variant", [pytest.param("patch", marks=pytest.mark.slow), "conv"])
 def test_mnist_vit_stems_learn(variant, tmp_path):
-  config = _config(f"mnist_vit_conv_stem.py:{variant}", "model.dim=32", "model.depth=1",
-                   "model.num_heads=2", "model.mlp_dim=32", "optimizer.warmup_steps=3",
-                   "data.download=false")
+  config = _config(
+    f"mnist_vit_conv_stem.py:{variant}",
+    "model.dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.mlp_dim=32",
+    "optimizer.warmup_steps=3",
+    "data.download=false",
+  )
   assert config.model.stem == variant
   result, losses = _train(config, tmp_path / variant)
   assert losses[-1] < losses[0] - 0.15
@@ -74,8 +85,10 @@ def _write_reviews(path, num_reviews=240, seed=0):
   for i in range(num_reviews):
     fresh = i % 2 == 0
     words = list(rng.choice(filler, rng.integers(2, 12)))
-    words.insert(int(rng.integers(0, len(words) + 1)),
-                 rng.choice(["good", "great"] if fresh else ["bad", "awful"]))
+    words.insert(
+      int(rng.integers(0, len(words) + 1)),
+      rng.choice(["good", "great"] if fresh else ["bad", "awful"]),
+    )
     lines.append(f"{'fresh' if fresh else 'rotten'},{' '.join(words)},m{i},False")
   path.write_text("\n".join(lines) + "\n")
   return path
@@ -83,10 +96,19 @@ def _write_reviews(path, num_reviews=240, seed=0):
 
 def test_reviews_lstm_attention_learns(tmp_path):
   corpus = _write_reviews(tmp_path / "reviews.csv")
-  config = _config("reviews_lstm_attention.py", f"data.dir={corpus}", "data.max_length=16",
-                   "data.vocab_size=300", "data.test_fraction=0.25", "model.embed_dim=16",
-                   "model.features=16", "model.attention_dim=16", "model.dropout_rate=0.0",
-                   "data.eval_batch_size=20", "optimizer.learning_rate=1e-2")
+  config = _config(
+    "reviews_lstm_attention.py",
+    f"data.dir={corpus}",
+    "data.max_length=16",
+    "data.vocab_size=300",
+    "data.test_fraction=0.25",
+    "model.embed_dim=16",
+    "model.features=16",
+    "model.attention_dim=16",
+    "model.dropout_rate=0.0",
+    "data.eval_batch_size=20",
+    "optimizer.learning_rate=1e-2",
+  )
   result, losses = _train(config, tmp_path / "run")
   assert losses[0] == pytest.approx(np.log(2), abs=0.15)
   assert losses[-1] < 0.3
@@ -105,6 +127,5 @@ def test_reviews_model_ignores_padding():
   params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(1), p.shape), params)
   apply = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
   logits = apply(tokens)
-  np.testing.assert_allclose(apply(jnp.pad(tokens, ((0, 0), (0, 5)))), logits, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(apply(jnp.pad(tokens, ((0, 0), (0, 5)))), logits, rtol=1e-5, atol=1e-6)
   assert not np.allclose(apply(tokens.at[1, 2].set(8)), logits)  # A real token does count.

@@ -20,7 +20,9 @@ def test_experiment_file_loads_with_required_keys():
   assert config.train.batch_size == 64 and config.optimizer.name == "adam"
 
 
-@pytest.mark.parametrize("override, key, expected", [
+@pytest.mark.parametrize(
+  "override, key, expected",
+  [
     ("train.batch_size=128", "train.batch_size", 128),
     ("train.num_steps=1e3", "train.num_steps", 1000),
     ("train.num_steps=2_000", "train.num_steps", 2000),
@@ -31,7 +33,8 @@ def test_experiment_file_loads_with_required_keys():
     ("data.dir=../shared/data/mnist", "data.dir", "../shared/data/mnist"),
     ("data.dir=", "data.dir", ""),
     ("seed=-3", "seed", -3),
-])
+  ],
+)
 def test_override_parses_to_existing_type(config, override, key, expected):
   config_lib.apply_overrides(config, [override])
   value = config_lib.flatten(config)[key]
@@ -45,13 +48,16 @@ def test_unknown_key_names_nearest_keys(config):
     config_lib.apply_overrides(config, ["learning_rate=3"])
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("train.batch_size=big", "not a valid int"),
     ("train.batch_size=1.5", "Give a whole number"),
     ("optimizer.learning_rate=fast", "not a valid float"),
     ("data.download=maybe", "Use true or false"),
     ("train.batch_size", "key.path=value"),
-])
+  ],
+)
 def test_bad_value_is_an_error(config, override, message):
   with pytest.raises(ConfigError, match=message):
     config_lib.apply_overrides(config, [override])
@@ -78,7 +84,9 @@ def test_resume_conflicts_allow_length_changes_only(config):
   config_lib.apply_overrides(new, ["model.name=vgg"])
   config_lib.apply_overrides(new, ["optimizer.learning_rate=0.5"])
   assert [k for k, _, _ in config_lib.resume_conflicts(config, new)] == [
-      "model.name", "optimizer.learning_rate"]
+    "model.name",
+    "optimizer.learning_rate",
+  ]
 
 
 def test_experiment_errors(tmp_path):
@@ -91,7 +99,8 @@ def test_experiment_errors(tmp_path):
   with pytest.raises(ConfigError, match="ConfigDict"):
     config_lib.load_experiment(tmp_path / "wrong.py")
   (tmp_path / "partial.py").write_text(
-      "import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'seed': 0})\n")
+    "import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'seed': 0})\n"
+  )
   with pytest.raises(ConfigError, match="train.batch_size"):
     config_lib.load_experiment(tmp_path / "partial.py")
   (tmp_path / "broken.py").write_text("def get_config(:\n")
@@ -104,14 +113,18 @@ def test_every_experiment_builds_its_model(experiment):
   """Each experiment names a model (registered, or by import path) whose arguments exist, and its
   data options are complete (config.json records every value a run used)."""
   import flax.linen as nn
+
   from jaxdl import data as data_lib
   from jaxdl import models
 
   config = config_lib.load_experiment(REPO / "experiments" / experiment)
   target, preset, _ = models.resolve_model(config.model)
   accepted, _ = models.callable_arguments(target)
-  hints = {hint: 16 for hint in ("vocab_size", "num_classes")
-           if hint in accepted and not config.model.get(hint) and not preset.get(hint)}
+  hints = {
+    hint: 16
+    for hint in ("vocab_size", "num_classes")
+    if hint in accepted and not config.model.get(hint) and not preset.get(hint)
+  }
   model = models.build_model(config.model, hints)
   assert isinstance(model, nn.Module)
   assert set(data_lib.DATASETS[config.data.name].options) <= set(config.data.keys())

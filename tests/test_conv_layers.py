@@ -21,6 +21,7 @@ def _loss_and_grads(model, params, x, labels):
   def loss(params):
     logits = model.apply(params, x)
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), logits
+
   (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   return value, logits, grads
 
@@ -49,24 +50,27 @@ def test_seed_cnn_kernels_compute_what_the_plain_layers_do(kernels, seed_cnn_pla
     return
   np.testing.assert_allclose(logits, logits_p, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(loss, loss_p, rtol=1e-5)
-  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
-                          jax.tree.leaves(grads_p)):
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(grads_p)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_vgg_has_torchvisions_layer_names_under_every_kernel_set(batch_norm):
   x = jnp.zeros((1, 32, 32, 3))
-  trees = {k: jax.eval_shape(VGG(depth=11, batch_norm=batch_norm, kernels=k).init,
-                             jax.random.key(0), x)
-           for k in ("plain",) + FAST}
+  trees = {
+    k: jax.eval_shape(VGG(depth=11, batch_norm=batch_norm, kernels=k).init, jax.random.key(0), x)
+    for k in ("plain",) + FAST
+  }
   for kernels, tree in trees.items():
     assert jax.tree.structure(tree) == jax.tree.structure(trees["plain"]), kernels
   convs = [name for name in trees["plain"]["params"] if name.startswith("features_")]
   # torchvision's vgg11 (8 convolutions): features.0, 3, 6, 8, 11, 13, 16, 18; vgg11_bn has
   # conv, BatchNorm, ReLU per layer: 0, 4, 8, 11, 15, 18, 22, 25 (and BatchNorm at + 1).
-  expected = ([0, 3, 6, 8, 11, 13, 16, 18] if not batch_norm
-              else sorted([0, 4, 8, 11, 15, 18, 22, 25] + [1, 5, 9, 12, 16, 19, 23, 26]))
+  expected = (
+    [0, 3, 6, 8, 11, 13, 16, 18]
+    if not batch_norm
+    else sorted([0, 4, 8, 11, 15, 18, 22, 25] + [1, 5, 9, 12, 16, 19, 23, 26])
+  )
   assert sorted(int(n.split("_")[1]) for n in convs) == expected
 
 
@@ -86,7 +90,9 @@ def test_auto_on_one_cpu_device_and_bad_names():
     conv_layers.resolve("im2col_fast")
 
 
-@pytest.mark.parametrize("legacy, kernels", [
+@pytest.mark.parametrize(
+  "legacy, kernels",
+  [
     ({}, "auto"),
     ({"conv_impl": "xla"}, "xla"),
     ({"conv_impl": "xla", "pool_impl": "reduce_window"}, "plain"),
@@ -95,7 +101,8 @@ def test_auto_on_one_cpu_device_and_bad_names():
     ({"conv_impl": "im2col", "pool_impl": "reduce_window"}, "im2col"),
     ({"conv_pool_impl": "im2col"}, "fused"),
     ({"conv_impl": "im2col", "conv_pool_impl": "winograd"}, "winograd"),
-])
+  ],
+)
 def test_the_four_old_fields_map_to_the_kernel_set_they_ran(legacy, kernels):
   assert config_lib.kernels_from_legacy(legacy) == kernels
 
@@ -113,10 +120,16 @@ def test_old_key_names_on_the_command_line_are_read_with_a_note(caplog):
 def test_a_workdir_written_with_the_old_fields_resumes(tmp_path):
   """A run whose config.json holds model.conv_pool_impl (as jaxdl wrote it before `kernels`)
   resumes with the command that started it, and with the new name."""
-  from jaxdl import trainer
   from jaxdl import metrics as metrics_lib
-  overrides = ["train.batch_size=32", "train.num_steps=4", "train.log_every_steps=2",
-               "train.eval_every_steps=4", "data.eval_batch_size=500"]
+  from jaxdl import trainer
+
+  overrides = [
+    "train.batch_size=32",
+    "train.num_steps=4",
+    "train.log_every_steps=2",
+    "train.eval_every_steps=4",
+    "data.eval_batch_size=500",
+  ]
   config = config_lib.load_experiment("experiments/mnist_cnn.py")
   config_lib.apply_overrides(config, overrides + ["model.conv_pool_impl=im2col"])
   trainer.train(config, tmp_path, show_progress=False)

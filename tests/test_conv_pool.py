@@ -9,20 +9,20 @@ import pytest
 from jaxdl.kernels import conv_pool, winograd
 from jaxdl.kernels import im2col as conv
 from jaxdl.nn import pooling
-from jaxdl.nn.conv_layers import ConvReluMaxPool
 from jaxdl.nn.cnn import MnistCNN
+from jaxdl.nn.conv_layers import ConvReluMaxPool
 from jaxdl.nn.vgg import VGG
 
 CASES = [  # x shape, kernel shape, pads, window
-    ((4, 28, 28, 1), (3, 3, 1, 8), ((0, 0), (0, 0)), (2, 2)),  # The seed CNN's conv1.
-    ((3, 13, 13, 5), (3, 3, 5, 6), ((0, 0), (0, 0)), (2, 2)),  # conv2: the pool drops a row.
-    ((2, 9, 10, 3), (3, 3, 3, 4), ((1, 1), (1, 1)), (2, 2)),  # VGG's padding, odd sizes.
-    ((2, 8, 7, 2), (5, 3, 2, 3), ((2, 1), (0, 2)), (2, 2)),  # Uneven kernel and padding.
-    ((2, 12, 12, 2), (3, 3, 2, 3), ((0, 0), (0, 0)), (3, 3)),  # A 3x3 pool.
-    ((2, 10, 9, 2), (3, 3, 2, 3), ((1, 1), (1, 1)), (2, 1)),  # A 2x1 pool.
-    ((2, 16, 3), (3, 3, 4), ((1, 1),), (2,)),  # One spatial axis.
-    ((3, 13, 13, 8), (3, 3, 8, 6), ((0, 0), (0, 0)), (2, 2)),  # Winograd under "auto" (C >= 8).
-    ((2, 9, 12, 8), (3, 3, 8, 4), ((1, 1), (1, 1)), (2, 2)),  # Winograd, VGG's padding.
+  ((4, 28, 28, 1), (3, 3, 1, 8), ((0, 0), (0, 0)), (2, 2)),  # The seed CNN's conv1.
+  ((3, 13, 13, 5), (3, 3, 5, 6), ((0, 0), (0, 0)), (2, 2)),  # conv2: the pool drops a row.
+  ((2, 9, 10, 3), (3, 3, 3, 4), ((1, 1), (1, 1)), (2, 2)),  # VGG's padding, odd sizes.
+  ((2, 8, 7, 2), (5, 3, 2, 3), ((2, 1), (0, 2)), (2, 2)),  # Uneven kernel and padding.
+  ((2, 12, 12, 2), (3, 3, 2, 3), ((0, 0), (0, 0)), (3, 3)),  # A 3x3 pool.
+  ((2, 10, 9, 2), (3, 3, 2, 3), ((1, 1), (1, 1)), (2, 1)),  # A 2x1 pool.
+  ((2, 16, 3), (3, 3, 4), ((1, 1),), (2,)),  # One spatial axis.
+  ((3, 13, 13, 8), (3, 3, 8, 6), ((0, 0), (0, 0)), (2, 2)),  # Winograd under "auto" (C >= 8).
+  ((2, 9, 12, 8), (3, 3, 8, 4), ((1, 1), (1, 1)), (2, 2)),  # Winograd, VGG's padding.
 ]
 IMPLS = ["im2col", "auto"]  # "auto": Winograd (C >= 8) or elementwise products (small patches).
 
@@ -35,14 +35,18 @@ def _separate(x, kernel, bias, pads, window):
 
 def _fused(impl):
   return lambda x, kernel, bias, pads, window: conv_pool.conv_relu_max_pool(
-      x, kernel, bias, pads, window, "highest", impl)
+    x, kernel, bias, pads, window, "highest", impl
+  )
 
 
 def _inputs(x_shape, kernel_shape, seed, integers):
   rng = np.random.default_rng(seed)
-  draw = ((lambda s: rng.integers(-2, 3, s)) if integers else rng.standard_normal)
-  return (jnp.asarray(draw(x_shape), jnp.float32), jnp.asarray(draw(kernel_shape), jnp.float32),
-          jnp.asarray(draw(kernel_shape[-1:]), jnp.float32))
+  draw = (lambda s: rng.integers(-2, 3, s)) if integers else rng.standard_normal
+  return (
+    jnp.asarray(draw(x_shape), jnp.float32),
+    jnp.asarray(draw(kernel_shape), jnp.float32),
+    jnp.asarray(draw(kernel_shape[-1:]), jnp.float32),
+  )
 
 
 def _value_and_grads(fn, args, pads, window, seed, integers=False):
@@ -80,8 +84,9 @@ def test_equals_the_separate_layers(x_shape, kernel_shape, pads, window, impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("x_shape,kernel_shape,pads,window", CASES[:3] + CASES[4:5] + CASES[7:])
-def test_ties_and_dead_relus_route_the_gradient_as_select_and_scatter(x_shape, kernel_shape,
-                                                                      pads, window, impl):
+def test_ties_and_dead_relus_route_the_gradient_as_select_and_scatter(
+  x_shape, kernel_shape, pads, window, impl
+):
   """Small integers (inputs, kernel, bias and output gradient) make ties in most pool windows
   and many exact zeros before the ReLU; every sum is then exact,
   so the gradients must agree to the bit: a tie goes to the first maximum in
@@ -105,11 +110,15 @@ def test_auto_runs_winograd_from_8_input_channels_and_im2col_below():
     x, kernel, bias = _inputs((2, 10, 10, channels), (3, 3, channels, 4), 7, integers=False)
     got = jax.jit(lambda *a: conv_pool.conv_relu_max_pool(*a, pads, window))(x, kernel, bias)
     if winograd_expected:
-      want = jax.jit(lambda x, k, b: winograd.conv3x3_relu_max_pool2x2(
-          jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), k, b))(x, kernel, bias)
+      want = jax.jit(
+        lambda x, k, b: winograd.conv3x3_relu_max_pool2x2(
+          jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), k, b
+        )
+      )(x, kernel, bias)
     else:
       want = jax.jit(lambda *a: conv_pool.conv_relu_max_pool(*a, pads, window, impl="im2col"))(
-          x, kernel, bias)
+        x, kernel, bias
+      )
     np.testing.assert_array_equal(got, want, err_msg=str(channels))
 
 
@@ -120,8 +129,9 @@ def test_constant_input_sends_each_gradient_to_the_first_phase():
   kernel = jnp.ones((3, 3, 1, 2))
   bias = jnp.array([0.5, -20.0])  # Channel 1's ReLU is off everywhere: no gradient at all.
   dy = jnp.arange(8.0).reshape(1, 2, 2, 2)
-  _, vjp = jax.vjp(lambda k, b: conv_pool.conv_relu_max_pool(x, k, b, ((0, 0), (0, 0)), (2, 2)),
-                   kernel, bias)
+  _, vjp = jax.vjp(
+    lambda k, b: conv_pool.conv_relu_max_pool(x, k, b, ((0, 0), (0, 0)), (2, 2)), kernel, bias
+  )
   dkernel, dbias = vjp(dy)
   np.testing.assert_array_equal(dbias, [dy[..., 0].sum(), 0.0])
   np.testing.assert_array_equal(dkernel[..., 0, 0], jnp.full((3, 3), dy[..., 0].sum()))
@@ -137,8 +147,7 @@ def test_second_order_matches_the_separate_layers(channels):
     inner = lambda k: jnp.sum(fn(args[0], k, args[2], pads, window) ** 2)
     return jax.jit(jax.grad(lambda k: jnp.sum(jax.grad(inner)(k) ** 2)))(args[1])
 
-  np.testing.assert_allclose(curvature(_fused("auto")), curvature(_separate), rtol=1e-4,
-                             atol=1e-4)
+  np.testing.assert_allclose(curvature(_fused("auto")), curvature(_separate), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_shapes_are_clear_errors():
@@ -147,21 +156,34 @@ def test_bad_shapes_are_clear_errors():
     conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 3, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2))
   with pytest.raises(ValueError, match=r"pool does not fit the convolution's \(3, 3\) output"):
     conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (4, 4))
-  with pytest.raises(ValueError, match=r"\(9, 9\) pool window has 81 positions; at most 64.*"
-                                       r"jaxdl.nn.pooling.max_pool separately"):
-    conv_pool.conv_relu_max_pool(jnp.zeros((1, 20, 20, 2)), jnp.zeros((3, 3, 2, 4)),
-                                 jnp.zeros(4), ((0, 0),) * 2, (9, 9))
-  with pytest.raises(ValueError, match=r"unknown impl 'fast'; choose one of \('auto', 'im2col', "
-                                       r"'winograd'\)"):
-    conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2),
-                                 impl="fast")
-  with pytest.raises(ValueError, match=r"'winograd' needs a 2-D 3x3 kernel, a \(2, 2\) pool and "
-                                       r"at least 8 input channels; got a kernel \(3, 3, 2, 4\)"):
-    conv_pool.conv_relu_max_pool(x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2),
-                                 impl="winograd")
+  with pytest.raises(
+    ValueError,
+    match=r"\(9, 9\) pool window has 81 positions; at most 64.*"
+    r"jaxdl.nn.pooling.max_pool separately",
+  ):
+    conv_pool.conv_relu_max_pool(
+      jnp.zeros((1, 20, 20, 2)), jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (9, 9)
+    )
+  with pytest.raises(
+    ValueError,
+    match=r"unknown impl 'fast'; choose one of \('auto', 'im2col', "
+    r"'winograd'\)",
+  ):
+    conv_pool.conv_relu_max_pool(
+      x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2), impl="fast"
+    )
+  with pytest.raises(
+    ValueError,
+    match=r"'winograd' needs a 2-D 3x3 kernel, a \(2, 2\) pool and "
+    r"at least 8 input channels; got a kernel \(3, 3, 2, 4\)",
+  ):
+    conv_pool.conv_relu_max_pool(
+      x, jnp.zeros((3, 3, 2, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2), impl="winograd"
+    )
   with pytest.raises(ValueError, match=r"kernel \(3, 3, 9, 4\).*do not fit an input"):
-    conv_pool.conv_relu_max_pool(jnp.zeros((1, 6, 6, 8)), jnp.zeros((3, 3, 9, 4)), jnp.zeros(4),
-                                 ((0, 0),) * 2, (2, 2))
+    conv_pool.conv_relu_max_pool(
+      jnp.zeros((1, 6, 6, 8)), jnp.zeros((3, 3, 9, 4)), jnp.zeros(4), ((0, 0),) * 2, (2, 2)
+    )
 
 
 def test_module_has_flax_convs_parameters_and_works_in_bfloat16():
@@ -171,7 +193,8 @@ def test_module_has_flax_convs_parameters_and_works_in_bfloat16():
   layer = nn.Conv(8, (3, 3), padding="SAME", kernel_init=init)
   params = fused.init(jax.random.key(1), x)
   assert jax.tree.map(np.array_equal, params, layer.init(jax.random.key(1), x)) == jax.tree.map(
-      lambda _: True, params)
+    lambda _: True, params
+  )
   want = jax.jit(lambda p: pooling.max_pool(nn.relu(layer.apply(p, x)), (2, 2), (2, 2)))(params)
   np.testing.assert_allclose(jax.jit(fused.apply)(params, x), want, rtol=1e-6, atol=1e-6)
   half = ConvReluMaxPool(8, (3, 3), padding="SAME", kernel_init=init, dtype=jnp.bfloat16)
@@ -186,17 +209,29 @@ def _logits_and_grads(model, params, x, labels):
   def loss(params):
     logits = model.apply(params, x)
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), logits
+
   (loss_value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   return (loss_value, grads), logits
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda fuse: MnistCNN(kernels="fused" if fuse else "im2col"),
-    pytest.param(lambda fuse: VGG(depth=11, num_classes=10, width_multiplier=0.125,
-                                  hidden_dim=16, pool_size=1,
-                                  kernels="fused" if fuse else "im2col"),
-                 marks=pytest.mark.slow),  # Compiling VGG-11's gradient twice: ~45 s.
-], ids=["mnist_cnn", "vgg11"])
+    pytest.param(
+      lambda fuse: VGG(
+        depth=11,
+        num_classes=10,
+        width_multiplier=0.125,
+        hidden_dim=16,
+        pool_size=1,
+        kernels="fused" if fuse else "im2col",
+      ),
+      marks=pytest.mark.slow,
+    ),  # Compiling VGG-11's gradient twice: ~45 s.
+  ],
+  ids=["mnist_cnn", "vgg11"],
+)
 def test_models_give_the_same_numbers_fused_or_not(make):
   """Same parameter trees; the same logits to the bit; loss gradients to float rounding."""
   shape = (8, 28, 28, 1) if make(True).__class__ is MnistCNN else (4, 32, 32, 3)
@@ -205,13 +240,15 @@ def test_models_give_the_same_numbers_fused_or_not(make):
   fused, separate = make(True), make(False)
   params = jax.jit(separate.init)(jax.random.key(2), x)  # Jitted: op by op takes seconds.
   assert jax.tree.map(np.array_equal, params, jax.jit(fused.init)(jax.random.key(2), x)) == (
-      jax.tree.map(lambda _: True, params))
+    jax.tree.map(lambda _: True, params)
+  )
   (loss_f, grads_f), logits_f = _logits_and_grads(fused, params, x, labels)
   (loss_s, grads_s), logits_s = _logits_and_grads(separate, params, x, labels)
   np.testing.assert_array_equal(logits_f, logits_s)
   assert loss_f == loss_s
-  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(grads_f)[0],
-                          jax.tree.leaves(grads_s)):
+  for (path, g), w in zip(
+    jax.tree_util.tree_flatten_with_path(grads_f)[0], jax.tree.leaves(grads_s)
+  ):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
@@ -227,8 +264,9 @@ def test_seed_cnn_auto_equals_im2col_to_float_rounding():
   (loss_i, grads_i), logits_i = _logits_and_grads(im2col, params, x, labels)
   np.testing.assert_allclose(logits_a, logits_i, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(loss_a, loss_i, rtol=1e-6)
-  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(grads_a)[0],
-                          jax.tree.leaves(grads_i)):
+  for (path, g), w in zip(
+    jax.tree_util.tree_flatten_with_path(grads_a)[0], jax.tree.leaves(grads_i)
+  ):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
@@ -250,6 +288,7 @@ def test_fusion_is_used_only_by_the_fused_kernel_sets():
 def test_seed_cnn_trains_to_the_same_numbers_fused_or_not(tmp_path):
   """20 trainer steps and an eval: losses and accuracies agree to float rounding."""
   from tests.conftest import seed_cnn_run
+
   fused = seed_cnn_run(tmp_path / "fused", "model.kernels=winograd")
   separate = seed_cnn_run(tmp_path / "separate", "model.kernels=im2col")
   assert [r.keys() for r in fused] == [r.keys() for r in separate]

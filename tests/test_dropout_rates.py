@@ -20,24 +20,51 @@ IMAGES_BHWC = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
 
 # name -> (rate -> model, inputs). Every dropout site of each model takes the swept rate.
 MODELS = {
-    "gpt": (lambda r: jnn.GPT(32, 8, 1, 2, 16, dropout_rate=r), (TOKENS_BT,)),
-    "bert_classifier": (lambda r: jnn.BertClassifier(32, 1, 2, 16, 32, max_length=8,
-                                                     dropout_rate=r), (TOKENS_BT,)),
-    "vit": (lambda r: jnn.ViT(image_size=8, patch_size=4, embed_dim=16, num_layers=1,
-                              num_heads=2, mlp_dim=32, num_classes=3, dropout_rate=r,
-                              attention_dropout_rate=r), (IMAGES_BHWC,)),
-    "seq2seq": (lambda r: jnn.Seq2SeqTransformer(32, num_layers=1, num_heads=2, embed_dim=16,
-                                                 mlp_dim=32, dropout_rate=r,
-                                                 attention_dropout_rate=r, max_length=8),
-                (TOKENS_BT, TOKENS_BT)),
-    "rnn_lm": (lambda r: jnn.RNNLanguageModel(32, embed_dim=8, features=16, num_layers=2,
-                                              dropout_rate=r), (TOKENS_BT,)),
-    "stacked_rnn": (lambda r: jnn.StackedRNN(16, "gru", num_layers=3, dropout_rate=r),
-                    (IMAGES_BHWC.reshape(2, 8, 24),)),
-    "compose_dropout": (lambda r: jnn.Sequential([jnn.Flatten(), jnn.Dropout(r), nn.Dense(4)]),
-                        (IMAGES_BHWC,)),
-    "densenet_layer": (lambda r: jnn.densenet.DenseLayer(growth_rate=4, drop_rate=r),
-                       (IMAGES_BHWC,)),
+  "gpt": (lambda r: jnn.GPT(32, 8, 1, 2, 16, dropout_rate=r), (TOKENS_BT,)),
+  "bert_classifier": (
+    lambda r: jnn.BertClassifier(32, 1, 2, 16, 32, max_length=8, dropout_rate=r),
+    (TOKENS_BT,),
+  ),
+  "vit": (
+    lambda r: jnn.ViT(
+      image_size=8,
+      patch_size=4,
+      embed_dim=16,
+      num_layers=1,
+      num_heads=2,
+      mlp_dim=32,
+      num_classes=3,
+      dropout_rate=r,
+      attention_dropout_rate=r,
+    ),
+    (IMAGES_BHWC,),
+  ),
+  "seq2seq": (
+    lambda r: jnn.Seq2SeqTransformer(
+      32,
+      num_layers=1,
+      num_heads=2,
+      embed_dim=16,
+      mlp_dim=32,
+      dropout_rate=r,
+      attention_dropout_rate=r,
+      max_length=8,
+    ),
+    (TOKENS_BT, TOKENS_BT),
+  ),
+  "rnn_lm": (
+    lambda r: jnn.RNNLanguageModel(32, embed_dim=8, features=16, num_layers=2, dropout_rate=r),
+    (TOKENS_BT,),
+  ),
+  "stacked_rnn": (
+    lambda r: jnn.StackedRNN(16, "gru", num_layers=3, dropout_rate=r),
+    (IMAGES_BHWC.reshape(2, 8, 24),),
+  ),
+  "compose_dropout": (
+    lambda r: jnn.Sequential([jnn.Flatten(), jnn.Dropout(r), nn.Dense(4)]),
+    (IMAGES_BHWC,),
+  ),
+  "densenet_layer": (lambda r: jnn.densenet.DenseLayer(growth_rate=4, drop_rate=r), (IMAGES_BHWC,)),
 }
 
 
@@ -53,8 +80,10 @@ def _forward(model, variables, args, train):
 SLOW_MODELS = ("bert_classifier", "seq2seq", "vit")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS
-                                  else n for n in sorted(MODELS)])
+@pytest.mark.parametrize(
+  "name",
+  [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n for n in sorted(MODELS)],
+)
 def test_vmap_over_rates_matches_python_float_rates(name):
   make, args = MODELS[name]
 
@@ -84,17 +113,23 @@ def test_gpt_python_float_rate_unchanged():
   # Jitted for speed; the checksums came from eager runs, hence the tolerances below (a changed
   # dropout mask moves them by far more).
   model = jnn.GPT(32, 8, 2, 2, 16, dropout_rate=0.2)
-  logits_BTV = jax.jit(lambda: model.apply(model.init(jax.random.key(0), TOKENS_BT), TOKENS_BT,
-                                           train=True, rngs={"dropout": DROPOUT_KEY}))()
+  logits_BTV = jax.jit(
+    lambda: model.apply(
+      model.init(jax.random.key(0), TOKENS_BT), TOKENS_BT, train=True, rngs={"dropout": DROPOUT_KEY}
+    )
+  )()
   weights = jnp.arange(logits_BTV.size).reshape(logits_BTV.shape) / logits_BTV.size
   assert float(jnp.sum(logits_BTV)) == pytest.approx(6.501979351043701, rel=1e-5)
-  assert float(jnp.sum(jnp.abs(logits_BTV) * weights)) == pytest.approx(16.37120819091797,
-                                                                        rel=1e-5)
-  np.testing.assert_allclose(logits_BTV[0, :2, :4],
-                             [[0.0031405724585056305, 0.047280922532081604,
-                               0.007334507070481777, -0.05750836431980133],
-                              [0.06576176732778549, 0.16069038212299347,
-                               -0.023091357201337814, 0.07013121247291565]], rtol=1e-5, atol=1e-7)
+  assert float(jnp.sum(jnp.abs(logits_BTV) * weights)) == pytest.approx(16.37120819091797, rel=1e-5)
+  np.testing.assert_allclose(
+    logits_BTV[0, :2, :4],
+    [
+      [0.0031405724585056305, 0.047280922532081604, 0.007334507070481777, -0.05750836431980133],
+      [0.06576176732778549, 0.16069038212299347, -0.023091357201337814, 0.07013121247291565],
+    ],
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.25, 0.5])
@@ -103,14 +138,16 @@ def test_dropout_layer_matches_flax_and_formula(rate):
   rng = jax.random.key(5)
   flax_y = nn.Dropout(rate).apply({}, x_BD, deterministic=False, rng=rng)
   python_y = dropout_lib.Dropout(rate).apply({}, x_BD, deterministic=False, rng=rng)
-  traced_y = jax.jit(lambda r: dropout_lib.Dropout(r).apply({}, x_BD, deterministic=False,
-                                                            rng=rng))(jnp.float32(rate))
+  traced_y = jax.jit(
+    lambda r: dropout_lib.Dropout(r).apply({}, x_BD, deterministic=False, rng=rng)
+  )(jnp.float32(rate))
   np.testing.assert_array_equal(python_y, flax_y)  # The Python-rate path is Flax's.
   np.testing.assert_allclose(traced_y, flax_y, rtol=1e-6)  # Division rounding may differ.
   np.testing.assert_array_equal(traced_y == 0, flax_y == 0)  # The same mask.
   keep = np.asarray(jax.random.bernoulli(rng, 1.0 - rate, x_BD.shape))
-  np.testing.assert_allclose(traced_y, np.where(keep, np.asarray(x_BD) / (1.0 - rate), 0.0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    traced_y, np.where(keep, np.asarray(x_BD) / (1.0 - rate), 0.0), rtol=1e-6
+  )
   if rate == 0.0:
     np.testing.assert_array_equal(traced_y, x_BD)
 
@@ -143,7 +180,13 @@ def test_python_rates_are_still_validated():
 def test_traced_attention_rate_needs_plain_attention():
   q_BTNH = jnp.ones((1, 4, 2, 4))
   attend = lambda r: jnn.dot_product_attention(
-      q_BTNH, q_BTNH, q_BTNH, dropout_rate=r, dropout_rng=jax.random.key(0),
-      deterministic=False, implementation="jax")
+    q_BTNH,
+    q_BTNH,
+    q_BTNH,
+    dropout_rate=r,
+    dropout_rng=jax.random.key(0),
+    deterministic=False,
+    implementation="jax",
+  )
   with pytest.raises(ValueError, match="traced rate"):
     jax.jit(attend)(jnp.float32(0.0))

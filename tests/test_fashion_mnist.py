@@ -4,8 +4,8 @@ import functools
 import hashlib
 import http.server
 import inspect
-import threading
 from pathlib import Path
+import threading
 
 import numpy as np
 import pytest
@@ -16,8 +16,9 @@ from jaxdl.errors import DataError
 
 INSTALLED = Path("/usr/share/datasets/fashion-mnist")
 needs_installed = pytest.mark.skipif(
-    not (INSTALLED / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"Fashion-MNIST is not installed at {INSTALLED} (apt-get install dataset-fashion-mnist)")
+  not (INSTALLED / "train-images-idx3-ubyte.gz").is_file(),
+  reason=f"Fashion-MNIST is not installed at {INSTALLED} (apt-get install dataset-fashion-mnist)",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -31,10 +32,10 @@ def _isolated(tmp_path, monkeypatch):
 def _fake(seed=0, num_train=12, num_test=5):
   rng = np.random.default_rng(seed)
   return {
-      "train-images-idx3-ubyte": rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
-      "train-labels-idx1-ubyte": rng.integers(0, 10, num_train, dtype=np.uint8),
-      "t10k-images-idx3-ubyte": rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
-      "t10k-labels-idx1-ubyte": rng.integers(0, 10, num_test, dtype=np.uint8),
+    "train-images-idx3-ubyte": rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+    "train-labels-idx1-ubyte": rng.integers(0, 10, num_train, dtype=np.uint8),
+    "t10k-images-idx3-ubyte": rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+    "t10k-labels-idx1-ubyte": rng.integers(0, 10, num_test, dtype=np.uint8),
   }
 
 
@@ -62,8 +63,12 @@ def test_sources_in_order_data_dir_system_cache(tmp_path, monkeypatch):
 
   data = fashion_mnist.load_fashion_mnist(str(tmp_path / "mine"))
   _assert_matches(data, mine)
-  assert data.source == {"kind": "data_dir", "path": str((tmp_path / "mine").resolve()),
-                         "num_train": 12, "num_test": 5}
+  assert data.source == {
+    "kind": "data_dir",
+    "path": str((tmp_path / "mine").resolve()),
+    "num_train": 12,
+    "num_test": 5,
+  }
   data = fashion_mnist.load_fashion_mnist()
   _assert_matches(data, system)
   assert data.source["kind"] == "system" and data.source["path"] == str(tmp_path / "system")
@@ -77,8 +82,11 @@ def test_data_dir_missing_file(tmp_path):
   arrays = _fake()
   del arrays["train-labels-idx1-ubyte"]
   _write(tmp_path / "mine", arrays)
-  with pytest.raises(DataError, match=r"Fashion-MNIST data directory .*mine' lacks "
-                                      r"train-labels-idx1-ubyte \(.*Fix data\.dir"):
+  with pytest.raises(
+    DataError,
+    match=r"Fashion-MNIST data directory .*mine' lacks "
+    r"train-labels-idx1-ubyte \(.*Fix data\.dir",
+  ):
     fashion_mnist.load_fashion_mnist(str(tmp_path / "mine"))
 
 
@@ -101,16 +109,17 @@ def test_nothing_found_offline_says_how_to_get_it():
 def test_options_build_the_augmentation(tmp_path):
   _write(tmp_path / "mine", _fake())
   assert fashion_mnist.load_fashion_mnist(str(tmp_path / "mine")).augment is None
-  data = fashion_mnist.load_fashion_mnist(str(tmp_path / "mine"), augment="crop_flip",
-                                          normalize=True, padding_mode="reflect")
+  data = fashion_mnist.load_fashion_mnist(
+    str(tmp_path / "mine"), augment="crop_flip", normalize=True, padding_mode="reflect"
+  )
   assert data.augment == augment.ImageAugment(
-      crop_padding=4, padding_mode="reflect", flip=True, mean=(0.2860,), std=(0.3530,))
+    crop_padding=4, padding_mode="reflect", flip=True, mean=(0.2860,), std=(0.3530,)
+  )
 
 
 def test_options_are_the_loaders_keyword_defaults():
   params = inspect.signature(fashion_mnist.load_fashion_mnist).parameters
-  assert ({name: params[name].default for name in fashion_mnist.OPTIONS}
-          == fashion_mnist.OPTIONS)
+  assert {name: params[name].default for name in fashion_mnist.OPTIONS} == fashion_mnist.OPTIONS
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

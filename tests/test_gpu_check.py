@@ -8,7 +8,6 @@ padded vocabulary, and torchvision's 4.09 GFLOPS (multiply-adds) for ResNet-50 a
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -19,7 +18,6 @@ import pytest
 
 from jaxdl import config as config_lib
 from jaxdl import nn as nn_lib
-
 from tests.conftest import REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "gpu_models.py"
@@ -45,9 +43,15 @@ def percent(cell: str) -> float:
 def test_smoke_run_reports_throughput_and_mfu(tmp_path):
   out = tmp_path / "gpu_check.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(SCRIPT), "--allow-cpu", "--smoke", "--json",
-                         str(out)], capture_output=True, text=True, env=env, cwd=REPO,
-                        timeout=240, check=False)
+  proc = subprocess.run(
+    [sys.executable, str(SCRIPT), "--allow-cpu", "--smoke", "--json", str(out)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+    timeout=240,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stdout.startswith("jax.devices(): [CpuDevice")
   assert proc.stdout.rstrip().splitlines()[-1].startswith("| ResNet")  # The table comes last.
@@ -60,8 +64,10 @@ def test_smoke_run_reports_throughput_and_mfu(tmp_path):
       assert 0 < percent(row[column]) < 1.5, row  # Finite; CPU noise can pass 100% a little.
   # "auto" tries cuDNN first; on the CPU it is refused and XLA's attention runs instead.
   assert rows[0]["attention"] == "jax"
-  assert "GPT (smoke): attention_impl='cudnn' failed: ValueError: implementation='cudnn' needs " \
-         "a GPU" in proc.stdout
+  assert (
+    "GPT (smoke): attention_impl='cudnn' failed: ValueError: implementation='cudnn' needs "
+    "a GPU" in proc.stdout
+  )
 
   results = json.loads(out.read_text())["results"]
   gpt, resnet = results
@@ -72,7 +78,8 @@ def test_smoke_run_reports_throughput_and_mfu(tmp_path):
   assert gpt["step_ms"] == pytest.approx(sorted(gpt["window_ms"])[1])  # Median of 3 windows.
   for r in results:
     assert r["mfu_formula"] == pytest.approx(
-        r["formula_flops_per_step"] / (r["step_ms"] / 1e3) / (r["peak_tflops"] * 1e12), rel=1e-3)
+      r["formula_flops_per_step"] / (r["step_ms"] / 1e3) / (r["peak_tflops"] * 1e12), rel=1e-3
+    )
     assert math.isfinite(r["last_loss"]) and r["compile_seconds"] > 0
 
 
@@ -85,9 +92,13 @@ def test_no_gpu_exits_with_the_fix(gpu_models, capsys):
 
 def test_gpt2_small_formula_matches_nanogpt(gpu_models):
   config = gpu_models.GptConfig()
-  model = nn_lib.GPT(vocab_size=config.vocab_size, block_size=config.block_size,
-                     num_layers=config.num_layers, num_heads=config.num_heads,
-                     embed_dim=config.embed_dim)
+  model = nn_lib.GPT(
+    vocab_size=config.vocab_size,
+    block_size=config.block_size,
+    num_layers=config.num_layers,
+    num_heads=config.num_heads,
+    embed_dim=config.embed_dim,
+  )
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   n = gpu_models.gpt_non_embedding_params(params["params"], config)
   assert n == 123_689_472  # nanoGPT prints "number of parameters: 123.69M" for GPT-2 at 50304.
@@ -113,10 +124,13 @@ def test_optimizer_defaults_match_base_config(gpu_models):
   assert gpu_models.OPTIMIZER_DEFAULTS == config_lib.base_config().optimizer.to_dict()
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(
+  "argv, message",
+  [
     (["--models", "gpt,vit"], "unknown ['vit']"),
     (["--gpt-batch", "0"], "must be at least 1"),
-])
+  ],
+)
 def test_bad_options_are_refused(gpu_models, capsys, argv, message):
   with pytest.raises(SystemExit):
     gpu_models.parse_args(argv)

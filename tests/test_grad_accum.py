@@ -16,9 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdl.train import collectives
+from jaxdl.train import collectives, tasks
 from jaxdl.train import step as step_lib
-from jaxdl.train import tasks
 
 LR = 0.05
 SCHEDULE = optax.constant_schedule(LR)
@@ -49,7 +48,6 @@ class _BNNet(nn.Module):
 
 
 class _DropoutNet(nn.Module):
-
   @nn.compact
   def __call__(self, x_BD, *, train=False):
     return nn.Dense(3)(nn.Dropout(0.5, deterministic=not train)(nn.Dense(16)(x_BD)))
@@ -68,19 +66,26 @@ class _Seq2Seq(nn.Module):
 
 def _batch(seed, size=16):
   rng = np.random.default_rng(seed)  # numpy, not jax.random: nothing to compile.
-  return {"image": rng.normal(1.0, 2.0, (size, 4)).astype(np.float32),
-          "label": rng.integers(0, 3, size).astype(np.int32)}
+  return {
+    "image": rng.normal(1.0, 2.0, (size, 4)).astype(np.float32),
+    "label": rng.integers(0, 3, size).astype(np.int32),
+  }
 
 
 # Tests share initial states and compiled steps (modules and tasks are hashable), so that the file
 # stays fast on a CPU.
 @functools.cache
 def _state(model, opt, task=tasks.Classification()):
-  example = ({"src": jnp.zeros((1, 5), jnp.int32), "tgt": jnp.zeros((1, 6), jnp.int32)}
-             if isinstance(task, tasks.SequenceToSequence) else _batch(0, size=1))
-  return jax.jit(lambda key: step_lib.create_train_state(model, OPTIMIZERS[opt], key,
-                                                        *task.model_inputs(example)))(
-      jax.random.key(0))
+  example = (
+    {"src": jnp.zeros((1, 5), jnp.int32), "tgt": jnp.zeros((1, 6), jnp.int32)}
+    if isinstance(task, tasks.SequenceToSequence)
+    else _batch(0, size=1)
+  )
+  return jax.jit(
+    lambda key: step_lib.create_train_state(
+      model, OPTIMIZERS[opt], key, *task.model_inputs(example)
+    )
+  )(jax.random.key(0))
 
 
 @functools.cache
@@ -96,8 +101,9 @@ def _run(step_fn, state, batches, rng=jax.random.key(7)):
 
 
 def _assert_close(actual, expected, rtol=1e-5, atol=1e-6):
-  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol),
-               actual, expected)
+  jax.tree.map(
+    lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol), actual, expected
+  )
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
@@ -118,11 +124,11 @@ def test_unrolled_accumulation_equals_the_loop(model):
   """train.grad_accum_unroll (auto on CPU) only changes how XLA runs the micro-batches."""
   state, batches = _state(model, "adam"), [_batch(s) for s in range(3)]
   looped = _run(_step(model, "adam", grad_accum_steps=4), state, batches)
-  unrolled = _run(_step(model, "adam", grad_accum_steps=4, grad_accum_unroll=True), state,
-                  batches)
+  unrolled = _run(_step(model, "adam", grad_accum_steps=4, grad_accum_unroll=True), state, batches)
   _assert_close(unrolled, looped, rtol=1e-6, atol=1e-7)
-  step_fn = step_lib.make_train_step(model, OPTIMIZERS["adam"], SCHEDULE, grad_accum_steps=4,
-                                     grad_accum_unroll=True)
+  step_fn = step_lib.make_train_step(
+    model, OPTIMIZERS["adam"], SCHEDULE, grad_accum_steps=4, grad_accum_unroll=True
+  )
   compiled = jax.jit(step_fn).lower(state, batches[0], jax.random.key(0)).compile().as_text()
   assert " while(" not in compiled  # No loop left for XLA to run.
 
@@ -135,21 +141,28 @@ def _plain_step(model, tx, task=tasks.Classification()):
 
     def loss_fn(params):
       outputs, new_model_state = model.apply(
-          {"params": params, **state.model_state}, *task.model_inputs(batch), train=True,
-          rngs={"dropout": step_rng}, mutable=list(state.model_state))
+        {"params": params, **state.model_state},
+        *task.model_inputs(batch),
+        train=True,
+        rngs={"dropout": step_rng},
+        mutable=list(state.model_state),
+      )
       loss, metrics = task.loss(outputs, batch)
       return loss, (metrics, new_model_state)
 
-    (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "train/learning_rate": jnp.asarray(SCHEDULE(state.step), jnp.float32),
-               "train/grad_norm": optax.tree.norm(grads),
-               "train/param_norm": optax.tree.norm(params),
-               "train/update_norm": optax.tree.norm(updates)}
-    return state.replace(step=state.step + 1, params=params, model_state=dict(new_model_state),
-                         opt_state=opt_state), metrics
+    metrics = {
+      **metrics,
+      "train/learning_rate": jnp.asarray(SCHEDULE(state.step), jnp.float32),
+      "train/grad_norm": optax.tree.norm(grads),
+      "train/param_norm": optax.tree.norm(params),
+      "train/update_norm": optax.tree.norm(updates),
+    }
+    return state.replace(
+      step=state.step + 1, params=params, model_state=dict(new_model_state), opt_state=opt_state
+    ), metrics
 
   return train_step
 
@@ -197,8 +210,9 @@ def test_batch_norm_statistics_are_updated_once_per_micro_batch():
   # The loss: the mean over micro-batches, each normalised with its own statistics.
   @jax.jit
   def micro_batch_loss(x_BD, labels_B):
-    logits_BK, _ = model.apply({"params": state.params, **state.model_state}, x_BD, train=True,
-                               mutable=["batch_stats"])
+    logits_BK, _ = model.apply(
+      {"params": state.params, **state.model_state}, x_BD, train=True, mutable=["batch_stats"]
+    )
     return tasks.cross_entropy(logits_BK, labels_B).mean()
 
   losses = [micro_batch_loss(batch["image"][i::k], batch["label"][i::k]) for i in range(k)]
@@ -210,20 +224,23 @@ def test_dropout_keys_are_fold_in_of_micro_batch_and_device():
   model, k, devices = _DropoutNet(), 2, 2
   state = _state(model, "sgd").replace(step=jnp.asarray(5, jnp.int32))
   batch, rng = _batch(1, size=8), jax.random.key(3)
-  step_fn = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE, grad_accum_steps=k,
-                                     collectives=collectives.OverAxis("d"))
+  step_fn = step_lib.make_train_step(
+    model, OPTIMIZERS["sgd"], SCHEDULE, grad_accum_steps=k, collectives=collectives.OverAxis("d")
+  )
   new_state, _ = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, None), axis_name="d"))(
-      state, jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), batch), rng)
+    state, jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), batch), rng
+  )
 
   @jax.jit
   def grad(x_BD, labels_B, key):
     loss = lambda p: tasks.cross_entropy(
-        model.apply({"params": p}, x_BD, train=True, rngs={"dropout": key}), labels_B).mean()
+      model.apply({"params": p}, x_BD, train=True, rngs={"dropout": key}), labels_B
+    ).mean()
     return jax.grad(loss)(state.params)
 
   grads = []
   for d in range(devices):
-    x, labels = batch["image"][4 * d:4 * d + 4], batch["label"][4 * d:4 * d + 4]
+    x, labels = batch["image"][4 * d : 4 * d + 4], batch["label"][4 * d : 4 * d + 4]
     for i in range(k):
       key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, 5), d), i)
       grads.append(grad(x[i::k], labels[i::k], key))
@@ -240,24 +257,31 @@ def test_seq2seq_micro_batches_are_weighted_by_their_tokens():
   src, tgt = (rng.integers(3, 7, shape).astype(np.int32) for shape in [(8, 5), (8, 6)])
   tgt[:, 0] = task.bos_id
   for row, length in enumerate([5, 1, 5, 2, 4, 1, 5, 3]):  # Micro-batches (k=2): 19 vs 7 tokens.
-    tgt[row, 1 + length:] = task.pad_id
+    tgt[row, 1 + length :] = task.pad_id
   batch = {"src": src, "tgt": tgt}
   state = _state(model, "sgd", task)
   big_state, big_metrics = _step(model, "sgd", task)(state, batch, jax.random.key(0))
   accum_state, accum_metrics = _step(model, "sgd", task, grad_accum_steps=2)(
-      state, batch, jax.random.key(0))
+    state, batch, jax.random.key(0)
+  )
   _assert_close(accum_state.params, big_state.params)
   _assert_close(accum_metrics, big_metrics)
   # Over 4 devices (6, 7, 5 and 8 tokens) x 2 micro-batches of one sequence each: the same.
-  collective = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE, task,
-                                        grad_accum_steps=2,
-                                        collectives=collectives.OverAxis("batch"))
+  collective = step_lib.make_train_step(
+    model,
+    OPTIMIZERS["sgd"],
+    SCHEDULE,
+    task,
+    grad_accum_steps=2,
+    collectives=collectives.OverAxis("batch"),
+  )
   shard_state, shard_metrics = _over_devices(collective, state, batch)
   _assert_close(shard_state.params, big_state.params)
   _assert_close(shard_metrics, big_metrics)
   # Not a coincidence of equal counts: the plain mean of the micro-batch losses is different.
-  loss = jax.jit(lambda b: task.loss(model.apply({"params": state.params}, *task.model_inputs(b)),
-                                     b)[0])
+  loss = jax.jit(
+    lambda b: task.loss(model.apply({"params": state.params}, *task.model_inputs(b)), b)[0]
+  )
   micro_losses = [loss(jax.tree.map(lambda x: x[i::2], batch)) for i in range(2)]
   assert abs(float(np.mean(micro_losses)) - float(big_metrics["train/loss"])) > 1e-3
 
@@ -266,7 +290,8 @@ def _over_devices(step_fn, state, batch, devices=4):
   """step_fn on `devices` shards of `batch`, as under pmap; checks every device ends equal."""
   shards = jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), batch)
   new_state, metrics = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, None), axis_name="batch"))(
-      state, shards, jax.random.key(0))
+    state, shards, jax.random.key(0)
+  )
   for d in range(1, devices):
     jax.tree.map(lambda x: np.testing.assert_array_equal(x[d], x[0]), (new_state, metrics))
   return jax.tree.map(lambda x: x[0], (new_state, metrics))
@@ -277,8 +302,9 @@ def test_over_axis_syncs_batch_norm_and_averages_gradients():
   model = _BNNet()
   state, batch = _state(model, "sgd"), _batch(0)
   big_state, big_metrics = _step(model, "sgd")(state, batch, jax.random.key(0))
-  collective = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE,
-                                        collectives=collectives.OverAxis("batch"))
+  collective = step_lib.make_train_step(
+    model, OPTIMIZERS["sgd"], SCHEDULE, collectives=collectives.OverAxis("batch")
+  )
   shard_state, shard_metrics = _over_devices(collective, state, batch)
   _assert_close(shard_state.params, big_state.params)
   _assert_close(shard_state.model_state, big_state.model_state)
@@ -291,13 +317,16 @@ def test_without_synced_batch_norm_the_devices_disagree(monkeypatch):
   state, batch = _state(model, "sgd"), _batch(0)
   big_state, _ = _step(model, "sgd")(state, batch, jax.random.key(0))
   monkeypatch.setattr(collectives, "sync_batch_norm", lambda axis_name: contextlib.nullcontext())
-  unsynced = step_lib.make_train_step(model, OPTIMIZERS["sgd"], SCHEDULE,
-                                      collectives=collectives.OverAxis("batch"))
+  unsynced = step_lib.make_train_step(
+    model, OPTIMIZERS["sgd"], SCHEDULE, collectives=collectives.OverAxis("batch")
+  )
   shards = jax.tree.map(lambda x: x.reshape(4, 4, *x.shape[1:]), batch)
   new_state, _ = jax.jit(jax.vmap(unsynced, in_axes=(None, 0, None), axis_name="batch"))(
-      state, shards, jax.random.key(0))
-  diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a[0] - b))), new_state.params,
-                      big_state.params)
+    state, shards, jax.random.key(0)
+  )
+  diff = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(a[0] - b))), new_state.params, big_state.params
+  )
   assert max(jax.tree.leaves(diff)) > 1e-3
   running_mean = new_state.model_state["batch_stats"]["BatchNorm_0"]["mean"]
   assert float(np.max(np.abs(running_mean[0] - running_mean[1]))) > 1e-3
@@ -312,9 +341,11 @@ def test_over_axis_with_accumulation(model):
   opt = "sgd" if bn else "adam"
   state, batch = _state(model, opt), _batch(0)
   ref_state, ref_metrics = _step(model, opt, grad_accum_steps=2 if bn else 1)(
-      state, batch, jax.random.key(0))
-  collective = step_lib.make_train_step(model, OPTIMIZERS[opt], SCHEDULE, grad_accum_steps=2,
-                                        collectives=collectives.OverAxis("batch"))
+    state, batch, jax.random.key(0)
+  )
+  collective = step_lib.make_train_step(
+    model, OPTIMIZERS[opt], SCHEDULE, grad_accum_steps=2, collectives=collectives.OverAxis("batch")
+  )
   shard_state, shard_metrics = _over_devices(collective, state, batch)
   _assert_close(shard_state, ref_state)
   _assert_close(shard_metrics, ref_metrics)
@@ -335,11 +366,11 @@ def test_sync_batch_norm_leaves_other_modules_and_named_axes_alone():
     with collectives.sync_batch_norm("batch"):
       return Net().apply(variables, x_BD, mutable=["batch_stats"])[0]
 
-  a, b, ln = jax.jit(jax.vmap(jax.vmap(apply, axis_name="batch"), axis_name="other"))(
-      x[:, :, None])
+  a, b, ln = jax.jit(jax.vmap(jax.vmap(apply, axis_name="batch"), axis_name="other"))(x[:, :, None])
   # a: normalised over the whole "batch" axis; b over its own axis; LayerNorm over features.
-  normalise = lambda x, axis, eps: (x - x.mean(axis, keepdims=True)) / np.sqrt(
-      x.var(axis, keepdims=True) + eps)  # Flax's epsilons: BatchNorm 1e-5, LayerNorm 1e-6.
+  normalise = lambda x, axis, eps: (
+    (x - x.mean(axis, keepdims=True)) / np.sqrt(x.var(axis, keepdims=True) + eps)
+  )  # Flax's epsilons: BatchNorm 1e-5, LayerNorm 1e-6.
   np.testing.assert_allclose(a[:, :, 0], normalise(x, 1, 1e-5), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(b[:, :, 0], normalise(x, 0, 1e-5), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(ln[:, :, 0], normalise(x, 2, 1e-6), rtol=1e-4, atol=1e-4)

@@ -30,14 +30,16 @@ print(json.dumps({"applied": applied, "kept_mb": rss_mb() - before}))
 
 
 def _probe(setting):
-  out = subprocess.run([sys.executable, "-c", _PROBE, setting], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "-c", _PROBE, setting], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode == 0, out.stderr
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="mallopt is glibc's")
+@pytest.mark.skipif(
+  platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
+)
 def test_freed_blocks_are_kept_only_when_on():
   on, off = _probe("on"), _probe("off")
   assert on["applied"] and not off["applied"]

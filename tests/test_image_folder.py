@@ -4,8 +4,8 @@ import inspect
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from jaxdl.data import augment, image_folder
 from jaxdl.errors import DataError
@@ -27,8 +27,9 @@ def _solid(color, height=8, width=8):
 
 def _stripes(height=8):
   """16 wide: 4 red columns, 8 green, 4 blue; a centre square crop of side 8 is all green."""
-  return np.concatenate([_solid(RED, height, 4), _solid(GREEN, height, 8),
-                         _solid(BLUE, height, 4)], axis=1)
+  return np.concatenate(
+    [_solid(RED, height, 4), _solid(GREEN, height, 8), _solid(BLUE, height, 4)], axis=1
+  )
 
 
 @pytest.fixture
@@ -48,11 +49,16 @@ def folder(tmp_path):
 
 
 def test_loads_sorted_classes_resized_and_centre_cropped(folder):
-  data = image_folder.load_image_folder(str(folder), image_size=8, normalize=False,
-                                        augment="none")
-  assert data.source == {"kind": "data_dir", "path": str(folder.resolve()), "num_train": 5,
-                         "num_test": 1, "eval_split": "val", "classes": ["cat", "dog"],
-                         "image_size": 8}
+  data = image_folder.load_image_folder(str(folder), image_size=8, normalize=False, augment="none")
+  assert data.source == {
+    "kind": "data_dir",
+    "path": str(folder.resolve()),
+    "num_train": 5,
+    "num_test": 1,
+    "eval_split": "val",
+    "classes": ["cat", "dog"],
+    "image_size": 8,
+  }
   assert data.num_classes == 2 and data.augment is None
   assert data.train.image.shape == (5, 8, 8, 3) and data.train.image.dtype == np.uint8
   # Sorted by class, then file name: cat/1.jpg, cat/2.png, cat/3.jpeg, dog/a.PNG, dog/b.png.
@@ -89,17 +95,25 @@ def test_test_split_is_used_without_val(folder):
 def test_normalisation_uses_the_training_images_statistics(folder):
   data = image_folder.load_image_folder(str(folder), image_size=8)
   pixels = data.train.image.reshape(-1, 3) / 255.0
-  assert data.augment == augment.ImageAugment(flip=True, mean=data.augment.mean,
-                                              std=data.augment.std)
+  assert data.augment == augment.ImageAugment(
+    flip=True, mean=data.augment.mean, std=data.augment.std
+  )
   np.testing.assert_allclose(data.augment.mean, pixels.mean(axis=0), rtol=1e-9)
   np.testing.assert_allclose(data.augment.std, pixels.std(axis=0), rtol=1e-9)
   batch = next(iter(data.eval_batches(batch_size=2)))
   np.testing.assert_allclose(
-      batch["image"][0], (data.test.image[0] / 255.0 - data.augment.mean) / data.augment.std,
-      rtol=1e-5)
-  assert image_folder.OPTIONS == {"image_size": 224, "augment": "flip", "normalize": True,
-                                  "crop_padding": 4, "padding_mode": "zero",
-                                  "streaming": "auto"}
+    batch["image"][0],
+    (data.test.image[0] / 255.0 - data.augment.mean) / data.augment.std,
+    rtol=1e-5,
+  )
+  assert image_folder.OPTIONS == {
+    "image_size": 224,
+    "augment": "flip",
+    "normalize": True,
+    "crop_padding": 4,
+    "padding_mode": "zero",
+    "streaming": "auto",
+  }
 
 
 def test_options_are_the_loaders_keyword_defaults():
@@ -136,13 +150,16 @@ def test_truncated_png_is_named(folder):
     image_folder.load_image_folder(str(folder), image_size=8)
 
 
-@pytest.mark.parametrize("problem, message", [
+@pytest.mark.parametrize(
+  "problem, message",
+  [
     ("no data_dir", r"needs data\.dir"),
     ("missing root", r"nowhere' does not exist"),
     ("no train", "has no train/ sub-folder"),
     ("no eval split", "neither val/ nor test/"),
     ("empty class", r"bird' holds no images"),
-])
+  ],
+)
 def test_bad_layouts(folder, problem, message):
   data_dir = str(folder)
   if problem == "no data_dir":
@@ -169,8 +186,9 @@ def test_too_large_for_memory_is_refused(folder, monkeypatch):
 
 
 def test_training_batches_are_augmented_and_deterministic(folder):
-  data = image_folder.load_image_folder(str(folder), image_size=8, augment="crop_flip",
-                                        crop_padding=2, num_workers=1)
+  data = image_folder.load_image_folder(
+    str(folder), image_size=8, augment="crop_flip", crop_padding=2, num_workers=1
+  )
   first = next(iter(data.train_batches(batch_size=4, seed=0)))
   again = next(iter(data.train_batches(batch_size=4, seed=0)))
   assert first["image"].shape == (4, 8, 8, 3) and first["image"].dtype == np.float32

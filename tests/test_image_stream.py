@@ -4,8 +4,8 @@ import itertools
 import math
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from jaxdl.data import augment, image_folder, image_stream
 from jaxdl.data.pipeline import LoadedData
@@ -36,8 +36,10 @@ def folder(tmp_path):
   for i in range(NUM_TRAIN):
     height, width = (20, 16) if i % 2 else (16, 20)
     suffix = ".jpg" if i % 3 == 0 else ".png"
-    _save(root / "train" / CLASSES[i // 4] / f"{i:02d}{suffix}",
-          np.broadcast_to(np.array(_colour(i), np.uint8), (height, width, 3)))
+    _save(
+      root / "train" / CLASSES[i // 4] / f"{i:02d}{suffix}",
+      np.broadcast_to(np.array(_colour(i), np.uint8), (height, width, 3)),
+    )
   for i, name in enumerate(["ant", "ant", "bee", "cat", "cat"]):
     height, width = (20, 16) if i % 2 else (16, 20)
     _save(root / "val" / name / f"v{i}.png", _noise(height, width, seed=i))
@@ -45,8 +47,13 @@ def folder(tmp_path):
 
 
 def _stream(folder, **options):
-  options = {"image_size": 8, "streaming": True, "augment": "inception", "num_workers": 2,
-             **options}
+  options = {
+    "image_size": 8,
+    "streaming": True,
+    "augment": "inception",
+    "num_workers": 2,
+    **options,
+  }
   return image_folder.load_image_folder(str(folder), **options)
 
 
@@ -118,8 +125,9 @@ def test_crop_params_stay_within_the_bounds():
   # Square, so that rejecting crops that do not fit favours neither wide nor tall ones.
   width, height, draws = 1500, 1500, 3000
   rng = np.random.default_rng(0)
-  params = np.array([image_stream.random_resized_crop_params(width, height, rng)
-                     for _ in range(draws)])
+  params = np.array(
+    [image_stream.random_resized_crop_params(width, height, rng) for _ in range(draws)]
+  )
   top, left, crop_h, crop_w = params.T
   assert (top >= 0).all() and (left >= 0).all()
   assert (top + crop_h <= height).all() and (left + crop_w <= width).all()
@@ -134,12 +142,15 @@ def test_crop_params_stay_within_the_bounds():
   assert abs(relative.mean() - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("width, height, scale, expected", [
+@pytest.mark.parametrize(
+  "width, height, scale, expected",
+  [
     (20, 16, (2.0, 3.0), (0, 0, 16, 20)),  # Ratio 1.25 is within bounds: the whole image.
     (100, 20, (2.0, 3.0), (0, 36, 20, 27)),  # Too wide: 20 * 4/3 = 26.7 -> 27 columns, centred.
     (20, 100, (2.0, 3.0), (36, 0, 27, 20)),  # Too tall: 20 / (3/4) = 26.7 -> 27 rows, centred.
     (100, 1, (0.08, 1.0), (0, 49, 1, 1)),  # One row: every crop is at least 2 rows high.
-])
+  ],
+)
 def test_crop_falls_back_to_the_centre_after_ten_attempts(width, height, scale, expected):
   rng = np.random.default_rng(7)
   assert image_stream.random_resized_crop_params(width, height, rng, scale=scale) == expected
@@ -154,10 +165,14 @@ def test_inception_decode_crops_resizes_and_flips_like_pillow(tmp_path):
   flips = set()
   for seed in range(8):
     reference_rng = np.random.default_rng(seed)
-    top, left, crop_h, crop_w = _torchvision_get_params(20, 16, (0.08, 1.0), (3 / 4, 4 / 3),
-                                                         reference_rng)
-    expected = np.asarray(original.resize((8, 8), Image.Resampling.BILINEAR,
-                                          box=(left, top, left + crop_w, top + crop_h)))
+    top, left, crop_h, crop_w = _torchvision_get_params(
+      20, 16, (0.08, 1.0), (3 / 4, 4 / 3), reference_rng
+    )
+    expected = np.asarray(
+      original.resize(
+        (8, 8), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
+      )
+    )
     flip = reference_rng.random() < 0.5
     flips.add(flip)
     got = image_stream.decode_train(path, 8, "inception", np.random.default_rng(seed))
@@ -175,8 +190,10 @@ def test_inception_decodes_large_jpegs_at_reduced_scale_in_the_right_place(tmp_p
   for seed in range(5):
     rng = np.random.default_rng(seed)
     top, left, crop_h, crop_w = image_stream.random_resized_crop_params(256, 192, rng)
-    expected = np.asarray(full.resize((8, 8), Image.Resampling.BILINEAR,
-                                      box=(left, top, left + crop_w, top + crop_h)), float)
+    expected = np.asarray(
+      full.resize((8, 8), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)),
+      float,
+    )
     if rng.random() < 0.5:
       expected = expected[:, ::-1]
     got = image_stream.decode_train(path, 8, "inception", np.random.default_rng(seed))
@@ -187,15 +204,18 @@ def test_flip_and_none_resize_the_shorter_side_and_crop_the_centre(tmp_path):
   path = tmp_path / "tall.png"
   _save(path, _noise(20, 16, seed=5))
   # 16x20 (w x h) -> shorter side 8: 8x10, crop rows round(1.0) = 1 .. 9.
-  expected = np.asarray(Image.open(path).resize((8, 10), Image.Resampling.BILINEAR)
-                        .crop((0, 1, 8, 9)))
+  expected = np.asarray(
+    Image.open(path).resize((8, 10), Image.Resampling.BILINEAR).crop((0, 1, 8, 9))
+  )
   np.testing.assert_array_equal(
-      image_stream.decode_train(path, 8, "none", np.random.default_rng(0)), expected)
+    image_stream.decode_train(path, 8, "none", np.random.default_rng(0)), expected
+  )
   for seed in range(4):
     flip = np.random.default_rng(seed).random() < 0.5
     np.testing.assert_array_equal(
-        image_stream.decode_train(path, 8, "flip", np.random.default_rng(seed)),
-        expected[:, ::-1] if flip else expected)
+      image_stream.decode_train(path, 8, "flip", np.random.default_rng(seed)),
+      expected[:, ::-1] if flip else expected,
+    )
 
 
 # ---------------------------------------------------------------- Evaluation
@@ -224,8 +244,11 @@ def test_normalises_with_imagenet_statistics_by_default(folder):
   raw = next(_stream(folder, normalize=False).eval_batches(batch_size=5))["image"]
   normalised = next(_stream(folder).eval_batches(batch_size=5))["image"]
   np.testing.assert_allclose(
-      normalised, (raw - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD),
-      rtol=1e-5, atol=1e-5)
+    normalised,
+    (raw - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   assert augment.IMAGENET_MEAN == (0.485, 0.456, 0.406)
   assert augment.IMAGENET_STD == (0.229, 0.224, 0.225)
 
@@ -238,16 +261,24 @@ def test_dataset_interface(folder):
   assert isinstance(data, image_stream.StreamingImageFolder)
   assert (data.task, data.input_key, data.tokenizer) == ("classify", "image", None)
   assert data.model_hints == {"num_classes": 3} and data.augment == "inception"
-  assert data.source == {"kind": "data_dir", "path": str(folder.resolve()), "num_train": 12,
-                         "num_test": 5, "eval_split": "val", "classes": list(CLASSES),
-                         "image_size": 8, "streaming": True}
+  assert data.source == {
+    "kind": "data_dir",
+    "path": str(folder.resolve()),
+    "num_train": 12,
+    "num_test": 5,
+    "eval_split": "val",
+    "classes": list(CLASSES),
+    "image_size": 8,
+    "streaming": True,
+  }
   assert data.steps_per_epoch(5) == 2 and data.steps_per_epoch(12) == 1
   example = data.example_batch(4)
   assert example["image"].shape == (4, 8, 8, 3) and example["image"].dtype == np.float32
   assert example["label"].shape == (4,) and example["label"].dtype == np.int32
   (batch,), _ = _take(data.train_batches(batch_size=4, seed=0), 1)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-      k: (v.shape, v.dtype) for k, v in example.items()}
+    k: (v.shape, v.dtype) for k, v in example.items()
+  }
   assert "ant/00.jpg" not in repr(data)  # The file list stays out of logs.
 
 
@@ -278,19 +309,26 @@ def test_single_process_order_is_the_epoch_permutation_as_before(folder):
 def test_shards_take_contiguous_slices_of_the_global_batches(folder, shard_count):
   data = _stream(folder, augment="none", normalize=False)
   per_epoch = NUM_TRAIN // (2 * shard_count)  # Global batches of 2 * shard_count images.
-  shards = [_take(data.train_batches(batch_size=2, seed=0, shard_index=i,
-                                     shard_count=shard_count), 2 * per_epoch)[0]
-            for i in range(shard_count)]
+  shards = [
+    _take(
+      data.train_batches(batch_size=2, seed=0, shard_index=i, shard_count=shard_count),
+      2 * per_epoch,
+    )[0]
+    for i in range(shard_count)
+  ]
   for epoch in range(2):
     permutation = np.random.default_rng([0, epoch]).permutation(NUM_TRAIN)
     for g in range(per_epoch):
       for i, batches in enumerate(shards):
         start = (g * shard_count + i) * 2
-        assert (_image_ids(batches[epoch * per_epoch + g]["image"])
-                == permutation[start:start + 2].tolist())
+        assert (
+          _image_ids(batches[epoch * per_epoch + g]["image"])
+          == permutation[start : start + 2].tolist()
+        )
   # The shards of one epoch are disjoint and hold every file.
-  first_epoch = [row for batches in shards for b in batches[:per_epoch]
-                 for row in _image_ids(b["image"])]
+  first_epoch = [
+    row for batches in shards for b in batches[:per_epoch] for row in _image_ids(b["image"])
+  ]
   assert sorted(first_epoch) == list(range(NUM_TRAIN))
 
 
@@ -316,26 +354,34 @@ def test_single_process_augmentation_is_seeded_by_global_position_as_before(nois
       position = batch_in_epoch * 5 + j
       rng = np.random.default_rng([11, epoch, position, 0])
       expected = image_stream.decode_train(files[permutation[position]], 8, "inception", rng)
-      np.testing.assert_array_equal(batch["image"][j],
-                                    expected.astype(np.float32) / np.float32(255))
+      np.testing.assert_array_equal(
+        batch["image"][j], expected.astype(np.float32) / np.float32(255)
+      )
       assert batch["label"][j] == data.train.label[permutation[position]]
   # Recorded from the stream before shards became slices of global batches: unchanged.
-  assert [b["label"].tolist() for b in batches] == [[0, 1, 1, 0, 1], [1, 0, 0, 1, 0],
-                                                    [0, 0, 1, 1, 1]]
-  np.testing.assert_allclose([b["image"].astype(np.float64).sum() for b in batches],
-                             [476.98040502984077, 476.4980528578162, 502.10589542333037],
-                             rtol=1e-9)
+  assert [b["label"].tolist() for b in batches] == [
+    [0, 1, 1, 0, 1],
+    [1, 0, 0, 1, 0],
+    [0, 0, 1, 1, 1],
+  ]
+  np.testing.assert_allclose(
+    [b["image"].astype(np.float64).sum() for b in batches],
+    [476.98040502984077, 476.4980528578162, 502.10589542333037],
+    rtol=1e-9,
+  )
 
 
 @pytest.mark.parametrize("shard_count", [2, 3])
 def test_shards_concatenate_to_the_single_process_batches_augmentation_included(
-    noise_folder, shard_count):
+  noise_folder, shard_count
+):
   data = _stream(noise_folder)
   # 12 // (2 * shard_count) global batches an epoch: 4 steps cross into the second epoch.
   single, _ = _take(data.train_batches(batch_size=2 * shard_count, seed=5), 4)
-  shards = [_take(data.train_batches(batch_size=2, seed=5, shard_index=i,
-                                     shard_count=shard_count), 4)[0]
-            for i in range(shard_count)]
+  shards = [
+    _take(data.train_batches(batch_size=2, seed=5, shard_index=i, shard_count=shard_count), 4)[0]
+    for i in range(shard_count)
+  ]
   for step, expected in enumerate(single):
     for key in ("image", "label"):
       got = np.concatenate([batches[step][key] for batches in shards])
@@ -383,8 +429,9 @@ def test_resumes_exactly_across_an_epoch_boundary(folder):
 def test_auto_streams_only_what_does_not_fit_in_memory(folder, monkeypatch):
   assert isinstance(_stream(folder, streaming="auto", augment="flip"), LoadedData)
   assert isinstance(_stream(folder, streaming="false", augment="flip"), LoadedData)  # From a CLI.
-  assert isinstance(_stream(folder, streaming="true", augment="flip"),
-                    image_stream.StreamingImageFolder)
+  assert isinstance(
+    _stream(folder, streaming="true", augment="flip"), image_stream.StreamingImageFolder
+  )
   monkeypatch.setattr(image_folder, "MAX_BYTES", 17 * 8 * 8 * 3 - 1)  # One byte short.
   data = _stream(folder, streaming="auto", augment="flip")
   assert isinstance(data, image_stream.StreamingImageFolder) and data.augment == "flip"
@@ -393,13 +440,16 @@ def test_auto_streams_only_what_does_not_fit_in_memory(folder, monkeypatch):
   assert isinstance(data, image_stream.StreamingImageFolder)
 
 
-@pytest.mark.parametrize("options, message", [
+@pytest.mark.parametrize(
+  "options, message",
+  [
     ({"streaming": False, "augment": "inception"}, r"set data\.streaming=true"),
     ({"augment": "crop_flip"}, r"streaming pipeline crops the original image"),
     ({"augment": "blur"}, r"data\.augment must be one of 'inception', 'flip', 'none'"),
     ({"streaming": "maybe"}, r"data\.streaming must be 'auto', true or false, got 'maybe'"),
     ({"normalize": "yes"}, r"data\.normalize must be true or false"),
-])
+  ],
+)
 def test_bad_options(folder, options, message):
   with pytest.raises(DataError, match=message):
     _stream(folder, **options)
@@ -413,13 +463,19 @@ def test_bad_layout_is_reported_as_for_the_in_memory_folder(folder):
 
 def test_batch_larger_than_the_data(folder):
   data = _stream(folder)
-  with pytest.raises(DataError, match=r"batch_size 13 is larger than the 12 training images, so "
-                                      r"not one full batch fits\. Use a batch size of at most "
-                                      r"12\."):
+  with pytest.raises(
+    DataError,
+    match=r"batch_size 13 is larger than the 12 training images, so "
+    r"not one full batch fits\. Use a batch size of at most "
+    r"12\.",
+  ):
     data.train_batches(batch_size=13, seed=0)
   # With shards it is the global batch that must fit.
-  with pytest.raises(DataError, match=r"batch_size 14 \(7 on each of 2 shards\) is larger than "
-                                      r"the 12 training images.*at most 6 per shard\."):
+  with pytest.raises(
+    DataError,
+    match=r"batch_size 14 \(7 on each of 2 shards\) is larger than "
+    r"the 12 training images.*at most 6 per shard\.",
+  ):
     data.train_batches(batch_size=7, seed=0, shard_count=2)
   data.train_batches(batch_size=6, seed=0, shard_index=1, shard_count=2)  # Exactly fits.
   with pytest.raises(DataError, match="batch_size must be a positive integer"):

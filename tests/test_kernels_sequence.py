@@ -54,28 +54,42 @@ def test_lstm_recurrence_equals_a_scan_of_the_cell_step_and_its_autodiff_gradien
   valid_TB = None if case in ("unmasked", "unroll_3") else jnp.asarray(HOLES_TB)
   reverse, unroll = case.startswith("reverse"), 3 if case == "unroll_3" else 1
   cell = LSTMCell(H, parent=None)
-  shapes = jax.eval_shape(cell.init, jax.random.key(0), (jnp.zeros((B, H)),) * 2,
-                          jnp.zeros((B, 2)))["params"]
-  params = {"recurrent_kernel": jnp.asarray(0.5 * _normal((H, 4 * H), 1)),
-            "input": jax.tree.map(lambda s: jnp.zeros(s.shape), shapes["input"])}
-  xg_TBG, carry = jnp.asarray(_normal((T, B, 4 * H), 2)), tuple(
-      jnp.asarray(_normal((B, H), seed)) for seed in (3, 4))
+  shapes = jax.eval_shape(
+    cell.init, jax.random.key(0), (jnp.zeros((B, H)),) * 2, jnp.zeros((B, 2))
+  )["params"]
+  params = {
+    "recurrent_kernel": jnp.asarray(0.5 * _normal((H, 4 * H), 1)),
+    "input": jax.tree.map(lambda s: jnp.zeros(s.shape), shapes["input"]),
+  }
+  xg_TBG, carry = (
+    jnp.asarray(_normal((T, B, 4 * H), 2)),
+    tuple(jnp.asarray(_normal((B, H), seed)) for seed in (3, 4)),
+  )
   # Cotangents on every output: the sequence and both halves of the final carry.
-  w_y, w_c, w_h = (jnp.asarray(_normal(s, seed)) for s, seed in
-                   (((T, B, H), 5), ((B, H), 6), ((B, H), 7)))
+  w_y, w_c, w_h = (
+    jnp.asarray(_normal(s, seed)) for s, seed in (((T, B, H), 5), ((B, H), 6), ((B, H), 7))
+  )
 
   kernel = lambda u, xg, c0: lstm_recurrence(xg, u, c0, valid_TB, reverse=reverse, unroll=unroll)
-  plain = lambda u, xg, c0: _scan_of_step(cell, {**params, "recurrent_kernel": u}, xg, c0,
-                                          valid_TB, reverse)
-  _assert_tree_close(jax.jit(kernel)(params["recurrent_kernel"], xg_TBG, carry),
-                     jax.jit(plain)(params["recurrent_kernel"], xg_TBG, carry), atol=1e-6)
+  plain = lambda u, xg, c0: _scan_of_step(
+    cell, {**params, "recurrent_kernel": u}, xg, c0, valid_TB, reverse
+  )
+  _assert_tree_close(
+    jax.jit(kernel)(params["recurrent_kernel"], xg_TBG, carry),
+    jax.jit(plain)(params["recurrent_kernel"], xg_TBG, carry),
+    atol=1e-6,
+  )
 
   def loss(run, u, xg, c0):
     (c, h), y = run(u, xg, c0)
     return jnp.sum(y * w_y) + jnp.sum(c * w_c) + jnp.sum(h * w_h)
 
-  grads = [jax.jit(jax.grad(functools.partial(loss, run), argnums=(0, 1, 2)))(
-      params["recurrent_kernel"], xg_TBG, carry) for run in (kernel, plain)]
+  grads = [
+    jax.jit(jax.grad(functools.partial(loss, run), argnums=(0, 1, 2)))(
+      params["recurrent_kernel"], xg_TBG, carry
+    )
+    for run in (kernel, plain)
+  ]
   _assert_tree_close(grads[0], grads[1], atol=1e-5)
   # Every gradient reaches its input, so none is compared as zeros against zeros.
   assert all(np.abs(g).max() > 1e-2 for g in jax.tree.leaves(grads[0]))
@@ -84,6 +98,7 @@ def test_lstm_recurrence_equals_a_scan_of_the_cell_step_and_its_autodiff_gradien
 
 
 # ---------------------------------------------------------------- softmax
+
 
 def test_softmax_and_its_derivatives_equal_jax_nn_softmax():
   # Rows as attention makes them: ordinary, huge, and partly masked with finfo.min.
@@ -103,11 +118,13 @@ def test_softmax_and_its_derivatives_equal_jax_nn_softmax():
   np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-5)
 
   tangent_out = jax.jvp(softmax, (logits,), (cotangent,))[1]
-  np.testing.assert_allclose(tangent_out, jax.jvp(reference, (logits,), (cotangent,))[1],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    tangent_out, jax.jvp(reference, (logits,), (cotangent,))[1], rtol=1e-5, atol=1e-6
+  )
   second = lambda f: jax.grad(lambda x: jnp.sum(jax.grad(lambda y: jnp.sum(f(y) ** 3))(x) ** 2))
-  np.testing.assert_allclose(second(softmax)(logits[0]), second(reference)(logits[0]),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    second(softmax)(logits[0]), second(reference)(logits[0]), rtol=1e-4, atol=1e-6
+  )
 
 
 def test_softmax_gradient_has_no_reduction_on_cpu():
@@ -120,19 +137,19 @@ def test_softmax_gradient_has_no_reduction_on_cpu():
   ours, reference = grad_jaxpr(softmax), grad_jaxpr(functools.partial(jax.nn.softmax, axis=-1))
   # The forward pass's sum of exponentials stays; the backward pass's row sums are matmuls.
   assert ours.count("dot_general") == 2 and "dot_general" not in reference
-  assert "reduce_sum" not in ours[ours.index("dot_general"):]
+  assert "reduce_sum" not in ours[ours.index("dot_general") :]
   assert ours.count("reduce_sum") < reference.count("reduce_sum")
 
 
 # ---------------------------------------------------------------- flat_apply
 
+
 @pytest.mark.parametrize("feature_axes", [1, 2])
 def test_flat_apply_gives_the_layer_s_numbers_and_gradients(feature_axes):
   """flat_apply only reshapes: outputs and kernel gradients equal the layer's on [B, T, ...]."""
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)[:2 + feature_axes]), jnp.float32)
-  layer = (nn.DenseGeneral((2, 3)) if feature_axes == 1 else
-           nn.DenseGeneral(7, axis=(-2, -1)))
+  x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)[: 2 + feature_axes]), jnp.float32)
+  layer = nn.DenseGeneral((2, 3)) if feature_axes == 1 else nn.DenseGeneral(7, axis=(-2, -1))
   params = layer.init(jax.random.key(0), x)
   cotangent = jnp.asarray(rng.standard_normal(layer.apply(params, x).shape), jnp.float32)
   run = lambda p, x, f: jnp.sum(f(p, x) * cotangent)

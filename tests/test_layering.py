@@ -2,10 +2,10 @@
 jaxdl.nn jax and flax (and the kernels), never optimizers, checkpoints, data or files."""
 
 import json
+from pathlib import Path
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +19,11 @@ HEAVY = ("flax", "optax", "orbax", "grain", "ml_collections", "tensorboardX", "m
 def _imported_after(modules: list[str]) -> tuple[set[str], set[str]]:
   """(third-party top-level packages, jaxdl modules) loaded by importing `modules` in a fresh
   process."""
-  code = ("import json, sys\n" + "".join(f"import {m}\n" for m in modules) +
-          "print(json.dumps(sorted(sys.modules)))")
+  code = (
+    "import json, sys\n"
+    + "".join(f"import {m}\n" for m in modules)
+    + "print(json.dumps(sorted(sys.modules)))"
+  )
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   loaded = json.loads(done.stdout)
@@ -28,8 +31,7 @@ def _imported_after(modules: list[str]) -> tuple[set[str], set[str]]:
 
 
 def _modules(subpackage: str) -> list[str]:
-  return [f"jaxdl.{subpackage}.{m.name}"
-          for m in pkgutil.iter_modules([str(PACKAGE / subpackage)])]
+  return [f"jaxdl.{subpackage}.{m.name}" for m in pkgutil.iter_modules([str(PACKAGE / subpackage)])]
 
 
 def test_kernels_import_jax_only():

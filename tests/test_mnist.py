@@ -4,8 +4,8 @@ import functools
 import hashlib
 import http.server
 import logging
-import threading
 from pathlib import Path
+import threading
 
 import numpy as np
 import pytest
@@ -16,7 +16,8 @@ from jaxdl.errors import DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 needs_shared_mnist = pytest.mark.skipif(
-    not SHARED_MNIST.is_dir(), reason=f"full MNIST not available at {SHARED_MNIST}")
+  not SHARED_MNIST.is_dir(), reason=f"full MNIST not available at {SHARED_MNIST}"
+)
 
 NAMES = list(mnist.FILES.values())
 
@@ -32,10 +33,10 @@ def _fake_mnist(num_train=12, num_test=5, seed=0):
   """Small random arrays in MNIST's layout, keyed by canonical file name."""
   rng = np.random.default_rng(seed)
   return {
-      "train-images-idx3-ubyte": rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
-      "train-labels-idx1-ubyte": rng.integers(0, 10, num_train, dtype=np.uint8),
-      "t10k-images-idx3-ubyte": rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
-      "t10k-labels-idx1-ubyte": rng.integers(0, 10, num_test, dtype=np.uint8),
+    "train-images-idx3-ubyte": rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+    "train-labels-idx1-ubyte": rng.integers(0, 10, num_train, dtype=np.uint8),
+    "t10k-images-idx3-ubyte": rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+    "t10k-labels-idx1-ubyte": rng.integers(0, 10, num_test, dtype=np.uint8),
   }
 
 
@@ -59,8 +60,12 @@ def test_data_dir_with_raw_and_gzip_files(tmp_path):
   _write(tmp_path / "mine", arrays)
   data = mnist.load_mnist(str(tmp_path / "mine"))
   _assert_matches(data, arrays)
-  assert data.source == {"kind": "data_dir", "path": str((tmp_path / "mine").resolve()),
-                         "num_train": 12, "num_test": 5}
+  assert data.source == {
+    "kind": "data_dir",
+    "path": str((tmp_path / "mine").resolve()),
+    "num_train": 12,
+    "num_test": 5,
+  }
 
 
 def test_data_dir_missing_file_fails_without_fallback(tmp_path):
@@ -101,8 +106,11 @@ def test_image_label_count_mismatch(tmp_path):
   arrays = _fake_mnist()
   arrays["t10k-labels-idx1-ubyte"] = arrays["t10k-labels-idx1-ubyte"][:4]
   _write(tmp_path / "mine", arrays)
-  with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz' holds 5 images but .*"
-                                      r"t10k-labels-idx1-ubyte' holds 4 labels"):
+  with pytest.raises(
+    DataError,
+    match=r"t10k-images-idx3-ubyte.gz' holds 5 images but .*"
+    r"t10k-labels-idx1-ubyte' holds 4 labels",
+  ):
     mnist.load_mnist(str(tmp_path / "mine"))
 
 
@@ -117,14 +125,18 @@ def test_label_out_of_range(tmp_path):
 def test_swapped_files(tmp_path):
   arrays = _fake_mnist()
   arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"] = (
-      arrays["train-labels-idx1-ubyte"], arrays["train-images-idx3-ubyte"])
+    arrays["train-labels-idx1-ubyte"],
+    arrays["train-images-idx3-ubyte"],
+  )
   _write(tmp_path / "mine", arrays)
   with pytest.raises(DataError, match="train-images-idx3-ubyte.gz' should hold uint8 images"):
     mnist.load_mnist(str(tmp_path / "mine"))
 
 
 def test_unknown_dataset():
-  with pytest.raises(DataError, match=r"Unknown dataset 'mnsit'. Did you mean mnist\? Known datasets: "):
+  with pytest.raises(
+    DataError, match=r"Unknown dataset 'mnsit'. Did you mean mnist\? Known datasets: "
+  ):
     load_dataset("mnsit")
 
 
@@ -220,8 +232,9 @@ def test_download_verified_reports_every_mirror(mirrors, tmp_path):
   name = "train-labels-idx1-ubyte"
   dest = tmp_path / "out" / f"{name}.gz"
   with pytest.raises(DataError) as info:
-    download.download_verified([base + "bad/" + f"{name}.gz", base + "nope/" + f"{name}.gz"],
-                               dest, "0" * 64)
+    download.download_verified(
+      [base + "bad/" + f"{name}.gz", base + "nope/" + f"{name}.gz"], dest, "0" * 64
+    )
   message = str(info.value)
   assert "checksum mismatch" in message and "HTTP 404" in message and str(dest) in message
   assert list(dest.parent.iterdir()) == []
@@ -237,7 +250,8 @@ def test_interrupted_download_leaves_no_file(mirrors, tmp_path):
   assert list(dest.parent.iterdir()) == []
   # The next mirror in the list is used after a cut connection.
   url = download.download_verified(
-      [base + f"cut/{name}.gz", base + f"good/{name}.gz"], dest, mnist.SHA256[name])
+    [base + f"cut/{name}.gz", base + f"good/{name}.gz"], dest, mnist.SHA256[name]
+  )
   assert url == base + f"good/{name}.gz"
   assert [p.name for p in dest.parent.iterdir()] == [dest.name]
   np.testing.assert_array_equal(read_idx(dest), arrays[name])
@@ -290,9 +304,29 @@ def test_full_shared_set():
   assert (data.source["num_train"], data.source["num_test"]) == (60_000, 10_000)
   assert data.train.image.shape == (60_000, 28, 28, 1)
   assert np.bincount(data.train.label).tolist() == [
-      5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    5923,
+    6742,
+    5958,
+    6131,
+    5842,
+    5421,
+    5918,
+    6265,
+    5851,
+    5949,
+  ]
   assert np.bincount(data.test.label).tolist() == [
-      980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    980,
+    1135,
+    1032,
+    1010,
+    982,
+    892,
+    958,
+    1028,
+    974,
+    1009,
+  ]
 
 
 @needs_shared_mnist

@@ -11,8 +11,7 @@ import pytest
 
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
-from jaxdl import models
-from jaxdl import trainer
+from jaxdl import models, trainer
 from jaxdl.errors import ConfigError
 from jaxdl.nn import registry
 from tests.conftest import REPO
@@ -46,8 +45,14 @@ def not_a_model(num_classes):
 NOT_CALLABLE = 3
 """
 
-SMALL = ["train.batch_size=32", "train.log_every_steps=5", "train.eval_every_steps=10",
-         "train.checkpoint_every_steps=5", "data.eval_batch_size=500", "train.num_steps=10"]
+SMALL = [
+  "train.batch_size=32",
+  "train.log_every_steps=5",
+  "train.eval_every_steps=10",
+  "train.checkpoint_every_steps=5",
+  "data.eval_batch_size=500",
+  "train.num_steps=10",
+]
 
 
 @pytest.fixture
@@ -89,8 +94,9 @@ def test_external_module_trains_resumes_and_evaluates_like_a_builtin(user_packag
   first = metrics_lib.read_metrics(tmp_path / "a")[0]["train/loss"]
   assert _metrics(tmp_path / "a")["train/loss"] < first
   # Stopped at step 5 and resumed: the same run, to the bit.
-  trainer.train(_config(spec, "model.hidden=16", "train.num_steps=5"), tmp_path / "b",
-                show_progress=False)
+  trainer.train(
+    _config(spec, "model.hidden=16", "train.num_steps=5"), tmp_path / "b", show_progress=False
+  )
   resumed = trainer.train(_config(spec, "model.hidden=16"), tmp_path / "b", show_progress=False)
   assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
   step, metrics, _ = trainer.evaluate_workdir(tmp_path / "b")
@@ -102,14 +108,17 @@ def test_file_import_is_cached_per_path(user_package):
   assert models.import_model(spec) is models.import_model(spec)
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     ("userlayers", "is not an import path"),
     ("userlayers:Tiny Net", "is not an import path"),
     ("no_such_package_xyz.layers:Net", "cannot import module 'no_such_package_xyz.layers'"),
     ("userlayers:TinyNt", "Did you mean TinyNet"),
     ("userlayers:NOT_CALLABLE", "names a int"),
     ("missing_dir/model.py:Net", "does not exist"),
-])
+  ],
+)
 def test_bad_import_paths_are_explained(user_package, spec, message):
   with pytest.raises(ConfigError, match=message):
     models.import_model(spec)
@@ -119,11 +128,11 @@ def test_bad_user_models_are_explained(user_package):
   with pytest.raises(ConfigError, match="not a Flax Linen module"):
     models.build_model({"name": "x", "cls": "userlayers:not_a_model"}, {"num_classes": 10})
   with pytest.raises(ConfigError, match=r"takes no argument\(s\) \['depth'\].*width"):
-    models.build_model({"name": "x", "cls": "userlayers:TinyNet", "depth": 3},
-                       {"num_classes": 10})
+    models.build_model({"name": "x", "cls": "userlayers:TinyNet", "depth": 3}, {"num_classes": 10})
   with pytest.raises(ConfigError, match="contradicts the data"):
-    models.build_model({"name": "x", "cls": "userlayers:make", "num_classes": 3},
-                       {"num_classes": 10})
+    models.build_model(
+      {"name": "x", "cls": "userlayers:make", "num_classes": 3}, {"num_classes": 10}
+    )
   with pytest.raises(ConfigError, match="Unknown config key 'model.depth'"):
     _config("model.cls=userlayers:make", "model.depth=3")
 
@@ -141,8 +150,12 @@ def test_registered_names_still_build_and_reject_unknown_arguments():
     models.build_model({"name": "resnet1"})
   with pytest.raises(ConfigError, match="dtype"):
     models.build_model({"name": "mnist_cnn", "num_classes": 10, "dtype": "float33"})
-  assert np.dtype(models.build_model({"name": "mnist_cnn", "num_classes": 10,
-                                      "dtype": "bfloat16"}).dtype).name == "bfloat16"
+  assert (
+    np.dtype(
+      models.build_model({"name": "mnist_cnn", "num_classes": 10, "dtype": "bfloat16"}).dtype
+    ).name
+    == "bfloat16"
+  )
 
 
 def test_experiment_model_file_is_kept_relative_to_the_current_directory(monkeypatch, tmp_path):
@@ -151,7 +164,8 @@ def test_experiment_model_file_is_kept_relative_to_the_current_directory(monkeyp
   experiment = REPO / "experiments" / "mnist_cnn_rnn.py"
   monkeypatch.chdir(REPO)
   assert config_lib.load_experiment(experiment).model.cls == (
-      "experiments/mnist_cnn_rnn.py:make_model")
+    "experiments/mnist_cnn_rnn.py:make_model"
+  )
   monkeypatch.chdir(tmp_path)  # Not under it: the absolute path is the only one that works.
   assert config_lib.load_experiment(experiment).model.cls == f"{experiment}:make_model"
 
@@ -189,11 +203,24 @@ def clean_registry():
 
 def _required_arguments(cls, preset):
   """Small values for the arguments that neither the class nor the preset gives a default."""
-  small = {"num_classes": 3, "vocab_size": 11, "block_size": 8, "num_layers": 1, "num_heads": 2,
-           "hidden_dim": 8, "embed_dim": 8, "mlp_dim": 16}
-  return {f.name: small[f.name] for f in dataclasses.fields(cls)
-          if f.name in registry.model_fields(cls) and f.name not in preset
-          and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+  small = {
+    "num_classes": 3,
+    "vocab_size": 11,
+    "block_size": 8,
+    "num_layers": 1,
+    "num_heads": 2,
+    "hidden_dim": 8,
+    "embed_dim": 8,
+    "mlp_dim": 16,
+  }
+  return {
+    f.name: small[f.name]
+    for f in dataclasses.fields(cls)
+    if f.name in registry.model_fields(cls)
+    and f.name not in preset
+    and f.default is dataclasses.MISSING
+    and f.default_factory is dataclasses.MISSING
+  }
 
 
 @pytest.mark.parametrize("name", sorted(registry.MODELS) + sorted(registry.PRESETS))
@@ -207,8 +234,20 @@ def test_every_registered_name_resolves_and_builds(name):
 
 def test_builtin_models_register_where_they_are_defined():
   # One place to look for a model's name: the file of its class, not a list elsewhere.
-  assert {"mnist_cnn", "vgg", "rows_rnn", "rnn_lm", "rnn_classifier", "gpt", "bert_classifier",
-          "transformer", "resnet", "cifar_resnet", "densenet", "vit"} <= set(registry.MODELS)
+  assert {
+    "mnist_cnn",
+    "vgg",
+    "rows_rnn",
+    "rnn_lm",
+    "rnn_classifier",
+    "gpt",
+    "bert_classifier",
+    "transformer",
+    "resnet",
+    "cifar_resnet",
+    "densenet",
+    "vit",
+  } <= set(registry.MODELS)
   for name, cls in registry.MODELS.items():
     assert cls.__module__.startswith("jaxdl.nn."), name
     source = inspect.getsource(sys.modules[cls.__module__])
@@ -236,17 +275,21 @@ def test_registering_a_different_class_under_a_taken_name_is_an_error(clean_regi
   assert registry.register("other")(Other) is Other and registry.resolve("other") == (Other, {})
 
 
-def test_a_model_in_a_users_file_registers_itself_and_trains_by_name(tmp_path, monkeypatch,
-                                                                     clean_registry):
+def test_a_model_in_a_users_file_registers_itself_and_trains_by_name(
+  tmp_path, monkeypatch, clean_registry
+):
   (tmp_path / "user_registered.py").write_text(REGISTERED_MODULE)
   monkeypatch.syspath_prepend(str(tmp_path))
   monkeypatch.delitem(sys.modules, "user_registered", raising=False)
   import user_registered  # pylint: disable=g-import-not-at-top  # As an experiment file would.
+
   assert registry.resolve("user_tiny_net_wide") == (user_registered.UserTinyNet, {"width": 32})
   with pytest.raises(ConfigError, match="Did you mean user_tiny_net"):
     models.build_model({"name": "user_tiny_nett"})
-  result = trainer.train(_config("model.name=user_tiny_net_wide", "train.num_steps=5",
-                                 "train.eval_every_steps=5"),
-                         tmp_path / "run", show_progress=False)
+  result = trainer.train(
+    _config("model.name=user_tiny_net_wide", "train.num_steps=5", "train.eval_every_steps=5"),
+    tmp_path / "run",
+    show_progress=False,
+  )
   assert result.step == 5
   assert np.isfinite(_metrics(tmp_path / "run")["train/loss"])

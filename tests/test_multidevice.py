@@ -13,17 +13,33 @@ import pytest
 
 from tests.conftest import REPO
 
-RUN = ["train", str(REPO / "experiments" / "mnist_cnn.py"), "train.num_steps=30",
-       "train.batch_size=64", "train.log_every_steps=10", "train.eval_every_steps=30",
-       "data.eval_batch_size=400", "--no-progress"]
+RUN = [
+  "train",
+  str(REPO / "experiments" / "mnist_cnn.py"),
+  "train.num_steps=30",
+  "train.batch_size=64",
+  "train.log_every_steps=10",
+  "train.eval_every_steps=30",
+  "data.eval_batch_size=400",
+  "--no-progress",
+]
 
 
 def _run(args, workdir, num_devices):
   """`jaxdl ARGS --workdir WORKDIR` in a fresh process that sees `num_devices` CPU devices."""
-  env = {**os.environ, "JAXDL_OFFLINE": "1",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
-  return subprocess.run([sys.executable, "-m", "jaxdl.cli", *args, "--workdir", str(workdir)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  env = {
+    **os.environ,
+    "JAXDL_OFFLINE": "1",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
+  }
+  return subprocess.run(
+    [sys.executable, "-m", "jaxdl.cli", *args, "--workdir", str(workdir)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
 
 
 def _train(workdir, num_devices, *extra):
@@ -54,11 +70,22 @@ def test_eight_devices_follow_one_device(tmp_path):
   assert b[30]["eval/num_examples"] == 2000
 
 
-GPT_RUN = ["train", str(REPO / "experiments" / "shakespeare_char_gpt.py") + ":cpu",
-           "model.num_layers=2", "model.embed_dim=32", "model.num_heads=2",
-           "model.block_size=32", "data.block_size=32", "train.num_steps=20",
-           "train.batch_size=16", "train.log_every_steps=10", "train.eval_every_steps=20",
-           "optimizer.warmup_steps=5", "data.eval_batch_size=256", "--no-progress"]
+GPT_RUN = [
+  "train",
+  str(REPO / "experiments" / "shakespeare_char_gpt.py") + ":cpu",
+  "model.num_layers=2",
+  "model.embed_dim=32",
+  "model.num_heads=2",
+  "model.block_size=32",
+  "data.block_size=32",
+  "train.num_steps=20",
+  "train.batch_size=16",
+  "train.log_every_steps=10",
+  "train.eval_every_steps=20",
+  "optimizer.warmup_steps=5",
+  "data.eval_batch_size=256",
+  "--no-progress",
+]
 
 
 @pytest.mark.slow  # GPT on 8 devices; tests/test_parallel.py covers the layouts with the CNN.
@@ -98,8 +125,15 @@ def test_batch_norm_statistics_are_global_over_eight_devices(tmp_path, strategy)
   device's BatchNorm averages its statistics with the others' (pmean), to the same effect."""
   experiment = tmp_path / "bn_experiment.py"
   experiment.write_text(BN_EXPERIMENT)
-  args = ["train", str(experiment), "train.num_steps=10", "train.batch_size=32",
-          "train.log_every_steps=5", "data.eval_batch_size=400", "--no-progress"]
+  args = [
+    "train",
+    str(experiment),
+    "train.num_steps=10",
+    "train.batch_size=32",
+    "train.log_every_steps=5",
+    "data.eval_batch_size=400",
+    "--no-progress",
+  ]
   one = _run(args, tmp_path / "one", 1)
   eight = _run([*args, f"parallel.strategy={strategy}"], tmp_path / "eight", 8)
   assert one.returncode == 0, one.stderr
@@ -131,10 +165,18 @@ def test_seed_sweep_on_eight_devices_follows_one_device(tmp_path):
   assert a[20]["member0/train/loss"] != a[20]["member1/train/loss"]
 
 
-LSTM_RUN = ["train", str(REPO / "experiments" / "mnist_rows_lstm.py"), "model.features=32",
-            "train.num_steps=20", "train.batch_size=32", "train.log_every_steps=10",
-            "train.eval_every_steps=20", "data.eval_batch_size=400", "data.download=false",
-            "--no-progress"]
+LSTM_RUN = [
+  "train",
+  str(REPO / "experiments" / "mnist_rows_lstm.py"),
+  "model.features=32",
+  "train.num_steps=20",
+  "train.batch_size=32",
+  "train.log_every_steps=10",
+  "train.eval_every_steps=20",
+  "data.eval_batch_size=400",
+  "data.download=false",
+  "--no-progress",
+]
 
 
 @pytest.mark.slow  # Three runs compiling a scanned LSTM.

@@ -23,11 +23,11 @@ def test_parameter_count_matches_keras(params):
 def test_layer_shapes(params):
   shapes = jax.tree.map(jnp.shape, params)
   assert shapes == {
-      "conv1": {"kernel": (3, 3, 1, 32), "bias": (32,)},
-      "conv2": {"kernel": (3, 3, 32, 64), "bias": (64,)},
-      "conv3": {"kernel": (3, 3, 64, 64), "bias": (64,)},
-      "dense1": {"kernel": (576, 64), "bias": (64,)},
-      "logits": {"kernel": (64, 10), "bias": (10,)},
+    "conv1": {"kernel": (3, 3, 1, 32), "bias": (32,)},
+    "conv2": {"kernel": (3, 3, 32, 64), "bias": (64,)},
+    "conv3": {"kernel": (3, 3, 64, 64), "bias": (64,)},
+    "dense1": {"kernel": (576, 64), "bias": (64,)},
+    "logits": {"kernel": (64, 10), "bias": (10,)},
   }
 
 
@@ -51,14 +51,15 @@ def _conv_valid(x_BHWC, kernel_HWIO, bias_O):
   out = np.zeros((b, h - kh + 1, w - kw + 1, kernel_HWIO.shape[-1]))
   for i in range(kh):
     for j in range(kw):
-      out += np.einsum("bhwc,co->bhwo", x_BHWC[:, i:i + h - kh + 1, j:j + w - kw + 1],
-                       kernel_HWIO[i, j])
+      out += np.einsum(
+        "bhwc,co->bhwo", x_BHWC[:, i : i + h - kh + 1, j : j + w - kw + 1], kernel_HWIO[i, j]
+      )
   return out + bias_O
 
 
 def _max_pool_2x2(x_BHWC):
   b, h, w, c = x_BHWC.shape
-  x = x_BHWC[:, :h // 2 * 2, :w // 2 * 2]  # 'valid' pooling drops the odd row and column.
+  x = x_BHWC[:, : h // 2 * 2, : w // 2 * 2]  # 'valid' pooling drops the odd row and column.
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
@@ -96,11 +97,21 @@ def test_model_code_is_pure():
   """jaxdl.nn imports jax and flax only: no optimizers, checkpoints, data or files."""
   import pathlib
   import re
+
   nn_dir = pathlib.Path(__file__).resolve().parents[1] / "jaxdl" / "nn"
   for path in nn_dir.glob("*.py"):
     for line in path.read_text().splitlines():
       m = re.match(r"\s*(?:import|from)\s+([\w.]+)", line)
       if m:
         root = m.group(1).split(".")[0]
-        assert root in {"jax", "flax", "jaxdl", "dataclasses", "difflib", "typing", "functools",
-                        "math", "itertools"}, f"{path.name} imports {m.group(1)}"
+        assert root in {
+          "jax",
+          "flax",
+          "jaxdl",
+          "dataclasses",
+          "difflib",
+          "typing",
+          "functools",
+          "math",
+          "itertools",
+        }, f"{path.name} imports {m.group(1)}"

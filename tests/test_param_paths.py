@@ -10,9 +10,11 @@ from jaxdl.errors import ConfigError
 from jaxdl.train import param_paths
 
 PARAMS = {
-    "encoder": {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)},
-                "LayerNorm_0": {"scale": jnp.ones(3)}},
-    "head": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
+  "encoder": {
+    "Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)},
+    "LayerNorm_0": {"scale": jnp.ones(3)},
+  },
+  "head": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
 }
 
 
@@ -26,8 +28,13 @@ def test_path_str_joins_dict_attribute_and_sequence_keys():
 
 def test_named_leaves_and_unflatten_round_trip():
   flat = param_paths.named_leaves(PARAMS)
-  assert sorted(flat) == ["encoder/Dense_0/bias", "encoder/Dense_0/kernel",
-                          "encoder/LayerNorm_0/scale", "head/bias", "head/kernel"]
+  assert sorted(flat) == [
+    "encoder/Dense_0/bias",
+    "encoder/Dense_0/kernel",
+    "encoder/LayerNorm_0/scale",
+    "head/bias",
+    "head/kernel",
+  ]
   assert flat["head/kernel"] is PARAMS["head"]["kernel"]
   rebuilt = param_paths.unflatten(flat)
   assert jax.tree.structure(rebuilt) == jax.tree.structure(PARAMS)
@@ -36,9 +43,15 @@ def test_named_leaves_and_unflatten_round_trip():
 
 def test_match_is_a_full_match_against_any_pattern():
   selected = param_paths.named_leaves(
-      param_paths.match(PARAMS, ["encoder/.*/kernel", "head/bias"], "optimizer.freeze"))
-  assert selected == {"encoder/Dense_0/bias": False, "encoder/Dense_0/kernel": True,
-                      "encoder/LayerNorm_0/scale": False, "head/bias": True, "head/kernel": False}
+    param_paths.match(PARAMS, ["encoder/.*/kernel", "head/bias"], "optimizer.freeze")
+  )
+  assert selected == {
+    "encoder/Dense_0/bias": False,
+    "encoder/Dense_0/kernel": True,
+    "encoder/LayerNorm_0/scale": False,
+    "head/bias": True,
+    "head/kernel": False,
+  }
   # Full match: "kernel" alone is no path; "bias" is not a prefix search either.
   assert not any(jax.tree.leaves(param_paths.match(PARAMS, ["kernel"], "x", require_match=False)))
   all_kernels = param_paths.match(PARAMS, [".*kernel"], "x")
@@ -69,11 +82,14 @@ def test_examples_fall_back_to_the_first_paths_and_count_big_trees():
     param_paths.match({}, ["a"], "optimizer.freeze")
 
 
-@pytest.mark.parametrize("patterns, message", [
+@pytest.mark.parametrize(
+  "patterns, message",
+  [
     (["encoder/(.*"], r"optimizer.freeze: 'encoder/\(\.\*' is not a valid regular expression"),
     ("encoder/.*", "must be a list of regular expressions"),
     ([3], "3 is not a string"),
-])
+  ],
+)
 def test_bad_patterns(patterns, message):
   with pytest.raises(ConfigError, match=message):
     param_paths.match(PARAMS, patterns, "optimizer.freeze")

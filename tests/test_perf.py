@@ -19,28 +19,28 @@ from tests.conftest import REPO
 
 # device_kind strings exactly as JAX reports them -> (PEAK_TFLOPS entry, bf16 TFLOP/s per device).
 KINDS = {
-    "NVIDIA H100 80GB HBM3": ("NVIDIA H100 SXM", 989.5),
-    "NVIDIA H100 PCIe": ("NVIDIA H100 PCIe", 756.5),
-    "NVIDIA H100 NVL": ("NVIDIA H100 NVL", 835.5),
-    "NVIDIA H200": ("NVIDIA H200", 989.5),
-    "NVIDIA H200 NVL": ("NVIDIA H200 NVL", 835.5),
-    "NVIDIA A100-SXM4-40GB": ("NVIDIA A100", 312.0),
-    "NVIDIA A100-SXM4-80GB": ("NVIDIA A100", 312.0),
-    "NVIDIA A100-PCIE-40GB": ("NVIDIA A100", 312.0),
-    "NVIDIA A100 80GB PCIe": ("NVIDIA A100", 312.0),
-    "NVIDIA A10": ("NVIDIA A10", 125.0),
-    "NVIDIA A10G": ("NVIDIA A10G", 70.0),
-    "NVIDIA L4": ("NVIDIA L4", 121.0),
-    "Tesla V100-SXM2-16GB": ("NVIDIA V100 SXM2", 15.7),
-    "Tesla V100-PCIE-32GB": ("NVIDIA V100 PCIe", 14.0),
-    "NVIDIA GeForce RTX 4090": ("NVIDIA GeForce RTX 4090", 165.2),
-    "TPU v2": ("TPU v2", 22.5),
-    "TPU v3": ("TPU v3", 61.5),
-    "TPU v4": ("TPU v4", 275.0),
-    "TPU v5 lite": ("TPU v5e", 197.0),
-    "TPU v5p": ("TPU v5p", 459.0),
-    "TPU v5": ("TPU v5p", 459.0),  # v5p on a TPU VM.
-    "TPU v6 lite": ("TPU v6e", 918.0),
+  "NVIDIA H100 80GB HBM3": ("NVIDIA H100 SXM", 989.5),
+  "NVIDIA H100 PCIe": ("NVIDIA H100 PCIe", 756.5),
+  "NVIDIA H100 NVL": ("NVIDIA H100 NVL", 835.5),
+  "NVIDIA H200": ("NVIDIA H200", 989.5),
+  "NVIDIA H200 NVL": ("NVIDIA H200 NVL", 835.5),
+  "NVIDIA A100-SXM4-40GB": ("NVIDIA A100", 312.0),
+  "NVIDIA A100-SXM4-80GB": ("NVIDIA A100", 312.0),
+  "NVIDIA A100-PCIE-40GB": ("NVIDIA A100", 312.0),
+  "NVIDIA A100 80GB PCIe": ("NVIDIA A100", 312.0),
+  "NVIDIA A10": ("NVIDIA A10", 125.0),
+  "NVIDIA A10G": ("NVIDIA A10G", 70.0),
+  "NVIDIA L4": ("NVIDIA L4", 121.0),
+  "Tesla V100-SXM2-16GB": ("NVIDIA V100 SXM2", 15.7),
+  "Tesla V100-PCIE-32GB": ("NVIDIA V100 PCIe", 14.0),
+  "NVIDIA GeForce RTX 4090": ("NVIDIA GeForce RTX 4090", 165.2),
+  "TPU v2": ("TPU v2", 22.5),
+  "TPU v3": ("TPU v3", 61.5),
+  "TPU v4": ("TPU v4", 275.0),
+  "TPU v5 lite": ("TPU v5e", 197.0),
+  "TPU v5p": ("TPU v5p", 459.0),
+  "TPU v5": ("TPU v5p", 459.0),  # v5p on a TPU VM.
+  "TPU v6 lite": ("TPU v6e", 918.0),
 }
 
 
@@ -63,8 +63,9 @@ def test_device_kinds_find_their_entry(kind):
   assert found[1].tflops("bfloat16") == tflops
 
 
-@pytest.mark.parametrize("kind", ["NVIDIA L40S", "NVIDIA GeForce RTX 3090", "cpu", "TPU7x",
-                                  "AMD Instinct MI300X", ""])
+@pytest.mark.parametrize(
+  "kind", ["NVIDIA L40S", "NVIDIA GeForce RTX 3090", "cpu", "TPU7x", "AMD Instinct MI300X", ""]
+)
 def test_unknown_kinds_find_nothing(kind):
   # Whole words only: "l4" is not in "l40s", nor "a10" in "a100".
   assert perf.lookup_peak(kind) is None
@@ -152,11 +153,13 @@ def test_gradients_cost_two_or_three_forward_matmuls():
 def test_loop_bodies_are_counted_once():
   """XLA's cost analysis does not multiply a while loop's body by its trip count (jax 0.10 CPU);
   if this starts failing XLA counts loops fully: drop `lower_bound` and update the module doc."""
+
   def repeated(a, b):
     return jax.lax.scan(lambda c, _: (c @ b, None), a, None, length=4)[0]
+
   a = jnp.zeros((8, 8))
   compiled = jax.jit(repeated).lower(a, a).compile()
-  one_matmul = 2 * 8 ** 3
+  one_matmul = 2 * 8**3
   assert one_matmul <= perf.compiled_flops(compiled) < 2 * one_matmul
   assert perf.loop_trip_counts(compiled) == [4]
   assert perf.Efficiency.for_step(compiled, _devices("TPU v4", 1, "tpu")).lower_bound
@@ -175,10 +178,18 @@ class _Compiled:
     return self.cost
 
 
-@pytest.mark.parametrize("cost,expected", [
-    ({"flops": 12.0}, 12.0), ([{"flops": 12.0}], 12.0),  # jax 0.10; older releases.
-    ({"flops": -1.0}, None), ({"bytes accessed": 4.0}, None), ([], None), (None, None),
-    (NotImplementedError("no cost analysis"), None)])
+@pytest.mark.parametrize(
+  "cost,expected",
+  [
+    ({"flops": 12.0}, 12.0),
+    ([{"flops": 12.0}], 12.0),  # jax 0.10; older releases.
+    ({"flops": -1.0}, None),
+    ({"bytes accessed": 4.0}, None),
+    ([], None),
+    (None, None),
+    (NotImplementedError("no cost analysis"), None),
+  ],
+)
 def test_compiled_flops_across_versions_and_backends(cost, expected):
   assert perf.compiled_flops(_Compiled(cost)) == expected
 
@@ -198,10 +209,14 @@ def test_sharded_step_counts_one_device_and_for_step_multiplies():
       print(perf.compiled_flops(jitted), perf.compiled_flops(pmapped),
             perf.Efficiency.for_step(jitted, fake).flops_per_step)
       """)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120)
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "JAX_PLATFORMS": "cpu",
+  }
+  out = subprocess.run(
+    [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode == 0, out.stderr
   total = 2 * 64 * 32 * 16
   assert [float(v) for v in out.stdout.split()] == [total / 2, total / 2, total]
@@ -220,9 +235,11 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def probes(monkeypatch):
   calls = []
+
   def fake_probe(dtype):
     calls.append(dtype)
     return 1.5e11
+
   monkeypatch.setattr(perf, "_probe_matmul", fake_probe)
   return calls
 
@@ -232,7 +249,7 @@ def test_cpu_peak_is_probed_once_and_cached(cache, probes):
   assert perf.measured_cpu_peak(jnp.float32) == 1.5e11
   assert probes == ["float32"]
   entries = json.loads(cache.read_text())
-  (key, entry), = entries.items()
+  ((key, entry),) = entries.items()
   assert key == perf.cpu_cache_key("float32")
   assert f"jax {jax.__version__}" in key and f"{perf._num_cores()} cores" in key
   assert entry["flops_per_sec"] == 1.5e11
@@ -306,6 +323,9 @@ def test_efficiency_for_a_compiled_step_on_cpu(cache, probes):
   assert (eff.flops_per_step, eff.peak_flops_per_sec) == (2 * m * n * k, 1.5e11)
   assert not eff.lower_bound
   seconds = 1e-6
-  assert eff.metrics(seconds) == pytest.approx({
+  assert eff.metrics(seconds) == pytest.approx(
+    {
       "perf/tflops_per_sec": 2 * m * n * k / seconds / 1e12,
-      "perf/mfu": 2 * m * n * k / seconds / 1.5e11})
+      "perf/mfu": 2 * m * n * k / seconds / 1.5e11,
+    }
+  )

@@ -66,8 +66,13 @@ def test_shards_are_disjoint_equal_and_cover_the_data():
   split = _split(24)
   seen = []
   for shard_index in range(3):
-    labels = np.concatenate(_labels(train_batches(
-        split, batch_size=4, seed=1, num_epochs=1, shard_index=shard_index, shard_count=3)))
+    labels = np.concatenate(
+      _labels(
+        train_batches(
+          split, batch_size=4, seed=1, num_epochs=1, shard_index=shard_index, shard_count=3
+        )
+      )
+    )
     assert len(labels) == 8 == 4 * steps_per_epoch(24, 4, shard_count=3)
     assert labels.tolist() != sorted(labels.tolist())  # Shuffled within the shard.
     seen.extend(labels.tolist())
@@ -77,9 +82,13 @@ def test_shards_are_disjoint_equal_and_cover_the_data():
 def test_uneven_shards_are_trimmed_to_the_same_size():
   split = _split(26)  # One global batch of 3 x 8 per epoch; 2 examples left out.
   shards = [
-      np.concatenate(_labels(train_batches(
-          split, batch_size=8, seed=0, num_epochs=1, shard_index=i, shard_count=3)))
-      for i in range(3)]
+    np.concatenate(
+      _labels(
+        train_batches(split, batch_size=8, seed=0, num_epochs=1, shard_index=i, shard_count=3)
+      )
+    )
+    for i in range(3)
+  ]
   assert [len(s) for s in shards] == [8, 8, 8]
   assert len(set(np.concatenate(shards).tolist())) == 24
 
@@ -90,9 +99,19 @@ def test_shards_together_yield_the_single_process_batches(shard_count):
   same data whatever the number of processes."""
   split = _split(50)
   whole = _labels(train_batches(split, batch_size=8, seed=3, num_epochs=3))
-  shards = [_labels(train_batches(split, batch_size=8 // shard_count, seed=3, num_epochs=3,
-                                  shard_index=i, shard_count=shard_count))
-            for i in range(shard_count)]
+  shards = [
+    _labels(
+      train_batches(
+        split,
+        batch_size=8 // shard_count,
+        seed=3,
+        num_epochs=3,
+        shard_index=i,
+        shard_count=shard_count,
+      )
+    )
+    for i in range(shard_count)
+  ]
   assert len(whole) == 18 == steps_per_epoch(50, 8 // shard_count, shard_count) * 3
   for step, batch in enumerate(whole):
     np.testing.assert_array_equal(np.concatenate([s[step] for s in shards]), batch)
@@ -120,15 +139,20 @@ def test_finite_epochs_stop():
   assert len(list(train_batches(_split(10), batch_size=3, seed=0, num_epochs=3))) == 9
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"batch_size": 11}, r"batch_size 11 is larger than the 10 training examples"),
-    ({"batch_size": 4, "shard_count": 3},
-     r"batch_size 12 \(4 on each of 3 shards\) is larger than the 10 training examples"),
+    (
+      {"batch_size": 4, "shard_count": 3},
+      r"batch_size 12 \(4 on each of 3 shards\) is larger than the 10 training examples",
+    ),
     ({"batch_size": 0}, r"batch_size must be a positive integer"),
     ({"batch_size": 2, "seed": -1}, r"seed must be an integer in \[0, 2\*\*32 - 1\]"),
     ({"batch_size": 2, "shard_index": 2, "shard_count": 2}, r"shard_index must be in \[0, 2\)"),
     ({"batch_size": 2, "num_epochs": 0}, r"num_epochs must be a positive integer"),
-])
+  ],
+)
 def test_bad_arguments(kwargs, message):
   kwargs = {"seed": 0, **kwargs}
   with pytest.raises(DataError, match=message):
@@ -210,11 +234,21 @@ def test_loaded_data_implements_the_dataset_protocol():
 def _array_dataset(num_train=12, num_test=5):
   def split(n, offset):
     rows = np.arange(offset, offset + n)
-    return ArraySplit({"tokens": np.stack([rows, rows * 10], axis=1).astype(np.int32),
-                       "label": (rows % 2).astype(np.int32)})
-  return ArrayDataset(train=split(num_train, 0), test=split(num_test, 100), task="classify",
-                      input_key="tokens", model_hints={"num_classes": 2},
-                      source={"kind": "test", "num_train": num_train})
+    return ArraySplit(
+      {
+        "tokens": np.stack([rows, rows * 10], axis=1).astype(np.int32),
+        "label": (rows % 2).astype(np.int32),
+      }
+    )
+
+  return ArrayDataset(
+    train=split(num_train, 0),
+    test=split(num_test, 100),
+    task="classify",
+    input_key="tokens",
+    model_hints={"num_classes": 2},
+    source={"kind": "test", "num_train": num_train},
+  )
 
 
 def test_array_dataset_batches():
@@ -242,8 +276,10 @@ def test_array_split_and_dataset_checks():
   good = ArraySplit({"tokens": np.zeros((3, 4), np.int32)})
   other = ArraySplit({"tokens": np.zeros((3, 5), np.int32)})
   with pytest.raises(DataError, match="Train and test splits hold different arrays"):
-    ArrayDataset(train=good, test=other, task="lm", input_key="tokens", model_hints={},
-                 source={"kind": "test"})
+    ArrayDataset(
+      train=good, test=other, task="lm", input_key="tokens", model_hints={}, source={"kind": "test"}
+    )
   with pytest.raises(DataError, match="input_key 'src' is not one of"):
-    ArrayDataset(train=good, test=good, task="lm", input_key="src", model_hints={},
-                 source={"kind": "test"})
+    ArrayDataset(
+      train=good, test=good, task="lm", input_key="src", model_hints={}, source={"kind": "test"}
+    )

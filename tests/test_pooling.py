@@ -1,4 +1,5 @@
-"""jaxdl.nn.pooling and jaxdl.kernels.pooling: the reshape path equals Flax's pooling to the bit, gradients included."""
+"""jaxdl.nn.pooling and jaxdl.kernels.pooling: the reshape path equals Flax's pooling to the
+bit, gradients included."""
 
 import flax.linen as nn
 import jax
@@ -14,12 +15,15 @@ def _grad(pool, x, dy):
   return jax.grad(lambda x: jnp.sum(pool(x) * dy))(x)
 
 
-@pytest.mark.parametrize("shape,window", [
+@pytest.mark.parametrize(
+  "shape,window",
+  [
     ((3, 26, 26, 5), (2, 2)),  # The seed CNN's first pool.
     ((2, 11, 11, 4), (2, 2)),  # Odd: the last row and column are dropped.
     ((2, 9, 12, 3), (3, 2)),  # Non-square windows.
     ((2, 8, 3), (2,)),  # One spatial axis.
-])
+  ],
+)
 def test_max_pool_matches_flax_with_ties(shape, window):
   rng = np.random.default_rng(0)
   # Small integers make ties in most windows, and ReLU-like zeros make all-equal windows.
@@ -38,14 +42,18 @@ def test_max_pool_matches_flax_with_ties(shape, window):
 
 def test_max_pool_jit_and_second_order_use_the_fast_path():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
-  hlo = jax.jit(jax.grad(lambda x: jnp.sum(pooling.max_pool(x, (2, 2), (2, 2)) ** 2))).lower(
-      x).as_text()
+  hlo = (
+    jax.jit(jax.grad(lambda x: jnp.sum(pooling.max_pool(x, (2, 2), (2, 2)) ** 2)))
+    .lower(x)
+    .as_text()
+  )
   assert "select_and_scatter" not in hlo and "reduce_window" not in hlo
   # Overlapping windows fall back to Flax's reduce_window, same results.
   x7 = jax.random.normal(jax.random.key(1), (2, 7, 7, 3))
   np.testing.assert_array_equal(
-      pooling.max_pool(x7, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
-      nn.max_pool(x7, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
+    pooling.max_pool(x7, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
+    nn.max_pool(x7, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
+  )
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 16, 5), (2, 7, 9, 3)])
@@ -60,8 +68,9 @@ def test_avg_pool_matches_flax(shape):
 
 def test_reduce_window_impl_and_bad_impl():
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
-  hlo = jax.jit(lambda x: pooling.max_pool(x, (2, 2), (2, 2), impl="reduce_window")).lower(
-      x).as_text()
+  hlo = (
+    jax.jit(lambda x: pooling.max_pool(x, (2, 2), (2, 2), impl="reduce_window")).lower(x).as_text()
+  )
   assert "reduce_window" in hlo
   with pytest.raises(ValueError, match="Unknown pooling implementation 'fast'.*reshape"):
     pooling.max_pool(x, (2, 2), (2, 2), impl="fast")
@@ -70,6 +79,7 @@ def test_reduce_window_impl_and_bad_impl():
 def test_seed_cnn_trains_to_the_same_numbers_with_either_pool(tmp_path):
   """The speed option changes nothing a run computes: 20 steps and an eval, to the bit."""
   from tests.conftest import seed_cnn_run
+
   # XLA's convolutions in both, so that the pools are all that differs.
   fast = seed_cnn_run(tmp_path / "reshape", "model.kernels=xla")
   reference = seed_cnn_run(tmp_path / "reduce_window", "model.kernels=plain")

@@ -1,7 +1,7 @@
 """Recurrent cells and layers against numpy's textbook equations, Python loops and each other."""
 
-import flax.linen as nn
 from flax import traverse_util
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,11 +15,11 @@ B, T, D, H = 3, 6, 3, 4
 ATOL = 1e-5
 
 CELLS = {
-    "rnn": lambda: SimpleRNNCell(H, parent=None),
-    "rnn_relu": lambda: SimpleRNNCell(H, activation=nn.relu, parent=None),
-    "lstm": lambda: LSTMCell(H, parent=None),
-    "gru_after": lambda: GRUCell(H, reset_after=True, parent=None),
-    "gru_before": lambda: GRUCell(H, reset_after=False, parent=None),
+  "rnn": lambda: SimpleRNNCell(H, parent=None),
+  "rnn_relu": lambda: SimpleRNNCell(H, activation=nn.relu, parent=None),
+  "lstm": lambda: LSTMCell(H, parent=None),
+  "gru_after": lambda: GRUCell(H, reset_after=True, parent=None),
+  "gru_before": lambda: GRUCell(H, reset_after=False, parent=None),
 }
 
 
@@ -105,11 +105,11 @@ def _np_gru(p, x_BTD, carry, reset_after):
 
 
 NUMPY_REFS = {
-    "rnn": _np_rnn,
-    "rnn_relu": lambda p, x, c: _np_rnn(p, x, c, activation=lambda a: np.maximum(a, 0)),
-    "lstm": _np_lstm,
-    "gru_after": lambda p, x, c: _np_gru(p, x, c, reset_after=True),
-    "gru_before": lambda p, x, c: _np_gru(p, x, c, reset_after=False),
+  "rnn": _np_rnn,
+  "rnn_relu": lambda p, x, c: _np_rnn(p, x, c, activation=lambda a: np.maximum(a, 0)),
+  "lstm": _np_lstm,
+  "gru_after": lambda p, x, c: _np_gru(p, x, c, reset_after=True),
+  "gru_before": lambda p, x, c: _np_gru(p, x, c, reset_after=False),
 }
 
 
@@ -143,13 +143,17 @@ def test_param_shapes_are_fused_and_keras_initialised():
   x = _x()
   gate_counts = {"rnn": 1, "lstm": 4, "gru_after": 3, "gru_before": 3}
   # One jit for all four inits: one compilation instead of one per initializer and shape.
-  all_params = jax.jit(lambda key: {
-      name: Recurrent(CELLS[name]()).init(key, x)["params"]["cell"] for name in gate_counts})(
-          jax.random.key(0))
+  all_params = jax.jit(
+    lambda key: {
+      name: Recurrent(CELLS[name]()).init(key, x)["params"]["cell"] for name in gate_counts
+    }
+  )(jax.random.key(0))
   for name, gates in gate_counts.items():
     p = all_params[name]
-    expected = {"input": {"kernel": (D, gates * H), "bias": (gates * H,)},
-                "recurrent_kernel": (H, gates * H)}
+    expected = {
+      "input": {"kernel": (D, gates * H), "bias": (gates * H,)},
+      "recurrent_kernel": (H, gates * H),
+    }
     if name == "gru_after":
       expected["recurrent_bias"] = (3 * H,)
     assert jax.tree.map(jnp.shape, p) == expected, name
@@ -159,7 +163,7 @@ def test_param_shapes_are_fused_and_keras_initialised():
     assert np.abs(np.asarray(p["input"]["kernel"])).max() <= limit
     expected_bias = np.zeros(gates * H)
     if name == "lstm":
-      expected_bias[H:2 * H] = 1.0  # forget_bias, gate order i, f, g, o.
+      expected_bias[H : 2 * H] = 1.0  # forget_bias, gate order i, f, g, o.
     np.testing.assert_array_equal(p["input"]["bias"], expected_bias)
 
 
@@ -191,9 +195,9 @@ def test_lengths_zero_outputs_and_freeze_the_carry_at_the_last_valid_step(name):
     if L == 0:
       alone_y, alone_carry = jnp.zeros((1, 0, H)), layer.cell.initialize_carry((1,))
     else:
-      alone_y, alone_carry = layer.apply({"params": params}, x[b:b + 1, :L])
-    _assert_tree_close(y[b:b + 1, :L], alone_y)
-    _assert_tree_close(jax.tree.map(lambda a: a[b:b + 1], carry), alone_carry)
+      alone_y, alone_carry = layer.apply({"params": params}, x[b : b + 1, :L])
+    _assert_tree_close(y[b : b + 1, :L], alone_y)
+    _assert_tree_close(jax.tree.map(lambda a: a[b : b + 1], carry), alone_carry)
 
 
 def test_general_mask_skips_masked_steps():
@@ -203,10 +207,10 @@ def test_general_mask_skips_masked_steps():
   y, carry = layer.apply({"params": params}, x, mask_BT=mask)
   for b in range(B):
     kept = np.flatnonzero(mask[b])
-    alone_y, alone_carry = layer.apply({"params": params}, x[b:b + 1, kept])
+    alone_y, alone_carry = layer.apply({"params": params}, x[b : b + 1, kept])
     _assert_tree_close(y[b, kept], alone_y[0])
     np.testing.assert_array_equal(y[b, ~mask[b]], 0.0)
-    _assert_tree_close(jax.tree.map(lambda a: a[b:b + 1], carry), alone_carry)
+    _assert_tree_close(jax.tree.map(lambda a: a[b : b + 1], carry), alone_carry)
 
 
 def test_reverse_with_lengths_runs_each_valid_prefix_backwards_in_original_order():
@@ -215,23 +219,25 @@ def test_reverse_with_lengths_runs_each_valid_prefix_backwards_in_original_order
   x = _x()
   y, carry = bwd.apply({"params": params}, x, lengths_B=LENGTHS)
   for b, L in enumerate(LENGTHS[:2]):
-    alone_y, alone_carry = fwd.apply({"params": params}, x[b:b + 1, :L][:, ::-1])
-    _assert_tree_close(y[b:b + 1, :L], alone_y[:, ::-1])
+    alone_y, alone_carry = fwd.apply({"params": params}, x[b : b + 1, :L][:, ::-1])
+    _assert_tree_close(y[b : b + 1, :L], alone_y[:, ::-1])
     np.testing.assert_array_equal(y[b, L:], 0.0)
-    _assert_tree_close(carry[b:b + 1], alone_carry)
+    _assert_tree_close(carry[b : b + 1], alone_carry)
   np.testing.assert_array_equal(carry[2], 0.0)  # Empty sequence: the initial carry.
 
 
 @pytest.mark.parametrize("merge", ["concat", "sum"])
 def test_bidirectional_merges_forward_and_backward(merge):
-  layer = Bidirectional(Recurrent(CELLS["lstm"]()), Recurrent(CELLS["lstm"](), reverse=True),
-                        merge=merge)
+  layer = Bidirectional(
+    Recurrent(CELLS["lstm"]()), Recurrent(CELLS["lstm"](), reverse=True), merge=merge
+  )
   x = _x()
   params = _random_params(layer, x)
   y, (carry_f, carry_b) = layer.apply({"params": params}, x, lengths_B=LENGTHS)
   yf, cf = Recurrent(CELLS["lstm"]()).apply({"params": params["forward"]}, x, lengths_B=LENGTHS)
-  yb, cb = Recurrent(CELLS["lstm"](), reverse=True).apply({"params": params["backward"]}, x,
-                                                           lengths_B=LENGTHS)
+  yb, cb = Recurrent(CELLS["lstm"](), reverse=True).apply(
+    {"params": params["backward"]}, x, lengths_B=LENGTHS
+  )
   assert y.shape == ((B, T, 2 * H) if merge == "concat" else (B, T, H))
   _assert_tree_close(y, jnp.concatenate([yf, yb], -1) if merge == "concat" else yf + yb)
   _assert_tree_close((carry_f, carry_b), (cf, cb))
@@ -256,8 +262,9 @@ def test_dropout_between_layers_only_in_training_and_deterministic_per_rng():
   x = _x()
   params = _random_params(stack, x)
   run = lambda seed: train_apply(params, jax.random.key(seed))
-  train_apply = jax.jit(lambda p, key: stack.apply({"params": p}, x, train=True,
-                                                   rngs={"dropout": key})[0])
+  train_apply = jax.jit(
+    lambda p, key: stack.apply({"params": p}, x, train=True, rngs={"dropout": key})[0]
+  )
   y_eval = stack.apply({"params": params}, x)[0]
   np.testing.assert_array_equal(run(1), run(1))
   assert np.abs(run(1) - run(2)).max() > 1e-3
@@ -266,8 +273,9 @@ def test_dropout_between_layers_only_in_training_and_deterministic_per_rng():
   single = StackedRNN(H, "gru", num_layers=1, dropout_rate=0.5)
   p1 = {"layers_0": params["layers_0"]}
   np.testing.assert_array_equal(
-      single.apply({"params": p1}, x, train=True, rngs={"dropout": jax.random.key(1)})[0],
-      single.apply({"params": p1}, x)[0])
+    single.apply({"params": p1}, x, train=True, rngs={"dropout": jax.random.key(1)})[0],
+    single.apply({"params": p1}, x)[0],
+  )
 
 
 def test_bidirectional_stack_shapes_and_final_hidden():
@@ -302,6 +310,7 @@ def test_initial_carry_is_used_and_step_decoding_matches_the_full_sequence():
 
 # ---------------------------------------------------------------- transformations
 
+
 def test_jit_grad_and_vmap():
   stack = StackedRNN(H, "gru", num_layers=2, reset_after=False)
   x = _x()
@@ -315,9 +324,11 @@ def test_jit_grad_and_vmap():
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   # Central finite differences on weights the loss reaches through time and through layer 2.
   flat, loss_jit, eps = traverse_util.flatten_dict(params), jax.jit(loss), 1e-2
-  for key, index in [(("layers_0", "cell", "recurrent_kernel"), (1, 5)),
-                     (("layers_0", "cell", "input", "bias"), (9,)),
-                     (("layers_1", "cell", "input", "kernel"), (2, 7))]:
+  for key, index in [
+    (("layers_0", "cell", "recurrent_kernel"), (1, 5)),
+    (("layers_0", "cell", "input", "bias"), (9,)),
+    (("layers_1", "cell", "input", "kernel"), (2, 7)),
+  ]:
     bump = lambda d: traverse_util.unflatten_dict({**flat, key: flat[key].at[index].add(d)})
     fd = (loss_jit(bump(eps), x) - loss_jit(bump(-eps), x)) / (2 * eps)
     grad = traverse_util.flatten_dict(grads)[key][index]
@@ -359,16 +370,20 @@ HOLES = np.array([[1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], b
 @pytest.mark.parametrize("case", ["plain", "lengths", "holes", "reverse_lengths", "unroll_4"])
 def test_lstm_custom_vjp_matches_autodiff_of_the_textbook_scan(case):
   reverse, unroll = case.startswith("reverse"), 4 if case == "unroll_4" else 1
-  mask = {"lengths": np.arange(T) < LENGTHS[:, None], "holes": HOLES,
-          "reverse_lengths": np.arange(T) < LENGTHS[:, None]}.get(case)
+  mask = {
+    "lengths": np.arange(T) < LENGTHS[:, None],
+    "holes": HOLES,
+    "reverse_lengths": np.arange(T) < LENGTHS[:, None],
+  }.get(case)
   layer = Recurrent(LSTMCell(H, parent=None), reverse=reverse, unroll=unroll)
   x = _x()
   params = _random_params(layer, x)
   rng = np.random.default_rng(2)
   carry0 = tuple(jnp.asarray(rng.standard_normal((B, H)), jnp.float32) for _ in range(2))
   # Cotangents on every output: the sequence and both halves of the final carry.
-  w_y, w_c, w_h = (jnp.asarray(rng.standard_normal(s), jnp.float32)
-                   for s in ((B, T, H), (B, H), (B, H)))
+  w_y, w_c, w_h = (
+    jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((B, T, H), (B, H), (B, H))
+  )
 
   def loss(run, p, x, carry0):
     y, (c, h) = run(p, x, carry0)
@@ -376,10 +391,13 @@ def test_lstm_custom_vjp_matches_autodiff_of_the_textbook_scan(case):
 
   ours = lambda p, x, c0: layer.apply({"params": p}, x, initial_carry=c0, mask_BT=mask)
   theirs = lambda p, x, c0: _autodiff_lstm_layer(p["cell"], x, c0, mask, reverse)
-  _assert_tree_close(jax.jit(ours)(params, x, carry0), jax.jit(theirs)(params, x, carry0),
-                     atol=1e-6)
-  grads = [jax.jit(jax.grad(lambda *a, run=run: loss(run, *a), argnums=(0, 1, 2)))(
-      params, x, carry0) for run in (ours, theirs)]
+  _assert_tree_close(
+    jax.jit(ours)(params, x, carry0), jax.jit(theirs)(params, x, carry0), atol=1e-6
+  )
+  grads = [
+    jax.jit(jax.grad(lambda *a, run=run: loss(run, *a), argnums=(0, 1, 2)))(params, x, carry0)
+    for run in (ours, theirs)
+  ]
   _assert_tree_close(grads[0], grads[1], atol=1e-5)
   # Every gradient reaches its input: the kernel through time, the initial carry, masked x zero.
   assert all(np.abs(g).max() > 1e-3 for g in jax.tree.leaves(grads[0][0]))
@@ -397,14 +415,16 @@ def test_lstm_custom_vjp_under_vmap_and_in_bfloat16():
   _assert_tree_close(batched, jax.tree.map(lambda *a: jnp.stack(a), *looped))
 
   bf16 = Recurrent(LSTMCell(H, dtype=jnp.bfloat16, parent=None))
-  grad_bf16 = lambda p, x: jax.grad(lambda p: jnp.sum(
-      bf16.apply({"params": p}, x)[0].astype(jnp.float32) ** 2))(p)
+  grad_bf16 = lambda p, x: jax.grad(
+    lambda p: jnp.sum(bf16.apply({"params": p}, x)[0].astype(jnp.float32) ** 2)
+  )(p)
   g16, g32 = jax.jit(grad_bf16)(params, x_NBTD[0]), looped[0]
   assert jax.tree.map(lambda a: a.dtype, g16) == jax.tree.map(lambda a: a.dtype, g32)
   _assert_tree_close(g16, g32, atol=0.1)
 
 
 # ---------------------------------------------------------------- models
+
 
 def test_language_model_decode_protocol_matches_full_forward():
   model = RNNLanguageModel(vocab_size=11, embed_dim=5, features=H, num_layers=2)
@@ -417,13 +437,14 @@ def test_language_model_decode_protocol_matches_full_forward():
   params = _random_params(model, tokens)
   full = jax.jit(model.apply)({"params": params}, tokens)
   assert full.shape == (2, 7, 11)
-  decode = jax.jit(lambda variables, chunk: model.apply(variables, chunk, decode=True,
-                                                        mutable=["cache"]))
+  decode = jax.jit(
+    lambda variables, chunk: model.apply(variables, chunk, decode=True, mutable=["cache"])
+  )
   # Prefill with a 3-token prompt, then one token at a time.
   logits, state = decode({"params": params, "cache": cache}, tokens[:, :3])
   pieces = [logits]
   for t in range(3, 7):
-    logits, state = decode({"params": params, **state}, tokens[:, t:t + 1])
+    logits, state = decode({"params": params, **state}, tokens[:, t : t + 1])
     pieces.append(logits)
   _assert_tree_close(jnp.concatenate(pieces, 1), full)
 
@@ -439,15 +460,18 @@ def test_language_model_is_causal():
     return jnp.sum(model.apply({"params": p}, tokens)[0, t])
 
   g = np.asarray(jax.grad(out_t)(params["embed"]["embedding"]))
-  np.testing.assert_array_equal(g[t + 1:], 0.0)  # Later inputs (and unused rows) do not matter.
-  assert (np.abs(g[:t + 1]).sum(axis=1) > 0).all()
+  np.testing.assert_array_equal(g[t + 1 :], 0.0)  # Later inputs (and unused rows) do not matter.
+  assert (np.abs(g[: t + 1]).sum(axis=1) > 0).all()
 
 
-@pytest.mark.parametrize("cell_type,bidirectional,gates,biases", [
-    ("lstm", False, 4, 1), ("gru", False, 3, 2), ("rnn", True, 1, 1)])
+@pytest.mark.parametrize(
+  "cell_type,bidirectional,gates,biases",
+  [("lstm", False, 4, 1), ("gru", False, 3, 2), ("rnn", True, 1, 1)],
+)
 def test_rows_classifier_shape_and_parameter_count(cell_type, bidirectional, gates, biases):
-  model = RowsRNNClassifier(num_classes=10, cell_type=cell_type, features=8,
-                            bidirectional=bidirectional)
+  model = RowsRNNClassifier(
+    num_classes=10, cell_type=cell_type, features=8, bidirectional=bidirectional
+  )
   x = jnp.zeros((2, 28, 28, 1))
   params = _random_params(model, x)
   Din, Hh, K, dirs = 28, 8, 10, 2 if bidirectional else 1
@@ -457,8 +481,9 @@ def test_rows_classifier_shape_and_parameter_count(cell_type, bidirectional, gat
 
 
 def test_text_classifier_ignores_padding_anywhere():
-  model = RNNTextClassifier(vocab_size=9, num_classes=3, embed_dim=4, features=H,
-                            bidirectional=True)
+  model = RNNTextClassifier(
+    vocab_size=9, num_classes=3, embed_dim=4, features=H, bidirectional=True
+  )
   tokens = jnp.array([[3, 1, 4, 1, 5], [2, 6, 0, 0, 0]])
   params = _random_params(model, tokens)
   apply = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
@@ -471,6 +496,7 @@ def test_text_classifier_ignores_padding_anywhere():
 
 
 # ---------------------------------------------------------------- errors
+
 
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="Did you mean 'lstm'"):

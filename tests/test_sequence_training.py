@@ -9,28 +9,42 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdl import cli
+from jaxdl import cli, models, sampling, trainer
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
-from jaxdl import models
-from jaxdl import sampling
-from jaxdl import trainer
 from jaxdl.errors import CheckpointError, ConfigError, UserError
 from tests.conftest import REPO, SHARED_DATA
 
 EXPERIMENTS = REPO / "experiments"
-TINY_GPT = ["model.num_layers=2", "model.num_heads=2", "model.embed_dim=32", "model.block_size=32",
-            "data.block_size=32", "train.batch_size=8", "data.eval_batch_size=64",
-            "train.log_every_steps=10", "train.eval_every_steps=1000",
-            "train.checkpoint_every_steps=20", "optimizer.warmup_steps=5",
-            "optimizer.learning_rate=3e-3",
-            # A fixed schedule length, so that a run stopped at 20 of 40 steps and resumed follows
-            # the same learning rates as one run straight to 40.
-            "optimizer.decay_steps=40"]
-TINY_LSTM = ["model.embed_dim=16", "model.features=32", "data.block_size=32", "train.batch_size=8",
-             "data.eval_batch_size=64", "train.log_every_steps=10", "train.eval_every_steps=1000",
-             "train.checkpoint_every_steps=20", "optimizer.warmup_steps=5",
-             "optimizer.learning_rate=3e-3"]
+TINY_GPT = [
+  "model.num_layers=2",
+  "model.num_heads=2",
+  "model.embed_dim=32",
+  "model.block_size=32",
+  "data.block_size=32",
+  "train.batch_size=8",
+  "data.eval_batch_size=64",
+  "train.log_every_steps=10",
+  "train.eval_every_steps=1000",
+  "train.checkpoint_every_steps=20",
+  "optimizer.warmup_steps=5",
+  "optimizer.learning_rate=3e-3",
+  # A fixed schedule length, so that a run stopped at 20 of 40 steps and resumed follows
+  # the same learning rates as one run straight to 40.
+  "optimizer.decay_steps=40",
+]
+TINY_LSTM = [
+  "model.embed_dim=16",
+  "model.features=32",
+  "data.block_size=32",
+  "train.batch_size=8",
+  "data.eval_batch_size=64",
+  "train.log_every_steps=10",
+  "train.eval_every_steps=1000",
+  "train.checkpoint_every_steps=20",
+  "optimizer.warmup_steps=5",
+  "optimizer.learning_rate=3e-3",
+]
 
 
 def _config(experiment, *overrides):
@@ -41,8 +55,11 @@ def _config(experiment, *overrides):
 
 def _train_metrics(workdir):
   """{step: train metrics}, timings left out."""
-  return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
-          for r in metrics_lib.read_metrics(workdir) if "train/loss" in r}
+  return {
+    r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
+    for r in metrics_lib.read_metrics(workdir)
+    if "train/loss" in r
+  }
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +74,9 @@ def test_gpt_learns_characters_and_saves_its_vocabulary(gpt_run):
   vocab = json.loads((workdir / "tokenizer.json").read_text())
   assert vocab  # The vocabulary is in the workdir, for evaluation and sampling.
   losses = [r["train/loss"] for r in _train_metrics(workdir).values()]
-  vocab_size = trainer.load_data(config_lib.from_json(
-      (workdir / "config.json").read_text())).model_hints["vocab_size"]
+  vocab_size = trainer.load_data(
+    config_lib.from_json((workdir / "config.json").read_text())
+  ).model_hints["vocab_size"]
   # Untrained, every character is about equally likely: loss ln(V). Forty steps learn the
   # character frequencies at least.
   assert losses[0] == pytest.approx(np.log(vocab_size), rel=0.25)
@@ -84,17 +102,28 @@ def test_gpt_resume_is_bit_exact(gpt_run, tmp_path):
   default (calls of up to 16 steps), this one 1 step a call, then 3."""
   workdir, _ = gpt_run
   resumed = tmp_path / "resumed"
-  trainer.train(_config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=20",
-                        "train.steps_per_call=1"), resumed, show_progress=False)
-  trainer.train(_config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=40",
-                        "train.steps_per_call=3"), resumed, show_progress=False)
+  trainer.train(
+    _config(
+      "shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=20", "train.steps_per_call=1"
+    ),
+    resumed,
+    show_progress=False,
+  )
+  trainer.train(
+    _config(
+      "shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=40", "train.steps_per_call=3"
+    ),
+    resumed,
+    show_progress=False,
+  )
   assert _train_metrics(resumed) == _train_metrics(workdir)
 
 
 def test_generate_is_deterministic_for_a_seed(gpt_run):
   workdir, _ = gpt_run
-  sample = lambda seed: sampling.generate_from_workdir(workdir, "ROMEO:", max_new_tokens=40,
-                                                       temperature=1.0, top_k=10, seed=seed)
+  sample = lambda seed: sampling.generate_from_workdir(
+    workdir, "ROMEO:", max_new_tokens=40, temperature=1.0, top_k=10, seed=seed
+  )
   first = sample(0)
   assert first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 40
   assert sample(0) == first
@@ -112,12 +141,20 @@ def test_generate_rejects_characters_outside_the_vocabulary(gpt_run):
 
 def test_generate_command(gpt_run, capsys):
   workdir, _ = gpt_run
-  assert cli.main(["generate", str(workdir), "--prompt", "KING", "--max-new-tokens", "12",
-                   "--seed", "3"]) == 0
+  assert (
+    cli.main(
+      ["generate", str(workdir), "--prompt", "KING", "--max-new-tokens", "12", "--seed", "3"]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert out.startswith("KING") and len(out.rstrip("\n")) >= len("KING")
-  assert cli.main(["generate", str(workdir), "--prompt", "KING", "--max-new-tokens", "12",
-                   "--seed", "3"]) == 0
+  assert (
+    cli.main(
+      ["generate", str(workdir), "--prompt", "KING", "--max-new-tokens", "12", "--seed", "3"]
+    )
+    == 0
+  )
   assert capsys.readouterr().out == out
 
 
@@ -129,6 +166,7 @@ def test_greedy_sampling_equals_argmax_of_full_forward(gpt_run):
   data = trainer.load_data(config)
   model = models.build_model(config.model, data.model_hints)
   from jaxdl.checkpoint import Checkpointer
+
   checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
   params = checkpointer.restore_as_saved(checkpointer.latest_step())["state"]["params"]
   checkpointer.close()
@@ -161,8 +199,9 @@ def test_vocabulary_change_is_refused_on_resume(gpt_run, tmp_path):
   workdir, _ = gpt_run
   other_text = tmp_path / "other.txt"
   other_text.write_text("a small text with another alphabet " * 400)
-  config = _config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=60",
-                   f"data.dir={other_text}")
+  config = _config(
+    "shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=60", f"data.dir={other_text}"
+  )
   with pytest.raises(CheckpointError):
     trainer.train(config, workdir, show_progress=False)
 
@@ -189,10 +228,18 @@ def test_unknown_data_option_names_the_options():
 
 
 def test_seq2seq_reports_exact_match_of_greedy_decoding(tmp_path):
-  config = _config("reverse_transformer.py", "train.num_steps=30", "data.num_train=2000",
-                   "data.num_test=100", "model.num_layers=1", "model.embed_dim=32",
-                   "model.mlp_dim=64", "data.eval_batch_size=50", "train.log_every_steps=10",
-                   "optimizer.warmup_steps=5")
+  config = _config(
+    "reverse_transformer.py",
+    "train.num_steps=30",
+    "data.num_train=2000",
+    "data.num_test=100",
+    "model.num_layers=1",
+    "model.embed_dim=32",
+    "model.mlp_dim=64",
+    "data.eval_batch_size=50",
+    "train.log_every_steps=10",
+    "optimizer.warmup_steps=5",
+  )
   result = trainer.train(config, tmp_path / "s2s", show_progress=False)
   m = result.eval_metrics
   assert 0.0 <= m["eval/exact_match"] <= m["eval/accuracy"] <= 1.0
@@ -201,11 +248,18 @@ def test_seq2seq_reports_exact_match_of_greedy_decoding(tmp_path):
 
 
 @pytest.mark.slow  # A few epochs of BERT on real reviews; CI runs it.
-@pytest.mark.skipif(not (SHARED_DATA / "rotten_tomatoes").is_dir(),
-                    reason="the review corpus lives in ../shared/data (jaxdl dev machines only)")
+@pytest.mark.skipif(
+  not (SHARED_DATA / "rotten_tomatoes").is_dir(),
+  reason="the review corpus lives in ../shared/data (jaxdl dev machines only)",
+)
 def test_bert_classifies_reviews(tmp_path):
-  config = _config("reviews_bert.py", f"data.dir={SHARED_DATA / 'rotten_tomatoes'}",
-                   "train.num_steps=30", "train.log_every_steps=10", "optimizer.warmup_steps=5")
+  config = _config(
+    "reviews_bert.py",
+    f"data.dir={SHARED_DATA / 'rotten_tomatoes'}",
+    "train.num_steps=30",
+    "train.log_every_steps=10",
+    "optimizer.warmup_steps=5",
+  )
   result = trainer.train(config, tmp_path / "bert", show_progress=False)
   assert result.eval_metrics["eval/num_examples"] > 1000
   assert 0.4 < result.eval_metrics["eval/accuracy"] <= 1.0
@@ -215,10 +269,14 @@ def test_bert_classifies_reviews(tmp_path):
 def test_generate_from_a_sweep_member(tmp_path):
   """A sweep's checkpoint holds every member; `--member` picks whose parameters sample."""
   workdir = tmp_path / "sweep"
-  trainer.train(_config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=3",
-                        "sweep.seeds=2"), workdir, show_progress=False)
+  trainer.train(
+    _config("shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=3", "sweep.seeds=2"),
+    workdir,
+    show_progress=False,
+  )
   sample = lambda member: sampling.generate_from_workdir(
-      workdir, "ROMEO:", max_new_tokens=20, temperature=0.0, member=member)
+    workdir, "ROMEO:", max_new_tokens=20, temperature=0.0, member=member
+  )
   assert sample(0) != sample(1)  # Different seeds, different weights.
   with pytest.raises(UserError, match="--member 2: the sweep .* has members 0 to 1"):
     sample(2)

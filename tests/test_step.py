@@ -88,8 +88,10 @@ def test_eval_step_ignores_padding():
   eval_step = jax.jit(step_lib.make_eval_step(model))
   real = eval_step(state, {"image": x[:4], "label": labels[:4], "mask": jnp.ones(4, bool)})
   # The same four examples plus two padding rows (garbage images, wrong labels) masked out.
-  padded = eval_step(state, {"image": x.at[4:].set(9.0), "label": labels,
-                             "mask": jnp.array([1, 1, 1, 1, 0, 0], bool)})
+  padded = eval_step(
+    state,
+    {"image": x.at[4:].set(9.0), "label": labels, "mask": jnp.array([1, 1, 1, 1, 0, 0], bool)},
+  )
   assert float(padded["count"]) == 4.0
   assert float(padded["correct"]) == float(real["correct"])
   assert float(padded["loss_sum"]) == pytest.approx(float(real["loss_sum"]), rel=1e-6)

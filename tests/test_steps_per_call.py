@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 
 from jaxdl import config as config_lib
-from jaxdl import interval_log
-from jaxdl import models
-from jaxdl import trainer
+from jaxdl import interval_log, models, trainer
 from jaxdl.errors import ConfigError
-from jaxdl.train import parallel
+from jaxdl.train import parallel, steps_per_call
 from jaxdl.train import step as step_lib
-from jaxdl.train import steps_per_call
 from tests.conftest import REPO, seed_cnn_run
 
 
@@ -51,6 +48,7 @@ def _seed_cnn(*overrides):
 
 class _TinyConvNet(nn.Module):
   """A user's module: one plain nn.Conv, or one given its own convolution function."""
+
   conv_general_dilated: object = None
 
   @nn.compact
@@ -62,6 +60,7 @@ class _TinyConvNet(nn.Module):
 
 class _Declares(nn.Module):
   """A module that states its answer: what it calls inside is not asked."""
+
   runs_xla_convolutions = False
 
   @nn.compact
@@ -101,8 +100,10 @@ def test_auto_is_one_step_a_call_with_xla_convolutions(tmp_path, caplog):
   with caplog.at_level(logging.INFO, logger="jaxdl"):
     seed_cnn_run(tmp_path / "xla", _xla_convs_override())
   # XLA:CPU runs a convolution inside a loop ~15x more slowly.
-  assert "One train step per call (train.steps_per_call=0, auto: the model runs XLA " \
-      "convolutions" in caplog.text
+  assert (
+    "One train step per call (train.steps_per_call=0, auto: the model runs XLA "
+    "convolutions" in caplog.text
+  )
 
 
 def test_a_call_runs_its_first_n_batches_and_returns_the_last_loss():
@@ -124,8 +125,9 @@ def test_stacked_steps_fill_spare_slots_with_the_last_batch():
   stacked = layout.put_batch(parallel.stack_steps(host, 4), steps_axis=True)["x"]
   assert stacked.shape == (4, 4, 3)
   np.testing.assert_array_equal(np.asarray(stacked)[:, 0, 0], [0, 1, 1, 1])
-  members = layout.put_batch(parallel.stack_steps([{"x": np.zeros((2, 4, 3))}], 3),
-                             member_axis=True, steps_axis=True)["x"]
+  members = layout.put_batch(
+    parallel.stack_steps([{"x": np.zeros((2, 4, 3))}], 3), member_axis=True, steps_axis=True
+  )["x"]
   assert members.shape == (3, 2, 4, 3)
 
 
@@ -141,10 +143,11 @@ def test_flops_of_a_call_are_those_of_one_step():
   args = (loop["state"], loop["metric_sums"])
   rng = jax.random.wrap_key_data(loop["rng"])
   single = layout.compile_update(setup.update).lower(*args, layout.put_batch(batch), rng)
-  several = layout.compile_update(step_lib.steps_in_one_call(setup.update),
-                                  steps_in_call=True).lower(
-      *args, layout.put_batch(parallel.stack_steps([batch], 4), steps_axis=True), np.int32(4),
-      rng)
+  several = layout.compile_update(
+    step_lib.steps_in_one_call(setup.update), steps_in_call=True
+  ).lower(
+    *args, layout.put_batch(parallel.stack_steps([batch], 4), steps_axis=True), np.int32(4), rng
+  )
   one = interval_log.step_efficiency(single.compile(), layout, "float32")
   four = interval_log.step_efficiency(several.compile(), layout, "float32", steps_loop=True)
   assert not one.lower_bound and not four.lower_bound

@@ -35,7 +35,6 @@ class Dense(nn.Module):
 
 
 class ConvBN(nn.Module):
-
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     x = nn.Conv(4, (3, 3), name="conv")(x)
@@ -67,7 +66,7 @@ def test_mnist_cnn_experiment(capsys):
   # its 11x11 output that the 2x2 pool drops: 10 * 10 positions. These are the im2col op's.
   assert cli.main(["summary", EXPERIMENT, "model.kernels=fused"]) == 0
   out = capsys.readouterr().out
-  macs = (26 * 26 * 32 * 9 * 1 + 10 * 10 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 64 * 10)
+  macs = 26 * 26 * 32 * 9 * 1 + 10 * 10 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 64 * 10
   assert _number(out, "forward FLOPs") == pytest.approx(2 * macs, rel=0.05)
   # The default runs conv2 by Winograd's F(2x2, 3x3): 16 products of 25 tiles x 32 x 64 instead
   # of 100 positions x 288 x 64, plus its transforms (the kernel's, 16 x 9 x 2048 multiply-adds,
@@ -85,12 +84,14 @@ def test_resnet18_by_name_without_weights(capsys, monkeypatch):
       arrays = [x for x in jax.tree.leaves(args[1:]) if hasattr(x, "shape")]
       assert arrays and all(isinstance(x, jax.core.Tracer) for x in arrays), method.__name__
       return method(self, *args, **kwargs)
+
     return wrapped
 
   monkeypatch.setattr(nn.Module, "init", only_traced(nn.Module.init))
   monkeypatch.setattr(nn.Module, "apply", only_traced(nn.Module.apply))
-  monkeypatch.setattr(jax.stages.Compiled, "__call__",
-                      lambda *a, **k: pytest.fail("the forward pass ran"))
+  monkeypatch.setattr(
+    jax.stages.Compiled, "__call__", lambda *a, **k: pytest.fail("the forward pass ran")
+  )
   assert cli.main(["summary", "--model", "resnet18", "--input-shape", "1,224,224,3"]) == 0
   out = capsys.readouterr().out
   assert "total params: 11689512 (11.7M)" in out  # torchvision's resnet18.
@@ -101,8 +102,22 @@ def test_resnet18_by_name_without_weights(capsys, monkeypatch):
 
 
 def test_gpt_tiny_token_input(capsys):
-  assert cli.main(["summary", "--model", "gpt_tiny", "--input-shape", "1,16",
-                   "--input-dtype", "int32", "--optimizer", "sgd"]) == 0
+  assert (
+    cli.main(
+      [
+        "summary",
+        "--model",
+        "gpt_tiny",
+        "--input-shape",
+        "1,16",
+        "--input-dtype",
+        "int32",
+        "--optimizer",
+        "sgd",
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   v, t, layers, d = 65, 128, 4, 128  # gpt_tiny; embeddings tied to the output layer.
   per_layer = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (8 * d * d + 5 * d)
@@ -119,7 +134,9 @@ def test_dense_flops_and_adam_bytes():
   assert s.param_bytes == 4 * s.total_params
   assert s.opt_bytes == 2 * s.param_bytes + 2 * 4  # mu, nu; step counts of Adam and schedule.
   assert [(r.path, r.shape, r.count) for r in s.rows] == [
-      ("Dense_0/bias", (d_out,), d_out), ("Dense_0/kernel", (d_in, d_out), d_in * d_out)]
+    ("Dense_0/bias", (d_out,), d_out),
+    ("Dense_0/kernel", (d_in, d_out), d_in * d_out),
+  ]
 
 
 def test_batch_stats_are_not_parameters():
@@ -147,7 +164,9 @@ def test_big_models_are_summed_per_module_unless_full():
     assert "total params: 780 " in text and "forward FLOPs: n/a" in text
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--model", "resnet1000", "--input-shape", "1,32,32,3"], "Did you mean"),
     (["--model", "resnet18", "--input-shape", "1,x,3"], "--input-shape '1,x,3' is not a shape"),
     (["--model", "resnet18", "--input-shape", "1,0,3"], "is not a shape"),
@@ -158,7 +177,8 @@ def test_big_models_are_summed_per_module_unless_full():
     (["--model", "resnet18", "--input-shape", "1,32,32,3", "--vocab-size", "9"], "--vocab-size"),
     ([EXPERIMENT, "--input-shape", "1,28,28,1"], "applies with --model only"),
     ([], "Give an experiment file"),
-])
+  ],
+)
 def test_user_errors(args, message, capsys):
   assert cli.main(["summary", *args]) == 2
   err = capsys.readouterr().err

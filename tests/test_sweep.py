@@ -3,21 +3,25 @@ against the separate runs they stand for."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
-from jaxdl import sweep
-from jaxdl import trainer
+from jaxdl import sweep, trainer
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import ConfigError
 from tests.conftest import REPO
 
 EXPERIMENT = REPO / "experiments" / "mnist_cnn.py"
-SMALL = ["train.batch_size=32", "train.log_every_steps=4", "train.eval_every_steps=8",
-         "train.checkpoint_every_steps=4", "data.eval_batch_size=500", "train.num_steps=8"]
+SMALL = [
+  "train.batch_size=32",
+  "train.log_every_steps=4",
+  "train.eval_every_steps=8",
+  "train.checkpoint_every_steps=4",
+  "data.eval_batch_size=500",
+  "train.num_steps=8",
+]
 # vmap batches each member's matmuls and convolutions into one op, which XLA:CPU rounds
 # differently from the single run's (one step: parameters within ~1e-8). Over 8 steps of Adam
 # the difference stays far below this.
@@ -43,22 +47,29 @@ def test_members_are_the_product_of_seeds_and_values():
   config_lib.apply_overrides(config, ["sweep.seeds=2", "sweep.optimizer.learning_rate=[0.1,0.01]"])
   members = sweep.members(config)
   assert [(m.seed, m.values) for m in members] == [
-      (7, {"optimizer.learning_rate": 0.1}), (7, {"optimizer.learning_rate": 0.01}),
-      (8, {"optimizer.learning_rate": 0.1}), (8, {"optimizer.learning_rate": 0.01})]
+    (7, {"optimizer.learning_rate": 0.1}),
+    (7, {"optimizer.learning_rate": 0.01}),
+    (8, {"optimizer.learning_rate": 0.1}),
+    (8, {"optimizer.learning_rate": 0.01}),
+  ]
   assert members[1].label == "seed=7 optimizer.learning_rate=0.01"
-  np.testing.assert_array_equal(sweep.member_hparams(members)["optimizer.learning_rate"],
-                                np.float32([0.1, 0.01, 0.1, 0.01]))
+  np.testing.assert_array_equal(
+    sweep.member_hparams(members)["optimizer.learning_rate"], np.float32([0.1, 0.01, 0.1, 0.01])
+  )
   # No sweep, or one seed: a plain run without a member axis.
   assert sweep.members(config_lib.base_config()) is None
   config_lib.apply_overrides(config := config_lib.base_config(), ["sweep.seeds=1"])
   assert sweep.members(config) is None
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("sweep.train.batch_size=[32,64]", "cannot be swept in one program"),
     ("sweep.model.dropout=[0.1]", "is not a config key"),
     ("sweep.optimizer.learning_rat=[0.1]", "is not a config key"),
-])
+  ],
+)
 def test_unsweepable_keys_are_refused_when_overridden(override, message):
   with pytest.raises(ConfigError, match=message):
     config_lib.apply_overrides(config_lib.base_config(), [override])
@@ -77,8 +88,12 @@ def test_bad_sweep_values_are_refused():
 
 def test_aggregate_gives_mean_std_and_every_member():
   out = sweep.aggregate([{"eval/loss": 1.0}, {"eval/loss": 3.0}])
-  assert out == {"eval/loss": 2.0, "eval/loss/std": 1.0, "member0/eval/loss": 1.0,
-                 "member1/eval/loss": 3.0}
+  assert out == {
+    "eval/loss": 2.0,
+    "eval/loss/std": 1.0,
+    "member0/eval/loss": 1.0,
+    "member1/eval/loss": 3.0,
+  }
 
 
 class _Counter:
@@ -115,8 +130,10 @@ def test_stacked_iterator_shares_an_iterator_per_seed_and_resumes():
 @pytest.fixture(scope="module")
 def seed_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("sweep")
-  single = {seed: trainer.train(_config(f"seed={seed}"), root / f"seed{seed}",
-                                show_progress=False) for seed in (0, 1)}
+  single = {
+    seed: trainer.train(_config(f"seed={seed}"), root / f"seed{seed}", show_progress=False)
+    for seed in (0, 1)
+  }
   result = trainer.train(_config("sweep.seeds=2"), root / "sweep", show_progress=False)
   return root, single, result
 
@@ -146,24 +163,26 @@ def test_sweep_checkpoint_holds_every_member_and_resumes_exactly(seed_runs, tmp_
   kernel = saved["state"]["params"]["conv1"]["kernel"]
   assert kernel.shape[0] == 2 and not np.array_equal(kernel[0], kernel[1])
   # Half the run, then the rest from its checkpoint: the same metrics, to the bit.
-  trainer.train(_config("sweep.seeds=2", "train.num_steps=4"), tmp_path / "r",
-                show_progress=False)
+  trainer.train(_config("sweep.seeds=2", "train.num_steps=4"), tmp_path / "r", show_progress=False)
   trainer.train(_config("sweep.seeds=2"), tmp_path / "r", show_progress=False)
   assert _last_metrics(tmp_path / "r") == _last_metrics(root / "sweep")
   step, metrics, summary = trainer.evaluate_workdir(tmp_path / "r")
-  assert step == 8 and metrics["member1/eval/loss"] == _last_metrics(root / "sweep")[
-      "member1/eval/loss"]
+  assert (
+    step == 8 and metrics["member1/eval/loss"] == _last_metrics(root / "sweep")["member1/eval/loss"]
+  )
 
 
 @pytest.mark.slow  # A sweep and a run; CI runs it.
 def test_learning_rate_sweep_gives_each_member_its_value(tmp_path):
-  result = trainer.train(_config("sweep.optimizer.learning_rate=[1e-3,1e-4]"), tmp_path / "lr",
-                         show_progress=False)
+  result = trainer.train(
+    _config("sweep.optimizer.learning_rate=[1e-3,1e-4]"), tmp_path / "lr", show_progress=False
+  )
   swept = _last_metrics(tmp_path / "lr")
   assert swept["member0/train/learning_rate"] == pytest.approx(1e-3)
   assert swept["member1/train/learning_rate"] == pytest.approx(1e-4)
-  alone = trainer.train(_config("optimizer.learning_rate=1e-4"), tmp_path / "alone",
-                        show_progress=False)
+  alone = trainer.train(
+    _config("optimizer.learning_rate=1e-4"), tmp_path / "alone", show_progress=False
+  )
   del result, alone
   alone_metrics = _last_metrics(tmp_path / "alone")
   np.testing.assert_allclose(swept["member1/train/loss"], alone_metrics["train/loss"], rtol=RTOL)
@@ -181,8 +200,9 @@ def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tm
   im2col = "model.kernels=fused"
   for seed in (0, 1):
     trainer.train(_config(f"seed={seed}", im2col), tmp_path / f"seed{seed}", show_progress=False)
-  trainer.train(_config("sweep.seeds=2", "sweep.method=map", im2col), tmp_path / "map",
-                show_progress=False)
+  trainer.train(
+    _config("sweep.seeds=2", "sweep.method=map", im2col), tmp_path / "map", show_progress=False
+  )
   swept = _last_metrics(tmp_path / "map")
   for i, seed in enumerate((0, 1)):
     alone = _last_metrics(tmp_path / f"seed{seed}")
@@ -190,8 +210,9 @@ def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tm
       if key != "step":
         assert swept[f"member{i}/{key}"] == value, key
   root, _, _ = seed_runs
-  trainer.train(_config("sweep.seeds=2", "sweep.method=map"), tmp_path / "map_default",
-                show_progress=False)
+  trainer.train(
+    _config("sweep.seeds=2", "sweep.method=map"), tmp_path / "map_default", show_progress=False
+  )
   swept = _last_metrics(tmp_path / "map_default")
   for i, seed in enumerate((0, 1)):
     alone = _last_metrics(root / f"seed{seed}")
@@ -204,21 +225,33 @@ def test_unknown_sweep_method_is_refused():
     sweep.over_members("pmap")
 
 
-TINY_GPT = ["model.num_layers=1", "model.num_heads=2", "model.embed_dim=32", "model.block_size=32",
-            "data.block_size=32", "train.batch_size=8", "data.eval_batch_size=64",
-            "train.log_every_steps=4", "train.eval_every_steps=1000", "train.num_steps=8",
-            "optimizer.warmup_steps=2", "optimizer.decay_steps=8"]
+TINY_GPT = [
+  "model.num_layers=1",
+  "model.num_heads=2",
+  "model.embed_dim=32",
+  "model.block_size=32",
+  "data.block_size=32",
+  "train.batch_size=8",
+  "data.eval_batch_size=64",
+  "train.log_every_steps=4",
+  "train.eval_every_steps=1000",
+  "train.num_steps=8",
+  "optimizer.warmup_steps=2",
+  "optimizer.decay_steps=8",
+]
 
 
 @pytest.mark.slow  # Three small GPT runs; CI runs it.
 def test_dropout_rate_sweep_gives_each_member_its_rate(tmp_path):
   """Each member's model is built with its (traced) dropout rate: member i follows the separate
   run with model.dropout_rate set to its value."""
+
   def run(name, *extra):
     config = config_lib.load_experiment(f"{REPO / 'experiments' / 'shakespeare_char_gpt.py'}:cpu")
     config_lib.apply_overrides(config, [*TINY_GPT, *extra])
     trainer.train(config, tmp_path / name, show_progress=False)
     return _last_metrics(tmp_path / name)
+
   swept = run("sweep", "sweep.model.dropout_rate=[0.0,0.3]")
   for i, rate in enumerate((0.0, 0.3)):
     alone = run(f"rate{i}", f"model.dropout_rate={rate}")

@@ -24,8 +24,7 @@ def test_language_modelling_predicts_the_next_token():
   logp = _log_softmax(logits.astype(np.float64))
   expected = -np.take_along_axis(logp, targets[..., None], -1).mean()
   assert float(loss) == pytest.approx(expected, rel=1e-5)
-  assert float(metrics["train/accuracy"]) == pytest.approx(
-      np.mean(logits.argmax(-1) == targets))
+  assert float(metrics["train/accuracy"]) == pytest.approx(np.mean(logits.argmax(-1) == targets))
 
 
 class _Echo:
@@ -44,8 +43,9 @@ def test_language_modelling_eval_ignores_padded_rows():
   tokens = rng.integers(0, 7, size=(3, 6)).astype(np.int32)
   logits = rng.normal(size=(3, 5, 7)).astype(np.float32)
   task = tasks.LanguageModelling()
-  sums = task.eval_sums(_Echo(jnp.asarray(logits)), {},
-                        {"tokens": tokens, "mask": np.array([True, True, False])})
+  sums = task.eval_sums(
+    _Echo(jnp.asarray(logits)), {}, {"tokens": tokens, "mask": np.array([True, True, False])}
+  )
   logp = _log_softmax(logits[:2].astype(np.float64))
   nll = -np.take_along_axis(logp, tokens[:2, 1:, None], -1)
   metrics = task.eval_metrics(jax.device_get(sums))
@@ -78,5 +78,6 @@ def test_classification_reads_the_datasets_input_key():
 def test_unknown_task_is_refused():
   class Weird:
     task = "regression"
+
   with pytest.raises(ValueError, match="regression"):
     tasks.make_task(Weird())

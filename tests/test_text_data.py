@@ -62,7 +62,7 @@ def test_train_windows_are_slices_of_the_train_stream_at_uniform_starts(counting
     tokens = batch["tokens"]
     assert tokens.dtype == np.int32 and tokens.shape == (4, 9)
     for window in tokens:
-      np.testing.assert_array_equal(window, data.train_tokens[window[0]:window[0] + 9])
+      np.testing.assert_array_equal(window, data.train_tokens[window[0] : window[0] + 9])
       starts.append(int(window[0]))
   # 800 draws over the 150 - 8 = 142 valid starts 0..141: all of them, nothing beyond.
   assert sorted(set(starts)) == list(range(142))
@@ -94,7 +94,8 @@ def test_same_seed_same_batches_other_seed_or_shard_other_batches(counting_lm):
   shard1 = _tokens(counting_lm, 10, batch_size=4, seed=3, shard_index=1, shard_count=2)
   assert not np.array_equal(shard0, shard1)
   np.testing.assert_array_equal(
-      _tokens(counting_lm, 10, batch_size=4, seed=3, shard_index=1, shard_count=2), shard1)
+    _tokens(counting_lm, 10, batch_size=4, seed=3, shard_index=1, shard_count=2), shard1
+  )
 
 
 def test_single_process_starts_are_drawn_as_before(counting_lm):
@@ -109,8 +110,10 @@ def test_single_process_starts_are_drawn_as_before(counting_lm):
 @pytest.mark.parametrize("shard_count", [2, 3])
 def test_shards_concatenate_to_the_single_process_batches(counting_lm, shard_count):
   single = _tokens(counting_lm, 6, batch_size=3 * shard_count, seed=7)
-  shards = [_tokens(counting_lm, 6, batch_size=3, seed=7, shard_index=i, shard_count=shard_count)
-            for i in range(shard_count)]
+  shards = [
+    _tokens(counting_lm, 6, batch_size=3, seed=7, shard_index=i, shard_count=shard_count)
+    for i in range(shard_count)
+  ]
   np.testing.assert_array_equal(np.concatenate(shards, axis=1), single)
 
 
@@ -181,21 +184,29 @@ def test_text_errors(tmp_path):
   with pytest.raises(DataError, match="holds no \\*.txt files"):
     load_text(str(tmp_path / "sub"))
   (tmp_path / "latin1.txt").write_bytes("caf\u00e9 ok".encode("latin-1"))
-  with pytest.raises(DataError, match=r"latin1.txt' is not UTF-8 text: the byte at offset 3 "
-                     r"\(0xe9\).*Convert the file to UTF-8"):
+  with pytest.raises(
+    DataError,
+    match=r"latin1.txt' is not UTF-8 text: the byte at offset 3 "
+    r"\(0xe9\).*Convert the file to UTF-8",
+  ):
     load_text(str(tmp_path / "latin1.txt"))
   (tmp_path / "short.txt").write_text("x" * 100)
   # 100 tokens: 90 train, 10 val; a block of 16 needs 17 in each split.
-  with pytest.raises(DataError, match=r"90 training and 10 validation tokens.*block_size \+ 1 = 17"):
+  with pytest.raises(
+    DataError, match=r"90 training and 10 validation tokens.*block_size \+ 1 = 17"
+  ):
     load_text(str(tmp_path / "short.txt"), block_size=16)
   assert load_text(str(tmp_path / "short.txt"), block_size=9).source["num_val"] == 10
 
 
-@pytest.mark.parametrize("options, message", [
+@pytest.mark.parametrize(
+  "options, message",
+  [
     ({"tokenizer": "bpe"}, r"data.tokenizer must be one of 'char', 'byte', got 'bpe'"),
     ({"block_size": 0}, r"data.block_size must be an integer >= 1, got 0"),
     ({"val_fraction": 1.0}, r"data.val_fraction must be a number strictly between 0 and 1"),
-])
+  ],
+)
 def test_text_bad_options(options, message):
   with pytest.raises(DataError, match=message):
     load_text(**options)
@@ -208,8 +219,7 @@ def test_text_options_match_loader_defaults():
 
 def _keyword_params(function):
   params = inspect.signature(function).parameters
-  return {n: p for n, p in params.items()
-          if p.kind == p.KEYWORD_ONLY and n != "allow_download"}
+  return {n: p for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n != "allow_download"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,15 +257,17 @@ def test_damaged_shipped_corpus_is_an_error(monkeypatch):
 def test_corpus_script_reproduces_the_shipped_file(tmp_path):
   src = SHARED_DATA / "shakespeare"
   if not src.is_dir():
-    pytest.skip(f"the Shakespeare plays are not at {src} (../shared/data is only on jaxdl dev "
-                f"machines)")
+    pytest.skip(
+      f"the Shakespeare plays are not at {src} (../shared/data is only on jaxdl dev machines)"
+    )
   assert make_shakespeare_corpus.main([str(src), str(tmp_path)]) == 0
   built = (tmp_path / "tragedies.txt.bz2").read_bytes()
   shipped = importlib.resources.files("jaxdl.data").joinpath(text.SHIPPED_CORPUS).read_bytes()
   assert built == shipped
   # It is the plays, in the script's order, joined as load_text joins a directory.
-  plays = [(src / f"{name}.txt").read_text(encoding="utf-8")
-           for name in make_shakespeare_corpus.PLAYS]
+  plays = [
+    (src / f"{name}.txt").read_text(encoding="utf-8") for name in make_shakespeare_corpus.PLAYS
+  ]
   assert bz2.decompress(built).decode("utf-8") == text.join_works(plays)
 
 
@@ -263,26 +275,26 @@ def test_corpus_script_reproduces_the_shipped_file(tmp_path):
 # Review sentiment.
 
 REVIEWS = [
-    ("fresh", "A great film, moving and funny."),
-    ("rotten", "Dull, long and loud."),
-    ("plot", "A man goes to the city."),
-    ("fresh", "Great acting; a moving story."),
-    ("rotten", "Loud and dull."),
-    ("fresh", "Funny, sharp, great!"),
-    ("rotten", "A long, long bore."),
-    ("fresh", "Moving."),
-    ("rotten", "Not funny at all, just dull."),
-    ("plot", "She finds a dog."),
-    ("fresh", "An instant classic: great."),
-    ("rotten", "Boring and far too long."),
-    ("fresh", "A moving, funny, great film."),  # Appears twice: must land in one split.
-    ("fresh", "A moving, funny, great film."),
-    ("rotten", "Multi-line\nreview, quoted."),
-    ("fresh", "Sharp writing, great cast."),
-    ("rotten", "Dull plot, dull cast."),
-    ("fresh", "Loved it."),
-    ("rotten", "Hated it."),
-    ("fresh", "Zesty and bold."),
+  ("fresh", "A great film, moving and funny."),
+  ("rotten", "Dull, long and loud."),
+  ("plot", "A man goes to the city."),
+  ("fresh", "Great acting; a moving story."),
+  ("rotten", "Loud and dull."),
+  ("fresh", "Funny, sharp, great!"),
+  ("rotten", "A long, long bore."),
+  ("fresh", "Moving."),
+  ("rotten", "Not funny at all, just dull."),
+  ("plot", "She finds a dog."),
+  ("fresh", "An instant classic: great."),
+  ("rotten", "Boring and far too long."),
+  ("fresh", "A moving, funny, great film."),  # Appears twice: must land in one split.
+  ("fresh", "A moving, funny, great film."),
+  ("rotten", "Multi-line\nreview, quoted."),
+  ("fresh", "Sharp writing, great cast."),
+  ("rotten", "Dull plot, dull cast."),
+  ("fresh", "Loved it."),
+  ("rotten", "Hated it."),
+  ("fresh", "Zesty and bold."),
 ]
 
 
@@ -309,8 +321,10 @@ def test_reviews_labels_split_and_encoding(tmp_path):
   _write_csv(tmp_path / reviews.FILE_NAME, REVIEWS)
   data = load_reviews(str(tmp_path), vocab_size=40, max_length=6, test_fraction=0.3)
   kept = [(c, r) for c, r in REVIEWS if c != "plot"]
-  expected = {"train": [(c, r) for c, r in kept if not _in_test(r, 0.3)],
-              "test": [(c, r) for c, r in kept if _in_test(r, 0.3)]}
+  expected = {
+    "train": [(c, r) for c, r in kept if not _in_test(r, 0.3)],
+    "test": [(c, r) for c, r in kept if _in_test(r, 0.3)],
+  }
   assert expected["train"] and expected["test"]
   tok = data.tokenizer
   for name, split in (("train", data.train), ("test", data.test)):
@@ -323,8 +337,10 @@ def test_reviews_labels_split_and_encoding(tmp_path):
       ids = tok.encode(review)[:5]  # [CLS] + at most 5 tokens, then [PAD] = 0.
       np.testing.assert_array_equal(row, [tok.cls_id, *ids, *[0] * (5 - len(ids))])
   duplicate = REVIEWS[12][1]
-  assert sum(r == duplicate for _, r in expected["train" if not _in_test(duplicate, 0.3)
-                                                 else "test"]) == 2
+  assert (
+    sum(r == duplicate for _, r in expected["train" if not _in_test(duplicate, 0.3) else "test"])
+    == 2
+  )
   assert data.task == "classify" and data.input_key == "tokens"
   assert data.model_hints == {"num_classes": 2, "vocab_size": tok.vocab_size}
 
@@ -355,8 +371,9 @@ def test_reviews_split_is_deterministic_and_independent_of_row_order(tmp_path):
 @pytest.mark.parametrize("tokenizer, vocab_size", [("char", None), ("byte", 261)])
 def test_reviews_char_and_byte_tokenizers(tmp_path, tokenizer, vocab_size):
   _write_csv(tmp_path / "r.csv", REVIEWS)
-  data = load_reviews(str(tmp_path / "r.csv"), tokenizer=tokenizer, max_length=200,
-                      test_fraction=0.3)
+  data = load_reviews(
+    str(tmp_path / "r.csv"), tokenizer=tokenizer, max_length=200, test_fraction=0.3
+  )
   tok = data.tokenizer
   assert tok.cls_id == 2 and tok.pad_id == 0
   if vocab_size:
@@ -374,8 +391,11 @@ def test_reviews_errors(tmp_path):
   with pytest.raises(DataError, match="does not exist"):
     load_reviews(str(tmp_path / "nope.csv"))
   bad = _write_csv(tmp_path / "cols.csv", REVIEWS[:3], header=("label", "review", "m", "p"))
-  with pytest.raises(DataError, match=r"cols.csv' line 1: .* lacks the column\(s\) \['category', "
-                     r"'text'\]"):
+  with pytest.raises(
+    DataError,
+    match=r"cols.csv' line 1: .* lacks the column\(s\) \['category', "
+    r"'text'\]",
+  ):
     load_reviews(str(bad))
   # A quoted field spanning two lines moves later line numbers down by one.
   rows = REVIEWS[:14] + [("rotten", "Multi-line\nreview."), ("meh", "Unclear.")]
@@ -383,8 +403,9 @@ def test_reviews_errors(tmp_path):
   with pytest.raises(DataError, match=r"category.csv' line 18: unknown category 'meh'"):
     load_reviews(str(bad))
   bad = tmp_path / "fields.csv"
-  bad.write_text("category,text,movie_name,has_plot_and_reviews\nfresh,Good.,m,False\n"
-                 "rotten,Bad.,m\n")
+  bad.write_text(
+    "category,text,movie_name,has_plot_and_reviews\nfresh,Good.,m,False\nrotten,Bad.,m\n"
+  )
   with pytest.raises(DataError, match=r"fields.csv' line 3: 3 fields where the header has 4"):
     load_reviews(str(bad))
   bad = tmp_path / "quote.csv"
@@ -407,8 +428,9 @@ def test_reviews_options_match_loader_defaults():
 def test_real_rotten_tomatoes_counts():
   path = SHARED_DATA / "rotten_tomatoes"
   if not (path / reviews.FILE_NAME).is_file():
-    pytest.skip(f"the Rotten Tomatoes corpus is not at {path} (../shared/data is only on jaxdl "
-                f"dev machines)")
+    pytest.skip(
+      f"the Rotten Tomatoes corpus is not at {path} (../shared/data is only on jaxdl dev machines)"
+    )
   data = load_reviews(str(path))
   labels = np.concatenate([data.train.arrays["label"], data.test.arrays["label"]])
   assert len(labels) == 7403 + 5405 and labels.sum() == 7403
@@ -427,8 +449,9 @@ def _lengths(src):
 
 @pytest.mark.parametrize("kind", ["reverse", "sort"])
 def test_seq2seq_targets(kind):
-  data = load_seq2seq(kind=kind, num_train=300, num_test=50, min_length=2, max_length=7,
-                      num_symbols=5)
+  data = load_seq2seq(
+    kind=kind, num_train=300, num_test=50, min_length=2, max_length=7, num_symbols=5
+  )
   for split in (data.train, data.test):
     src, tgt = split.arrays["src"], split.arrays["tgt"]
     assert src.dtype == tgt.dtype == np.int32
@@ -438,10 +461,10 @@ def test_seq2seq_targets(kind):
     for s, t, length in zip(src, tgt, lengths):
       symbols = s[:length]
       assert ((symbols >= 3) & (symbols < 8)).all()
-      assert s[length] == data.eos_id == 2 and not s[length + 1:].any()
+      assert s[length] == data.eos_id == 2 and not s[length + 1 :].any()
       answer = symbols[::-1] if kind == "reverse" else np.sort(symbols)
-      np.testing.assert_array_equal(t[:length + 2], [data.bos_id, *answer, data.eos_id])
-      assert not t[length + 2:].any()
+      np.testing.assert_array_equal(t[: length + 2], [data.bos_id, *answer, data.eos_id])
+      assert not t[length + 2 :].any()
   assert data.task == "seq2seq" and data.input_key == "src" and data.pad_id == 0
   assert data.model_hints == {"vocab_size": 8}
 
@@ -454,8 +477,9 @@ def test_seq2seq_train_and_test_disjoint_and_deterministic():
   # 4 + 16 + 64 + 256 = 340 possible sequences; training draws cover all that are not test.
   again = load_seq2seq(num_train=2000, num_test=150, min_length=1, max_length=4, num_symbols=4)
   np.testing.assert_array_equal(again.train.arrays["src"], data.train.arrays["src"])
-  other = load_seq2seq(num_train=2000, num_test=150, min_length=1, max_length=4, num_symbols=4,
-                       generator_seed=1)
+  other = load_seq2seq(
+    num_train=2000, num_test=150, min_length=1, max_length=4, num_symbols=4, generator_seed=1
+  )
   assert not np.array_equal(other.test.arrays["src"], data.test.arrays["src"])
 
 

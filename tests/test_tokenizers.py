@@ -3,8 +3,17 @@
 import numpy as np
 import pytest
 
-from jaxdl.data.tokenizers import (BOS, EOS, PAD, TEXT_SPECIALS, ByteTokenizer, CharTokenizer,
-                                   WordTokenizer, split_words, tokenizer_from_json)
+from jaxdl.data.tokenizers import (
+  BOS,
+  EOS,
+  PAD,
+  TEXT_SPECIALS,
+  ByteTokenizer,
+  CharTokenizer,
+  WordTokenizer,
+  split_words,
+  tokenizer_from_json,
+)
 from jaxdl.errors import DataError
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak."
@@ -47,26 +56,37 @@ def test_char_specials_come_first_and_unk_replaces_unknown():
 
 def test_byte_round_trip_including_multibyte_utf8():
   tok = ByteTokenizer()
-  text = "naïve café — 日本語 ✓ \U0001F600"
+  text = "naïve café — 日本語 ✓ \U0001f600"
   ids = tok.encode(text)
   assert tok.vocab_size == 256 and ids.dtype == np.int32
   np.testing.assert_array_equal(ids, list(text.encode("utf-8")))
   assert tok.decode(ids) == text
   # A model can emit bytes that are not UTF-8; they decode to U+FFFD instead of failing.
-  assert tok.decode([0x61, 0xff, 0x62]) == "a\ufffdb"
+  assert tok.decode([0x61, 0xFF, 0x62]) == "a\ufffdb"
 
 
 def test_byte_with_specials_shifts_bytes():
   tok = ByteTokenizer(specials=TEXT_SPECIALS)
   assert tok.vocab_size == 261 and tok.pad_id == 0 and tok.cls_id == 2
   ids = tok.encode("é")
-  np.testing.assert_array_equal(ids, np.array([0xc3, 0xa9]) + 5)
+  np.testing.assert_array_equal(ids, np.array([0xC3, 0xA9]) + 5)
   assert tok.decode([2, *ids, 0, 0]) == "[CLS]é[PAD][PAD]"
 
 
 def test_split_words():
   assert split_words("Don't stop -- it's GREAT!") == [
-      "don", "'", "t", "stop", "-", "-", "it", "'", "s", "great", "!"]
+    "don",
+    "'",
+    "t",
+    "stop",
+    "-",
+    "-",
+    "it",
+    "'",
+    "s",
+    "great",
+    "!",
+  ]
 
 
 def test_word_vocabulary_most_frequent_with_deterministic_ties():
@@ -87,14 +107,18 @@ def test_word_vocab_size_must_exceed_specials():
     WordTokenizer.fit(["a"], vocab_size=5)
 
 
-@pytest.mark.parametrize("tok, sample", [
+@pytest.mark.parametrize(
+  "tok, sample",
+  [
     (CharTokenizer.fit(TEXT), "Speak"),
     (CharTokenizer.fit("é日", specials=TEXT_SPECIALS), "日é?"),
     (CharTokenizer(chars="0123", specials=(PAD, BOS, EOS)), "3120"),
     (ByteTokenizer(), "Speak ✓"),
     (ByteTokenizer(specials=TEXT_SPECIALS), "Speak ✓"),
     (WordTokenizer.fit([TEXT], vocab_size=12), "Speak, citizen!"),
-], ids=["char", "char_specials", "char_bos_eos", "byte", "byte_specials", "word"])
+  ],
+  ids=["char", "char_specials", "char_bos_eos", "byte", "byte_specials", "word"],
+)
 def test_json_round_trip(tok, sample):
   loaded = tokenizer_from_json(tok.to_json())
   assert type(loaded) is type(tok) and loaded == tok
@@ -112,12 +136,15 @@ def test_bos_eos_tokenizer_ids():
   assert tok.decode([1, 6, 4, 3, 2, 0]) == "[BOS]310[EOS][PAD]"
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(
+  "text, message",
+  [
     ("not json", "not valid JSON"),
     ('{"kind": "char"}', "Not a jaxdl tokenizer"),
     ('{"format": 1, "kind": "bpe"}', "Unknown tokenizer kind 'bpe'"),
     ('{"format": 1, "kind": "char"}', "lacks or garbles 'chars'"),
-])
+  ],
+)
 def test_bad_json(text, message):
   with pytest.raises(DataError, match=message):
     tokenizer_from_json(text)

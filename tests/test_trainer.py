@@ -15,16 +15,20 @@ import pytest
 
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
-from jaxdl import perf
-from jaxdl import trainer
+from jaxdl import perf, trainer
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, NonFiniteLossError
 from tests.conftest import REPO
 
 EXPERIMENT = REPO / "experiments" / "mnist_cnn.py"
 # Small and quick: 32 examples a step, logs every 10 steps, evals every 30, saves every 25.
-SMALL = ["train.batch_size=32", "train.log_every_steps=10", "train.eval_every_steps=30",
-         "train.checkpoint_every_steps=25", "data.eval_batch_size=500"]
+SMALL = [
+  "train.batch_size=32",
+  "train.log_every_steps=10",
+  "train.eval_every_steps=30",
+  "train.checkpoint_every_steps=25",
+  "data.eval_batch_size=500",
+]
 
 
 def _config(*overrides):
@@ -42,7 +46,8 @@ def _metrics_by_step(workdir, *, include_perf=False):
   merged = {}
   for record in metrics_lib.read_metrics(workdir):
     merged.setdefault(record["step"], {}).update(
-        {k: v for k, v in record.items() if include_perf or not k.startswith("perf/")})
+      {k: v for k, v in record.items() if include_perf or not k.startswith("perf/")}
+    )
   return merged
 
 
@@ -58,7 +63,12 @@ def test_run_writes_its_files(reference_run):
   workdir, result = reference_run
   assert result.step == 60 and result.interrupted_by is None
   assert sorted(p.name for p in workdir.iterdir()) == [
-      "checkpoints", "config.json", "metadata.json", "metrics.jsonl", "tensorboard"]
+    "checkpoints",
+    "config.json",
+    "metadata.json",
+    "metrics.jsonl",
+    "tensorboard",
+  ]
   assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 60
   (run,) = json.loads((workdir / "metadata.json").read_text())["runs"]
   assert run["data"]["kind"] == "shipped_subset" and run["data"]["num_train"] == 10_000
@@ -75,16 +85,25 @@ def test_run_writes_its_files(reference_run):
   assert train_steps == [10, 20, 30, 40, 50, 60] and eval_steps == [30, 60]
   for r in records:
     if "train/loss" in r:
-      assert {"train/accuracy", "train/learning_rate", "train/grad_norm",
-              "perf/examples_per_sec", "perf/step_time_ms", "perf/tflops_per_sec",
-              "perf/mfu"} <= set(r)
+      assert {
+        "train/accuracy",
+        "train/learning_rate",
+        "train/grad_norm",
+        "perf/examples_per_sec",
+        "perf/step_time_ms",
+        "perf/tflops_per_sec",
+        "perf/mfu",
+      } <= set(r)
       # Efficiency: the step's FLOPs (XLA's count) at the measured rate, against the CPU's peak.
       assert 0 < r["perf/mfu"] < 1
-      np.testing.assert_allclose(r["perf/tflops_per_sec"] * 1e12 / r["perf/mfu"],
-                                 perf.measured_cpu_peak("float32"), rtol=1e-6)
       np.testing.assert_allclose(
-          r["perf/tflops_per_sec"] * 1e12 * r["perf/step_time_ms"] / 1e3, 32 * 3 * 5.67e6,
-          rtol=0.5)  # ~3x the forward pass (5.67 MFLOP an example) at batch 32.
+        r["perf/tflops_per_sec"] * 1e12 / r["perf/mfu"],
+        perf.measured_cpu_peak("float32"),
+        rtol=1e-6,
+      )
+      np.testing.assert_allclose(
+        r["perf/tflops_per_sec"] * 1e12 * r["perf/step_time_ms"] / 1e3, 32 * 3 * 5.67e6, rtol=0.5
+      )  # ~3x the forward pass (5.67 MFLOP an example) at batch 32.
   # Compilation is timed apart, once, and left out of the throughput.
   assert [r["step"] for r in records if "perf/compile_seconds" in r] == [10]
   # Full precision: every float reads back to exactly the value written.
@@ -112,8 +131,13 @@ def test_an_eval_starts_after_the_train_steps_before_it_have_finished(tmp_path, 
   monkeypatch.setattr(trainer, "evaluate", evaluate)
   # Calls of 10 steps (a call ends where the host needs the state). At step 10 the eval comes
   # between log steps, so nothing has waited for the call that ends there.
-  _train(tmp_path / "run", "train.num_steps=20", "train.steps_per_call=16",
-         "train.log_every_steps=20", "train.eval_every_steps=10")
+  _train(
+    tmp_path / "run",
+    "train.num_steps=20",
+    "train.steps_per_call=16",
+    "train.log_every_steps=20",
+    "train.eval_every_steps=10",
+  )
   assert ready_at_eval == [True, True]
 
 
@@ -171,10 +195,21 @@ def test_resume_after_crash_past_last_checkpoint(reference_run, tmp_path):
 def test_sigterm_saves_and_resumes_exactly(tmp_path):
   run = tmp_path / "signalled"
   env = {**os.environ, "JAXDL_OFFLINE": "1"}
-  command = [sys.executable, "-m", "jaxdl.cli", "train", str(EXPERIMENT), *SMALL,
-             "train.num_steps=5000", "--workdir", str(run), "--no-progress"]
-  child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)
+  command = [
+    sys.executable,
+    "-m",
+    "jaxdl.cli",
+    "train",
+    str(EXPERIMENT),
+    *SMALL,
+    "train.num_steps=5000",
+    "--workdir",
+    str(run),
+    "--no-progress",
+  ]
+  child = subprocess.Popen(
+    command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+  )
   deadline = time.time() + 180
   while not metrics_lib.read_metrics(run):  # Wait until it is training.
     assert child.poll() is None, child.stdout.read().decode()
@@ -221,10 +256,17 @@ def test_ctrl_c_saves_and_resumes_exactly(reference_run, tmp_path, monkeypatch):
 
 def test_divergence_stops_with_step_and_keeps_good_checkpoint(tmp_path):
   run = tmp_path / "diverged"
-  overrides = ["optimizer.name=sgd", "optimizer.learning_rate=1e4", "train.num_steps=30",
-               "train.checkpoint_every_steps=2"]
-  with pytest.raises(NonFiniteLossError, match=r"diverged at step 3.*last good checkpoint is "
-                                               r"step 2") as info:
+  overrides = [
+    "optimizer.name=sgd",
+    "optimizer.learning_rate=1e4",
+    "train.num_steps=30",
+    "train.checkpoint_every_steps=2",
+  ]
+  with pytest.raises(
+    NonFiniteLossError,
+    match=r"diverged at step 3.*last good checkpoint is "
+    r"step 2",
+  ) as info:
     _train(run, *overrides)
   checkpointer = Checkpointer(run / "checkpoints", read_only=True)
   assert checkpointer.all_steps() == [2]
@@ -238,16 +280,22 @@ def test_divergence_stops_with_step_and_keeps_good_checkpoint(tmp_path):
 def test_workdir_of_another_model_is_never_overwritten(reference_run):
   workdir, _ = reference_run
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-  with pytest.raises(CheckpointError, match=r"(?s)different model.*model\.num_classes: saved 10, "
-                                            r"now 5.*new --workdir"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"(?s)different model.*model\.num_classes: saved 10, "
+    r"now 5.*new --workdir",
+  ):
     _train(workdir, "train.num_steps=60", "model.num_classes=5")
-  with pytest.raises(CheckpointError, match=r"(?s)different training setup.*optimizer\.learning_rate"):
+  with pytest.raises(
+    CheckpointError, match=r"(?s)different training setup.*optimizer\.learning_rate"
+  ):
     _train(workdir, "train.num_steps=60", "optimizer.learning_rate=0.1")
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
 def test_run_that_fails_before_training_writes_nothing(tmp_path):
   from jaxdl.errors import DataError  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(DataError, match="data.dir"):
     _train(tmp_path / "bad", "train.num_steps=5", "data.dir=/no/such/dir")
   assert not (tmp_path / "bad").exists()

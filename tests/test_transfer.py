@@ -12,9 +12,13 @@ from jaxdl.transfer import transfer, transfer_variables
 
 
 def _tree(offset: float, head_classes: int = 4, trunk: str = "backbone"):
-  return {trunk: {"Dense_0": {"kernel": jnp.full((2, 3), offset), "bias": jnp.full((3,), offset)},
-                  "Dense_1": {"kernel": jnp.full((3, 3), offset + 1)}},
-          "head": {"kernel": jnp.full((3, head_classes), offset + 2)}}
+  return {
+    trunk: {
+      "Dense_0": {"kernel": jnp.full((2, 3), offset), "bias": jnp.full((3,), offset)},
+      "Dense_1": {"kernel": jnp.full((3, 3), offset + 1)},
+    },
+    "head": {"kernel": jnp.full((3, head_classes), offset + 2)},
+  }
 
 
 def _assert_same(a, b):
@@ -25,8 +29,11 @@ def test_prefix_mapping_copies_the_subtree_and_leaves_the_rest():
   source = _tree(10.0, head_classes=4, trunk="backbone")
   target = _tree(0.0, head_classes=7, trunk="encoder")  # A new head: 7 classes.
   new, copied = transfer(target, source, [("encoder", "backbone")])
-  assert sorted(copied) == ["encoder/Dense_0/bias", "encoder/Dense_0/kernel",
-                            "encoder/Dense_1/kernel"]
+  assert sorted(copied) == [
+    "encoder/Dense_0/bias",
+    "encoder/Dense_0/kernel",
+    "encoder/Dense_1/kernel",
+  ]
   _assert_same(new["encoder"], source["backbone"])
   _assert_same(new["head"], target["head"])  # Not covered: unchanged.
   assert jax.tree.structure(new) == jax.tree.structure(target)
@@ -59,21 +66,30 @@ def test_dtype_is_cast_to_the_target():
 
 
 def test_every_problem_is_reported_in_one_message():
-  source = {"backbone": {"Dense_0": {"kernel": jnp.ones((2, 3))},
-                         "Dense_1": {"kernel": jnp.ones((3, 5)), "bias": jnp.ones(5)}},
-            "extra": {"w": jnp.ones(1)}}
-  target = {"encoder": {"Dense_0": {"kernel": jnp.zeros((2, 3))},
-                        "Dense_1": {"kernel": jnp.zeros((3, 4))}}}
-  mapping = [("encoder", "backbone"),  # Dense_1/kernel misfits, Dense_1/bias has no target.
-             ("encoder", "backbone/Dense_0"),  # Writes encoder/kernel: no such path.
-             ("encoder/Dense_0", "backbone/Dense_0"),  # Writes encoder/Dense_0/kernel again.
-             ("", "backbone/Dens_2")]  # Matches nothing.
+  source = {
+    "backbone": {
+      "Dense_0": {"kernel": jnp.ones((2, 3))},
+      "Dense_1": {"kernel": jnp.ones((3, 5)), "bias": jnp.ones(5)},
+    },
+    "extra": {"w": jnp.ones(1)},
+  }
+  target = {
+    "encoder": {"Dense_0": {"kernel": jnp.zeros((2, 3))}, "Dense_1": {"kernel": jnp.zeros((3, 4))}}
+  }
+  mapping = [
+    ("encoder", "backbone"),  # Dense_1/kernel misfits, Dense_1/bias has no target.
+    ("encoder", "backbone/Dense_0"),  # Writes encoder/kernel: no such path.
+    ("encoder/Dense_0", "backbone/Dense_0"),  # Writes encoder/Dense_0/kernel again.
+    ("", "backbone/Dens_2"),
+  ]  # Matches nothing.
   with pytest.raises(CheckpointError) as info:
     transfer(target, source, mapping)
   message = str(info.value)
   assert "5 problems" in message
-  assert ("'backbone/Dense_1/kernel' has shape (3, 5) but target 'encoder/Dense_1/kernel' has "
-          "shape (3, 4)") in message
+  assert (
+    "'backbone/Dense_1/kernel' has shape (3, 5) but target 'encoder/Dense_1/kernel' has "
+    "shape (3, 4)"
+  ) in message
   assert "goes to 'encoder/Dense_1/bias', which this model does not have" in message
   assert "goes to 'encoder/kernel'" in message
   assert "close paths: encoder/Dense_" in message
@@ -91,7 +107,6 @@ def test_malformed_mapping(mapping):
 
 
 class _Trunk(nn.Module):
-
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Dense(4)(x)
@@ -118,10 +133,18 @@ def _trained_source():
 
 def _saved(variables):
   """The loop state layout `Checkpointer.restore_as_saved` returns for a jaxdl run."""
-  return {"state": {"params": variables["params"], "step": jnp.asarray(10),
-                    "model_state": {"batch_stats": variables["batch_stats"],
-                                    "cache": {"backbone": {"c": jnp.ones(1)}}},
-                    "opt_state": {}}, "rng": jnp.zeros(2, jnp.uint32)}
+  return {
+    "state": {
+      "params": variables["params"],
+      "step": jnp.asarray(10),
+      "model_state": {
+        "batch_stats": variables["batch_stats"],
+        "cache": {"backbone": {"c": jnp.ones(1)}},
+      },
+      "opt_state": {},
+    },
+    "rng": jnp.zeros(2, jnp.uint32),
+  }
 
 
 def test_transfer_variables_moves_params_and_batch_stats():
@@ -129,8 +152,11 @@ def test_transfer_variables_moves_params_and_batch_stats():
   target_model = _Net("encoder", 5)
   target_vars = target_model.init(jax.random.key(7), x)
   params, model_state, copied = transfer_variables(
-      target_vars["params"], {"batch_stats": target_vars["batch_stats"]}, _saved(source_vars),
-      [("encoder", "backbone")])
+    target_vars["params"],
+    {"batch_stats": target_vars["batch_stats"]},
+    _saved(source_vars),
+    [("encoder", "backbone")],
+  )
   assert sorted(copied) == ["batch_stats", "params"]  # The source-only "cache" is ignored.
   assert sorted(copied["batch_stats"]) == ["encoder/BatchNorm_0/mean", "encoder/BatchNorm_0/var"]
   assert float(jnp.abs(source_vars["batch_stats"]["backbone"]["BatchNorm_0"]["mean"]).max()) > 0.1
@@ -138,10 +164,12 @@ def test_transfer_variables_moves_params_and_batch_stats():
   _assert_same(params["encoder"], source_vars["params"]["backbone"])
   _assert_same(params["head"], target_vars["params"]["head"])
   # The transferred trunk computes what the source's did, statistics included.
-  trunk = lambda name, variables: _Trunk().apply({k: c[name] for k, c in variables.items()}, x,
-                                                 train=False)
-  np.testing.assert_allclose(trunk("encoder", {"params": params, **model_state}),
-                             trunk("backbone", source_vars), rtol=1e-6)
+  trunk = lambda name, variables: _Trunk().apply(
+    {k: c[name] for k, c in variables.items()}, x, train=False
+  )
+  np.testing.assert_allclose(
+    trunk("encoder", {"params": params, **model_state}), trunk("backbone", source_vars), rtol=1e-6
+  )
   assert target_model.apply({"params": params, **model_state}, x).shape == (8, 5)
 
 
@@ -151,7 +179,8 @@ def test_target_collection_missing_from_the_source_keeps_its_init():
   saved = _saved(source_vars)
   del saved["state"]["model_state"]["batch_stats"]
   params, model_state, copied = transfer_variables(
-      target_vars["params"], {"batch_stats": target_vars["batch_stats"]}, saved, [])
+    target_vars["params"], {"batch_stats": target_vars["batch_stats"]}, saved, []
+  )
   _assert_same(model_state["batch_stats"], target_vars["batch_stats"])
   _assert_same(params, source_vars["params"])
   assert set(copied) == {"params"}
@@ -163,8 +192,9 @@ def test_collection_problems_join_the_parameter_problems():
   saved = _saved(source_vars)
   saved["state"]["model_state"]["batch_stats"]["backbone"]["BatchNorm_0"]["mean"] = jnp.zeros(6)
   with pytest.raises(CheckpointError) as info:
-    transfer_variables(target_vars["params"], {"batch_stats": target_vars["batch_stats"]}, saved,
-                       [])
+    transfer_variables(
+      target_vars["params"], {"batch_stats": target_vars["batch_stats"]}, saved, []
+    )
   message = str(info.value)
   assert "3 problems" in message
   assert "params: source 'head/kernel' has shape (4, 3) but target 'head/kernel'" in message
@@ -172,14 +202,18 @@ def test_collection_problems_join_the_parameter_problems():
   assert "batch_stats: source 'backbone/BatchNorm_0/mean' has shape (6,)" in message
 
 
-@pytest.mark.parametrize("saved", [
+@pytest.mark.parametrize(
+  "saved",
+  [
     {"params": {"w": jnp.ones(1)}},  # A bare params tree.
     {"state": {"step": jnp.asarray(1)}},
     [1, 2],
-])
+  ],
+)
 def test_source_that_is_not_a_jaxdl_checkpoint(saved):
-  with pytest.raises(CheckpointError, match="not a jaxdl training checkpoint: it lacks "
-                     "state/params"):
+  with pytest.raises(
+    CheckpointError, match="not a jaxdl training checkpoint: it lacks state/params"
+  ):
     transfer_variables({"w": jnp.ones(1)}, {}, saved, [])
 
 

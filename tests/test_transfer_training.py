@@ -13,8 +13,14 @@ from jaxdl.errors import CheckpointError, ConfigError
 from tests.conftest import REPO
 
 EXPERIMENT = REPO / "experiments" / "mnist_cnn.py"
-SMALL = ["train.batch_size=32", "train.log_every_steps=5", "train.eval_every_steps=10",
-         "train.checkpoint_every_steps=5", "data.eval_batch_size=500", "train.num_steps=10"]
+SMALL = [
+  "train.batch_size=32",
+  "train.log_every_steps=5",
+  "train.eval_every_steps=10",
+  "train.checkpoint_every_steps=5",
+  "data.eval_batch_size=500",
+  "train.num_steps=10",
+]
 
 
 def _config(*overrides):
@@ -39,15 +45,19 @@ def source_run(tmp_path_factory):
 
 
 def test_frozen_transferred_layers_stay_those_of_the_source(source_run, tmp_path):
-  trainer.train(_config(f"init.checkpoint={source_run}", "optimizer.freeze=['conv.*']",
-                        "seed=3"), tmp_path / "t", show_progress=False)
+  trainer.train(
+    _config(f"init.checkpoint={source_run}", "optimizer.freeze=['conv.*']", "seed=3"),
+    tmp_path / "t",
+    show_progress=False,
+  )
   source, target = _saved(source_run)["state"], _saved(tmp_path / "t")["state"]
   for layer in ("conv1", "conv2", "conv3"):  # Copied, then never updated: the source's bits.
     for name in ("kernel", "bias"):
       np.testing.assert_array_equal(target["params"][layer][name], source["params"][layer][name])
   # The head was copied too but trains on: it moved away from the source.
-  assert not np.array_equal(target["params"]["dense1"]["kernel"],
-                            source["params"]["dense1"]["kernel"])
+  assert not np.array_equal(
+    target["params"]["dense1"]["kernel"], source["params"]["dense1"]["kernel"]
+  )
   # Frozen parameters keep no Adam moments: only the head's arrays are in the optimizer state.
   leaves = [x for x in jax.tree.leaves(target["opt_state"]) if hasattr(x, "shape") and x.ndim]
   num_head = 4  # dense1 and logits, kernel and bias
@@ -55,32 +65,48 @@ def test_frozen_transferred_layers_stay_those_of_the_source(source_run, tmp_path
 
 
 def test_mapping_copies_one_layer_into_an_untrained_model(source_run, tmp_path):
-  trainer.train(_config(f"init.checkpoint={source_run}/checkpoints/5",
-                        "init.mapping=[('conv1','conv1')]", "optimizer.freeze=['conv1/.*']",
-                        "train.num_steps=2"), tmp_path / "t", show_progress=False)
+  trainer.train(
+    _config(
+      f"init.checkpoint={source_run}/checkpoints/5",
+      "init.mapping=[('conv1','conv1')]",
+      "optimizer.freeze=['conv1/.*']",
+      "train.num_steps=2",
+    ),
+    tmp_path / "t",
+    show_progress=False,
+  )
   source, target = _saved(source_run, 5)["state"], _saved(tmp_path / "t")["state"]
-  np.testing.assert_array_equal(target["params"]["conv1"]["kernel"],
-                                source["params"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(
+    target["params"]["conv1"]["kernel"], source["params"]["conv1"]["kernel"]
+  )
   fresh = _saved(source_run, 5)  # Step 5 differs from the final step: the step was honoured.
-  assert not np.array_equal(fresh["state"]["params"]["conv1"]["kernel"],
-                            _saved(source_run)["state"]["params"]["conv1"]["kernel"])
+  assert not np.array_equal(
+    fresh["state"]["params"]["conv1"]["kernel"],
+    _saved(source_run)["state"]["params"]["conv1"]["kernel"],
+  )
 
 
 def test_bad_sources_and_mappings_are_explained(source_run, tmp_path):
-  with pytest.raises(CheckpointError, match="is not a jaxdl workdir or checkpoint: it does not "
-                     "exist"):
-    trainer.train(_config(f"init.checkpoint={tmp_path / 'nowhere'}"), tmp_path / "a",
-                  show_progress=False)
+  with pytest.raises(
+    CheckpointError, match="is not a jaxdl workdir or checkpoint: it does not exist"
+  ):
+    trainer.train(
+      _config(f"init.checkpoint={tmp_path / 'nowhere'}"), tmp_path / "a", show_progress=False
+    )
   with pytest.raises(CheckpointError, match=r"(?s)2 problems.*conv1/bias.*conv1/kernel"):
-    trainer.train(_config(f"init.checkpoint={source_run}", "init.mapping=[('conv1','conv2')]"),
-                  tmp_path / "b", show_progress=False)
+    trainer.train(
+      _config(f"init.checkpoint={source_run}", "init.mapping=[('conv1','conv2')]"),
+      tmp_path / "b",
+      show_progress=False,
+    )
   with pytest.raises(ConfigError, match="optimizer.freeze.*'cnv.*'.*conv1/bias"):
     trainer.train(_config("optimizer.freeze=['cnv.*']"), tmp_path / "c", show_progress=False)
 
 
 def test_summary_marks_frozen_parameters():
   _, summary = summary_lib.for_experiment(
-      str(EXPERIMENT), ["data.download=false", "optimizer.freeze=['conv.*']"], flops=False)
+    str(EXPERIMENT), ["data.download=false", "optimizer.freeze=['conv.*']"], flops=False
+  )
   frozen = {r.path for r in summary.rows if r.frozen}
   assert frozen == {f"conv{i}/{n}" for i in (1, 2, 3) for n in ("kernel", "bias")}
   assert summary.frozen_params == 32 + 288 + 64 + 18432 + 64 + 36864

@@ -91,13 +91,17 @@ def test_post_ln_normalises_each_token_and_pre_ln_keeps_the_residual_stream():
       np.testing.assert_allclose(out.mean(-1), 0.0, atol=1e-5)
       np.testing.assert_allclose(out.var(-1), 1.0, rtol=1e-3)
     # With the sublayers' output projections zeroed, pre-LN is the identity and post-LN is LN(x).
-    zero = lambda path, p: (np.zeros_like(p) if any(getattr(k, "key", None) in ("out", "fc_out")
-                                                     for k in path) else p)
+    zero = lambda path, p: (
+      np.zeros_like(p) if any(getattr(k, "key", None) in ("out", "fc_out") for k in path) else p
+    )
     zeroed = jax.tree_util.tree_map_with_path(zero, params)
     out = np.asarray(jax.jit(block.apply)({"params": zeroed}, x))
     xn = np.asarray(x, np.float64)
-    expected = xn if pre_ln else (xn - xn.mean(-1, keepdims=True)) / np.sqrt(
-        xn.var(-1, keepdims=True) + 1e-5)
+    expected = (
+      xn
+      if pre_ln
+      else (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-5)
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -120,19 +124,26 @@ def test_sinusoidal_positions_match_the_paper():
 
 # --- GPT ------------------------------------------------------------------------------------------
 
+
 def _gpt_params(v, p, d, layers, mlp=None):
   """Token + position embeddings, blocks, final LayerNorm; the LM head is tied."""
   return v * d + p * d + layers * _block_params(d, mlp or 4 * d) + 2 * d
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("gpt2_small", 124_439_808), ("gpt2_medium", 354_823_168),
-    ("gpt_tiny", _gpt_params(65, 128, 128, 4))])
+@pytest.mark.parametrize(
+  "name, expected",
+  [
+    ("gpt2_small", 124_439_808),
+    ("gpt2_medium", 354_823_168),
+    ("gpt_tiny", _gpt_params(65, 128, 128, 4)),
+  ],
+)
 def test_gpt_preset_parameter_counts(name, expected):
   model = GPT(**GPT_PRESETS[name])
   assert _count(_shapes(model, np.zeros((1, 8), np.int32))["params"]) == expected
-  assert expected == _gpt_params(model.vocab_size, model.block_size, model.embed_dim,
-                                 model.num_layers)
+  assert expected == _gpt_params(
+    model.vocab_size, model.block_size, model.embed_dim, model.num_layers
+  )
 
 
 def test_nanogpt_baby_gpt_count():
@@ -211,12 +222,15 @@ def test_gpt_kv_cache_prefill_then_tokens_equals_full_forward():
   assert set(cache) == {"position", "block_0", "block_1"}
   full = jax.jit(model.apply)({"params": params}, tokens)
 
-  step = jax.jit(lambda cache, chunk: model.apply({"params": params, "cache": cache}, chunk,
-                                                   decode=True, mutable=["cache"]))
+  step = jax.jit(
+    lambda cache, chunk: model.apply(
+      {"params": params, "cache": cache}, chunk, decode=True, mutable=["cache"]
+    )
+  )
   logits, state = step(cache, tokens[:, :5])  # Prompt prefill.
   chunks = [logits]
   for t in range(5, max_len):
-    logits, state = step(state["cache"], tokens[:, t:t + 1])
+    logits, state = step(state["cache"], tokens[:, t : t + 1])
     chunks.append(logits)
   assert int(state["cache"]["position"]) == max_len
   np.testing.assert_allclose(np.concatenate(chunks, axis=1), full, rtol=1e-4, atol=1e-5)
@@ -246,8 +260,9 @@ def test_gpt_dropout(gpt_params):
   model = GPT(**GPT_KW, dropout_rate=0.3)
   tokens = _tokens((2, 16), seed=6)
   apply = jax.jit(model.apply, static_argnames="train")
-  run = lambda seed: apply({"params": gpt_params}, tokens, train=True,
-                           rngs={"dropout": jax.random.key(seed)})
+  run = lambda seed: apply(
+    {"params": gpt_params}, tokens, train=True, rngs={"dropout": jax.random.key(seed)}
+  )
   np.testing.assert_array_equal(run(0), run(0))
   assert not np.allclose(run(0), run(1))
   eval_logits = apply({"params": gpt_params}, tokens)
@@ -255,41 +270,61 @@ def test_gpt_dropout(gpt_params):
   # The fused attention has no attention dropout: asking for it in training is refused clearly.
   fused = GPT(**GPT_KW, dropout_rate=0.3, attention_impl="jax")
   with pytest.raises(ValueError, match="no attention dropout"):
-    jax.eval_shape(functools.partial(fused.apply, train=True), {"params": gpt_params}, tokens,
-                   rngs={"dropout": jax.random.key(0)})
-  jax.eval_shape(functools.partial(GPT(**GPT_KW, dropout_rate=0.3, attention_dropout_rate=0.0,
-                                       attention_impl="jax").apply, train=True),
-                 {"params": gpt_params}, tokens, rngs={"dropout": jax.random.key(0)})
+    jax.eval_shape(
+      functools.partial(fused.apply, train=True),
+      {"params": gpt_params},
+      tokens,
+      rngs={"dropout": jax.random.key(0)},
+    )
+  jax.eval_shape(
+    functools.partial(
+      GPT(**GPT_KW, dropout_rate=0.3, attention_dropout_rate=0.0, attention_impl="jax").apply,
+      train=True,
+    ),
+    {"params": gpt_params},
+    tokens,
+    rngs={"dropout": jax.random.key(0)},
+  )
 
 
 def test_gpt_bad_inputs(gpt_params):
   with pytest.raises(ValueError, match="sequence length 17 exceeds block_size=16"):
     jax.eval_shape(GPT(**GPT_KW).apply, {"params": gpt_params}, np.zeros((1, 17), np.int32))
   with pytest.raises(ValueError, match="Unknown attention implementation 'flash'"):
-    jax.eval_shape(GPT(**GPT_KW, attention_impl="flash").apply, {"params": gpt_params},
-                   np.zeros((1, 4), np.int32))
+    jax.eval_shape(
+      GPT(**GPT_KW, attention_impl="flash").apply,
+      {"params": gpt_params},
+      np.zeros((1, 4), np.int32),
+    )
   with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads=4"):
     _shapes(GPT(**GPT_KW, num_kv_heads=3), np.zeros((1, 4), np.int32))
 
 
 # --- BERT -----------------------------------------------------------------------------------------
 
+
 def _bert_params(v, p, types, d, mlp, layers):
   """Embeddings (token, position, segment, LayerNorm) + blocks; the pooler is D*D + D more."""
   return (v + p + types) * d + 2 * d + layers * _block_params(d, mlp)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("bert_base", 109_482_240), ("bert_large", 335_141_888),
-    ("bert_tiny", _bert_params(30522, 512, 2, 128, 512, 2) + 128 * 128 + 128)])
+@pytest.mark.parametrize(
+  "name, expected",
+  [
+    ("bert_base", 109_482_240),
+    ("bert_large", 335_141_888),
+    ("bert_tiny", _bert_params(30522, 512, 2, 128, 512, 2) + 128 * 128 + 128),
+  ],
+)
 def test_bert_preset_parameter_counts(name, expected):
   """Encoder + pooler, as Hugging Face's BertModel counts them."""
   kw = BERT_PRESETS[name]
   tokens = np.zeros((1, 8), np.int32)
   d = kw["hidden_dim"]
   encoder = _count(_shapes(BertEncoder(**kw), tokens))
-  assert encoder == _bert_params(kw["vocab_size"], kw["max_length"], kw["type_vocab_size"], d,
-                                 kw["mlp_dim"], kw["num_layers"])
+  assert encoder == _bert_params(
+    kw["vocab_size"], kw["max_length"], kw["type_vocab_size"], d, kw["mlp_dim"], kw["num_layers"]
+  )
   classifier = _count(_shapes(BertClassifier(**kw, num_classes=3), tokens))
   assert classifier - (d * 3 + 3) == encoder + d * d + d == expected
   # Masked LM: transform Dense + LayerNorm and an output bias; the decoder is the embedding.
@@ -339,6 +374,7 @@ def test_bert_bad_inputs():
 
 # --- Encoder-decoder Transformer ------------------------------------------------------------------
 
+
 def test_transformer_base_parameter_count():
   kw = SEQ2SEQ_PRESETS["transformer_base"]
   tokens = np.zeros((1, 8), np.int32)
@@ -346,8 +382,11 @@ def test_transformer_base_parameter_count():
   d, mlp, layers = kw["embed_dim"], kw["mlp_dim"], kw["num_layers"]
   # One shared embedding (also the output projection); encoder blocks; decoder blocks, which add
   # cross-attention (4 projections) and its LayerNorm. Post-LN: no final LayerNorms.
-  expected = (kw["vocab_size"] * d + layers * _block_params(d, mlp)
-              + layers * (_block_params(d, mlp) + 4 * (d * d + d) + 2 * d))
+  expected = (
+    kw["vocab_size"] * d
+    + layers * _block_params(d, mlp)
+    + layers * (_block_params(d, mlp) + 4 * (d * d + d) + 2 * d)
+  )
   assert count == expected == 63_082_496
   assert abs(count - 65e6) / 65e6 < 0.05  # The paper's "65M".
   pre_ln = _shapes(Seq2SeqTransformer(**kw, pre_ln=True), tokens, tokens)["params"]
@@ -355,8 +394,9 @@ def test_transformer_base_parameter_count():
   assert "ln_f" in pre_ln["encoder"] and "ln_f" in pre_ln["decoder"]
 
 
-S2S_KW = dict(vocab_size=16, num_layers=2, num_heads=2, embed_dim=D, mlp_dim=64, max_length=12,
-              pre_ln=True)
+S2S_KW = dict(
+  vocab_size=16, num_layers=2, num_heads=2, embed_dim=D, mlp_dim=64, max_length=12, pre_ln=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +417,9 @@ def test_seq2seq_source_padding_and_decoder_causality(s2s):
   tgt = _tokens((4, 10), 3, 16, seed=9)
   logits = np.asarray(apply(params, src, tgt))
   assert logits.shape == (4, 10, 16) and logits.dtype == np.float32
-  np.testing.assert_allclose(apply(params, np.pad(src, ((0, 0), (0, 3))), tgt), logits,
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    apply(params, np.pad(src, ((0, 0), (0, 3))), tgt), logits, rtol=1e-4, atol=1e-4
+  )
   changed = np.asarray(apply(params, src, _with(tgt, np.s_[:, 3:], 1)))
   np.testing.assert_array_equal(changed[:, :3], logits[:, :3])
   assert np.abs(changed[:, 3] - logits[:, 3]).max() > 1e-3
@@ -395,16 +436,20 @@ def test_seq2seq_cached_decoder_equals_teacher_forcing(s2s):
   model, params, src, apply = s2s
   tgt = _tokens((4, 10), 3, 16, seed=10)
   full = apply(params, src, tgt)
-  cache = jax.eval_shape(functools.partial(model.init, method=_decode_chunk), jax.random.key(0),
-                         src, tgt)["cache"]
+  cache = jax.eval_shape(
+    functools.partial(model.init, method=_decode_chunk), jax.random.key(0), src, tgt
+  )["cache"]
   cache = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), cache)
   assert int(cache["decoder"]["position"]) == 0 and "encoder" not in cache
-  step = jax.jit(lambda cache, chunk: model.apply(
-      {"params": params, "cache": cache}, src, chunk, method=_decode_chunk, mutable=["cache"]))
+  step = jax.jit(
+    lambda cache, chunk: model.apply(
+      {"params": params, "cache": cache}, src, chunk, method=_decode_chunk, mutable=["cache"]
+    )
+  )
   logits, state = step(cache, tgt[:, :3])  # Prefill 3, then one at a time.
   chunks = [logits]
   for t in range(3, 10):
-    logits, state = step(state["cache"], tgt[:, t:t + 1])
+    logits, state = step(state["cache"], tgt[:, t : t + 1])
     chunks.append(logits)
   assert int(state["cache"]["decoder"]["position"]) == 10
   np.testing.assert_allclose(np.concatenate(chunks, axis=1), full, rtol=1e-4, atol=1e-4)
@@ -414,9 +459,12 @@ def test_greedy_decode_with_and_without_cache_and_eos(s2s):
   model, params, src, apply = s2s
   max_len = 10
   # eos_id may be traced: one compilation serves every EOS.
-  decode = jax.jit(lambda p, s, eos, use_cache: greedy_decode(
-      model, p, s, bos_id=1, eos_id=eos, max_len=max_len, use_cache=use_cache),
-                   static_argnames="use_cache")
+  decode = jax.jit(
+    lambda p, s, eos, use_cache: greedy_decode(
+      model, p, s, bos_id=1, eos_id=eos, max_len=max_len, use_cache=use_cache
+    ),
+    static_argnames="use_cache",
+  )
   free = np.asarray(decode(params, src, -1, True))  # eos -1: never stops.
   assert free.shape == (4, max_len)
   assert len(np.unique(free)) > 4  # Not a constant sequence, which would check little.
@@ -436,8 +484,11 @@ def test_greedy_decode_with_and_without_cache_and_eos(s2s):
     np.testing.assert_array_equal(row[end:], 0)
   assert (stopped == 0).any()
   # The bound form used by the seq2seq task's evaluation.
-  generated = jax.jit(lambda p, s: model.apply({"params": p}, s, max_length=max_len, bos_id=1,
-                                               eos_id=eos, method="generate"))(params, src)
+  generated = jax.jit(
+    lambda p, s: model.apply(
+      {"params": p}, s, max_length=max_len, bos_id=1, eos_id=eos, method="generate"
+    )
+  )(params, src)
   np.testing.assert_array_equal(generated, stopped)
   with pytest.raises(ValueError, match="max_len=13 exceeds the model's max_length=12"):
     greedy_decode(model, params, src, bos_id=1, eos_id=2, max_len=13)

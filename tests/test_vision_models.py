@@ -16,8 +16,15 @@ import numpy as np
 import pytest
 
 from jaxdl.nn.densenet import DENSENET_PRESETS, DenseLayer, DenseNet
-from jaxdl.nn.resnet import (CIFAR_RESNET_PRESETS, RESNET_PRESETS, BasicBlock, Bottleneck,
-                             CifarResNet, ResNet, zero_pad_shortcut)
+from jaxdl.nn.resnet import (
+  CIFAR_RESNET_PRESETS,
+  RESNET_PRESETS,
+  BasicBlock,
+  Bottleneck,
+  CifarResNet,
+  ResNet,
+  zero_pad_shortcut,
+)
 from jaxdl.nn.vgg import VGG, VGG_PRESETS, adaptive_avg_pool
 from jaxdl.nn.vit import VIT_PRESETS, ViT
 
@@ -33,8 +40,11 @@ def _images(shape, seed=0):
 
 def _shapes(model, shape, **kwargs):
   """Variable shapes of model.init on images of `shape`, without computing anything."""
-  return jax.eval_shape(functools.partial(model.init, train=False, **kwargs), jax.random.key(0),
-                        jax.ShapeDtypeStruct(shape, jnp.float32))
+  return jax.eval_shape(
+    functools.partial(model.init, train=False, **kwargs),
+    jax.random.key(0),
+    jax.ShapeDtypeStruct(shape, jnp.float32),
+  )
 
 
 def _random_variables(model, shape, seed=0):
@@ -77,17 +87,29 @@ def _out_shape(model, shape):
 # --- Parameter counts (torchvision / timm) --------------------------------------------------------
 
 TORCHVISION_COUNTS = {
-    "vgg11": 132_863_336, "vgg11_bn": 132_868_840, "vgg13": 133_047_848,
-    "vgg13_bn": 133_053_736, "vgg16": 138_357_544, "vgg16_bn": 138_365_992,
-    "vgg19": 143_667_240, "vgg19_bn": 143_678_248,
-    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
-    "resnet101": 44_549_160, "resnet152": 60_192_808,
-    "densenet121": 7_978_856, "densenet169": 14_149_480, "densenet161": 28_681_000,
-    "densenet201": 20_013_928,
+  "vgg11": 132_863_336,
+  "vgg11_bn": 132_868_840,
+  "vgg13": 133_047_848,
+  "vgg13_bn": 133_053_736,
+  "vgg16": 138_357_544,
+  "vgg16_bn": 138_365_992,
+  "vgg19": 143_667_240,
+  "vgg19_bn": 143_678_248,
+  "resnet18": 11_689_512,
+  "resnet34": 21_797_672,
+  "resnet50": 25_557_032,
+  "resnet101": 44_549_160,
+  "resnet152": 60_192_808,
+  "densenet121": 7_978_856,
+  "densenet169": 14_149_480,
+  "densenet161": 28_681_000,
+  "densenet201": 20_013_928,
 }
 TIMM_COUNTS = {
-    "vit_tiny_patch16_224": 5_717_416, "vit_small_patch16_224": 22_050_664,
-    "vit_base_patch16_224": 86_567_656, "vit_large_patch16_224": 304_326_632,
+  "vit_tiny_patch16_224": 5_717_416,
+  "vit_small_patch16_224": 22_050_664,
+  "vit_base_patch16_224": 86_567_656,
+  "vit_large_patch16_224": 304_326_632,
 }
 
 
@@ -107,8 +129,14 @@ def test_torchvision_parameter_counts(name):
 def _vit_params(image, patch, d, layers, mlp, classes, channels=3):
   tokens = (image // patch) ** 2 + 1
   block = 4 * (d * d + d) + (d * mlp + mlp) + (mlp * d + d) + 2 * 2 * d
-  return (patch * patch * channels * d + d) + d + tokens * d + layers * block + 2 * d + (
-      d * classes + classes)
+  return (
+    (patch * patch * channels * d + d)
+    + d
+    + tokens * d
+    + layers * block
+    + 2 * d
+    + (d * classes + classes)
+  )
 
 
 @pytest.mark.parametrize("name", sorted(VIT_PRESETS))
@@ -117,22 +145,33 @@ def test_vit_parameter_counts(name):
   model = ViT(**kw)
   channels = 1 if model.image_size == 28 else 3
   variables = _shapes(model, (1, model.image_size, model.image_size, channels))
-  expected = _vit_params(model.image_size, model.patch_size, model.embed_dim, model.num_layers,
-                         model.mlp_dim, model.num_classes, channels)
+  expected = _vit_params(
+    model.image_size,
+    model.patch_size,
+    model.embed_dim,
+    model.num_layers,
+    model.mlp_dim,
+    model.num_classes,
+    channels,
+  )
   assert _count(variables["params"]) == expected
   if name in TIMM_COUNTS:
     assert expected == TIMM_COUNTS[name]
   # One position embedding per patch, plus the class token's.
   assert variables["params"]["pos_embed"].shape == (
-      1, (model.image_size // model.patch_size) ** 2 + 1, model.embed_dim)
+    1,
+    (model.image_size // model.patch_size) ** 2 + 1,
+    model.embed_dim,
+  )
   assert set(variables) == {"params"}
 
 
 def test_vit_position_embeddings_follow_image_size():
   vit_mnist = _shapes(ViT(**VIT_PRESETS["vit_mnist"]), (1, 28, 28, 1))["params"]
   assert vit_mnist["pos_embed"].shape == (1, 49 + 1, 128)
-  vit_384 = _shapes(ViT(**VIT_PRESETS["vit_base_patch16_224"], image_size=384),
-                    (1, 384, 384, 3))["params"]
+  vit_384 = _shapes(ViT(**VIT_PRESETS["vit_base_patch16_224"], image_size=384), (1, 384, 384, 3))[
+    "params"
+  ]
   assert vit_384["pos_embed"].shape == (1, 24 * 24 + 1, 768)
 
 
@@ -140,7 +179,7 @@ def _cifar_resnet_params(depth, classes=10, projection=False):
   """He et al.'s CIFAR ResNet: 3x3 conv 16 + BN, 3 stages of n two-conv blocks, fc."""
   n, total, c_in = (depth - 2) // 6, 27 * 16 + 2 * 16, 16
   for c in (16, 32, 64):
-    for j in range(n):
+    for _ in range(n):
       total += 9 * c_in * c + 9 * c * c + 2 * 2 * c
       if projection and c_in != c:
         total += c_in * c + 2 * c
@@ -149,11 +188,18 @@ def _cifar_resnet_params(depth, classes=10, projection=False):
 
 
 def test_cifar_resnet_parameter_counts():
-  counts = {name: _count(_shapes(CifarResNet(**kw), (1, 32, 32, 3))["params"])
-            for name, kw in CIFAR_RESNET_PRESETS.items()}
+  counts = {
+    name: _count(_shapes(CifarResNet(**kw), (1, 32, 32, 3))["params"])
+    for name, kw in CIFAR_RESNET_PRESETS.items()
+  }
   # The paper's Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M (option A, parameter-free shortcuts).
-  assert counts == {"resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586,
-                    "resnet56": 853_018, "resnet110": 1_727_962}
+  assert counts == {
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+  }
   for name, count in counts.items():
     assert count == _cifar_resnet_params(CIFAR_RESNET_PRESETS[name]["depth"])
   # Option B adds a 1x1 conv + BN at the two stage changes: 2,752 parameters.
@@ -220,17 +266,23 @@ def test_adaptive_avg_pool_matches_torch_bins():
   np.testing.assert_allclose(adaptive_avg_pool(x, 3)[0, :, :, 0], expected, rtol=1e-6)
 
   rng = np.random.default_rng(0)
-  for (big_h, big_w), (h, w) in (((2, 3), (7, 7)), ((10, 13), (7, 7)), ((1, 1), (7, 7)),
-                                 ((9, 4), (2, 3))):
+  for (big_h, big_w), (h, w) in (
+    ((2, 3), (7, 7)),
+    ((10, 13), (7, 7)),
+    ((1, 1), (7, 7)),
+    ((9, 4), (2, 3)),
+  ):
     x = rng.standard_normal((2, big_h, big_w, 3)).astype(np.float32)
     out = np.asarray(adaptive_avg_pool(x, (h, w)))
     assert out.shape == (2, h, w, 3)
-    np.testing.assert_allclose(out[1, :, :, 2], _torch_adaptive_pool(x[1, :, :, 2], h, w),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      out[1, :, :, 2], _torch_adaptive_pool(x[1, :, :, 2], h, w), rtol=1e-5, atol=1e-6
+    )
   # A divisible size is plain average pooling; an equal size is the identity.
   x = rng.standard_normal((1, 14, 14, 2)).astype(np.float32)
-  np.testing.assert_allclose(adaptive_avg_pool(x, 7), nn.avg_pool(x, (2, 2), strides=(2, 2)),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    adaptive_avg_pool(x, 7), nn.avg_pool(x, (2, 2), strides=(2, 2)), rtol=1e-5, atol=1e-6
+  )
   assert adaptive_avg_pool(x, 14) is x
   with pytest.raises(ValueError, match="at least 1x1"):
     adaptive_avg_pool(x, 0)
@@ -244,9 +296,14 @@ IS_CONV_OR_BN = lambda mdl, _: isinstance(mdl, (nn.Conv, nn.BatchNorm))
 
 @functools.partial(jax.jit, static_argnames="train")
 def _vgg_apply(variables, x, rng, train):
-  return VGG_TINY.apply(variables, x, train=train, rngs={"dropout": rng},
-                        mutable=["batch_stats", "intermediates"],
-                        capture_intermediates=IS_CONV_OR_BN)
+  return VGG_TINY.apply(
+    variables,
+    x,
+    train=train,
+    rngs={"dropout": rng},
+    mutable=["batch_stats", "intermediates"],
+    capture_intermediates=IS_CONV_OR_BN,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -263,13 +320,15 @@ def test_batchnorm_train_mode_uses_and_updates_batch_statistics(vgg_tiny):
   inter = state["intermediates"]
   conv_BHWC = np.asarray(inter["features_0"]["__call__"][0], np.float64)
   bn_BHWC = np.asarray(inter["features_1"]["__call__"][0])
-  # With scale 1 and bias 0 (as initialised) the output is the batch-normalised conv output, channel by channel.
+  # With scale 1 and bias 0 (as initialised) the output is the batch-normalised conv output,
+  # channel by channel.
   np.testing.assert_allclose(bn_BHWC.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(bn_BHWC.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
   # Running averages (momentum 0.9, from mean 0 and var 1): flax keeps the biased batch variance.
   stats = state["batch_stats"]["features_1"]
-  np.testing.assert_allclose(stats["mean"], 0.1 * conv_BHWC.mean(axis=(0, 1, 2)), rtol=1e-4,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    stats["mean"], 0.1 * conv_BHWC.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
   np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * conv_BHWC.var(axis=(0, 1, 2)), rtol=1e-4)
   assert set(state["batch_stats"]) == {f"features_{i}" for i in (1, 5, 9, 12, 16, 19, 23, 26)}
 
@@ -277,8 +336,9 @@ def test_batchnorm_train_mode_uses_and_updates_batch_statistics(vgg_tiny):
 def test_batchnorm_eval_mode_uses_running_averages_and_mutates_nothing(vgg_tiny):
   variables, x = vgg_tiny
   rng = np.random.default_rng(1)
-  stats = jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-                       variables["batch_stats"])
+  stats = jax.tree.map(
+    lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32), variables["batch_stats"]
+  )
   variables = {**variables, "batch_stats": stats}
   logits, state = _vgg_apply(variables, x, jax.random.key(1), False)
   jax.tree.map(np.testing.assert_array_equal, state["batch_stats"], stats)
@@ -286,8 +346,9 @@ def test_batchnorm_eval_mode_uses_running_averages_and_mutates_nothing(vgg_tiny)
   conv = np.asarray(inter["features_0"]["__call__"][0])
   bn = np.asarray(inter["features_1"]["__call__"][0])
   s = stats["features_1"]
-  np.testing.assert_allclose(bn, (conv - s["mean"]) / np.sqrt(s["var"] + 1e-5), rtol=1e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    bn, (conv - s["mean"]) / np.sqrt(s["var"] + 1e-5), rtol=1e-4, atol=1e-5
+  )
   # Eval mode is deterministic (no dropout): the same logits under another dropout key.
   again, _ = _vgg_apply(variables, x, jax.random.key(2), False)
   np.testing.assert_array_equal(logits, again)
@@ -328,8 +389,10 @@ def test_zero_init_residual_blocks_start_as_their_shortcut(block, in_channels):
   out, _ = apply(variables, x)
   np.testing.assert_allclose(out, x, atol=1e-6)  # The identity, in training mode too.
   # With the usual scale of 1 the residual branch contributes.
-  params = {**variables["params"], last_bn: {**variables["params"][last_bn],
-                                             "scale": np.ones(8 * block.expansion, np.float32)}}
+  params = {
+    **variables["params"],
+    last_bn: {**variables["params"][last_bn], "scale": np.ones(8 * block.expansion, np.float32)},
+  }
   out, _ = apply({**variables, "params": params}, x)
   assert not np.allclose(out, x, atol=1e-3)
 
@@ -364,8 +427,12 @@ def test_bfloat16_compute_float32_params_stats_and_logits():
   f32 = CifarResNet(depth=8, width=4)
   bf16 = CifarResNet(depth=8, width=4, dtype=jnp.bfloat16)
   variables = _random_variables(f32, x.shape)
-  apply = functools.partial(bf16.apply, train=True, mutable=["batch_stats", "intermediates"],
-                            capture_intermediates=IS_CONV_OR_BN)
+  apply = functools.partial(
+    bf16.apply,
+    train=True,
+    mutable=["batch_stats", "intermediates"],
+    capture_intermediates=IS_CONV_OR_BN,
+  )
   logits, state = jax.jit(apply)(variables, x)
   assert logits.dtype == jnp.float32 and logits.shape == (2, 10)
   inter = state["intermediates"]
@@ -378,13 +445,15 @@ def test_bfloat16_compute_float32_params_stats_and_logits():
   np.testing.assert_allclose(logits, ref, rtol=0.05, atol=0.05)
   # Params created by the bf16 model are float32 too.
   assert {x.dtype for x in jax.tree.leaves(_shapes(bf16, (1, 16, 16, 3)))} == {
-      jnp.dtype(jnp.float32)}
+    jnp.dtype(jnp.float32)
+  }
 
 
 # --- ViT ------------------------------------------------------------------------------------------
 
-VIT_KW = dict(image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64,
-              num_classes=5)
+VIT_KW = dict(
+  image_size=32, patch_size=8, embed_dim=32, num_layers=2, num_heads=2, mlp_dim=64, num_classes=5
+)
 VIT_TINY = ViT(**VIT_KW)
 
 
@@ -396,8 +465,9 @@ def test_vit_patch_embedding_and_class_token_head():
   capture = lambda mdl, _: mdl.name in ("patch_embed", "norm")
 
   def run(model):
-    return jax.jit(functools.partial(model.apply, mutable=["intermediates"],
-                                     capture_intermediates=capture))(variables, x)
+    return jax.jit(
+      functools.partial(model.apply, mutable=["intermediates"], capture_intermediates=capture)
+    )(variables, x)
 
   logits, state = run(VIT_TINY)
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
@@ -407,13 +477,16 @@ def test_vit_patch_embedding_and_class_token_head():
   patches = x.reshape(2, 4, 8, 4, 8, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, 8 * 8 * 3)
   proj = params["patch_embed"]["proj"]
   expected = patches @ proj["kernel"].reshape(8 * 8 * 3, 32) + proj["bias"]
-  np.testing.assert_allclose(inter["patch_embed"]["__call__"][0], expected, rtol=1e-4,
-                             atol=1e-4)
+  np.testing.assert_allclose(inter["patch_embed"]["__call__"][0], expected, rtol=1e-4, atol=1e-4)
   # The head reads the class token (position 0) after the final LayerNorm.
   tokens_BTD = np.asarray(inter["norm"]["__call__"][0])
   assert tokens_BTD.shape == (2, 16 + 1, 32)
-  np.testing.assert_allclose(logits, tokens_BTD[:, 0] @ params["head"]["kernel"]
-                             + params["head"]["bias"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    logits,
+    tokens_BTD[:, 0] @ params["head"]["kernel"] + params["head"]["bias"],
+    rtol=1e-4,
+    atol=1e-5,
+  )
   # bfloat16 compute: bfloat16 activations, float32 logits close to the float32 model's.
   bf16_logits, bf16_state = run(ViT(**{**VIT_KW, "dtype": jnp.bfloat16}))
   assert bf16_state["intermediates"]["patch_embed"]["__call__"][0].dtype == jnp.bfloat16
@@ -424,7 +497,9 @@ def test_vit_patch_embedding_and_class_token_head():
 # --- Bad inputs -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model, shape, message", [
+@pytest.mark.parametrize(
+  "model, shape, message",
+  [
     (VGG(depth=12), (1, 32, 32, 3), "unknown depth 12; choose one of 11, 13, 16, 19"),
     (VGG(depth=11), (1, 28, 28, 1), "at least 32x32"),
     (ResNet(depth=20), (1, 32, 32, 3), "unknown depth 20.*CifarResNet"),
@@ -436,7 +511,8 @@ def test_vit_patch_embedding_and_class_token_head():
     (ViT(image_size=30, patch_size=4), (1, 30, 30, 3), "not divisible by patch_size=4"),
     (ViT(image_size=32, patch_size=4), (1, 28, 28, 3), "image_size=32"),
     (ViT(stem="conv"), (1, 224, 224, 3), "unknown stem 'conv'"),
-])
+  ],
+)
 def test_bad_inputs(model, shape, message):
   with pytest.raises(ValueError, match=message):
     _shapes(model, shape)

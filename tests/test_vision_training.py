@@ -24,10 +24,16 @@ from tests.conftest import REPO
 EXPERIMENTS = REPO / "experiments"
 # A quarter-width ResNet-20 of experiments/fashion_mnist_resnet.py, trained on the shipped MNIST
 # subset (Fashion-MNIST may be absent): BatchNorm everywhere, seconds a run.
-SMALL_RESNET = ["model.width=4", "train.batch_size=32",
-                "train.log_every_steps=5", "train.eval_every_steps=1000",
-                "train.checkpoint_every_steps=10", "optimizer.warmup_steps=2",
-                "optimizer.decay_steps=20", "data.eval_batch_size=500"]
+SMALL_RESNET = [
+  "model.width=4",
+  "train.batch_size=32",
+  "train.log_every_steps=5",
+  "train.eval_every_steps=1000",
+  "train.checkpoint_every_steps=10",
+  "optimizer.warmup_steps=2",
+  "optimizer.decay_steps=20",
+  "data.eval_batch_size=500",
+]
 
 
 def _config(experiment, *overrides):
@@ -44,8 +50,11 @@ def _resnet_config(*overrides):
 
 
 def _train_metrics(workdir):
-  return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
-          for r in metrics_lib.read_metrics(workdir) if "train/loss" in r}
+  return {
+    r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
+    for r in metrics_lib.read_metrics(workdir)
+    if "train/loss" in r
+  }
 
 
 def _saved_state(workdir, step):
@@ -67,8 +76,11 @@ def test_batch_norm_statistics_are_trained_and_saved(resnet_run):
   workdir, result = resnet_run
   state = _saved_state(workdir, 20)
   stats = state["model_state"]["batch_stats"]
-  means = [np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(stats)
-           if "mean" in jax.tree_util.keystr(path)]
+  means = [
+    np.asarray(x)
+    for path, x in jax.tree_util.tree_leaves_with_path(stats)
+    if "mean" in jax.tree_util.keystr(path)
+  ]
   assert means and any(np.abs(m).max() > 0 for m in means)  # Moved from their zero start.
   assert 0.0 <= result.eval_metrics["eval/accuracy"] <= 1.0
 
@@ -77,10 +89,8 @@ def test_batch_norm_statistics_are_trained_and_saved(resnet_run):
 def test_batch_norm_statistics_resume_bit_exactly(resnet_run, tmp_path):
   workdir, _ = resnet_run
   resumed = tmp_path / "resumed"
-  trainer.train(_resnet_config("train.num_steps=10"), resumed,
-                show_progress=False)
-  trainer.train(_resnet_config("train.num_steps=20"), resumed,
-                show_progress=False)
+  trainer.train(_resnet_config("train.num_steps=10"), resumed, show_progress=False)
+  trainer.train(_resnet_config("train.num_steps=20"), resumed, show_progress=False)
   assert _train_metrics(resumed) == _train_metrics(workdir)
   straight, again = _saved_state(workdir, 20), _saved_state(resumed, 20)
   jax.tree.map(np.testing.assert_array_equal, straight["model_state"], again["model_state"])
@@ -97,8 +107,7 @@ def test_evaluation_uses_running_statistics_and_changes_nothing(resnet_run):
 
 @pytest.mark.slow  # About a minute on 2 cores (convolution compiles); CI runs it.
 def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
-  config = _resnet_config("train.num_steps=30",
-                   "model.dtype=bfloat16")
+  config = _resnet_config("train.num_steps=30", "model.dtype=bfloat16")
   trainer.train(config, tmp_path / "bf16", show_progress=False)
   losses = [m["train/loss"] for m in _train_metrics(tmp_path / "bf16").values()]
   assert losses[-1] < losses[0]
@@ -114,7 +123,8 @@ def test_label_smoothing_matches_its_formula():
   expected = -(target * np.asarray(jax.nn.log_softmax(logits[0]))).sum()
   assert float(tasks.cross_entropy(logits, jnp.array([0]), a)[0]) == pytest.approx(expected)
   assert float(tasks.cross_entropy(logits, jnp.array([0]), 0.0)[0]) == pytest.approx(
-      float(-jax.nn.log_softmax(logits[0])[0]))
+    float(-jax.nn.log_softmax(logits[0])[0])
+  )
 
 
 class _Linear(nn.Module):
@@ -128,8 +138,9 @@ def test_moving_average_of_weights_and_its_evaluation():
   model, tx, task = _Linear(), optax.sgd(0.5), tasks.Classification(input_key="image")
   batch = {"image": jnp.ones((4, 2)), "label": jnp.array([0, 1, 2, 0])}
   state = step_lib.create_train_state(model, tx, jax.random.key(0), batch["image"], ema=True)
-  train_step = jax.jit(step_lib.make_train_step(model, tx, optax.constant_schedule(0.5), task,
-                                                ema_decay=0.9))
+  train_step = jax.jit(
+    step_lib.make_train_step(model, tx, optax.constant_schedule(0.5), task, ema_decay=0.9)
+  )
   new, _ = train_step(state, batch, jax.random.key(1))
   expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params, new.params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new.ema_params, expected)
@@ -139,14 +150,14 @@ def test_moving_average_of_weights_and_its_evaluation():
   with_ema = eval_step(new, eval_batch)
   as_params = eval_step(new.replace(params=new.ema_params, ema_params=None), eval_batch)
   assert float(with_ema["loss_sum"]) == float(as_params["loss_sum"])
-  assert float(with_ema["loss_sum"]) != float(eval_step(new.replace(ema_params=None),
-                                                        eval_batch)["loss_sum"])
+  assert float(with_ema["loss_sum"]) != float(
+    eval_step(new.replace(ema_params=None), eval_batch)["loss_sum"]
+  )
 
 
 @pytest.mark.slow  # About a minute on 2 cores (convolution compiles); CI runs it.
 def test_ema_run_saves_and_evaluates_the_average(tmp_path):
-  config = _resnet_config("train.num_steps=10",
-                   "train.ema_decay=0.9")
+  config = _resnet_config("train.num_steps=10", "train.ema_decay=0.9")
   trainer.train(config, tmp_path / "ema", show_progress=False)
   state = _saved_state(tmp_path / "ema", 10)
   assert jax.tree.structure(state["ema_params"]) == jax.tree.structure(state["params"])
@@ -159,22 +170,42 @@ def tiny_cifar(tmp_path):
   folder = tmp_path / "cifar-10-batches-bin"
   folder.mkdir()
   for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-    cifar.write_records(folder / name, rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
-                        rng.integers(0, 10, (64, 1), dtype=np.uint8))
+    cifar.write_records(
+      folder / name,
+      rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+      rng.integers(0, 10, (64, 1), dtype=np.uint8),
+    )
   return tmp_path
 
 
 @pytest.mark.slow  # Three compiles of CIFAR-sized networks; CI runs them.
-@pytest.mark.parametrize("experiment, overrides", [
+@pytest.mark.parametrize(
+  "experiment, overrides",
+  [
     ("cifar10_resnet20.py", ["model.width=4"]),
     ("cifar10_resnet18.py", ["model.width=4"]),
-    ("cifar10_vit.py", ["model.embed_dim=32", "model.num_layers=1", "model.num_heads=2",
-                        "model.mlp_dim=64", "optimizer.warmup_steps=2"]),
-])
+    (
+      "cifar10_vit.py",
+      [
+        "model.embed_dim=32",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.mlp_dim=64",
+        "optimizer.warmup_steps=2",
+      ],
+    ),
+  ],
+)
 def test_cifar_recipes_train_on_cifar_format_files(experiment, overrides, tiny_cifar, tmp_path):
-  config = _config(experiment, f"data.dir={tiny_cifar}", "train.num_steps=4",
-                   "train.batch_size=16", "data.eval_batch_size=32", "train.log_every_steps=2",
-                   *overrides)
+  config = _config(
+    experiment,
+    f"data.dir={tiny_cifar}",
+    "train.num_steps=4",
+    "train.batch_size=16",
+    "data.eval_batch_size=32",
+    "train.log_every_steps=2",
+    *overrides,
+  )
   result = trainer.train(config, tmp_path / "run", show_progress=False)
   assert result.step == 4 and result.eval_metrics["eval/num_examples"] == 64
   assert all(np.isfinite(m["train/loss"]) for m in _train_metrics(tmp_path / "run").values())

@@ -2,19 +2,27 @@
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from jaxdl.kernels import winograd
 
 
 def _reference(x_padded, kernel, bias):
   """XLA's convolution, bias, ReLU and Flax's max-pool: what the op must compute."""
-  y = lax.conv_general_dilated(x_padded, kernel, (1, 1), "VALID",
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                               precision="highest") + bias
+  y = (
+    lax.conv_general_dilated(
+      x_padded,
+      kernel,
+      (1, 1),
+      "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision="highest",
+    )
+    + bias
+  )
   return nn.max_pool(jax.nn.relu(y), (2, 2), (2, 2))
 
 
@@ -30,18 +38,22 @@ def test_transforms_give_a_2x2_block_of_the_convolution_exactly():
   for _ in range(20):
     d = rng.integers(-9, 10, (4, 4)).astype(np.float32)
     g = rng.integers(-9, 10, (3, 3)).astype(np.float32)
-    t_out, t_kernel, t_input = (np.array(t, np.float32) for t in (
-        winograd.T_OUTPUT, winograd.T_KERNEL, winograd.T_INPUT))
+    t_out, t_kernel, t_input = (
+      np.array(t, np.float32) for t in (winograd.T_OUTPUT, winograd.T_KERNEL, winograd.T_INPUT)
+    )
     got = t_out @ ((t_kernel @ g.ravel()) * (t_input @ d.ravel()))
-    want = [np.sum(d[r:r + 3, s:s + 3] * g) for r in range(2) for s in range(2)]
+    want = [np.sum(d[r : r + 3, s : s + 3] * g) for r in range(2) for s in range(2)]
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("x_shape,features", [
+@pytest.mark.parametrize(
+  "x_shape,features",
+  [
     ((1, 4, 4, 8), 3),  # The smallest input: one tile, one pooled output.
     ((2, 11, 14, 8), 5),  # Odd and unequal sizes: the pool drops the last row.
     ((3, 13, 13, 32), 64),  # The seed CNN's conv2.
-])
+  ],
+)
 def test_matches_xla_convolution_relu_and_pool(x_shape, features):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
@@ -50,15 +62,18 @@ def test_matches_xla_convolution_relu_and_pool(x_shape, features):
   out_shape = jax.eval_shape(_reference, x, kernel, bias).shape
   dy = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
   want, want_grads = jax.jit(lambda *a: _value_and_grads(_reference, a, dy))(x, kernel, bias)
-  got, got_grads = jax.jit(lambda *a: _value_and_grads(
-      winograd.conv3x3_relu_max_pool2x2, a, dy))(x, kernel, bias)
-  assert got.shape == want.shape == (x_shape[0], (x_shape[1] - 2) // 2, (x_shape[2] - 2) // 2,
-                                     features)
+  got, got_grads = jax.jit(lambda *a: _value_and_grads(winograd.conv3x3_relu_max_pool2x2, a, dy))(
+    x, kernel, bias
+  )
+  assert (
+    got.shape == want.shape == (x_shape[0], (x_shape[1] - 2) // 2, (x_shape[2] - 2) // 2, features)
+  )
   scale = float(jnp.max(jnp.abs(want)))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
   for name, g, w in zip(("x", "kernel", "bias"), got_grads, want_grads):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))),
-                               err_msg=name)
+    np.testing.assert_allclose(
+      g, w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))), err_msg=name
+    )
 
 
 def test_runs_in_bfloat16():
@@ -71,8 +86,11 @@ def test_runs_in_bfloat16():
   y = jax.jit(winograd.conv3x3_relu_max_pool2x2)(*half)
   assert y.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.float32(y), want, atol=0.1, rtol=0.02)
-  grads = jax.jit(jax.grad(lambda k: jnp.sum(winograd.conv3x3_relu_max_pool2x2(
-      half[0], k, half[2]).astype(jnp.float32))))(half[1])
+  grads = jax.jit(
+    jax.grad(
+      lambda k: jnp.sum(winograd.conv3x3_relu_max_pool2x2(half[0], k, half[2]).astype(jnp.float32))
+    )
+  )(half[1])
   assert grads.dtype == jnp.bfloat16 and grads.shape == kernel.shape
 
 
@@ -86,5 +104,6 @@ def test_applies_to_3x3_kernels_2x2_pools_and_enough_channels():
 
 def test_too_small_an_input_is_a_clear_error():
   with pytest.raises(ValueError, match=r"a 3x5 padded input has no 2x2 pooled output"):
-    winograd.conv3x3_relu_max_pool2x2(jnp.zeros((1, 3, 5, 8)), jnp.zeros((3, 3, 8, 2)),
-                                      jnp.zeros(2))
+    winograd.conv3x3_relu_max_pool2x2(
+      jnp.zeros((1, 3, 5, 8)), jnp.zeros((3, 3, 8, 2)), jnp.zeros(2)
+    )

@@ -18,12 +18,12 @@ Needs ../shared/data (full MNIST).
 import argparse
 import json
 import os
+from pathlib import Path
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -31,42 +31,124 @@ GOLDEN = REPO / "tools" / "golden" / "metrics.json"
 
 # name -> (experiment, overrides, forced CPU device count).
 RUNS: dict[str, tuple[str, list[str], int]] = {
-    "seed_cnn": ("mnist_cnn.py", [f"data.dir={MNIST}", "train.num_steps=200",
-                                  "train.log_every_steps=50", "train.eval_every_steps=100"], 1),
-    "char_gpt": ("shakespeare_char_gpt.py:cpu", [
-        "train.num_steps=50", "train.log_every_steps=10", "train.eval_every_steps=50",
-        "model.dropout_rate=0.1", "optimizer.warmup_steps=10"], 1),
-    "char_lstm": ("shakespeare_char_lstm.py", [
-        "train.num_steps=50", "train.log_every_steps=10", "train.eval_every_steps=50",
-        "optimizer.warmup_steps=10"], 1),
-    "vit": ("mnist_vit.py", [f"data.dir={MNIST}", "train.num_steps=30",
-                             "train.log_every_steps=10", "train.eval_every_steps=30",
-                             "model.num_layers=2", "data.eval_batch_size=1000",
-                             "optimizer.warmup_steps=10"], 1),
-    "resnet_bn": ("mnist_cnn.py", [
-        f"data.dir={MNIST}", "model.name=resnet20", "model.width=8", "model.depth=8",
-        "optimizer.name=sgd", "optimizer.learning_rate=0.05", "optimizer.momentum=0.9",
-        "train.num_steps=30", "train.log_every_steps=10", "train.eval_every_steps=30"], 1),
-    "sweep": ("mnist_cnn.py", [f"data.dir={MNIST}", "train.num_steps=30",
-                               "train.log_every_steps=10", "train.eval_every_steps=30",
-                               "sweep.seeds=2", "sweep.optimizer.learning_rate=[1e-3,3e-4]"], 1),
-    "pmap_8": ("mnist_cnn.py", [f"data.dir={MNIST}", "train.num_steps=30",
-                                "train.log_every_steps=10", "train.eval_every_steps=30",
-                                "parallel.strategy=pmap", "parallel.cpu_devices=8"], 8),
-    "fsdp_8": ("shakespeare_char_gpt.py:cpu", [
-        "train.num_steps=20", "train.log_every_steps=10", "train.eval_every_steps=20",
-        "train.batch_size=16", "parallel.mesh.fsdp=4", "parallel.mesh.data=2",
-        "parallel.cpu_devices=8", "optimizer.warmup_steps=10"], 8),
+  "seed_cnn": (
+    "mnist_cnn.py",
+    [
+      f"data.dir={MNIST}",
+      "train.num_steps=200",
+      "train.log_every_steps=50",
+      "train.eval_every_steps=100",
+    ],
+    1,
+  ),
+  "char_gpt": (
+    "shakespeare_char_gpt.py:cpu",
+    [
+      "train.num_steps=50",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=50",
+      "model.dropout_rate=0.1",
+      "optimizer.warmup_steps=10",
+    ],
+    1,
+  ),
+  "char_lstm": (
+    "shakespeare_char_lstm.py",
+    [
+      "train.num_steps=50",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=50",
+      "optimizer.warmup_steps=10",
+    ],
+    1,
+  ),
+  "vit": (
+    "mnist_vit.py",
+    [
+      f"data.dir={MNIST}",
+      "train.num_steps=30",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=30",
+      "model.num_layers=2",
+      "data.eval_batch_size=1000",
+      "optimizer.warmup_steps=10",
+    ],
+    1,
+  ),
+  "resnet_bn": (
+    "mnist_cnn.py",
+    [
+      f"data.dir={MNIST}",
+      "model.name=resnet20",
+      "model.width=8",
+      "model.depth=8",
+      "optimizer.name=sgd",
+      "optimizer.learning_rate=0.05",
+      "optimizer.momentum=0.9",
+      "train.num_steps=30",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=30",
+    ],
+    1,
+  ),
+  "sweep": (
+    "mnist_cnn.py",
+    [
+      f"data.dir={MNIST}",
+      "train.num_steps=30",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=30",
+      "sweep.seeds=2",
+      "sweep.optimizer.learning_rate=[1e-3,3e-4]",
+    ],
+    1,
+  ),
+  "pmap_8": (
+    "mnist_cnn.py",
+    [
+      f"data.dir={MNIST}",
+      "train.num_steps=30",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=30",
+      "parallel.strategy=pmap",
+      "parallel.cpu_devices=8",
+    ],
+    8,
+  ),
+  "fsdp_8": (
+    "shakespeare_char_gpt.py:cpu",
+    [
+      "train.num_steps=20",
+      "train.log_every_steps=10",
+      "train.eval_every_steps=20",
+      "train.batch_size=16",
+      "parallel.mesh.fsdp=4",
+      "parallel.mesh.data=2",
+      "parallel.cpu_devices=8",
+      "optimizer.warmup_steps=10",
+    ],
+    8,
+  ),
 }
 
 
 def run(name: str, root: Path) -> list[dict]:
   experiment, overrides, devices = RUNS[name]
   workdir = root / name
-  env = dict(os.environ, JAXDL_OFFLINE="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  command = [sys.executable, "-m", "jaxdl.cli", "train", str(REPO / "experiments" / experiment),
-             *overrides, "--workdir", str(workdir), "--no-progress"]
+  env = dict(
+    os.environ, JAXDL_OFFLINE="1", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
+  )
+  command = [
+    sys.executable,
+    "-m",
+    "jaxdl.cli",
+    "train",
+    str(REPO / "experiments" / experiment),
+    *overrides,
+    "--workdir",
+    str(workdir),
+    "--no-progress",
+  ]
   proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
   if proc.returncode != 0:
     raise SystemExit(f"{name}: `{' '.join(command)}` failed:\n{proc.stderr[-4000:]}")
@@ -101,15 +183,25 @@ def main() -> int:
       elif records != golden["runs"][name]:
         failed.append(name)
         expected = golden["runs"][name]
-        diffs = [(i, k, e.get(k), r.get(k)) for i, (e, r) in enumerate(zip(expected, records))
-                 for k in sorted(set(e) | set(r)) if e.get(k) != r.get(k)]
-        print(f"{name}: DIFFERS ({len(expected)} records recorded, {len(records)} now); first "
-              f"differences (record, key, recorded, now): {diffs[:5]}", flush=True)
+        diffs = [
+          (i, k, e.get(k), r.get(k))
+          for i, (e, r) in enumerate(zip(expected, records))
+          for k in sorted(set(e) | set(r))
+          if e.get(k) != r.get(k)
+        ]
+        print(
+          f"{name}: DIFFERS ({len(expected)} records recorded, {len(records)} now); first "
+          f"differences (record, key, recorded, now): {diffs[:5]}",
+          flush=True,
+        )
       else:
         print(f"{name}: identical ({len(records)} records, {seconds:.0f} s)", flush=True)
   if args.mode == "record":
-    golden["machine"] = {"processor": platform.processor() or platform.machine(),
-                         "cpu": _cpu_model(), "python": platform.python_version()}
+    golden["machine"] = {
+      "processor": platform.processor() or platform.machine(),
+      "cpu": _cpu_model(),
+      "python": platform.python_version(),
+    }
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
     GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
     print(f"wrote {GOLDEN}")

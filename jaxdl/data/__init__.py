@@ -10,9 +10,9 @@ defaults, so `config.json` records every value a run used. Adding a dataset mean
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import difflib
-from collections.abc import Callable
 from typing import Any
 
 from jaxdl.data import cifar, fashion_mnist, image_folder, reviews, synthetic, text
@@ -22,17 +22,17 @@ from jaxdl.data.pipeline import LoadedData, Split, eval_batches, steps_per_epoch
 from jaxdl.errors import ConfigError, DataError
 
 __all__ = [
-    "DATASETS",
-    "Dataset",
-    "DatasetSpec",
-    "LoadedData",
-    "Split",
-    "complete_config",
-    "eval_batches",
-    "load_dataset",
-    "load_from_config",
-    "steps_per_epoch",
-    "train_batches",
+  "DATASETS",
+  "Dataset",
+  "DatasetSpec",
+  "LoadedData",
+  "Split",
+  "complete_config",
+  "eval_batches",
+  "load_dataset",
+  "load_from_config",
+  "steps_per_epoch",
+  "train_batches",
 ]
 
 # Keys of the `data` config section that every dataset has (see jaxdl.config.base_config).
@@ -46,14 +46,14 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(load_mnist),
-    "fashion_mnist": DatasetSpec(fashion_mnist.load_fashion_mnist, fashion_mnist.OPTIONS),
-    "cifar10": DatasetSpec(cifar.load_cifar10, cifar.CIFAR10_OPTIONS),
-    "cifar100": DatasetSpec(cifar.load_cifar100, cifar.CIFAR100_OPTIONS),
-    "image_folder": DatasetSpec(image_folder.load_image_folder, image_folder.OPTIONS),
-    "text": DatasetSpec(text.load_text, text.OPTIONS),  # Language modelling on any UTF-8 text.
-    "reviews": DatasetSpec(reviews.load_reviews, reviews.OPTIONS),  # Fresh vs rotten snippets.
-    "seq2seq": DatasetSpec(synthetic.load_seq2seq, synthetic.OPTIONS),  # Reverse or sort.
+  "mnist": DatasetSpec(load_mnist),
+  "fashion_mnist": DatasetSpec(fashion_mnist.load_fashion_mnist, fashion_mnist.OPTIONS),
+  "cifar10": DatasetSpec(cifar.load_cifar10, cifar.CIFAR10_OPTIONS),
+  "cifar100": DatasetSpec(cifar.load_cifar100, cifar.CIFAR100_OPTIONS),
+  "image_folder": DatasetSpec(image_folder.load_image_folder, image_folder.OPTIONS),
+  "text": DatasetSpec(text.load_text, text.OPTIONS),  # Language modelling on any UTF-8 text.
+  "reviews": DatasetSpec(reviews.load_reviews, reviews.OPTIONS),  # Fresh vs rotten snippets.
+  "seq2seq": DatasetSpec(synthetic.load_seq2seq, synthetic.OPTIONS),  # Reverse or sort.
 }
 
 
@@ -62,13 +62,16 @@ def _spec(name: str) -> DatasetSpec:
   if spec is None:
     close = difflib.get_close_matches(name, DATASETS, n=2)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise DataError(f"Unknown dataset {name!r}.{hint} Known datasets: "
-                    f"{', '.join(sorted(DATASETS))}; use one of these names.")
+    raise DataError(
+      f"Unknown dataset {name!r}.{hint} Known datasets: "
+      f"{', '.join(sorted(DATASETS))}; use one of these names."
+    )
   return spec
 
 
-def load_dataset(name: str, data_dir: str = "", *, allow_download: bool | None = None,
-                 **options: Any) -> Dataset:
+def load_dataset(
+  name: str, data_dir: str = "", *, allow_download: bool | None = None, **options: Any
+) -> Dataset:
   """Loads the dataset registered as `name` (see each loader for where it looks for files).
 
   Raises:
@@ -78,8 +81,10 @@ def load_dataset(name: str, data_dir: str = "", *, allow_download: bool | None =
   spec = _spec(name)
   unknown = sorted(set(options) - set(spec.options))
   if unknown:
-    raise DataError(f"Dataset {name!r} has no option(s) {unknown}; its options are "
-                    f"{sorted(spec.options) or 'none'}.")
+    raise DataError(
+      f"Dataset {name!r} has no option(s) {unknown}; its options are "
+      f"{sorted(spec.options) or 'none'}."
+    )
   return spec.loader(data_dir, allow_download=allow_download, **{**spec.options, **options})
 
 
@@ -94,9 +99,10 @@ def complete_config(data_config) -> None:
       close = difflib.get_close_matches(key, known, n=1)
       hint = f" Did you mean data.{close[0]}?" if close else ""
       raise ConfigError(
-          f"data.{key} is not an option of dataset {data_config.name!r}.{hint} Its options are "
-          f"{', '.join(f'data.{k}' for k in sorted(spec.options)) or 'none'}, besides "
-          f"{', '.join(f'data.{k}' for k in sorted(COMMON_KEYS))}.")
+        f"data.{key} is not an option of dataset {data_config.name!r}.{hint} Its options are "
+        f"{', '.join(f'data.{k}' for k in sorted(spec.options)) or 'none'}, besides "
+        f"{', '.join(f'data.{k}' for k in sorted(COMMON_KEYS))}."
+      )
   for key, default in spec.options.items():
     if key not in data_config:
       data_config[key] = default

@@ -40,9 +40,16 @@ class Dataset(Protocol):
   tokenizer: Any  # A jaxdl.data.tokenizers tokenizer for text data, else None.
   source: dict[str, Any]  # JSON provenance; always has "kind" and "num_train".
 
-  def train_batches(self, *, batch_size: int, seed: int, shard_index: int = 0,
-                    shard_count: int = 1, num_threads: int = 2,
-                    prefetch: int = 4) -> grain.IterDataset:
+  def train_batches(
+    self,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 4,
+  ) -> grain.IterDataset:
     """An endless, shuffled stream of batches of `batch_size` (per process) for one shard."""
 
   def steps_per_epoch(self, batch_size: int) -> int:

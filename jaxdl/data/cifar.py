@@ -18,14 +18,14 @@ the files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import logging
 import os
+from pathlib import Path
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +42,8 @@ PIXEL_BYTES = 32 * 32 * 3
 # MD5 of each archive's bytes, as published at https://www.cs.toronto.edu/~kriz/cifar.html. A
 # module-level dict so tests can substitute digests for their own small archives.
 MD5 = {
-    "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
-    "cifar-100-binary.tar.gz": "03b5dce01913d631647c71ecec9e9cb8",
+  "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
+  "cifar-100-binary.tar.gz": "03b5dce01913d631647c71ecec9e9cb8",
 }
 MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 
@@ -52,8 +52,12 @@ LABELS = ("fine", "coarse")  # data.label of CIFAR-100.
 # data.* options and their defaults: the standard CIFAR recipe of zero-padding by 4 pixels,
 # cropping back to 32x32 at a random offset and flipping half the images, then normalising
 # with the training set's per-channel mean and std.
-CIFAR10_OPTIONS = {"augment": "crop_flip", "normalize": True, "crop_padding": 4,
-                   "padding_mode": "zero"}
+CIFAR10_OPTIONS = {
+  "augment": "crop_flip",
+  "normalize": True,
+  "crop_padding": 4,
+  "padding_mode": "zero",
+}
 CIFAR100_OPTIONS = {**CIFAR10_OPTIONS, "label": "fine"}
 
 
@@ -94,17 +98,32 @@ class Layout:
 
 
 CIFAR10 = Layout(
-    name="CIFAR-10", cache_name="cifar10", archive="cifar-10-binary.tar.gz",
-    folder="cifar-10-batches-bin", python_names=("cifar-10-python.tar.gz", "cifar-10-batches-py"),
-    train_files=tuple(f"data_batch_{i}.bin" for i in range(1, 6)), test_files=("test_batch.bin",),
-    label_classes=(10,), label_names=("label",),
-    records_per_file={**{f"data_batch_{i}.bin": 10_000 for i in range(1, 6)},
-                      "test_batch.bin": 10_000})
+  name="CIFAR-10",
+  cache_name="cifar10",
+  archive="cifar-10-binary.tar.gz",
+  folder="cifar-10-batches-bin",
+  python_names=("cifar-10-python.tar.gz", "cifar-10-batches-py"),
+  train_files=tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+  test_files=("test_batch.bin",),
+  label_classes=(10,),
+  label_names=("label",),
+  records_per_file={
+    **{f"data_batch_{i}.bin": 10_000 for i in range(1, 6)},
+    "test_batch.bin": 10_000,
+  },
+)
 CIFAR100 = Layout(
-    name="CIFAR-100", cache_name="cifar100", archive="cifar-100-binary.tar.gz",
-    folder="cifar-100-binary", python_names=("cifar-100-python.tar.gz", "cifar-100-python"),
-    train_files=("train.bin",), test_files=("test.bin",), label_classes=(20, 100),
-    label_names=("coarse", "fine"), records_per_file={"train.bin": 50_000, "test.bin": 10_000})
+  name="CIFAR-100",
+  cache_name="cifar100",
+  archive="cifar-100-binary.tar.gz",
+  folder="cifar-100-binary",
+  python_names=("cifar-100-python.tar.gz", "cifar-100-python"),
+  train_files=("train.bin",),
+  test_files=("test.bin",),
+  label_classes=(20, 100),
+  label_names=("coarse", "fine"),
+  records_per_file={"train.bin": 50_000, "test.bin": 10_000},
+)
 
 
 def cache_dir(layout: Layout = CIFAR10) -> Path:
@@ -113,14 +132,14 @@ def cache_dir(layout: Layout = CIFAR10) -> Path:
 
 
 def load_cifar10(
-    data_dir: str = "",
-    *,
-    allow_download: bool | None = None,
-    augment: str = CIFAR10_OPTIONS["augment"],
-    normalize: bool = CIFAR10_OPTIONS["normalize"],
-    crop_padding: int = CIFAR10_OPTIONS["crop_padding"],
-    padding_mode: str = CIFAR10_OPTIONS["padding_mode"],
-    mirrors: Sequence[str] | None = None,
+  data_dir: str = "",
+  *,
+  allow_download: bool | None = None,
+  augment: str = CIFAR10_OPTIONS["augment"],
+  normalize: bool = CIFAR10_OPTIONS["normalize"],
+  crop_padding: int = CIFAR10_OPTIONS["crop_padding"],
+  padding_mode: str = CIFAR10_OPTIONS["padding_mode"],
+  mirrors: Sequence[str] | None = None,
 ) -> LoadedData:
   """Loads CIFAR-10: uint8 images [N, 32, 32, 3], int32 labels in [0, 10); 50,000 / 10,000.
 
@@ -139,21 +158,26 @@ def load_cifar10(
     DataError: no source has the data, the download failed, or a file is damaged.
   """
   transform = augment_lib.from_options(
-      augment=augment, normalize=normalize, crop_padding=crop_padding, padding_mode=padding_mode,
-      mean=augment_lib.CIFAR10_MEAN, std=augment_lib.CIFAR10_STD)
+    augment=augment,
+    normalize=normalize,
+    crop_padding=crop_padding,
+    padding_mode=padding_mode,
+    mean=augment_lib.CIFAR10_MEAN,
+    std=augment_lib.CIFAR10_STD,
+  )
   return _load(CIFAR10, data_dir, allow_download, mirrors, label_index=0, augment=transform)
 
 
 def load_cifar100(
-    data_dir: str = "",
-    *,
-    allow_download: bool | None = None,
-    label: str = CIFAR100_OPTIONS["label"],
-    augment: str = CIFAR100_OPTIONS["augment"],
-    normalize: bool = CIFAR100_OPTIONS["normalize"],
-    crop_padding: int = CIFAR100_OPTIONS["crop_padding"],
-    padding_mode: str = CIFAR100_OPTIONS["padding_mode"],
-    mirrors: Sequence[str] | None = None,
+  data_dir: str = "",
+  *,
+  allow_download: bool | None = None,
+  label: str = CIFAR100_OPTIONS["label"],
+  augment: str = CIFAR100_OPTIONS["augment"],
+  normalize: bool = CIFAR100_OPTIONS["normalize"],
+  crop_padding: int = CIFAR100_OPTIONS["crop_padding"],
+  padding_mode: str = CIFAR100_OPTIONS["padding_mode"],
+  mirrors: Sequence[str] | None = None,
 ) -> LoadedData:
   """Loads CIFAR-100: uint8 images [N, 32, 32, 3] and int32 labels; 50,000 / 10,000.
 
@@ -167,14 +191,26 @@ def load_cifar100(
   """
   check_choice_option("label", label, LABELS)
   transform = augment_lib.from_options(
-      augment=augment, normalize=normalize, crop_padding=crop_padding, padding_mode=padding_mode,
-      mean=augment_lib.CIFAR100_MEAN, std=augment_lib.CIFAR100_STD)
-  return _load(CIFAR100, data_dir, allow_download, mirrors,
-               label_index=CIFAR100.label_names.index(label), augment=transform)
+    augment=augment,
+    normalize=normalize,
+    crop_padding=crop_padding,
+    padding_mode=padding_mode,
+    mean=augment_lib.CIFAR100_MEAN,
+    std=augment_lib.CIFAR100_STD,
+  )
+  return _load(
+    CIFAR100,
+    data_dir,
+    allow_download,
+    mirrors,
+    label_index=CIFAR100.label_names.index(label),
+    augment=transform,
+  )
 
 
-def parse_records(content: bytes, *, name: str,
-                  label_classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def parse_records(
+  content: bytes, *, name: str, label_classes: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
   """Decodes the bytes of one CIFAR binary file; `name` is only used in error messages.
 
   Returns:
@@ -187,25 +223,31 @@ def parse_records(content: bytes, *, name: str,
   record_bytes = len(label_classes) + PIXEL_BYTES
   if not content or len(content) % record_bytes:
     whole, extra = divmod(len(content), record_bytes)
-    problem = "is empty" if not content else (
-        f"is {len(content)} bytes long: {whole} whole records and {extra} bytes more")
+    problem = (
+      "is empty"
+      if not content
+      else (f"is {len(content)} bytes long: {whole} whole records and {extra} bytes more")
+    )
     raise DataError(
-        f"CIFAR file {name!r} {problem}, but it should be a whole number of {record_bytes}-byte "
-        f"records ({len(label_classes)} label byte(s) and {PIXEL_BYTES} pixel bytes each). The "
-        f"file is truncated or damaged, or belongs to another CIFAR version; fetch it again.")
+      f"CIFAR file {name!r} {problem}, but it should be a whole number of {record_bytes}-byte "
+      f"records ({len(label_classes)} label byte(s) and {PIXEL_BYTES} pixel bytes each). The "
+      f"file is truncated or damaged, or belongs to another CIFAR version; fetch it again."
+    )
   records = np.frombuffer(content, np.uint8).reshape(-1, record_bytes)
-  labels = records[:, :len(label_classes)]
+  labels = records[:, : len(label_classes)]
   for column, num_classes in enumerate(label_classes):
     bad = np.flatnonzero(labels[:, column] >= num_classes)
     if len(bad):
       raise DataError(
-          f"CIFAR file {name!r} has label {labels[bad[0], column]} in record {bad[0]} (label byte "
-          f"{column}), outside [0, {num_classes}); {len(bad)} records are out of range. It is "
-          f"damaged or belongs to another CIFAR version (CIFAR-10 has 1 label byte, CIFAR-100 "
-          f"has 2); fetch it again.")
+        f"CIFAR file {name!r} has label {labels[bad[0], column]} in record {bad[0]} (label byte "
+        f"{column}), outside [0, {num_classes}); {len(bad)} records are out of range. It is "
+        f"damaged or belongs to another CIFAR version (CIFAR-10 has 1 label byte, CIFAR-100 "
+        f"has 2); fetch it again."
+      )
   # Planes R, G, B of 32x32 each -> [N, 32, 32, 3]; the copy makes the array contiguous.
   image = np.ascontiguousarray(
-      records[:, len(label_classes):].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    records[:, len(label_classes) :].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  )
   return image, labels.copy()
 
 
@@ -216,8 +258,10 @@ def write_records(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray
   """
   image, labels = np.asarray(image, np.uint8), np.asarray(labels, np.uint8)
   if image.shape[1:] != IMAGE_SHAPE or labels.ndim != 2 or len(labels) != len(image):
-    raise DataError(f"write_records needs images [N, 32, 32, 3] and labels [N, L], got "
-                    f"{image.shape} and {labels.shape}.")
+    raise DataError(
+      f"write_records needs images [N, 32, 32, 3] and labels [N, L], got "
+      f"{image.shape} and {labels.shape}."
+    )
   planes = image.transpose(0, 3, 1, 2).reshape(len(image), PIXEL_BYTES)
   Path(path).write_bytes(np.concatenate([labels, planes], axis=1).tobytes())
 
@@ -225,47 +269,65 @@ def write_records(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray
 # Finding and reading the files.
 
 
-def _load(layout: Layout, data_dir: str, allow_download: bool | None,
-          mirrors: Sequence[str] | None, *, label_index: int, augment) -> LoadedData:
+def _load(
+  layout: Layout,
+  data_dir: str,
+  allow_download: bool | None,
+  mirrors: Sequence[str] | None,
+  *,
+  label_index: int,
+  augment,
+) -> LoadedData:
   if data_dir:
     path = Path(data_dir).expanduser()
     found = _locate(path, layout)
     if isinstance(found, str):
       raise DataError(
-          f"{layout.name} data directory {str(path)!r} {found}. Fix data.dir so it points at a "
-          f"directory holding {layout.folder}/ (from {layout.archive}), its .bin files, or "
-          f"{layout.archive} itself; or leave it empty to use the cache at "
-          f"{str(cache_dir(layout))!r}.")
-    return _read(layout, found, {"kind": "data_dir", "path": str(path.resolve())},
-                 label_index, augment)
+        f"{layout.name} data directory {str(path)!r} {found}. Fix data.dir so it points at a "
+        f"directory holding {layout.folder}/ (from {layout.archive}), its .bin files, or "
+        f"{layout.archive} itself; or leave it empty to use the cache at "
+        f"{str(cache_dir(layout))!r}."
+      )
+    return _read(
+      layout, found, {"kind": "data_dir", "path": str(path.resolve())}, label_index, augment
+    )
 
   cache = cache_dir(layout)
   found = _locate(cache, layout)
   if not isinstance(found, str):
-    return _read(layout, found, {"kind": "cache", "path": str(cache.resolve())},
-                 label_index, augment)
+    return _read(
+      layout, found, {"kind": "cache", "path": str(cache.resolve())}, label_index, augment
+    )
 
   base = MIRRORS if mirrors is None else mirrors
   how_to_get = (
-      f"Download {layout.archive} (the binary version, not the Python one) from {MIRRORS[0]} and "
-      f"put it, or the {layout.folder} folder it unpacks to, in {str(cache)!r}; or set data.dir "
-      f"to where it is.")
+    f"Download {layout.archive} (the binary version, not the Python one) from {MIRRORS[0]} and "
+    f"put it, or the {layout.folder} folder it unpacks to, in {str(cache)!r}; or set data.dir "
+    f"to where it is."
+  )
   refusal = download.download_refusal(allow_download)
   if refusal:
-    raise DataError(f"{layout.name} not found: the cache {str(cache)!r} {found}, and {refusal}. "
-                    f"{how_to_get} Or allow downloads (data.download=true and JAXDL_OFFLINE "
-                    f"unset).")
+    raise DataError(
+      f"{layout.name} not found: the cache {str(cache)!r} {found}, and {refusal}. "
+      f"{how_to_get} Or allow downloads (data.download=true and JAXDL_OFFLINE "
+      f"unset)."
+    )
   archive = cache / layout.archive
   try:
-    url = download.download_verified([m.rstrip("/") + "/" + layout.archive for m in base],
-                                     archive, md5=MD5[layout.archive])
+    url = download.download_verified(
+      [m.rstrip("/") + "/" + layout.archive for m in base], archive, md5=MD5[layout.archive]
+    )
   except DataError as e:
     raise DataError(f"Downloading {layout.name} failed: {e}\n{how_to_get}") from e
   _unpack(archive, layout, cache / layout.folder)
   archive.unlink()  # The .bin files hold everything; keep one copy in the cache, not two.
-  return _read(layout, {name: cache / layout.folder / name for name in layout.files},
-               {"kind": "download", "path": str(cache.resolve()), "url": url},
-               label_index, augment)
+  return _read(
+    layout,
+    {name: cache / layout.folder / name for name in layout.files},
+    {"kind": "download", "path": str(cache.resolve()), "url": url},
+    label_index,
+    augment,
+  )
 
 
 def _locate(path: Path, layout: Layout) -> dict[str, Path] | Path | str:
@@ -291,14 +353,17 @@ def _locate(path: Path, layout: Layout) -> dict[str, Path] | Path | str:
     return partial
   python = [name for name in layout.python_names if (path / name).exists()]
   if python:
-    return (f"holds {python[0]}, the Python (pickle) version of {layout.name}, which jaxdl does "
-            f"not read because unpickling a file can run code; it needs {layout.archive}, the "
-            f"binary version")
+    return (
+      f"holds {python[0]}, the Python (pickle) version of {layout.name}, which jaxdl does "
+      f"not read because unpickling a file can run code; it needs {layout.archive}, the "
+      f"binary version"
+    )
   return f"has neither {layout.folder}/, its .bin files, nor {layout.archive}"
 
 
-def _read(layout: Layout, found: dict[str, Path] | Path, source: dict, label_index: int,
-          augment) -> LoadedData:
+def _read(
+  layout: Layout, found: dict[str, Path] | Path, source: dict, label_index: int, augment
+) -> LoadedData:
   """Parses every file of `layout` from .bin files or the archive into a LoadedData."""
   if isinstance(found, Path):  # The archive: read in memory, not unpacked.
     contents = _archive_members(found, layout)
@@ -316,17 +381,27 @@ def _read(layout: Layout, found: dict[str, Path] | Path, source: dict, label_ind
   for split, files in (("train", layout.train_files), ("test", layout.test_files)):
     images, labels = [], []
     for name in files:
-      image, label = parse_records(contents.pop(name), name=names[name],
-                                   label_classes=layout.label_classes)
+      image, label = parse_records(
+        contents.pop(name), name=names[name], label_classes=layout.label_classes
+      )
       if len(image) != layout.records_per_file[name]:
-        logger.warning("%s holds %d records; the official file has %d.", names[name], len(image),
-                       layout.records_per_file[name])
+        logger.warning(
+          "%s holds %d records; the official file has %d.",
+          names[name],
+          len(image),
+          layout.records_per_file[name],
+        )
       images.append(image)
       labels.append(label[:, label_index])
     splits[split] = Split(image=np.concatenate(images), label=np.concatenate(labels))
   source = {**source, "num_train": len(splits["train"]), "num_test": len(splits["test"])}
-  return LoadedData(train=splits["train"], test=splits["test"],
-                    num_classes=layout.label_classes[label_index], source=source, augment=augment)
+  return LoadedData(
+    train=splits["train"],
+    test=splits["test"],
+    num_classes=layout.label_classes[label_index],
+    source=source,
+    augment=augment,
+  )
 
 
 def _archive_members(archive: Path, layout: Layout) -> dict[str, bytes]:
@@ -344,18 +419,24 @@ def _archive_members(archive: Path, layout: Layout) -> dict[str, bytes]:
         if name is None:
           continue
         if not member.isfile():  # A link could point anywhere; the official archive has none.
-          raise DataError(f"{str(archive)!r} holds {member.name} as a link or special file, "
-                          f"not a regular file. It is not the official {layout.archive}; "
-                          f"download it again.")
+          raise DataError(
+            f"{str(archive)!r} holds {member.name} as a link or special file, "
+            f"not a regular file. It is not the official {layout.archive}; "
+            f"download it again."
+          )
         contents[name] = tar.extractfile(member).read()
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-    raise DataError(f"Cannot read the archive {str(archive)!r} ({e}); it is damaged or not a "
-                    f".tar.gz. Delete it and download it again.") from e
+    raise DataError(
+      f"Cannot read the archive {str(archive)!r} ({e}); it is damaged or not a "
+      f".tar.gz. Delete it and download it again."
+    ) from e
   missing = [name for name in layout.files if name not in contents]
   if missing:
-    raise DataError(f"The archive {str(archive)!r} lacks {', '.join(missing)} (expected under "
-                    f"{layout.folder}/). It is not the official {layout.archive}; download it "
-                    f"again.")
+    raise DataError(
+      f"The archive {str(archive)!r} lacks {', '.join(missing)} (expected under "
+      f"{layout.folder}/). It is not the official {layout.archive}; download it "
+      f"again."
+    )
   return contents
 
 
@@ -380,5 +461,7 @@ def _unpack(archive: Path, layout: Layout, folder: Path) -> None:
         if os.path.exists(tmp_name):
           os.remove(tmp_name)
   except OSError as e:
-    raise DataError(f"Cannot unpack {str(archive)!r} into {str(folder)!r}: {e}. Point the cache "
-                    f"somewhere writable (the JAXDL_DATA_DIR environment variable).") from e
+    raise DataError(
+      f"Cannot unpack {str(archive)!r} into {str(folder)!r}: {e}. Point the cache "
+      f"somewhere writable (the JAXDL_DATA_DIR environment variable)."
+    ) from e

@@ -13,18 +13,18 @@ Also here: where the cache is (`cache_root`) and whether downloads are allowed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import gzip
 import hashlib
 import http.client
 import logging
 import os
+from pathlib import Path
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
-from pathlib import Path
 
 from jaxdl.errors import DataError
 
@@ -63,8 +63,9 @@ def download_refusal(allow_download: bool | None) -> str | None:
   if value.strip().lower() in _ONLINE_VALUES:
     return None
   raise DataError(
-      f"JAXDL_OFFLINE is set to {value!r}; set it to 1 to forbid downloads or 0 (or unset it) "
-      f"to allow them.")
+    f"JAXDL_OFFLINE is set to {value!r}; set it to 1 to forbid downloads or 0 (or unset it) "
+    f"to allow them."
+  )
 
 
 def content_sha256(path: str | os.PathLike) -> str:
@@ -94,12 +95,12 @@ def file_md5(path: str | os.PathLike) -> str:
 
 
 def download_verified(
-    urls: Sequence[str],
-    dest: str | os.PathLike,
-    sha256: str | None = None,
-    *,
-    md5: str | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+  urls: Sequence[str],
+  dest: str | os.PathLike,
+  sha256: str | None = None,
+  *,
+  md5: str | None = None,
+  timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> str:
   """Fetches the first of `urls` whose bytes pass the given checksums and stores it at `dest`.
 
@@ -115,16 +116,18 @@ def download_verified(
   """
   dest = Path(dest)
   if sha256 is None and md5 is None:
-    raise ValueError("download_verified needs a sha256 or an md5 checksum; never trust a download "
-                     "unchecked.")
+    raise ValueError(
+      "download_verified needs a sha256 or an md5 checksum; never trust a download unchecked."
+    )
   if not urls:
     raise DataError(f"No URL to download {dest.name!r} from.")
   try:
     dest.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise DataError(
-        f"Cannot create the download directory {str(dest.parent)!r}: {e}. Point the cache "
-        f"somewhere writable (for example with the JAXDL_DATA_DIR environment variable).") from e
+      f"Cannot create the download directory {str(dest.parent)!r}: {e}. Point the cache "
+      f"somewhere writable (for example with the JAXDL_DATA_DIR environment variable)."
+    ) from e
 
   failures = []
   for url in urls:
@@ -136,23 +139,25 @@ def download_verified(
       logger.warning("Download of %s failed: %s", url, e)
       failures.append(f"  {url}: {e}")
   raise DataError(
-      f"Could not download {dest.name!r}; every mirror failed:\n" + "\n".join(failures) +
-      f"\nCheck the network connection, or fetch the file by hand and put it at {str(dest)!r}.")
+    f"Could not download {dest.name!r}; every mirror failed:\n"
+    + "\n".join(failures)
+    + f"\nCheck the network connection, or fetch the file by hand and put it at {str(dest)!r}."
+  )
 
 
 class _MirrorFailed(Exception):
   """One URL did not deliver the file; the next mirror may."""
 
 
-def _fetch_one(url: str, dest: Path, sha256: str | None, md5: str | None,
-               timeout_s: float) -> None:
+def _fetch_one(url: str, dest: Path, sha256: str | None, md5: str | None, timeout_s: float) -> None:
   """Downloads `url` into a temporary file beside `dest`, checks it, renames it to `dest`."""
   try:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
   except OSError as e:
     raise DataError(
-        f"Cannot write into the download directory {str(dest.parent)!r}: {e}. Point the cache "
-        f"somewhere writable (for example with the JAXDL_DATA_DIR environment variable).") from e
+      f"Cannot write into the download directory {str(dest.parent)!r}: {e}. Point the cache "
+      f"somewhere writable (for example with the JAXDL_DATA_DIR environment variable)."
+    ) from e
   try:
     with os.fdopen(fd, "wb") as tmp:
       try:

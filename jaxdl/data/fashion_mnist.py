@@ -21,8 +21,18 @@ from jaxdl.data import download, mnist
 from jaxdl.data.pipeline import LoadedData
 from jaxdl.errors import DataError
 
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-               "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = (
+  "T-shirt/top",
+  "Trouser",
+  "Pullover",
+  "Dress",
+  "Coat",
+  "Sandal",
+  "Shirt",
+  "Sneaker",
+  "Bag",
+  "Ankle boot",
+)
 FILES = mnist.FILES  # The same four names: train-images-idx3-ubyte(.gz), ...
 
 # Where Debian's dataset-fashion-mnist package puts the .gz files; tests point it elsewhere.
@@ -32,10 +42,10 @@ SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 # published). Other copies are compressed differently (Debian's among them), so only the official
 # URL below is used for downloads.
 MD5 = {
-    "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-    "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
-    "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
-    "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+  "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+  "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+  "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+  "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
 }
 MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 
@@ -50,14 +60,14 @@ def cache_dir() -> Path:
 
 
 def load_fashion_mnist(
-    data_dir: str = "",
-    *,
-    allow_download: bool | None = None,
-    augment: str = OPTIONS["augment"],
-    normalize: bool = OPTIONS["normalize"],
-    crop_padding: int = OPTIONS["crop_padding"],
-    padding_mode: str = OPTIONS["padding_mode"],
-    mirrors: Sequence[str] | None = None,
+  data_dir: str = "",
+  *,
+  allow_download: bool | None = None,
+  augment: str = OPTIONS["augment"],
+  normalize: bool = OPTIONS["normalize"],
+  crop_padding: int = OPTIONS["crop_padding"],
+  padding_mode: str = OPTIONS["padding_mode"],
+  mirrors: Sequence[str] | None = None,
 ) -> LoadedData:
   """Loads Fashion-MNIST as uint8 images [N, 28, 28, 1] and int32 labels in [0, 10).
 
@@ -75,8 +85,13 @@ def load_fashion_mnist(
     DataError: no source has the files, a download failed, or a file found is damaged.
   """
   transform = augment_lib.from_options(
-      augment=augment, normalize=normalize, crop_padding=crop_padding, padding_mode=padding_mode,
-      mean=augment_lib.FASHION_MNIST_MEAN, std=augment_lib.FASHION_MNIST_STD)
+    augment=augment,
+    normalize=normalize,
+    crop_padding=crop_padding,
+    padding_mode=padding_mode,
+    mean=augment_lib.FASHION_MNIST_MEAN,
+    std=augment_lib.FASHION_MNIST_STD,
+  )
 
   def load(found, source):
     return mnist.load_files(found, source, dataset="Fashion-MNIST", augment=transform)
@@ -90,9 +105,10 @@ def load_fashion_mnist(
       else:
         problem = "is not a directory" if directory.exists() else "does not exist"
       raise DataError(
-          f"Fashion-MNIST data directory {str(directory)!r} {problem}. Fix data.dir so it points "
-          f"at a directory with the four files {', '.join(FILES.values())}, or leave it empty to "
-          f"use {str(SYSTEM_DIR)!r} or the cache at {str(cache_dir())!r}.")
+        f"Fashion-MNIST data directory {str(directory)!r} {problem}. Fix data.dir so it points "
+        f"at a directory with the four files {', '.join(FILES.values())}, or leave it empty to "
+        f"use {str(SYSTEM_DIR)!r} or the cache at {str(cache_dir())!r}."
+      )
     return load(found, {"kind": "data_dir", "path": str(directory.resolve())})
 
   found, missing = mnist.find_files(SYSTEM_DIR)
@@ -105,14 +121,17 @@ def load_fashion_mnist(
     return load(found, {"kind": "cache", "path": str(cache.resolve())})
 
   how_to_get = (
-      f"Install Debian's dataset-fashion-mnist package (it puts the files in "
-      f"{str(SYSTEM_DIR)!r}), put the four .gz files from {MIRRORS[0]} into {str(cache)!r}, or "
-      f"set data.dir to a directory holding them.")
+    f"Install Debian's dataset-fashion-mnist package (it puts the files in "
+    f"{str(SYSTEM_DIR)!r}), put the four .gz files from {MIRRORS[0]} into {str(cache)!r}, or "
+    f"set data.dir to a directory holding them."
+  )
   refusal = download.download_refusal(allow_download)
   if refusal:
-    raise DataError(f"Fashion-MNIST is not installed in {str(SYSTEM_DIR)!r} nor cached in "
-                    f"{str(cache)!r}, and {refusal}. {how_to_get} Or allow downloads "
-                    f"(data.download=true and JAXDL_OFFLINE unset).")
+    raise DataError(
+      f"Fashion-MNIST is not installed in {str(SYSTEM_DIR)!r} nor cached in "
+      f"{str(cache)!r}, and {refusal}. {how_to_get} Or allow downloads "
+      f"(data.download=true and JAXDL_OFFLINE unset)."
+    )
   try:
     used = mnist.download_files(missing, cache, MIRRORS if mirrors is None else mirrors, md5=MD5)
   except DataError as e:

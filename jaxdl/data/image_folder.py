@@ -41,21 +41,27 @@ MAX_BYTES = 8 * 2**30  # Largest decoded set held in memory (train and eval toge
 # data.* options and their defaults. In memory, normalisation uses the training images' own
 # per-channel mean and std; flipping suits photos (not text or digits, where augment="none").
 # streaming: "auto" (stream when the decoded set exceeds MAX_BYTES), true or false.
-OPTIONS = {"image_size": 224, "augment": "flip", "normalize": True, "crop_padding": 4,
-           "padding_mode": "zero", "streaming": "auto"}
+OPTIONS = {
+  "image_size": 224,
+  "augment": "flip",
+  "normalize": True,
+  "crop_padding": 4,
+  "padding_mode": "zero",
+  "streaming": "auto",
+}
 
 
 def load_image_folder(
-    data_dir: str = "",
-    *,
-    allow_download: bool | None = None,
-    image_size: int = OPTIONS["image_size"],
-    augment: str = OPTIONS["augment"],
-    normalize: bool = OPTIONS["normalize"],
-    crop_padding: int = OPTIONS["crop_padding"],
-    padding_mode: str = OPTIONS["padding_mode"],
-    streaming: bool | str = OPTIONS["streaming"],
-    num_workers: int | None = None,
+  data_dir: str = "",
+  *,
+  allow_download: bool | None = None,
+  image_size: int = OPTIONS["image_size"],
+  augment: str = OPTIONS["augment"],
+  normalize: bool = OPTIONS["normalize"],
+  crop_padding: int = OPTIONS["crop_padding"],
+  padding_mode: str = OPTIONS["padding_mode"],
+  streaming: bool | str = OPTIONS["streaming"],
+  num_workers: int | None = None,
 ) -> LoadedData | image_stream.StreamingImageFolder:
   """Loads `data_dir/train` and `data_dir/val` (or `/test`) as images [N, S, S, 3] with S =
   `image_size`, and int32 labels indexing the sorted class folder names.
@@ -80,63 +86,90 @@ def load_image_folder(
   del allow_download
   image_size = check_int_option("image_size", image_size, minimum=1)
   if not data_dir:
-    raise DataError("The image_folder dataset needs data.dir: a directory with train/<class>/ "
-                    "and val/<class>/ (or test/<class>/) sub-folders of .png/.jpg images.")
+    raise DataError(
+      "The image_folder dataset needs data.dir: a directory with train/<class>/ "
+      "and val/<class>/ (or test/<class>/) sub-folders of .png/.jpg images."
+    )
   root = Path(data_dir).expanduser()
   if not (root / "train").is_dir():
     problem = "does not exist" if not root.exists() else "has no train/ sub-folder"
-    raise DataError(f"Image folder {str(root)!r} {problem}. data.dir must hold train/<class>/ "
-                    f"and val/<class>/ (or test/<class>/) sub-folders of images.")
+    raise DataError(
+      f"Image folder {str(root)!r} {problem}. data.dir must hold train/<class>/ "
+      f"and val/<class>/ (or test/<class>/) sub-folders of images."
+    )
   eval_name = next((name for name in EVAL_SPLITS if (root / name).is_dir()), None)
   if eval_name is None:
-    raise DataError(f"Image folder {str(root)!r} has train/ but neither val/ nor test/; add an "
-                    f"evaluation split with the same class sub-folders.")
+    raise DataError(
+      f"Image folder {str(root)!r} has train/ but neither val/ nor test/; add an "
+      f"evaluation split with the same class sub-folders."
+    )
 
   classes = _class_names(root / "train")
   train_files = _list_images(root / "train", classes, require_every_class=True)
   eval_classes = _class_names(root / eval_name, allow_empty=True)
   unknown = sorted(set(eval_classes) - set(classes))
   if unknown:
-    raise DataError(f"{str(root / eval_name)!r} has class folders {unknown} that train/ lacks; "
-                    f"the model can only predict the train classes {classes}. Remove them or "
-                    f"add training images for them.")
+    raise DataError(
+      f"{str(root / eval_name)!r} has class folders {unknown} that train/ lacks; "
+      f"the model can only predict the train classes {classes}. Remove them or "
+      f"add training images for them."
+    )
   eval_files = _list_images(root / eval_name, classes, require_every_class=False)
   if not eval_files:
     raise DataError(f"{str(root / eval_name)!r} holds no images ({', '.join(EXTENSIONS)}).")
 
-  source = {"kind": "data_dir", "path": str(root.resolve()), "num_train": len(train_files),
-            "num_test": len(eval_files), "eval_split": eval_name, "classes": classes,
-            "image_size": image_size}
+  source = {
+    "kind": "data_dir",
+    "path": str(root.resolve()),
+    "num_train": len(train_files),
+    "num_test": len(eval_files),
+    "eval_split": eval_name,
+    "classes": classes,
+    "image_size": image_size,
+  }
   num_bytes = (len(train_files) + len(eval_files)) * image_size * image_size * 3
   if _streams(streaming, num_bytes):
     return image_stream.StreamingImageFolder(
-        train=image_stream.FileSplit.from_pairs(train_files),
-        test=image_stream.FileSplit.from_pairs(eval_files), num_classes=len(classes),
-        image_size=image_size, source={**source, "streaming": True}, augment=augment,
-        normalize=normalize, num_workers=num_workers)
+      train=image_stream.FileSplit.from_pairs(train_files),
+      test=image_stream.FileSplit.from_pairs(eval_files),
+      num_classes=len(classes),
+      image_size=image_size,
+      source={**source, "streaming": True},
+      augment=augment,
+      normalize=normalize,
+      num_workers=num_workers,
+    )
 
   if augment == "inception":
     raise DataError(
-        "data.augment='inception' crops a random part of each original image, which only the "
-        "streaming pipeline keeps: set data.streaming=true, or use data.augment='flip', "
-        "'crop_flip', 'crop' or 'none' on the images decoded into memory.")
+      "data.augment='inception' crops a random part of each original image, which only the "
+      "streaming pipeline keeps: set data.streaming=true, or use data.augment='flip', "
+      "'crop_flip', 'crop' or 'none' on the images decoded into memory."
+    )
   if num_bytes > MAX_BYTES:
     raise DataError(
-        f"{len(train_files) + len(eval_files)} images at {image_size}x{image_size} need "
-        f"{num_bytes / 2**30:.1f} GiB in memory, more than the {MAX_BYTES / 2**30:.0f} GiB the "
-        f"image_folder dataset holds with data.streaming=false. Set data.streaming=true (or "
-        f"'auto') to decode the images while training in a streaming pipeline, or use a smaller "
-        f"data.image_size or fewer images.")
+      f"{len(train_files) + len(eval_files)} images at {image_size}x{image_size} need "
+      f"{num_bytes / 2**30:.1f} GiB in memory, more than the {MAX_BYTES / 2**30:.0f} GiB the "
+      f"image_folder dataset holds with data.streaming=false. Set data.streaming=true (or "
+      f"'auto') to decode the images while training in a streaming pipeline, or use a smaller "
+      f"data.image_size or fewer images."
+    )
 
   workers = num_workers or os.cpu_count() or 1
   train = _decode_split(train_files, image_size, workers)
   test = _decode_split(eval_files, image_size, workers)
   mean, std = channel_stats(train.image)
   transform = augment_lib.from_options(
-      augment=augment, normalize=normalize, crop_padding=crop_padding, padding_mode=padding_mode,
-      mean=mean, std=std)
-  return LoadedData(train=train, test=test, num_classes=len(classes), source=source,
-                    augment=transform)
+    augment=augment,
+    normalize=normalize,
+    crop_padding=crop_padding,
+    padding_mode=padding_mode,
+    mean=mean,
+    std=std,
+  )
+  return LoadedData(
+    train=train, test=test, num_classes=len(classes), source=source, augment=transform
+  )
 
 
 def _streams(streaming: bool | str, num_bytes: int) -> bool:
@@ -160,7 +193,7 @@ def channel_stats(image_NHWC: np.ndarray, chunk: int = 256) -> tuple[np.ndarray,
   total = np.zeros(image_NHWC.shape[-1])
   total_sq = np.zeros(image_NHWC.shape[-1])
   for start in range(0, len(image_NHWC), chunk):
-    pixels = image_NHWC[start:start + chunk].reshape(-1, image_NHWC.shape[-1]).astype(np.float64)
+    pixels = image_NHWC[start : start + chunk].reshape(-1, image_NHWC.shape[-1]).astype(np.float64)
     total += pixels.sum(axis=0)
     total_sq += np.square(pixels).sum(axis=0)
   count = max(1, image_NHWC.size // image_NHWC.shape[-1])
@@ -172,13 +205,16 @@ def channel_stats(image_NHWC: np.ndarray, chunk: int = 256) -> tuple[np.ndarray,
 def _class_names(directory: Path, allow_empty: bool = False) -> list[str]:
   names = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
   if not names and not allow_empty:
-    raise DataError(f"{str(directory)!r} has no class sub-folders; put each class's images in "
-                    f"{str(directory)}/<class name>/.")
+    raise DataError(
+      f"{str(directory)!r} has no class sub-folders; put each class's images in "
+      f"{str(directory)}/<class name>/."
+    )
   return names
 
 
-def _list_images(directory: Path, classes: list[str],
-                 require_every_class: bool) -> list[tuple[str, int]]:
+def _list_images(
+  directory: Path, classes: list[str], require_every_class: bool
+) -> list[tuple[str, int]]:
   """(file, label) of every image under directory/<class>/, sorted by class then file name."""
   files = []
   for label, name in enumerate(classes):
@@ -187,12 +223,17 @@ def _list_images(directory: Path, classes: list[str],
     if class_dir.is_dir():
       # os.scandir knows which entries are files without a stat each: ImageNet has 1.28M.
       with os.scandir(class_dir) as entries:
-        found = sorted(entry.path for entry in entries
-                       if entry.name.lower().endswith(EXTENSIONS) and entry.is_file())
+        found = sorted(
+          entry.path
+          for entry in entries
+          if entry.name.lower().endswith(EXTENSIONS) and entry.is_file()
+        )
     if not found and require_every_class:
-      raise DataError(f"Class folder {str(class_dir)!r} holds no images "
-                      f"({', '.join(EXTENSIONS)}); every training class needs some. Add images "
-                      f"or remove the folder.")
+      raise DataError(
+        f"Class folder {str(class_dir)!r} holds no images "
+        f"({', '.join(EXTENSIONS)}); every training class needs some. Add images "
+        f"or remove the folder."
+      )
     files.extend((path, label) for path in found)
   return files
 
@@ -231,5 +272,6 @@ def decode_image(path: Path, image_size: int) -> np.ndarray:
       return np.asarray(img, dtype=np.uint8)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     # UnidentifiedImageError and truncated files are OSErrors.
-    raise DataError(f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}). Replace or "
-                    f"remove the file.") from e
+    raise DataError(
+      f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}). Replace or remove the file."
+    ) from e

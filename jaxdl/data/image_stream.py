@@ -30,14 +30,14 @@ pass over every image to compute its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 import concurrent.futures
 import dataclasses
 import math
 import os
+from pathlib import Path
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import grain
@@ -73,19 +73,25 @@ class FileSplit:
   def __post_init__(self):
     label = np.asarray(self.label)
     if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
-      raise DataError(f"FileSplit labels must be a 1-D integer array [N], got {label.dtype} "
-                      f"with shape {label.shape}.")
+      raise DataError(
+        f"FileSplit labels must be a 1-D integer array [N], got {label.dtype} "
+        f"with shape {label.shape}."
+      )
     if len(label) != len(self.files):
-      raise DataError(f"FileSplit has {len(self.files)} files but {len(label)} labels; every "
-                      f"file needs exactly one label.")
+      raise DataError(
+        f"FileSplit has {len(self.files)} files but {len(label)} labels; every "
+        f"file needs exactly one label."
+      )
     object.__setattr__(self, "files", tuple(self.files))
     object.__setattr__(self, "label", label.astype(np.int32, copy=False))
 
   @classmethod
   def from_pairs(cls, pairs: Sequence[tuple[str | Path, int]]) -> FileSplit:
     """The split of (file, label) pairs, in their order."""
-    return cls(files=tuple(str(path) for path, _ in pairs),
-               label=np.array([label for _, label in pairs], np.int32))
+    return cls(
+      files=tuple(str(path) for path, _ in pairs),
+      label=np.array([label for _, label in pairs], np.int32),
+    )
 
   def __len__(self) -> int:
     return len(self.files)
@@ -129,30 +135,42 @@ class StreamingImageFolder:
     pipeline.check_int_option("image_size", self.image_size, minimum=1)
     if self.augment in ("crop", "crop_flip"):
       raise DataError(
-          f"data.augment={self.augment!r} pads and crops images already decoded into memory; "
-          f"the streaming pipeline crops the original image instead. Use data.augment="
-          f"'inception' (random-resized crop and flip), 'flip' or 'none', or set "
-          f"data.streaming=false to load the set into memory.")
+        f"data.augment={self.augment!r} pads and crops images already decoded into memory; "
+        f"the streaming pipeline crops the original image instead. Use data.augment="
+        f"'inception' (random-resized crop and flip), 'flip' or 'none', or set "
+        f"data.streaming=false to load the set into memory."
+      )
     pipeline.check_choice_option("augment", self.augment, AUGMENTS)
     if not isinstance(self.normalize, (bool, np.bool_)):
       raise DataError(f"data.normalize must be true or false, got {self.normalize!r}.")
     augment_lib.ImageAugment(mean=self.mean, std=self.std)  # Checks the statistics.
     if len(self.mean) != 3:
-      raise DataError(f"Streamed images are RGB, so normalisation needs 3 means and stds, got "
-                      f"mean {self.mean} and std {self.std}.")
+      raise DataError(
+        f"Streamed images are RGB, so normalisation needs 3 means and stds, got "
+        f"mean {self.mean} and std {self.std}."
+      )
     for name, split in (("train", self.train), ("test", self.test)):
       if len(split) and not 0 <= split.label.min() <= split.label.max() < self.num_classes:
-        raise DataError(f"The {name} labels range over [{split.label.min()}, "
-                        f"{split.label.max()}], outside [0, {self.num_classes}) (source: "
-                        f"{self.source}).")
+        raise DataError(
+          f"The {name} labels range over [{split.label.min()}, "
+          f"{split.label.max()}], outside [0, {self.num_classes}) (source: "
+          f"{self.source})."
+        )
 
   @property
   def model_hints(self) -> dict[str, Any]:
     return {"num_classes": self.num_classes}
 
-  def train_batches(self, *, batch_size: int, seed: int, shard_index: int = 0,
-                    shard_count: int = 1, num_threads: int = 2,
-                    prefetch: int = 4) -> grain.IterDataset:
+  def train_batches(
+    self,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 4,
+  ) -> grain.IterDataset:
     """An endless stream of augmented batches of one shard of the training files.
 
     Each epoch is a fresh permutation of all the training files cut into full global batches of
@@ -172,25 +190,36 @@ class StreamingImageFolder:
       prefetch: batches stacked ahead in a background thread, the decoding threads working up
         to max(batch_size, num_threads) examples ahead of it; 0 turns both off.
     """
-    pipeline.check_train_args(batch_size=batch_size, seed=seed, shard_index=shard_index,
-                              shard_count=shard_count, num_threads=num_threads,
-                              prefetch=prefetch)
+    pipeline.check_train_args(
+      batch_size=batch_size,
+      seed=seed,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      num_threads=num_threads,
+      prefetch=prefetch,
+    )
     num_files, global_batch = len(self.train), batch_size * shard_count
     if global_batch > num_files:
       of_shards = f" ({batch_size} on each of {shard_count} shards)" if shard_count > 1 else ""
-      at_most = (f"{num_files // shard_count} per shard" if shard_count > 1
-                 else f"{num_files}")
+      at_most = f"{num_files // shard_count} per shard" if shard_count > 1 else f"{num_files}"
       raise DataError(
-          f"batch_size {global_batch}{of_shards} is larger than the {num_files} training "
-          f"images, so not one full batch fits. Use a batch size of at most {at_most}.")
-    decode = _TrainExample(self, batch_size, num_files // global_batch, seed, shard_index,
-                           shard_count)
+        f"batch_size {global_batch}{of_shards} is larger than the {num_files} training "
+        f"images, so not one full batch fits. Use a batch size of at most {at_most}."
+      )
+    decode = _TrainExample(
+      self, batch_size, num_files // global_batch, seed, shard_index, shard_count
+    )
     # One Grain element per example, so the decoding spreads over all threads; batching the
     # examples in order keeps the batches aligned with epochs.
-    read = grain.ReadOptions(num_threads=num_threads,
-                             prefetch_buffer_size=max(batch_size, num_threads) if prefetch else 0)
-    batches = (grain.MapDataset.range(sys.maxsize).map(decode).to_iter_dataset(read)
-               .batch(batch_size, drop_remainder=True, batch_fn=_stack))
+    read = grain.ReadOptions(
+      num_threads=num_threads, prefetch_buffer_size=max(batch_size, num_threads) if prefetch else 0
+    )
+    batches = (
+      grain.MapDataset.range(sys.maxsize)
+      .map(decode)
+      .to_iter_dataset(read)
+      .batch(batch_size, drop_remainder=True, batch_fn=_stack)
+    )
     return _PrefetchBatches(batches, prefetch)
 
   def steps_per_epoch(self, batch_size: int) -> int:
@@ -208,8 +237,10 @@ class StreamingImageFolder:
   def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros shaped and typed like a training batch of `batch_size`."""
     pipeline.check_positive_int("batch_size", batch_size)
-    return {"image": np.zeros((batch_size, self.image_size, self.image_size, 3), np.float32),
-            "label": np.zeros(batch_size, np.int32)}
+    return {
+      "image": np.zeros((batch_size, self.image_size, self.image_size, 3), np.float32),
+      "label": np.zeros(batch_size, np.int32),
+    }
 
   def model_input(self, image_HWC: np.ndarray) -> np.ndarray:
     """A decoded uint8 image [S, S, 3] as the model sees it: float32, in [0, 1] or normalised."""
@@ -239,15 +270,17 @@ class StreamingImageFolder:
         for row, future in enumerate(futures):
           image[row] = future.result()  # Re-raises a worker's DataError, which names the file.
         label = np.zeros(batch_size, np.int32)
-        label[:num_real] = self.test.label[start:start + num_real]
+        label[:num_real] = self.test.label[start : start + num_real]
         yield {"image": image, "label": label, "mask": np.arange(batch_size) < num_real}
     finally:
       pool.shutdown(wait=True, cancel_futures=True)
 
   def __repr__(self) -> str:  # The default would print every file name.
-    return (f"StreamingImageFolder(num_train={len(self.train)}, num_test={len(self.test)}, "
-            f"num_classes={self.num_classes}, image_size={self.image_size}, "
-            f"augment={self.augment!r}, normalize={self.normalize})")
+    return (
+      f"StreamingImageFolder(num_train={len(self.train)}, num_test={len(self.test)}, "
+      f"num_classes={self.num_classes}, image_size={self.image_size}, "
+      f"augment={self.augment!r}, normalize={self.normalize})"
+    )
 
 
 class _TrainExample:
@@ -261,8 +294,15 @@ class _TrainExample:
   once.
   """
 
-  def __init__(self, data: StreamingImageFolder, batch_size: int, batches_per_epoch: int,
-               seed: int, shard_index: int, shard_count: int):
+  def __init__(
+    self,
+    data: StreamingImageFolder,
+    batch_size: int,
+    batches_per_epoch: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+  ):
     self._data, self._batch_size, self._batches_per_epoch = data, batch_size, batches_per_epoch
     self._seed, self._shard_index, self._shard_count = seed, shard_index, shard_count
     # The two latest epochs' permutations: around an epoch boundary threads decode from both.
@@ -278,16 +318,16 @@ class _TrainExample:
       for cached_epoch, permutation in self._permutations:
         if cached_epoch == epoch:
           return permutation
-      permutation = np.random.default_rng([self._seed, epoch]).permutation(
-          len(self._data.train))
+      permutation = np.random.default_rng([self._seed, epoch]).permutation(len(self._data.train))
       self._permutations = ((epoch, permutation), *self._permutations[:1])
       return permutation
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
     batch, row_in_batch = divmod(int(index), self._batch_size)
     epoch, batch_in_epoch = divmod(batch, self._batches_per_epoch)
-    position = ((batch_in_epoch * self._shard_count + self._shard_index) * self._batch_size
-                + row_in_batch)
+    position = (
+      batch_in_epoch * self._shard_count + self._shard_index
+    ) * self._batch_size + row_in_batch
     row = self._permutation(epoch)[position]
     # The literal 0 stands where the shard index once was: single-process streams are unchanged.
     rng = np.random.default_rng([self._seed, epoch, position, 0])
@@ -296,9 +336,11 @@ class _TrainExample:
     return {"image": data.model_input(image), "label": data.train.label[row]}
 
   def __repr__(self) -> str:
-    return (f"_TrainExample(num_files={len(self._data.train)}, batch_size={self._batch_size}, "
-            f"batches_per_epoch={self._batches_per_epoch}, shard={self._shard_index} of "
-            f"{self._shard_count})")
+    return (
+      f"_TrainExample(num_files={len(self._data.train)}, batch_size={self._batch_size}, "
+      f"batches_per_epoch={self._batches_per_epoch}, shard={self._shard_index} of "
+      f"{self._shard_count})"
+    )
 
 
 class _PrefetchBatches(grain.IterDataset):
@@ -316,7 +358,6 @@ class _PrefetchBatches(grain.IterDataset):
 
 
 class _PrefetchIterator(grain.experimental.ThreadPrefetchDatasetIterator):
-
   def close(self) -> None:
     # Grain's close() reads module globals that are gone while the interpreter shuts down, so an
     # iterator still alive then printed an ignored AttributeError. Its thread is a daemon and
@@ -326,14 +367,19 @@ class _PrefetchIterator(grain.experimental.ThreadPrefetchDatasetIterator):
 
 
 def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  return {"image": np.stack([example["image"] for example in examples]),
-          "label": np.array([example["label"] for example in examples], np.int32)}
+  return {
+    "image": np.stack([example["image"] for example in examples]),
+    "label": np.array([example["label"] for example in examples], np.int32),
+  }
 
 
 def random_resized_crop_params(
-    width: int, height: int, rng: np.random.Generator,
-    scale: tuple[float, float] = CROP_SCALE,
-    ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+  width: int,
+  height: int,
+  rng: np.random.Generator,
+  scale: tuple[float, float] = CROP_SCALE,
+  ratio: tuple[float, float] = CROP_RATIO,
+) -> tuple[int, int, int, int]:
   """(top, left, crop height, crop width) of a random crop, as torchvision's RandomResizedCrop.
 
   Up to `CROP_ATTEMPTS` times: draw the crop's area as a fraction of the image's, uniform in
@@ -363,8 +409,9 @@ def random_resized_crop_params(
   return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def decode_train(path: str | Path, image_size: int, augment: str,
-                 rng: np.random.Generator) -> np.ndarray:
+def decode_train(
+  path: str | Path, image_size: int, augment: str, rng: np.random.Generator
+) -> np.ndarray:
   """One training image as uint8 [S, S, 3], augmented as `augment` says (see `AUGMENTS`).
 
   "inception" draws the crop (`random_resized_crop_params`) and then the flip (rng.random() < 0.5)
@@ -415,8 +462,9 @@ def _random_resized_crop(img, image_size: int, rng: np.random.Generator):
   top, left, crop_h, crop_w = random_resized_crop_params(width, height, rng)
   # A JPEG decodes at the smallest 1/2^k scale that leaves the crop at least S pixels each way:
   # 4-8x faster for small crops of large photos, with the same pixels after the downscale.
-  img.draft("RGB", (math.ceil(width * image_size / crop_w),
-                    math.ceil(height * image_size / crop_h)))
+  img.draft(
+    "RGB", (math.ceil(width * image_size / crop_w), math.ceil(height * image_size / crop_h))
+  )
   scale_x, scale_y = img.size[0] / width, img.size[1] / height
   img = img.convert("RGB")
   box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
@@ -432,5 +480,6 @@ def _decode(path: str | Path, transform) -> np.ndarray:
       return np.asarray(transform(img), dtype=np.uint8)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     # UnidentifiedImageError and truncated files are OSErrors; broken PNG chunks SyntaxErrors.
-    raise DataError(f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}). Replace or "
-                    f"remove the file.") from e
+    raise DataError(
+      f"Cannot decode image {str(path)!r} ({type(e).__name__}: {e}). Replace or remove the file."
+    ) from e

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+import sys
 
 import numpy as np
 
@@ -36,13 +36,16 @@ def build_subset(src: Path, out: Path, num_train: int, num_test: int) -> dict[st
   """
   found, missing = mnist.find_files(src)
   if missing:
-    raise DataError(f"{str(src)!r} lacks the MNIST files {', '.join(missing)}; pass --src with "
-                    f"the full set.")
+    raise DataError(
+      f"{str(src)!r} lacks the MNIST files {', '.join(missing)}; pass --src with the full set."
+    )
   for role, path in found.items():
     name = mnist.FILES[role]
     if download.content_sha256(path) != mnist.SHA256[name]:
-      raise DataError(f"{str(path)!r} is not the genuine full MNIST {name} (SHA-256 mismatch); "
-                      f"the subset must be cut from the known-good set.")
+      raise DataError(
+        f"{str(path)!r} is not the genuine full MNIST {name} (SHA-256 mismatch); "
+        f"the subset must be cut from the known-good set."
+      )
 
   out.mkdir(parents=True, exist_ok=True)
   labels = {}

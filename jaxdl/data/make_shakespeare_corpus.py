@@ -20,21 +20,21 @@ from __future__ import annotations
 import argparse
 import bz2
 import hashlib
-import sys
 from pathlib import Path
+import sys
 
 from jaxdl.data import text
 from jaxdl.errors import DataError
 
 # File names (without .txt) in ../shared/data/shakespeare, in order of composition.
 PLAYS = (
-    "julius_caesar",
-    "hamlet",
-    "othello",
-    "lear",
-    "macbeth",
-    "antony_and_cleopatra",
-    "coriolanus",
+  "julius_caesar",
+  "hamlet",
+  "othello",
+  "lear",
+  "macbeth",
+  "antony_and_cleopatra",
+  "coriolanus",
 )
 
 
@@ -46,8 +46,10 @@ def build_corpus(src: Path) -> bytes:
     try:
       works.append(text.decode_utf8(path.read_bytes(), str(path)))
     except OSError as e:
-      raise DataError(f"Cannot read {str(path)!r} ({e}); pass the directory holding the "
-                      f"Shakespeare plays ({', '.join(PLAYS)}, each as NAME.txt).") from e
+      raise DataError(
+        f"Cannot read {str(path)!r} ({e}); pass the directory holding the "
+        f"Shakespeare plays ({', '.join(PLAYS)}, each as NAME.txt)."
+      ) from e
   return bz2.compress(text.join_works(works).encode("utf-8"), compresslevel=9)
 
 
@@ -65,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
   args.out.mkdir(parents=True, exist_ok=True)
   dest.write_bytes(compressed)
   corpus = bz2.decompress(compressed).decode("utf-8")
-  print(f"{dest}: {len(compressed)} bytes, {len(corpus)} characters, "
-        f"{len(set(corpus))} distinct")
+  print(f"{dest}: {len(compressed)} bytes, {len(corpus)} characters, {len(set(corpus))} distinct")
   print(f"SHA-256: {hashlib.sha256(compressed).hexdigest()}")
   return 0
 

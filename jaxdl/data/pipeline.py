@@ -17,9 +17,9 @@ the config as `data.<option>`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
 import sys
-from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import grain
@@ -47,17 +47,19 @@ class Split:
     image, label = np.asarray(self.image), np.asarray(self.label)
     if image.ndim != 4 or image.dtype != np.uint8:
       raise DataError(
-          f"Split images must be a uint8 array [N, H, W, C], got {image.dtype} with shape "
-          f"{image.shape}. Add a channel axis (image[..., None]) for grayscale data and keep "
-          f"raw 0..255 pixels; the pipelines do the scaling.")
+        f"Split images must be a uint8 array [N, H, W, C], got {image.dtype} with shape "
+        f"{image.shape}. Add a channel axis (image[..., None]) for grayscale data and keep "
+        f"raw 0..255 pixels; the pipelines do the scaling."
+      )
     if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
       raise DataError(
-          f"Split labels must be a 1-D integer array [N], got {label.dtype} with shape "
-          f"{label.shape}.")
+        f"Split labels must be a 1-D integer array [N], got {label.dtype} with shape {label.shape}."
+      )
     if len(image) != len(label):
       raise DataError(
-          f"Split has {len(image)} images but {len(label)} labels; every image needs exactly "
-          f"one label. Check that the image and label files belong to the same split.")
+        f"Split has {len(image)} images but {len(label)} labels; every image needs exactly "
+        f"one label. Check that the image and label files belong to the same split."
+      )
     # Frozen dataclass: set the normalised arrays through object.__setattr__.
     object.__setattr__(self, "image", image)
     object.__setattr__(self, "label", label.astype(np.int32, copy=False))
@@ -90,8 +92,9 @@ class ArraySplit:
     if None in lengths.values() or len(set(lengths.values())) != 1:
       shapes = {name: array.shape for name, array in arrays.items()}
       raise DataError(
-          f"The arrays of a split must all have the same number of rows (axis 0), got shapes "
-          f"{shapes}; row i of every array must describe example i.")
+        f"The arrays of a split must all have the same number of rows (axis 0), got shapes "
+        f"{shapes}; row i of every array must describe example i."
+      )
     object.__setattr__(self, "arrays", arrays)
 
   def __len__(self) -> int:
@@ -131,13 +134,27 @@ class InMemoryBatches:
   test: Rows
   augment: Augment | None = None
 
-  def train_batches(self, *, batch_size: int, seed: int, shard_index: int = 0,
-                    shard_count: int = 1, num_threads: int = 2,
-                    prefetch: int = 4) -> grain.IterDataset:
+  def train_batches(
+    self,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 4,
+  ) -> grain.IterDataset:
     """An endless stream of shuffled batches of one shard of the training split."""
-    return train_batches(self.train, batch_size=batch_size, seed=seed, shard_index=shard_index,
-                         shard_count=shard_count, num_threads=num_threads, prefetch=prefetch,
-                         augment=self.augment)
+    return train_batches(
+      self.train,
+      batch_size=batch_size,
+      seed=seed,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      num_threads=num_threads,
+      prefetch=prefetch,
+      augment=self.augment,
+    )
 
   def steps_per_epoch(self, batch_size: int) -> int:
     """Updates per pass over the training split at global batch `batch_size`."""
@@ -150,8 +167,10 @@ class InMemoryBatches:
   def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros shaped and typed like a training batch of `batch_size`."""
     check_positive_int("batch_size", batch_size)
-    return {name: np.zeros((batch_size, *array.shape[1:]), array.dtype)
-            for name, array in self.train.take(slice(0, 0)).items()}
+    return {
+      name: np.zeros((batch_size, *array.shape[1:]), array.dtype)
+      for name, array in self.train.take(slice(0, 0)).items()
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +195,14 @@ class ArrayDataset(InMemoryBatches):
     test_rows = {name: (a.shape[1:], a.dtype) for name, a in self.test.arrays.items()}
     if train_rows != test_rows:
       raise DataError(
-          f"Train and test splits hold different arrays (name: (row shape, dtype)): train "
-          f"{train_rows}, test {test_rows} (source: {self.source}); both must be built the "
-          f"same way.")
+        f"Train and test splits hold different arrays (name: (row shape, dtype)): train "
+        f"{train_rows}, test {test_rows} (source: {self.source}); both must be built the "
+        f"same way."
+      )
     if self.input_key not in train_rows:
-      raise DataError(f"input_key {self.input_key!r} is not one of the split's arrays "
-                      f"{sorted(train_rows)}.")
+      raise DataError(
+        f"input_key {self.input_key!r} is not one of the split's arrays {sorted(train_rows)}."
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,15 +242,17 @@ class LoadedData(InMemoryBatches):
   def __post_init__(self):
     if self.train.image.shape[1:] != self.test.image.shape[1:]:
       raise DataError(
-          f"Train images have shape {self.train.image.shape[1:]} but test images "
-          f"{self.test.image.shape[1:]} (source: {self.source}); both splits must come from "
-          f"the same dataset.")
+        f"Train images have shape {self.train.image.shape[1:]} but test images "
+        f"{self.test.image.shape[1:]} (source: {self.source}); both splits must come from "
+        f"the same dataset."
+      )
     for name, split in (("train", self.train), ("test", self.test)):
       if len(split) and not 0 <= split.label.min() <= split.label.max() < self.num_classes:
         raise DataError(
-            f"The {name} labels range over [{split.label.min()}, {split.label.max()}], outside "
-            f"[0, {self.num_classes}) (source: {self.source}); the label file is damaged or "
-            f"belongs to another dataset.")
+          f"The {name} labels range over [{split.label.min()}, {split.label.max()}], outside "
+          f"[0, {self.num_classes}) (source: {self.source}); the label file is damaged or "
+          f"belongs to another dataset."
+        )
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
@@ -241,16 +264,16 @@ def steps_per_epoch(num_examples: int, batch_size: int, shard_count: int = 1) ->
 
 
 def train_batches(
-    split: Rows,
-    *,
-    batch_size: int,
-    seed: int,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_threads: int = 2,
-    prefetch: int = 4,
-    augment: Augment | None = None,
+  split: Rows,
+  *,
+  batch_size: int,
+  seed: int,
+  num_epochs: int | None = None,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  num_threads: int = 2,
+  prefetch: int = 4,
+  augment: Augment | None = None,
 ) -> grain.IterDataset:
   """Shuffled training batches of one shard of `split`, reshuffled every epoch.
 
@@ -276,8 +299,14 @@ def train_batches(
     num_threads, prefetch: grain.ReadOptions for gathering batches in background threads.
     augment: random changes to training batches (jaxdl.data.augment.ImageAugment), or None.
   """
-  check_train_args(batch_size=batch_size, seed=seed, shard_index=shard_index,
-                   shard_count=shard_count, num_threads=num_threads, prefetch=prefetch)
+  check_train_args(
+    batch_size=batch_size,
+    seed=seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    num_threads=num_threads,
+    prefetch=prefetch,
+  )
   if num_epochs is not None:
     check_positive_int("num_epochs", num_epochs)
 
@@ -285,9 +314,10 @@ def train_batches(
   if global_batch > len(split):
     of_shards = f" ({batch_size} on each of {shard_count} shards)" if shard_count > 1 else ""
     raise DataError(
-        f"batch_size {global_batch}{of_shards} is larger than the {len(split)} training "
-        f"examples, so not one full batch fits. Use a batch size of at most "
-        f"{len(split) // shard_count * shard_count if shard_count > 1 else len(split)}.")
+      f"batch_size {global_batch}{of_shards} is larger than the {len(split)} training "
+      f"examples, so not one full batch fits. Use a batch size of at most "
+      f"{len(split) // shard_count * shard_count if shard_count > 1 else len(split)}."
+    )
 
   batches_per_epoch = len(split) // global_batch
   # One Grain element per *batch*: a per-example shuffle costs a Python call per example, which on
@@ -295,14 +325,24 @@ def train_batches(
   # iteration, the background threads and the resumable state (the batch index).
   num_batches = sys.maxsize if num_epochs is None else num_epochs * batches_per_epoch
   return (
-      grain.MapDataset.range(num_batches)
-      .map(_EpochBatch(split, np.arange(len(split)), batch_size, batches_per_epoch, seed,
-                       shard_index, shard_count, augment))
-      .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+    grain.MapDataset.range(num_batches)
+    .map(
+      _EpochBatch(
+        split,
+        np.arange(len(split)),
+        batch_size,
+        batches_per_epoch,
+        seed,
+        shard_index,
+        shard_count,
+        augment,
+      )
+    )
+    .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  )
 
 
-def eval_batches(split: Rows, *, batch_size: int,
-                 augment: Augment | None = None) -> Iterator[dict]:
+def eval_batches(split: Rows, *, batch_size: int, augment: Augment | None = None) -> Iterator[dict]:
   """Every example of `split` exactly once, in order, in batches of `batch_size`.
 
   The last batch is padded with zeros to full size so evaluation compiles for one shape only;
@@ -325,8 +365,10 @@ def _padded_batches(split: Rows, batch_size: int, augment: Augment | None) -> It
     mask = np.ones(batch_size, dtype=bool)
     if num_real < batch_size:
       padding = batch_size - num_real
-      batch = {name: np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
-               for name, array in batch.items()}
+      batch = {
+        name: np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
+        for name, array in batch.items()
+      }
       mask[num_real:] = False
     yield {**batch, "mask": mask}
 
@@ -337,9 +379,17 @@ class _EpochBatch:
   of batch_size * shard_count rows, of which the shard takes its contiguous slice; batch p of
   epoch e is augmented with the generator seeded with (seed, e, p, shard_index)."""
 
-  def __init__(self, split: Rows, rows: np.ndarray, batch_size: int, batches_per_epoch: int,
-               seed: int, shard_index: int = 0, shard_count: int = 1,
-               augment: Augment | None = None):
+  def __init__(
+    self,
+    split: Rows,
+    rows: np.ndarray,
+    batch_size: int,
+    batches_per_epoch: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    augment: Augment | None = None,
+  ):
     self._split, self._rows, self._batch_size = split, rows, batch_size
     self._batches_per_epoch, self._seed = batches_per_epoch, seed
     self._shard_index, self._shard_count, self._augment = shard_index, shard_count, augment
@@ -355,7 +405,7 @@ class _EpochBatch:
   def __call__(self, batch_index: int) -> dict:
     epoch, position = divmod(int(batch_index), self._batches_per_epoch)
     start = (position * self._shard_count + self._shard_index) * self._batch_size
-    indices = self._permutation(epoch)[start:start + self._batch_size]
+    indices = self._permutation(epoch)[start : start + self._batch_size]
     batch = self._split.take(indices)
     if self._augment is not None:
       rng = np.random.default_rng([self._seed, epoch, position, self._shard_index])
@@ -371,8 +421,7 @@ def _scale(image: np.ndarray) -> np.ndarray:
   return image.astype(np.float32) / np.float32(255)
 
 
-def check_train_args(*, batch_size, seed, shard_index, shard_count, num_threads,
-                     prefetch) -> None:
+def check_train_args(*, batch_size, seed, shard_index, shard_count, num_threads, prefetch) -> None:
   """Checks the arguments every `Dataset.train_batches` takes; raises DataError if one is bad."""
   check_positive_int("batch_size", batch_size)
   check_positive_int("shard_count", shard_count)
@@ -399,8 +448,11 @@ def check_int_option(name: str, value, *, minimum: int, maximum: int | None = No
 
 def check_fraction_option(name: str, value) -> float:
   """Returns `value` as a float if it lies strictly between 0 and 1; else DataError."""
-  if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-      or not 0 < value < 1):
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, float, np.integer, np.floating))
+    or not 0 < value < 1
+  ):
     raise DataError(f"data.{name} must be a number strictly between 0 and 1, got {value!r}.")
   return float(value)
 
@@ -408,8 +460,7 @@ def check_fraction_option(name: str, value) -> float:
 def check_choice_option(name: str, value, choices: Sequence[str]) -> str:
   """Returns `value` if it is one of `choices`; else DataError listing them."""
   if value not in choices:
-    raise DataError(f"data.{name} must be one of {', '.join(map(repr, choices))}, got "
-                    f"{value!r}.")
+    raise DataError(f"data.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
   return value
 
 

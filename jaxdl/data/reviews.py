@@ -38,13 +38,13 @@ _COLUMNS = ("category", "text")  # The columns the loader reads (the CSV may hav
 
 
 def load_reviews(
-    data_dir: str = "",
-    *,
-    allow_download: bool | None = None,
-    tokenizer: str = "word",
-    vocab_size: int = 8000,
-    max_length: int = 64,
-    test_fraction: float = 0.1,
+  data_dir: str = "",
+  *,
+  allow_download: bool | None = None,
+  tokenizer: str = "word",
+  vocab_size: int = 8000,
+  max_length: int = 64,
+  test_fraction: float = 0.1,
 ) -> pipeline.ArrayDataset:
   """Loads the Rotten Tomatoes reviews as token ids and fresh/rotten labels.
 
@@ -76,9 +76,10 @@ def load_reviews(
   in_test = np.array([_hash_fraction(t) < test_fraction for t in texts], bool)
   if in_test.all() or not in_test.any():
     raise DataError(
-        f"{str(path)!r} has {len(texts)} reviews and data.test_fraction={test_fraction} puts "
-        f"{'all' if in_test.all() else 'none'} of them in the test split; use more reviews or "
-        f"another test_fraction.")
+      f"{str(path)!r} has {len(texts)} reviews and data.test_fraction={test_fraction} puts "
+      f"{'all' if in_test.all() else 'none'} of them in the test split; use more reviews or "
+      f"another test_fraction."
+    )
   train_texts = [t for t, test in zip(texts, in_test) if not test]
 
   if tokenizer == "word":
@@ -90,34 +91,51 @@ def load_reviews(
   tokens = encode_reviews(tok, texts, max_length)
   labels = np.asarray(labels, np.int32)
 
-  splits = {name: pipeline.ArraySplit({"tokens": tokens[rows], "label": labels[rows]})
-            for name, rows in (("train", ~in_test), ("test", in_test))}
-  source = {"kind": "data_dir", "path": str(path.resolve()), "num_train": len(splits["train"]),
-            "num_test": len(splits["test"]), "tokenizer": tokenizer}
+  splits = {
+    name: pipeline.ArraySplit({"tokens": tokens[rows], "label": labels[rows]})
+    for name, rows in (("train", ~in_test), ("test", in_test))
+  }
+  source = {
+    "kind": "data_dir",
+    "path": str(path.resolve()),
+    "num_train": len(splits["train"]),
+    "num_test": len(splits["test"]),
+    "tokenizer": tokenizer,
+  }
   return pipeline.ArrayDataset(
-      train=splits["train"], test=splits["test"], task="classify", input_key="tokens",
-      model_hints={"num_classes": len(LABELS), "vocab_size": tok.vocab_size}, source=source,
-      tokenizer=tok)
+    train=splits["train"],
+    test=splits["test"],
+    task="classify",
+    input_key="tokens",
+    model_hints={"num_classes": len(LABELS), "vocab_size": tok.vocab_size},
+    source=source,
+    tokenizer=tok,
+  )
 
 
 def find_file(data_dir: str) -> Path:
   """The CSV file `data_dir` names, or the one in the directory it names."""
   if not data_dir:
     raise DataError(
-        f"The reviews dataset is not shipped with jaxdl and is not downloaded. Set data.dir to "
-        f"the directory holding {FILE_NAME} (on jaxdl dev machines: "
-        f"data.dir=../shared/data/rotten_tomatoes) or to the file itself.")
+      f"The reviews dataset is not shipped with jaxdl and is not downloaded. Set data.dir to "
+      f"the directory holding {FILE_NAME} (on jaxdl dev machines: "
+      f"data.dir=../shared/data/rotten_tomatoes) or to the file itself."
+    )
   path = Path(data_dir).expanduser()
   if path.is_dir():
     for name in (FILE_NAME, FILE_NAME.removesuffix(".bz2")):
       if (path / name).is_file():
         return path / name
-    raise DataError(f"The reviews directory {str(path)!r} holds neither {FILE_NAME} nor "
-                    f"{FILE_NAME.removesuffix('.bz2')}. Point data.dir at the directory or file "
-                    f"with the Rotten Tomatoes corpus.")
+    raise DataError(
+      f"The reviews directory {str(path)!r} holds neither {FILE_NAME} nor "
+      f"{FILE_NAME.removesuffix('.bz2')}. Point data.dir at the directory or file "
+      f"with the Rotten Tomatoes corpus."
+    )
   if not path.is_file():
-    raise DataError(f"The reviews path {str(path)!r} does not exist. Set data.dir to the directory "
-                    f"holding {FILE_NAME}, or to the file itself.")
+    raise DataError(
+      f"The reviews path {str(path)!r} does not exist. Set data.dir to the directory "
+      f"holding {FILE_NAME}, or to the file itself."
+    )
   return path
 
 
@@ -133,35 +151,44 @@ def read_reviews(path: Path) -> tuple[list[str], list[int]]:
     if path.suffix == ".bz2":
       raw = bz2.decompress(raw)
   except (OSError, EOFError, ValueError) as e:
-    raise DataError(f"Cannot read {str(path)!r} ({e}); the file is missing or damaged. Replace "
-                    f"it with a good copy.") from e
+    raise DataError(
+      f"Cannot read {str(path)!r} ({e}); the file is missing or damaged. Replace "
+      f"it with a good copy."
+    ) from e
   reader = csv.reader(io.StringIO(decode_utf8(raw, str(path)), newline=""), strict=True)
   texts, labels = [], []
   try:
     header = next(reader, None)
     missing = [c for c in _COLUMNS if header is None or c not in header]
     if missing:
-      raise DataError(f"{str(path)!r} line 1: the header {header} lacks the column(s) {missing}; "
-                      f"expected `category,text,movie_name,has_plot_and_reviews`.")
+      raise DataError(
+        f"{str(path)!r} line 1: the header {header} lacks the column(s) {missing}; "
+        f"expected `category,text,movie_name,has_plot_and_reviews`."
+      )
     category_at, text_at = header.index("category"), header.index("text")
     line = reader.line_num + 1  # Where the next record starts (a record may span lines).
     for row in reader:
       if len(row) != len(header):
-        raise DataError(f"{str(path)!r} line {line}: {len(row)} fields where the header has "
-                        f"{len(header)}; the row is malformed (check its quoting).")
+        raise DataError(
+          f"{str(path)!r} line {line}: {len(row)} fields where the header has "
+          f"{len(header)}; the row is malformed (check its quoting)."
+        )
       category = row[category_at]
       if category in LABELS:
         texts.append(row[text_at])
         labels.append(LABELS[category])
       elif category not in DROPPED:
-        raise DataError(f"{str(path)!r} line {line}: unknown category {category!r}; expected one "
-                        f"of {', '.join(LABELS)} or {', '.join(DROPPED)}.")
+        raise DataError(
+          f"{str(path)!r} line {line}: unknown category {category!r}; expected one "
+          f"of {', '.join(LABELS)} or {', '.join(DROPPED)}."
+        )
       line = reader.line_num + 1
   except csv.Error as e:
     raise DataError(f"{str(path)!r} line {reader.line_num}: malformed CSV ({e}).") from e
   if not texts:
-    raise DataError(f"{str(path)!r} holds no fresh or rotten reviews, so there is nothing to "
-                    f"train on.")
+    raise DataError(
+      f"{str(path)!r} holds no fresh or rotten reviews, so there is nothing to train on."
+    )
   return texts, labels
 
 
@@ -170,8 +197,8 @@ def encode_reviews(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
   tokens = np.full((len(texts), max_length), tokenizer.pad_id, np.int32)
   tokens[:, 0] = tokenizer.cls_id
   for row, text in zip(tokens, texts):
-    ids = tokenizer.encode(text)[:max_length - 1]
-    row[1:1 + len(ids)] = ids
+    ids = tokenizer.encode(text)[: max_length - 1]
+    row[1 : 1 + len(ids)] = ids
   return tokens
 
 

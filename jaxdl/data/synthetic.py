@@ -22,8 +22,15 @@ from jaxdl.data.tokenizers import BOS, EOS, PAD, CharTokenizer
 from jaxdl.errors import DataError
 
 # The options of `load_seq2seq`, with their defaults (config keys data.<option>).
-OPTIONS = {"kind": "reverse", "num_train": 20000, "num_test": 1000, "min_length": 4,
-           "max_length": 12, "num_symbols": 10, "generator_seed": 0}
+OPTIONS = {
+  "kind": "reverse",
+  "num_train": 20000,
+  "num_test": 1000,
+  "min_length": 4,
+  "max_length": 12,
+  "num_symbols": 10,
+  "generator_seed": 0,
+}
 KINDS = ("reverse", "sort")
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -43,16 +50,16 @@ class Seq2SeqDataset(pipeline.ArrayDataset):
 
 
 def load_seq2seq(
-    data_dir: str = "",
-    *,
-    allow_download: bool | None = None,
-    kind: str = "reverse",
-    num_train: int = 20000,
-    num_test: int = 1000,
-    min_length: int = 4,
-    max_length: int = 12,
-    num_symbols: int = 10,
-    generator_seed: int = 0,
+  data_dir: str = "",
+  *,
+  allow_download: bool | None = None,
+  kind: str = "reverse",
+  num_train: int = 20000,
+  num_test: int = 1000,
+  min_length: int = 4,
+  max_length: int = 12,
+  num_symbols: int = 10,
+  generator_seed: int = 0,
 ) -> Seq2SeqDataset:
   """Generates a reverse or sort task (see the module docstring for the format).
 
@@ -78,8 +85,9 @@ def load_seq2seq(
   """
   del allow_download  # Nothing to download.
   if data_dir:
-    raise DataError(f"The seq2seq dataset is generated, not read; leave data.dir empty (it is "
-                    f"{data_dir!r}).")
+    raise DataError(
+      f"The seq2seq dataset is generated, not read; leave data.dir empty (it is {data_dir!r})."
+    )
   pipeline.check_choice_option("kind", kind, KINDS)
   num_train = pipeline.check_int_option("num_train", num_train, minimum=1)
   num_test = pipeline.check_int_option("num_test", num_test, minimum=1)
@@ -90,27 +98,43 @@ def load_seq2seq(
   num_distinct = sum(num_symbols**length for length in range(min_length, max_length + 1))
   if 2 * num_test > num_distinct:
     raise DataError(
-        f"Lengths {min_length}..{max_length} over {num_symbols} symbols give only "
-        f"{num_distinct} distinct sequences, too few for {num_test} distinct test examples and "
-        f"training examples besides (at most half may be test). Lower data.num_test or raise "
-        f"data.max_length or data.num_symbols.")
+      f"Lengths {min_length}..{max_length} over {num_symbols} symbols give only "
+      f"{num_distinct} distinct sequences, too few for {num_test} distinct test examples and "
+      f"training examples besides (at most half may be test). Lower data.num_test or raise "
+      f"data.max_length or data.num_symbols."
+    )
 
   rng = np.random.default_rng(generator_seed)
-  test_symbols = _draw(rng, num_test, min_length, max_length, num_symbols, exclude=set(),
-                       distinct=True)
+  test_symbols = _draw(
+    rng, num_test, min_length, max_length, num_symbols, exclude=set(), distinct=True
+  )
   exclude = {row.tobytes() for row in test_symbols}
-  train_symbols = _draw(rng, num_train, min_length, max_length, num_symbols, exclude=exclude,
-                        distinct=False)
-  splits = {name: pipeline.ArraySplit(make_example(symbols, kind))
-            for name, symbols in (("train", train_symbols), ("test", test_symbols))}
+  train_symbols = _draw(
+    rng, num_train, min_length, max_length, num_symbols, exclude=exclude, distinct=False
+  )
+  splits = {
+    name: pipeline.ArraySplit(make_example(symbols, kind))
+    for name, symbols in (("train", train_symbols), ("test", test_symbols))
+  }
   tokenizer = None
   if num_symbols <= len(SYMBOL_CHARS):
     tokenizer = CharTokenizer(chars=SYMBOL_CHARS[:num_symbols], specials=(PAD, BOS, EOS))
-  source = {"kind": "synthetic", "task": kind, "num_train": num_train, "num_test": num_test,
-            "generator_seed": generator_seed}
+  source = {
+    "kind": "synthetic",
+    "task": kind,
+    "num_train": num_train,
+    "num_test": num_test,
+    "generator_seed": generator_seed,
+  }
   return Seq2SeqDataset(
-      train=splits["train"], test=splits["test"], task="seq2seq", input_key="src",
-      model_hints={"vocab_size": num_symbols + FIRST_SYMBOL}, source=source, tokenizer=tokenizer)
+    train=splits["train"],
+    test=splits["test"],
+    task="seq2seq",
+    input_key="src",
+    model_hints={"vocab_size": num_symbols + FIRST_SYMBOL},
+    source=source,
+    tokenizer=tokenizer,
+  )
 
 
 def make_example(symbols: np.ndarray, kind: str) -> dict[str, np.ndarray]:
@@ -135,13 +159,21 @@ def make_example(symbols: np.ndarray, kind: str) -> dict[str, np.ndarray]:
   src[rows, lengths] = EOS_ID
   tgt = np.zeros((num, max_length + 2), np.int32)
   tgt[:, 0] = BOS_ID
-  tgt[:, 1:max_length + 1] = answer
+  tgt[:, 1 : max_length + 1] = answer
   tgt[rows, lengths + 1] = EOS_ID
   return {"src": src, "tgt": tgt}
 
 
-def _draw(rng: np.random.Generator, count: int, min_length: int, max_length: int,
-          num_symbols: int, *, exclude: set[bytes], distinct: bool) -> np.ndarray:
+def _draw(
+  rng: np.random.Generator,
+  count: int,
+  min_length: int,
+  max_length: int,
+  num_symbols: int,
+  *,
+  exclude: set[bytes],
+  distinct: bool,
+) -> np.ndarray:
   """int32 [count, max_length]: random symbol sequences, 0-padded, none in `exclude`, and no two
   alike if `distinct`. Drawn in chunks, so the result depends only on the generator's state."""
   rows, seen = [], set(exclude)

@@ -11,12 +11,12 @@ stream once in consecutive windows.
 from __future__ import annotations
 
 import bz2
+from collections.abc import Iterator, Sequence
 import dataclasses
 import hashlib
 import importlib.resources
-import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
+import sys
 from typing import Any, ClassVar
 
 import grain
@@ -71,18 +71,26 @@ class TextDataset:
     window = self.block_size + 1
     if len(self.train_tokens) < window or len(self.val_tokens) < window:
       raise DataError(
-          f"The text ({self.source.get('path')}) gives {len(self.train_tokens)} training and "
-          f"{len(self.val_tokens)} validation tokens, but each split needs at least "
-          f"block_size + 1 = {window} for one window. Use more text, a smaller data.block_size, "
-          f"or a data.val_fraction that leaves enough for both splits.")
+        f"The text ({self.source.get('path')}) gives {len(self.train_tokens)} training and "
+        f"{len(self.val_tokens)} validation tokens, but each split needs at least "
+        f"block_size + 1 = {window} for one window. Use more text, a smaller data.block_size, "
+        f"or a data.val_fraction that leaves enough for both splits."
+      )
 
   @property
   def model_hints(self) -> dict[str, Any]:
     return {"vocab_size": self.tokenizer.vocab_size}
 
-  def train_batches(self, *, batch_size: int, seed: int, shard_index: int = 0,
-                    shard_count: int = 1, num_threads: int = 2,
-                    prefetch: int = 4) -> grain.IterDataset:
+  def train_batches(
+    self,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 4,
+  ) -> grain.IterDataset:
     """An endless stream of {"tokens": int32 [batch_size, block_size + 1]} random windows.
 
     Shard `shard_index` yields windows [shard_index * batch_size, (shard_index + 1) * batch_size)
@@ -91,15 +99,22 @@ class TextDataset:
     element per batch (batch index -> windows), so `iter(...)` gives an iterator whose
     get_state()/set_state() resume exactly.
     """
-    pipeline.check_train_args(batch_size=batch_size, seed=seed, shard_index=shard_index,
-                              shard_count=shard_count, num_threads=num_threads, prefetch=prefetch)
-    windows = _RandomWindows(self.train_tokens, self.block_size, batch_size, seed, shard_index,
-                             shard_count)
+    pipeline.check_train_args(
+      batch_size=batch_size,
+      seed=seed,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      num_threads=num_threads,
+      prefetch=prefetch,
+    )
+    windows = _RandomWindows(
+      self.train_tokens, self.block_size, batch_size, seed, shard_index, shard_count
+    )
     return (
-        grain.MapDataset.range(sys.maxsize)
-        .map(windows)
-        .to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                           prefetch_buffer_size=prefetch)))
+      grain.MapDataset.range(sys.maxsize)
+      .map(windows)
+      .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    )
 
   def steps_per_epoch(self, batch_size: int) -> int:
     """Updates that read about as many windows' worth of tokens as the training stream holds."""
@@ -119,8 +134,9 @@ class TextDataset:
   def eval_batches(self, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """`val_windows()` once, in order, as {"tokens", "mask" bool [B]}, padded to `batch_size`."""
     pipeline.check_positive_int("batch_size", batch_size)
-    return pipeline.eval_batches(pipeline.ArraySplit({"tokens": self.val_windows()}),
-                                 batch_size=batch_size)
+    return pipeline.eval_batches(
+      pipeline.ArraySplit({"tokens": self.val_windows()}), batch_size=batch_size
+    )
 
   def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros shaped and typed like a training batch of `batch_size`."""
@@ -132,8 +148,15 @@ class _RandomWindows:
   """Batch index -> {"tokens": int32 [B, T + 1]}: this shard's slice of the global batch's windows,
   whose starts are drawn for that batch alone."""
 
-  def __init__(self, stream: np.ndarray, block_size: int, batch_size: int, seed: int,
-               shard_index: int, shard_count: int):
+  def __init__(
+    self,
+    stream: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+  ):
     self._stream, self._block_size, self._batch_size = stream, block_size, batch_size
     self._seed, self._shard_index, self._shard_count = seed, shard_index, shard_count
     self._num_starts = len(stream) - block_size  # Starts 0 .. N - T - 1 fit a T + 1 window.
@@ -145,12 +168,15 @@ class _RandomWindows:
     rng = np.random.default_rng([self._seed, int(batch_index), 0])
     starts = rng.integers(0, self._num_starts, size=self._batch_size * self._shard_count)
     first = self._shard_index * self._batch_size
-    return {"tokens": _gather(self._stream, starts[first:first + self._batch_size],
-                              self._block_size)}
+    return {
+      "tokens": _gather(self._stream, starts[first : first + self._batch_size], self._block_size)
+    }
 
   def __repr__(self) -> str:
-    return (f"_RandomWindows(num_tokens={len(self._stream)}, block_size={self._block_size}, "
-            f"batch_size={self._batch_size}, shard={self._shard_index} of {self._shard_count})")
+    return (
+      f"_RandomWindows(num_tokens={len(self._stream)}, block_size={self._block_size}, "
+      f"batch_size={self._batch_size}, shard={self._shard_index} of {self._shard_count})"
+    )
 
 
 def _gather(stream: np.ndarray, starts: np.ndarray, block_size: int) -> np.ndarray:
@@ -159,12 +185,12 @@ def _gather(stream: np.ndarray, starts: np.ndarray, block_size: int) -> np.ndarr
 
 
 def load_text(
-    data_dir: str = "",
-    *,
-    allow_download: bool | None = None,
-    tokenizer: str = "char",
-    block_size: int = 256,
-    val_fraction: float = 0.1,
+  data_dir: str = "",
+  *,
+  allow_download: bool | None = None,
+  tokenizer: str = "char",
+  block_size: int = 256,
+  val_fraction: float = 0.1,
 ) -> TextDataset:
   """Loads a text for language modelling.
 
@@ -203,10 +229,19 @@ def load_text(
   dtype = next(t for t in (np.uint8, np.uint16, np.int32) if tok.vocab_size <= np.iinfo(t).max + 1)
   stream = tok.encode(text).astype(dtype)
   num_train = len(stream) - int(len(stream) * val_fraction)
-  source = {**source, "num_train": num_train, "num_val": len(stream) - num_train,
-            "tokenizer": tokenizer}
-  return TextDataset(train_tokens=stream[:num_train], val_tokens=stream[num_train:],
-                     block_size=block_size, tokenizer=tok, source=source)
+  source = {
+    **source,
+    "num_train": num_train,
+    "num_val": len(stream) - num_train,
+    "tokenizer": tokenizer,
+  }
+  return TextDataset(
+    train_tokens=stream[:num_train],
+    val_tokens=stream[num_train:],
+    block_size=block_size,
+    tokenizer=tok,
+    source=source,
+  )
 
 
 def read_texts(path: Path) -> tuple[str, int]:
@@ -221,15 +256,17 @@ def read_texts(path: Path) -> tuple[str, int]:
     files = sorted((p for p in path.glob("*.txt") if p.is_file()), key=lambda p: p.name)
     if not files:
       raise DataError(
-          f"The text directory {str(path)!r} holds no *.txt files. Put the training text there "
-          f"as UTF-8 files ending in .txt, or point data.dir at a text file.")
+        f"The text directory {str(path)!r} holds no *.txt files. Put the training text there "
+        f"as UTF-8 files ending in .txt, or point data.dir at a text file."
+      )
   elif path.is_file():
     files = [path]
   else:
     raise DataError(
-        f"The text path {str(path)!r} does not exist. Set data.dir to a UTF-8 text file or a "
-        f"directory of *.txt files, or leave it empty for the Shakespeare corpus shipped with "
-        f"jaxdl.")
+      f"The text path {str(path)!r} does not exist. Set data.dir to a UTF-8 text file or a "
+      f"directory of *.txt files, or leave it empty for the Shakespeare corpus shipped with "
+      f"jaxdl."
+    )
   texts = []
   for file in files:
     try:
@@ -239,10 +276,15 @@ def read_texts(path: Path) -> tuple[str, int]:
     texts.append(decode_utf8(raw, str(file)))
   text = join_works(texts)
   if not text.strip():
-    what = (f"text file {str(path)!r} is" if path.is_file()
-            else f"{len(files)} *.txt files in {str(path)!r} are")
-    raise DataError(f"The {what} empty (or only whitespace); there is nothing to train on. Point "
-                    f"data.dir at the training text.")
+    what = (
+      f"text file {str(path)!r} is"
+      if path.is_file()
+      else f"{len(files)} *.txt files in {str(path)!r} are"
+    )
+    raise DataError(
+      f"The {what} empty (or only whitespace); there is nothing to train on. Point "
+      f"data.dir at the training text."
+    )
   return text, len(files)
 
 
@@ -261,9 +303,10 @@ def decode_utf8(raw: bytes, name: str) -> str:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     raise DataError(
-        f"{name!r} is not UTF-8 text: the byte at offset {e.start} (0x{raw[e.start]:02x}) is "
-        f"invalid ({e.reason}). Convert the file to UTF-8, e.g. for Latin-1 text "
-        f"`iconv -f latin1 -t utf-8 IN > OUT`.") from e
+      f"{name!r} is not UTF-8 text: the byte at offset {e.start} (0x{raw[e.start]:02x}) is "
+      f"invalid ({e.reason}). Convert the file to UTF-8, e.g. for Latin-1 text "
+      f"`iconv -f latin1 -t utf-8 IN > OUT`."
+    ) from e
   return text.removeprefix("\ufeff")
 
 
@@ -274,16 +317,22 @@ def load_shipped_corpus() -> tuple[str, str]:
     DataError: the file is missing or damaged.
   """
   resource = importlib.resources.files(__package__).joinpath(SHIPPED_CORPUS)
-  rebuild = ("Reinstall jaxdl, or rebuild the file with `python -m "
-             "jaxdl.data.make_shakespeare_corpus ../shared/data/shakespeare jaxdl/data/shakespeare`"
-             ", or set data.dir to a text of your own.")
+  rebuild = (
+    "Reinstall jaxdl, or rebuild the file with `python -m "
+    "jaxdl.data.make_shakespeare_corpus ../shared/data/shakespeare jaxdl/data/shakespeare`"
+    ", or set data.dir to a text of your own."
+  )
   try:
     compressed = resource.read_bytes()
   except OSError as e:
-    raise DataError(f"The Shakespeare corpus shipped with jaxdl is missing: cannot read "
-                    f"{str(resource)!r} ({e}). {rebuild}") from e
+    raise DataError(
+      f"The Shakespeare corpus shipped with jaxdl is missing: cannot read "
+      f"{str(resource)!r} ({e}). {rebuild}"
+    ) from e
   digest = hashlib.sha256(compressed).hexdigest()
   if digest != SHIPPED_CORPUS_SHA256:
-    raise DataError(f"The Shakespeare corpus shipped with jaxdl, {str(resource)!r}, is damaged: "
-                    f"its SHA-256 is {digest}, expected {SHIPPED_CORPUS_SHA256}. {rebuild}")
+    raise DataError(
+      f"The Shakespeare corpus shipped with jaxdl, {str(resource)!r}, is damaged: "
+      f"its SHA-256 is {digest}, expected {SHIPPED_CORPUS_SHA256}. {rebuild}"
+    )
   return decode_utf8(bz2.decompress(compressed), str(resource)), str(resource)

@@ -17,17 +17,24 @@ ids are shifted up by their number. A language model's char tokenizer has none, 
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable, Sequence
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from jaxdl.errors import DataError
 
 PAD, UNK, CLS, SEP, MASK, BOS, EOS = (
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]")
+  "[PAD]",
+  "[UNK]",
+  "[CLS]",
+  "[SEP]",
+  "[MASK]",
+  "[BOS]",
+  "[EOS]",
+)
 # The special tokens of tokenizers for classification and masked modelling, in id order.
 TEXT_SPECIALS = (PAD, UNK, CLS, SEP, MASK)
 _KNOWN_SPECIALS = (PAD, UNK, CLS, SEP, MASK, BOS, EOS)
@@ -48,8 +55,9 @@ class _Specials:
     specials = tuple(self.specials)
     unknown = [s for s in specials if s not in _KNOWN_SPECIALS]
     if unknown or len(set(specials)) != len(specials):
-      raise DataError(f"Special tokens must be distinct names from {_KNOWN_SPECIALS}, got "
-                      f"{specials}.")
+      raise DataError(
+        f"Special tokens must be distinct names from {_KNOWN_SPECIALS}, got {specials}."
+      )
     if PAD in specials and specials[0] != PAD:
       raise DataError(f"{PAD} must be the first special token (id 0), got {specials}.")
     object.__setattr__(self, "specials", specials)
@@ -88,13 +96,16 @@ class _Specials:
   def _check_ids(self, ids) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
-      raise DataError(f"decode takes a 1-D array of integer token ids, got {ids.dtype} with "
-                      f"shape {ids.shape}.")
+      raise DataError(
+        f"decode takes a 1-D array of integer token ids, got {ids.dtype} with shape {ids.shape}."
+      )
     bad = ids[(ids < 0) | (ids >= self.vocab_size)]
     if bad.size:
-      raise DataError(f"Token ids {bad[:_SHOWN_UNKNOWN].tolist()} are outside this tokenizer's "
-                      f"vocabulary [0, {self.vocab_size}); they come from another tokenizer or "
-                      f"a model with a larger vocabulary.")
+      raise DataError(
+        f"Token ids {bad[:_SHOWN_UNKNOWN].tolist()} are outside this tokenizer's "
+        f"vocabulary [0, {self.vocab_size}); they come from another tokenizer or "
+        f"a model with a larger vocabulary."
+      )
     return ids.astype(np.int64)
 
 
@@ -118,8 +129,9 @@ class CharTokenizer(_Specials):
   def __post_init__(self):
     self._check_specials()
     if not isinstance(self.chars, str) or not self.chars:
-      raise DataError(f"A char tokenizer needs a non-empty string of characters, got "
-                      f"{self.chars!r}.")
+      raise DataError(
+        f"A char tokenizer needs a non-empty string of characters, got {self.chars!r}."
+      )
     if len(set(self.chars)) != len(self.chars):
       raise DataError("A char tokenizer's characters must be distinct.")
     codes = _code_points(self.chars)
@@ -156,14 +168,16 @@ class CharTokenizer(_Specials):
     ids = self._sorted_ids[position]
     if not known.all():
       if self.unk_id is None:
-        unknown = list(dict.fromkeys(
-            chr(c) for c in codes[~known][:1000].tolist()))[:_SHOWN_UNKNOWN]
+        unknown = list(dict.fromkeys(chr(c) for c in codes[~known][:1000].tolist()))[
+          :_SHOWN_UNKNOWN
+        ]
         count = int((~known).sum())
         raise DataError(
-            f"The text has {count} character{'s' * (count != 1)} outside this tokenizer's "
-            f"vocabulary of {len(self.chars)} characters, e.g. {', '.join(map(repr, unknown))}. "
-            f"The vocabulary comes from the training text: use only characters seen in "
-            f"training (or train with the byte tokenizer, which encodes any text).")
+          f"The text has {count} character{'s' * (count != 1)} outside this tokenizer's "
+          f"vocabulary of {len(self.chars)} characters, e.g. {', '.join(map(repr, unknown))}. "
+          f"The vocabulary comes from the training text: use only characters seen in "
+          f"training (or train with the byte tokenizer, which encodes any text)."
+        )
       ids = np.where(known, ids, np.int32(self.unk_id))
     return ids.astype(np.int32)
 
@@ -172,8 +186,14 @@ class CharTokenizer(_Specials):
     return "".join(self._pieces[i] for i in self._check_ids(ids).tolist())
 
   def to_json(self) -> str:
-    return json.dumps({"format": _JSON_FORMAT, "kind": self.kind, "specials": list(self.specials),
-                       "chars": self.chars})
+    return json.dumps(
+      {
+        "format": _JSON_FORMAT,
+        "kind": self.kind,
+        "specials": list(self.specials),
+        "chars": self.chars,
+      }
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +216,10 @@ class ByteTokenizer(_Specials):
     try:
       raw = text.encode("utf-8")
     except UnicodeEncodeError as e:
-      raise DataError(f"The text cannot be encoded as UTF-8 at character {e.start} "
-                      f"({e.object[e.start]!r}: {e.reason}).") from e
+      raise DataError(
+        f"The text cannot be encoded as UTF-8 at character {e.start} "
+        f"({e.object[e.start]!r}: {e.reason})."
+      ) from e
     return np.frombuffer(raw, np.uint8).astype(np.int32) + len(self.specials)
 
   def decode(self, ids) -> str:
@@ -251,8 +273,9 @@ class WordTokenizer(_Specials):
     object.__setattr__(self, "_pieces", list(self.specials) + list(words))
 
   @classmethod
-  def fit(cls, texts: Iterable[str], vocab_size: int,
-          specials: Sequence[str] = TEXT_SPECIALS) -> WordTokenizer:
+  def fit(
+    cls, texts: Iterable[str], vocab_size: int, specials: Sequence[str] = TEXT_SPECIALS
+  ) -> WordTokenizer:
     """The tokenizer of the `vocab_size - len(specials)` most frequent words of `texts`.
 
     Ties in frequency are broken by the word itself (sorted), so the vocabulary does not depend on
@@ -260,12 +283,14 @@ class WordTokenizer(_Specials):
     the texts have fewer distinct words.
     """
     if vocab_size <= len(specials):
-      raise DataError(f"vocab_size must exceed the {len(specials)} special tokens, got "
-                      f"{vocab_size}.")
+      raise DataError(
+        f"vocab_size must exceed the {len(specials)} special tokens, got {vocab_size}."
+      )
     counts = collections.Counter(word for text in texts for word in split_words(text))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return cls(words=tuple(w for w, _ in ranked[:vocab_size - len(specials)]),
-               specials=tuple(specials))
+    return cls(
+      words=tuple(w for w, _ in ranked[: vocab_size - len(specials)]), specials=tuple(specials)
+    )
 
   @property
   def vocab_size(self) -> int:
@@ -281,8 +306,14 @@ class WordTokenizer(_Specials):
     return " ".join(self._pieces[i] for i in self._check_ids(ids).tolist())
 
   def to_json(self) -> str:
-    return json.dumps({"format": _JSON_FORMAT, "kind": self.kind, "specials": list(self.specials),
-                       "words": list(self.words)})
+    return json.dumps(
+      {
+        "format": _JSON_FORMAT,
+        "kind": self.kind,
+        "specials": list(self.specials),
+        "words": list(self.words),
+      }
+    )
 
 
 Tokenizer = CharTokenizer | ByteTokenizer | WordTokenizer
@@ -302,11 +333,14 @@ def tokenizer_from_json(text: str) -> Tokenizer:
   try:
     spec = json.loads(text)
   except json.JSONDecodeError as e:
-    raise DataError(f"The tokenizer file is not valid JSON ({e}); it is damaged. Copy "
-                    f"tokenizer.json back from the run that wrote it.") from e
+    raise DataError(
+      f"The tokenizer file is not valid JSON ({e}); it is damaged. Copy "
+      f"tokenizer.json back from the run that wrote it."
+    ) from e
   if not isinstance(spec, dict) or spec.get("format") != _JSON_FORMAT:
-    raise DataError(f"Not a jaxdl tokenizer (format {_JSON_FORMAT}): the JSON starts "
-                    f"{text[:80]!r}.")
+    raise DataError(
+      f"Not a jaxdl tokenizer (format {_JSON_FORMAT}): the JSON starts {text[:80]!r}."
+    )
   kind, specials = spec.get("kind"), tuple(spec.get("specials", ()))
   try:
     if kind == "char":
@@ -317,8 +351,9 @@ def tokenizer_from_json(text: str) -> Tokenizer:
       return WordTokenizer(words=tuple(spec["words"]), specials=specials)
   except (KeyError, TypeError) as e:
     raise DataError(f"The {kind} tokenizer JSON lacks or garbles {e}; it is damaged.") from e
-  raise DataError(f"Unknown tokenizer kind {kind!r} in the tokenizer JSON; known kinds: char, "
-                  f"byte, word.")
+  raise DataError(
+    f"Unknown tokenizer kind {kind!r} in the tokenizer JSON; known kinds: char, byte, word."
+  )
 
 
 def _code_points(text: str) -> np.ndarray:

@@ -21,10 +21,10 @@ jaxdl.kernels.im2col's convolution, then bias, relu and max_pool, up to float ro
 kernel and bias gradients (they are summed in another order). "auto" (the default) runs 3x3
 convolutions with a 2x2 pool and 8 or more input channels by Winograd's F(2x2, 3x3)
 (jaxdl.kernels.winograd: 2.25x fewer multiplications, no patch arrays), and computes a first
-layer's small patches (at most ELEMENTWISE_MAX_PATCH values) times the kernel as elementwise multiply-adds
-fused with the pool, where a matmul with so short a contraction only moves memory. Its results
-differ from "im2col" by float rounding (tests/test_conv_pool.py, tests/test_winograd.py). The
-speed of each is measured in benchmarks/README.md.
+layer's small patches (at most ELEMENTWISE_MAX_PATCH values) times the kernel as elementwise
+multiply-adds fused with the pool, where a matmul with so short a contraction only moves memory.
+Its results differ from "im2col" by float rounding (tests/test_conv_pool.py,
+tests/test_winograd.py). The speed of each is measured in benchmarks/README.md.
 Stride-1 channels-last convolutions with a window-tiling pool of up to 64 positions only;
 reverse-mode differentiation only, as for any `jax.custom_vjp`.
 """
@@ -38,9 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.kernels import im2col as conv_lib
-from jaxdl.kernels import pooling
-from jaxdl.kernels import winograd
-
+from jaxdl.kernels import pooling, winograd
 
 IMPLS = ("auto", "im2col", "winograd")
 
@@ -63,26 +61,38 @@ def _phase_patches(x_padded, kernel_size, window, pooled_size):
   conv output pixel it holds, side by side: im2col's patches of the input shifted by the phase,
   at the pool's stride. One concatenate of strided views (XLA merges the nested slices and
   concatenates), and the reshape to matmul rows [B * pooled * P, prod(K) * C] is free."""
-  return jnp.concatenate([
-      conv_lib.extract_patches(x_padded[(slice(None),) + tuple(slice(p, None) for p in phase)],
-                               kernel_size, window, pooled_size)
-      for phase in _phases(window)], axis=-1)
+  return jnp.concatenate(
+    [
+      conv_lib.extract_patches(
+        x_padded[(slice(None),) + tuple(slice(p, None) for p in phase)],
+        kernel_size,
+        window,
+        pooled_size,
+      )
+      for phase in _phases(window)
+    ],
+    axis=-1,
+  )
 
 
 def _forward(x, kernel, bias, pads, window, precision, impl):
   n = x.ndim - 2
   kernel_size = kernel.shape[:n]
   if math.prod(window) > MAX_WINDOW:  # Checked first: tracing a huge window would take minutes.
-    raise ValueError(f"conv_relu_max_pool: a {window} pool window has {math.prod(window)} "
-                     f"positions; at most {MAX_WINDOW} are supported (each is traced as its own "
-                     "views). Run the convolution, ReLU and jaxdl.nn.pooling.max_pool "
-                     "separately for such windows.")
+    raise ValueError(
+      f"conv_relu_max_pool: a {window} pool window has {math.prod(window)} "
+      f"positions; at most {MAX_WINDOW} are supported (each is traced as its own "
+      "views). Run the convolution, ReLU and jaxdl.nn.pooling.max_pool "
+      "separately for such windows."
+    )
   x_padded = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
   conv_size = [conv_lib.output_size(s, k, 1) for s, k in zip(x_padded.shape[1:-1], kernel_size)]
   pooled_size = tuple(s // w for s, w in zip(conv_size, window))
   if min(pooled_size) < 1:
-    raise ValueError(f"conv_relu_max_pool: a {window} pool does not fit the convolution's "
-                     f"{tuple(conv_size)} output; use a smaller window or a larger input.")
+    raise ValueError(
+      f"conv_relu_max_pool: a {window} pool does not fit the convolution's "
+      f"{tuple(conv_size)} output; use a smaller window or a larger input."
+    )
   num_phases, o = math.prod(window), kernel.shape[-1]
   c = x.shape[-1]
   if _elementwise_product(impl, math.prod(kernel_size) * c):
@@ -90,14 +100,25 @@ def _forward(x, kernel, bias, pads, window, precision, impl):
     # with so short a contraction XLA:CPU writes z at memory speed. As multiply-adds fused into
     # one reduction that yields the pooled maximum and its phase, z never leaves the cache
     # (seed CNN conv1: ~3 + ~3.5 ms of a 37 ms step at batch 256).
-    views = [conv_lib.patch_views(x_padded[(slice(None),) + tuple(slice(p, None) for p in phase)],
-                                  kernel_size, window, pooled_size)
-             for phase in _phases(window)]  # [P][prod(K)] x [B, *pooled, C]
-    taps = [[view[..., i:i + 1] for view in phase_views for i in range(c)]
-            for phase_views in views]  # [P][K * C] x [B, *pooled, 1], in kernel.reshape order
+    views = [
+      conv_lib.patch_views(
+        x_padded[(slice(None),) + tuple(slice(p, None) for p in phase)],
+        kernel_size,
+        window,
+        pooled_size,
+      )
+      for phase in _phases(window)
+    ]  # [P][prod(K)] x [B, *pooled, C]
+    taps = [
+      [view[..., i : i + 1] for view in phase_views for i in range(c)] for phase_views in views
+    ]  # [P][K * C] x [B, *pooled, 1], in kernel.reshape order
     kernel_KO = kernel.reshape(-1, o)
-    z = jnp.stack([functools.reduce(jnp.add, [tap * kernel_KO[k] for k, tap in enumerate(row)])
-                   for row in taps], axis=-2)  # [B, *pooled, P, O]
+    z = jnp.stack(
+      [
+        functools.reduce(jnp.add, [tap * kernel_KO[k] for k, tap in enumerate(row)]) for row in taps
+      ],
+      axis=-2,
+    )  # [B, *pooled, P, O]
     top, first = pooling.max_and_first_argmax(z + bias, axis=-2)
     y = jax.nn.relu(top)
     winner = jnp.where(y > 0, first.astype(jnp.int8), jnp.int8(num_phases))
@@ -108,8 +129,12 @@ def _forward(x, kernel, bias, pads, window, precision, impl):
     # *pooled, P * K * C] that the forward read and the backward transposed. (The forward
     # reading this layout took 9 ms.) Columns (phase, pixel) measured no faster and would sum
     # the gradient in another order than the other layouts do.
-    rows_KN = jnp.stack([jnp.stack([row[k][..., 0] for row in taps], axis=-1).reshape(-1)
-                         for k in range(len(taps[0]))])
+    rows_KN = jnp.stack(
+      [
+        jnp.stack([row[k][..., 0] for row in taps], axis=-1).reshape(-1)
+        for k in range(len(taps[0]))
+      ]
+    )
     return y, (rows_KN, kernel, bias, winner, x.shape)
   patches = _phase_patches(x_padded, kernel_size, window, pooled_size)  # [B, *pooled, P*K*C]
   rows_NK = patches.reshape(-1, patches.shape[-1] // num_phases)
@@ -136,8 +161,15 @@ def _elementwise_product(impl: str, patch_size: int) -> bool:
   return impl == "auto" and patch_size <= ELEMENTWISE_MAX_PATCH
 
 
-def conv_relu_max_pool(x, kernel, bias, pads: tuple[tuple[int, int], ...],
-                       window: tuple[int, ...], precision=None, impl: str = "auto"):
+def conv_relu_max_pool(
+  x,
+  kernel,
+  bias,
+  pads: tuple[tuple[int, int], ...],
+  window: tuple[int, ...],
+  precision=None,
+  impl: str = "auto",
+):
   """relu(conv(x, kernel) + bias), max-pooled over non-overlapping `window`s (VALID).
 
   Args:
@@ -157,18 +189,23 @@ def conv_relu_max_pool(x, kernel, bias, pads: tuple[tuple[int, int], ...],
     [B, *(conv output size // window), O].
   """
   if impl not in IMPLS:
-    raise ValueError(f"conv_relu_max_pool: unknown impl {impl!r}; choose one of {IMPLS} "
-                     "('auto' picks the fastest measured per layer).")
+    raise ValueError(
+      f"conv_relu_max_pool: unknown impl {impl!r}; choose one of {IMPLS} "
+      "('auto' picks the fastest measured per layer)."
+    )
   n = x.ndim - 2
   if kernel.ndim != n + 2 or kernel.shape[n] != x.shape[-1] or bias.shape != kernel.shape[-1:]:
-    raise ValueError(f"conv_relu_max_pool: kernel {kernel.shape} [*K, C, O] and bias "
-                     f"{bias.shape} [O] do not fit an input {x.shape} [B, *S, C].")
+    raise ValueError(
+      f"conv_relu_max_pool: kernel {kernel.shape} [*K, C, O] and bias "
+      f"{bias.shape} [O] do not fit an input {x.shape} [B, *S, C]."
+    )
   use_winograd = x.ndim == 4 and winograd.applies(kernel.shape, window, x.shape[-1])
   if impl == "winograd" and not use_winograd:
     raise ValueError(
-        f"conv_relu_max_pool: impl 'winograd' needs a 2-D 3x3 kernel, a (2, 2) pool and at "
-        f"least {winograd.MIN_CHANNELS} input channels; got a kernel {kernel.shape} [*K, C, O] "
-        f"and window {tuple(window)}. Use impl 'auto' or 'im2col' for this layer.")
+      f"conv_relu_max_pool: impl 'winograd' needs a 2-D 3x3 kernel, a (2, 2) pool and at "
+      f"least {winograd.MIN_CHANNELS} input channels; got a kernel {kernel.shape} [*K, C, O] "
+      f"and window {tuple(window)}. Use impl 'auto' or 'im2col' for this layer."
+    )
   if use_winograd and impl != "im2col":
     x_padded = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
     return winograd.conv3x3_relu_max_pool2x2(x_padded, kernel, bias, precision)
@@ -201,15 +238,16 @@ def _bwd(pads, window, precision, impl, residuals, dy):
   dz = dz.reshape(dy.shape[:-1] + tuple(window) + (o,))  # [B, *pooled, *window, O]
   order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [1 + 2 * n]
   dy_conv = dz.transpose(order).reshape(
-      (dy.shape[0],) + tuple(q * w for q, w in zip(pooled, window)) + (o,))
+    (dy.shape[0],) + tuple(q * w for q, w in zip(pooled, window)) + (o,)
+  )
   padded = [s + lo + hi for s, (lo, hi) in zip(x_shape[1:-1], pads)]
   conv_size = [s - k + 1 for s, k in zip(padded, kernel_size)]
-  dy_conv = jnp.pad(dy_conv, [(0, 0)] + [(0, s - q * w) for s, q, w in
-                                         zip(conv_size, pooled, window)] + [(0, 0)])
+  dy_conv = jnp.pad(
+    dy_conv, [(0, 0)] + [(0, s - q * w) for s, q, w in zip(conv_size, pooled, window)] + [(0, 0)]
+  )
   dpatches = jnp.matmul(dy_conv.reshape(-1, o), kernel.reshape(-1, o).T, precision=precision)
   dpatches = dpatches.reshape(dy_conv.shape[:-1] + (-1,))  # [B, *conv_size, K*C]
-  dx = conv_lib.input_gradient(dpatches, c, kernel_size, (1,) * n, pads,
-                               x_shape).astype(rows.dtype)
+  dx = conv_lib.input_gradient(dpatches, c, kernel_size, (1,) * n, pads, x_shape).astype(rows.dtype)
   return dx, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
 
 

@@ -19,6 +19,6 @@ def flat_apply(layer: Callable[[Array], Any], x: Array, feature_axes: int = 1) -
   multiplies as they are, where over two (batch, time) it first copies the cotangent transposed,
   fused into whatever produced it.
   """
-  lead = x.shape[:x.ndim - feature_axes]
-  y = layer(x.reshape(-1, *x.shape[x.ndim - feature_axes:]))
+  lead = x.shape[: x.ndim - feature_axes]
+  y = layer(x.reshape(-1, *x.shape[x.ndim - feature_axes :]))
   return y.reshape(*lead, *y.shape[1:])

@@ -29,8 +29,9 @@ import math
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
+
 
 def _pairs(value: Sequence[int] | None, n: int) -> tuple[int, ...]:
   return (1,) * n if value is None else tuple(value)
@@ -41,9 +42,11 @@ def _channels_last(dimension_numbers: Any, ndim: int) -> bool:
   if dimension_numbers is None:  # lax's own default is channels-first.
     return False
   spatial = tuple(range(1, ndim - 1))
-  expected = lax.ConvDimensionNumbers(lhs_spec=(0, ndim - 1) + spatial,
-                                      rhs_spec=(ndim - 1, ndim - 2) + tuple(range(ndim - 2)),
-                                      out_spec=(0, ndim - 1) + spatial)
+  expected = lax.ConvDimensionNumbers(
+    lhs_spec=(0, ndim - 1) + spatial,
+    rhs_spec=(ndim - 1, ndim - 2) + tuple(range(ndim - 2)),
+    out_spec=(0, ndim - 1) + spatial,
+  )
   try:
     given = lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers)
   except (TypeError, ValueError):
@@ -51,21 +54,42 @@ def _channels_last(dimension_numbers: Any, ndim: int) -> bool:
   return given == expected
 
 
-def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                                rhs_dilation=None, dimension_numbers=None,
-                                feature_group_count=1, batch_group_count=1, precision=None,
-                                preferred_element_type=None):
+def im2col_conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
   """`lax.conv_general_dilated` run as im2col matmuls, for channels-last inputs [B, *S, C] and
   kernels [*K, C, O]; any other case goes to `lax.conv_general_dilated` unchanged."""
   n = lhs.ndim - 2
-  if (_pairs(lhs_dilation, n) != (1,) * n or _pairs(rhs_dilation, n) != (1,) * n
-      or feature_group_count != 1 or batch_group_count != 1
-      or not _channels_last(dimension_numbers, lhs.ndim)):
+  if (
+    _pairs(lhs_dilation, n) != (1,) * n
+    or _pairs(rhs_dilation, n) != (1,) * n
+    or feature_group_count != 1
+    or batch_group_count != 1
+    or not _channels_last(dimension_numbers, lhs.ndim)
+  ):
     return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
   strides = _pairs(window_strides, n)
   kernel_size = rhs.shape[:n]
   if isinstance(padding, str):
@@ -73,9 +97,15 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   else:
     pads = tuple(tuple(p) for p in padding)
   if any(lo < 0 or hi < 0 for lo, hi in pads):  # Cropping: rare, and XLA does it well.
-    return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=dimension_numbers,
-                                    precision=precision,
-                                    preferred_element_type=preferred_element_type)
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      strides,
+      pads,
+      dimension_numbers=dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
   y = conv_im2col(lhs, rhs, strides, tuple(pads), precision)
   return y if preferred_element_type is None else y.astype(preferred_element_type)
 
@@ -83,8 +113,10 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
 def output_size(size: int, kernel: int, stride: int) -> int:
   """A VALID convolution's output length along one axis of the (padded) input."""
   if size < kernel:
-    raise ValueError(f"A convolution window of {kernel} does not fit in a padded input of "
-                     f"{size}; pad the input or use a smaller kernel.")
+    raise ValueError(
+      f"A convolution window of {kernel} does not fit in a padded input of "
+      f"{size}; pad the input or use a smaller kernel."
+    )
   return (size - kernel) // stride + 1
 
 
@@ -99,9 +131,11 @@ def patch_views(x_padded, kernel_size, strides, out_size):
   views = []
   for offset in _offsets(kernel_size):
     start = (0,) + offset + (0,)
-    limit = ((x_padded.shape[0],) + tuple(o + s * (m - 1) + 1
-                                          for o, s, m in zip(offset, strides, out_size))
-             + (x_padded.shape[-1],))
+    limit = (
+      (x_padded.shape[0],)
+      + tuple(o + s * (m - 1) + 1 for o, s, m in zip(offset, strides, out_size))
+      + (x_padded.shape[-1],)
+    )
     views.append(lax.slice(x_padded, start, limit, (1,) + tuple(strides) + (1,)))
   return views
 
@@ -112,8 +146,9 @@ def extract_patches(x_padded, kernel_size, strides, out_size):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_im2col(x, kernel, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...],
-                precision=None):
+def conv_im2col(
+  x, kernel, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...], precision=None
+):
   """A channels-last convolution [B, *S, C] * [*K, C, O] -> [B, *S_out, O] by im2col matmuls.
 
   Args:
@@ -130,11 +165,14 @@ def _conv_forward(x, kernel, strides, pads, precision):
   n = x.ndim - 2
   kernel_size = kernel.shape[:n]
   if kernel.ndim != n + 2 or kernel.shape[n] != x.shape[-1]:
-    raise ValueError(f"conv_im2col: a kernel {kernel.shape} [*K, C, O] does not fit an input "
-                     f"{x.shape} [B, *S, C] (C must match).")
+    raise ValueError(
+      f"conv_im2col: a kernel {kernel.shape} [*K, C, O] does not fit an input "
+      f"{x.shape} [B, *S, C] (C must match)."
+    )
   x_padded = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-  out_size = tuple(output_size(s, k, st)
-                   for s, k, st in zip(x_padded.shape[1:-1], kernel_size, strides))
+  out_size = tuple(
+    output_size(s, k, st) for s, k, st in zip(x_padded.shape[1:-1], kernel_size, strides)
+  )
   patches = extract_patches(x_padded, kernel_size, strides, out_size)  # [B, *S_out, K*C]
   rows_NK = patches.reshape(-1, patches.shape[-1])
   y_NO = jnp.matmul(rows_NK, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
@@ -153,8 +191,7 @@ def _conv_im2col_bwd(strides, pads, precision, residuals, dy):
   rows = math.prod(dy.shape[:-1])
   dy_NO = dy.reshape(rows, o)
   dkernel_KO = jnp.matmul(patches.reshape(rows, -1).T, dy_NO, precision=precision)
-  dpatches = jnp.matmul(dy_NO, kernel.reshape(-1, o).T,
-                        precision=precision).reshape(patches.shape)
+  dpatches = jnp.matmul(dy_NO, kernel.reshape(-1, o).T, precision=precision).reshape(patches.shape)
   dx = input_gradient(dpatches, c, kernel_size, strides, pads, x_shape).astype(patches.dtype)
   return dx, dkernel_KO.reshape(kernel.shape).astype(kernel.dtype)
 
@@ -184,7 +221,7 @@ def input_gradient(dpatches, c: int, kernel_size, strides, pads, x_shape):
   """
   padded_shape = tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[1:-1], pads))
   offsets = list(_offsets(kernel_size))
-  views = [dpatches[..., index * c:(index + 1) * c] for index in range(len(offsets))]
+  views = [dpatches[..., index * c : (index + 1) * c] for index in range(len(offsets))]
   dx_padded = place_and_sum(views, offsets, strides, padded_shape)
   crop = (slice(None),) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, x_shape[1:-1]))
   return dx_padded[crop + (slice(None),)]

@@ -28,8 +28,13 @@ CARRY_DTYPE = jnp.float32  # Gates and carries, whatever the matmuls' dtype (jax
 def _gate_scale(h: int) -> Array:
   """[1/2]*2H for i and f, [1]*H for g, [1/2]*H for o: sigmoid(x) = tanh(x / 2) / 2 + 1/2, so with
   s this scale every gate's activation is tanh(s x) s + (1 - s), one tanh over all four."""
-  return jnp.concatenate([jnp.full((2 * h,), 0.5, CARRY_DTYPE), jnp.ones((h,), CARRY_DTYPE),
-                          jnp.full((h,), 0.5, CARRY_DTYPE)])
+  return jnp.concatenate(
+    [
+      jnp.full((2 * h,), 0.5, CARRY_DTYPE),
+      jnp.ones((h,), CARRY_DTYPE),
+      jnp.full((h,), 0.5, CARRY_DTYPE),
+    ]
+  )
 
 
 def lstm_update(c_BH: Array, gates_BG: Array) -> tuple[Array, Array, Array]:
@@ -75,8 +80,9 @@ def _lstm(xg_TBG, kernel_HG, carry, valid_TB, reverse, unroll, dtype):
 
 
 def _lstm_fwd(xg_TBG, kernel_HG, carry, valid_TB, reverse, unroll, dtype):
-  final, (h_TBH, c_TBH, acts_TBG) = _lstm_scan(xg_TBG, kernel_HG, carry, valid_TB, reverse,
-                                               unroll, dtype, keep=True)
+  final, (h_TBH, c_TBH, acts_TBG) = _lstm_scan(
+    xg_TBG, kernel_HG, carry, valid_TB, reverse, unroll, dtype, keep=True
+  )
   # xg_TBG itself is not needed, only its dtype (the cotangent's): an empty array carries it.
   xg_dtype = jnp.zeros((0,), xg_TBG.dtype)
   return (final, h_TBH), (xg_dtype, kernel_HG, carry, valid_TB, h_TBH, c_TBH, acts_TBG)
@@ -110,8 +116,9 @@ def _lstm_bwd(reverse, unroll, dtype, residuals, cotangents):
     # d loss / d [i, f, g, o] = [dc g, dc c_{t-1}, dc i, dh tanh(c)], times d act / d gate =
     # s^2 (1 - tanh(s x)^2) = s^2 - (act - (1 - s))^2, which is i (1 - i) for a sigmoid gate and
     # 1 - g^2 for g: few operations over [B, 4H] rather than four over [B, H] joined after.
-    dacts_BG = (jnp.concatenate([dc_new, dc_new, dc_new, dh_new], -1)
-                * jnp.concatenate([g, c_prev_BH, i, tanh_c], -1))
+    dacts_BG = jnp.concatenate([dc_new, dc_new, dc_new, dh_new], -1) * jnp.concatenate(
+      [g, c_prev_BH, i, tanh_c], -1
+    )
     dgates_BG = dacts_BG * (scale_G * scale_G - jnp.square(acts_BG - (1.0 - scale_G)))
     dc_prev = dc_new * f
     dh_prev = _lstm_matmul(dgates_BG, kernel_T_GH, dtype)
@@ -121,24 +128,41 @@ def _lstm_bwd(reverse, unroll, dtype, residuals, cotangents):
     return (dc_prev, dh_prev), dgates_BG
 
   (dc0_BH, dh0_BH), dgates_TBG = jax.lax.scan(
-      body, (dc_BH, dh_BH), (dh_seq_TBH, c_TBH, c_prev_TBH, acts_TBG, valid_TB),
-      reverse=not reverse, unroll=unroll)
+    body,
+    (dc_BH, dh_BH),
+    (dh_seq_TBH, c_TBH, c_prev_TBH, acts_TBG, valid_TB),
+    reverse=not reverse,
+    unroll=unroll,
+  )
   # Every step's h_{t-1}^T dgates_t at once. Masked steps have dgates = 0, so they add nothing.
   h_prev_TBH = _previous(h_TBH, h0_BH, reverse)
   t, b, g = dgates_TBG.shape
-  dkernel_HG = jnp.dot(h_prev_TBH.reshape(t * b, -1).astype(dtype).T,
-                       dgates_TBG.reshape(t * b, g).astype(dtype),
-                       preferred_element_type=CARRY_DTYPE)
-  return (dgates_TBG.astype(xg_dtype.dtype), dkernel_HG.astype(kernel_HG.dtype),
-          (dc0_BH.astype(c0_BH.dtype), dh0_BH.astype(h0_BH.dtype)), None)  # None: valid_TB is bool.
+  dkernel_HG = jnp.dot(
+    h_prev_TBH.reshape(t * b, -1).astype(dtype).T,
+    dgates_TBG.reshape(t * b, g).astype(dtype),
+    preferred_element_type=CARRY_DTYPE,
+  )
+  return (
+    dgates_TBG.astype(xg_dtype.dtype),
+    dkernel_HG.astype(kernel_HG.dtype),
+    (dc0_BH.astype(c0_BH.dtype), dh0_BH.astype(h0_BH.dtype)),
+    None,
+  )  # None: valid_TB is bool.
 
 
 _lstm.defvjp(_lstm_fwd, _lstm_bwd)
 
 
-def lstm_recurrence(xg_TBG: Array, kernel_HG: Array, carry: Carry, valid_TB: Array | None = None,
-                    *, reverse: bool = False, unroll: int = 1,
-                    dtype: Any = jnp.float32) -> tuple[Carry, Array]:
+def lstm_recurrence(
+  xg_TBG: Array,
+  kernel_HG: Array,
+  carry: Carry,
+  valid_TB: Array | None = None,
+  *,
+  reverse: bool = False,
+  unroll: int = 1,
+  dtype: Any = jnp.float32,
+) -> tuple[Carry, Array]:
   """Runs an LSTM over projected, time-major inputs: what a `lax.scan` of `LSTMCell.step` gives.
 
   Args:

@@ -16,15 +16,15 @@ import math
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 
-def tiles(x: jax.Array, window: tuple[int, ...], strides: tuple[int, ...] | None,
-           padding) -> bool:
+def tiles(x: jax.Array, window: tuple[int, ...], strides: tuple[int, ...] | None, padding) -> bool:
   """Whether the windows tile the spatial axes of `x` (the remainder is dropped, as VALID does)."""
-  return (tuple(strides or window) == tuple(window) and padding == "VALID"
-          and x.ndim == len(window) + 2)
+  return (
+    tuple(strides or window) == tuple(window) and padding == "VALID" and x.ndim == len(window) + 2
+  )
 
 
 def _window_view(x_BHWC: jax.Array, window: tuple[int, ...]) -> jax.Array:
@@ -106,8 +106,10 @@ def _max_and_first_index(x, axis):
   # The index is carried in x's dtype (exact up to 256 positions even in bfloat16), so that the
   # JVP below can give it an ordinary zero tangent.
   if x.shape[axis] > 256:
-    raise ValueError(f"max_and_first_argmax: at most 256 positions along the axis; got "
-                     f"{x.shape[axis]}. Use jnp.max and jnp.argmax.")
+    raise ValueError(
+      f"max_and_first_argmax: at most 256 positions along the axis; got "
+      f"{x.shape[axis]}. Use jnp.max and jnp.argmax."
+    )
   index = lax.broadcasted_iota(x.dtype, x.shape, axis)
 
   def keep_first_max(a, b):

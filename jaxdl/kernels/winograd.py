@@ -29,15 +29,15 @@ that is one pass each, where the same sums written out elementwise became 16 sep
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from jaxdl.kernels import im2col as conv_lib
 from jaxdl.kernels import pooling
 
 # F(2, 3) in one dimension: input transform B^T (4x4), kernel transform G (4x3), output A^T (2x4).
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_G = ((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1))
+_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 
@@ -66,8 +66,12 @@ MIN_CHANNELS = 8
 def applies(kernel_shape, window, in_channels: int) -> bool:
   """Whether F(2x2, 3x3) runs this layer: a 2-D 3x3 kernel (stride 1), a 2x2 pool, and at least
   MIN_CHANNELS input channels."""
-  return (len(kernel_shape) == 4 and tuple(kernel_shape[:2]) == (3, 3) and tuple(window) == (2, 2)
-          and in_channels >= MIN_CHANNELS)
+  return (
+    len(kernel_shape) == 4
+    and tuple(kernel_shape[:2]) == (3, 3)
+    and tuple(window) == (2, 2)
+    and in_channels >= MIN_CHANNELS
+  )
 
 
 def _bt_1d(rows):
@@ -105,12 +109,15 @@ def _forward(x_padded, kernel, bias, precision):
   o = kernel.shape[-1]
   tiles_hw = ((height - 2) // 2, (width - 2) // 2)  # = the pooled output size
   if min(tiles_hw) < 1:
-    raise ValueError(f"winograd: a {height}x{width} padded input has no 2x2 pooled output of a "
-                     "3x3 convolution; it needs at least 4x4.")
+    raise ValueError(
+      f"winograd: a {height}x{width} padded input has no 2x2 pooled output of a "
+      "3x3 convolution; it needs at least 4x4."
+    )
   dtype = x_padded.dtype
   v_KNC = _input_transform(x_padded, tiles_hw).reshape(16, -1, c)
-  u_KCO = jnp.matmul(_matrix(T_KERNEL, dtype), kernel.reshape(9, c * o),
-                     precision=precision).reshape(16, c, o)
+  u_KCO = jnp.matmul(
+    _matrix(T_KERNEL, dtype), kernel.reshape(9, c * o), precision=precision
+  ).reshape(16, c, o)
   m_KNO = jnp.matmul(v_KNC, u_KCO, precision=precision)
   z = jnp.matmul(_matrix(T_OUTPUT, dtype), m_KNO.reshape(16, -1), precision=precision)
   # The phases next to the channels, so the pool is a reduction XLA:CPU fuses well (over a
@@ -153,16 +160,19 @@ def _backward(precision, residuals, dy):
   th, tw = dy.shape[1:3]
   dtype = dy.dtype
   through, dz = pooling.route_to_winner(dy, winner, 4, axis=0)  # dz: [4, B, th, tw, O]
-  dm_KNO = jnp.matmul(_matrix(T_OUTPUT, dtype, transpose=True), dz.reshape(4, -1),
-                      precision=precision).reshape(16, -1, o)
+  dm_KNO = jnp.matmul(
+    _matrix(T_OUTPUT, dtype, transpose=True), dz.reshape(4, -1), precision=precision
+  ).reshape(16, -1, o)
   du_KCO = jnp.matmul(vt_KCN, dm_KNO, precision=precision)
-  dkernel = jnp.matmul(_matrix(T_KERNEL, dtype, transpose=True), du_KCO.reshape(16, c * o),
-                       precision=precision).reshape(3, 3, c, o)
+  dkernel = jnp.matmul(
+    _matrix(T_KERNEL, dtype, transpose=True), du_KCO.reshape(16, c * o), precision=precision
+  ).reshape(3, 3, c, o)
   dbias = jnp.sum(through.reshape(-1, o), axis=0)
   dv_KNC = jnp.matmul(dm_KNO, jnp.swapaxes(u_KCO, 1, 2), precision=precision)
   # d = B dV B^T per tile: the gradient of each 4x4 input tile, [4, 4, B, th, tw, C].
-  dd = jnp.matmul(_matrix(T_INPUT, dtype, transpose=True), dv_KNC.reshape(16, -1),
-                  precision=precision).reshape((4, 4, batch, th, tw, c))
+  dd = jnp.matmul(
+    _matrix(T_INPUT, dtype, transpose=True), dv_KNC.reshape(16, -1), precision=precision
+  ).reshape((4, 4, batch, th, tw, c))
   # Tiles overlap by 2 pixels: pixel (i, j) of tile (I, J) goes to (2I + i, 2J + j). Each of
   # the 16 tile pixels' grids is placed by an interior padding and the 16 are summed; in this
   # order each input pixel adds its (up to 4) terms by tile row, then column.

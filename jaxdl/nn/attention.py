@@ -75,9 +75,11 @@ def _check_broadcastable(name: str, x: Array | None, shape_BNTS: tuple[int, ...]
   except ValueError:
     ok = False
   if not ok:
-    raise ValueError(f"dot_product_attention: {name} of shape {x.shape} does not broadcast to "
-                     f"[B, N, T, S] = {list(shape_BNTS)}; e.g. causal_mask gives [1, 1, T, S] and "
-                     "padding_mask [B, 1, 1, S].")
+    raise ValueError(
+      f"dot_product_attention: {name} of shape {x.shape} does not broadcast to "
+      f"[B, N, T, S] = {list(shape_BNTS)}; e.g. causal_mask gives [1, 1, T, S] and "
+      "padding_mask [B, 1, 1, S]."
+    )
 
 
 def _grouped(x_BNTS: Array, num_kv_heads: int, group: int) -> Array:
@@ -88,11 +90,19 @@ def _grouped(x_BNTS: Array, num_kv_heads: int, group: int) -> Array:
   return x.reshape(x.shape[0], num_kv_heads, group, *x.shape[2:])
 
 
-def dot_product_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, *,
-                          mask: Array | None = None, bias: Array | None = None,
-                          dropout_rate: float = 0.0, dropout_rng: Array | None = None,
-                          deterministic: bool = True, implementation: str = "plain",
-                          dtype: Any = None) -> Array:
+def dot_product_attention(
+  q_BTNH: Array,
+  k_BSKH: Array,
+  v_BSKH: Array,
+  *,
+  mask: Array | None = None,
+  bias: Array | None = None,
+  dropout_rate: float = 0.0,
+  dropout_rng: Array | None = None,
+  deterministic: bool = True,
+  implementation: str = "plain",
+  dtype: Any = None,
+) -> Array:
   """softmax(Q K^T / sqrt(H) + bias, masked) V for every head. Returns [B, T, N, H].
 
   Args:
@@ -117,34 +127,49 @@ def dot_product_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, *,
   of V: e.g. padding queries in a padded batch, which the loss should ignore anyway.
   """
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"Unknown attention implementation {implementation!r}; choose one of "
-                     f"{', '.join(map(repr, IMPLEMENTATIONS))}.")
+    raise ValueError(
+      f"Unknown attention implementation {implementation!r}; choose one of "
+      f"{', '.join(map(repr, IMPLEMENTATIONS))}."
+    )
   if q_BTNH.ndim != 4 or k_BSKH.ndim != 4 or v_BSKH.shape != k_BSKH.shape:
-    raise ValueError(f"dot_product_attention expects q [B, T, N, H] and k, v [B, S, K, H] of equal "
-                     f"shapes; got q {q_BTNH.shape}, k {k_BSKH.shape}, v {v_BSKH.shape}.")
+    raise ValueError(
+      f"dot_product_attention expects q [B, T, N, H] and k, v [B, S, K, H] of equal "
+      f"shapes; got q {q_BTNH.shape}, k {k_BSKH.shape}, v {v_BSKH.shape}."
+    )
   b, t, n, h = q_BTNH.shape
   _, s, k, _ = k_BSKH.shape
   if k_BSKH.shape[0] != b or k_BSKH.shape[3] != h:
-    raise ValueError(f"q {q_BTNH.shape} and k {k_BSKH.shape} must agree on batch (axis 0) and head "
-                     "dimension (axis 3).")
+    raise ValueError(
+      f"q {q_BTNH.shape} and k {k_BSKH.shape} must agree on batch (axis 0) and head "
+      "dimension (axis 3)."
+    )
   if n % k:
-    raise ValueError(f"{n} query heads cannot share {k} key/value heads: the number of key/value "
-                     "heads must divide the number of query heads (e.g. num_kv_heads=1 for "
-                     f"multi-query attention, or a divisor of {n}).")
+    raise ValueError(
+      f"{n} query heads cannot share {k} key/value heads: the number of key/value "
+      "heads must divide the number of query heads (e.g. num_kv_heads=1 for "
+      f"multi-query attention, or a divisor of {n})."
+    )
   _check_broadcastable("mask", mask, (b, n, t, s))
   _check_broadcastable("bias", bias, (b, n, t, s))
   if mask is not None and mask.dtype != jnp.bool_:
-    raise ValueError(f"mask must be boolean (True = attend), got {mask.dtype}; pass additive "
-                     "float masks as `bias`.")
+    raise ValueError(
+      f"mask must be boolean (True = attend), got {mask.dtype}; pass additive "
+      "float masks as `bias`."
+    )
   check_rate(dropout_rate, "dot_product_attention")
   use_dropout = applies(dropout_rate, deterministic)
   if use_dropout and dropout_rng is None:
     raise ValueError("Attention dropout needs dropout_rng (or deterministic=True).")
   if use_dropout and implementation != "plain":
-    traced = (" (a traced rate, as in a sweep over dropout rates, always applies it, even at 0)"
-              if is_traced(dropout_rate) else "")
-    raise ValueError(f"implementation={implementation!r} has no attention dropout{traced}; use "
-                     "implementation='plain', or attention dropout rate 0 (or train=False).")
+    traced = (
+      " (a traced rate, as in a sweep over dropout rates, always applies it, even at 0)"
+      if is_traced(dropout_rate)
+      else ""
+    )
+    raise ValueError(
+      f"implementation={implementation!r} has no attention dropout{traced}; use "
+      "implementation='plain', or attention dropout rate 0 (or train=False)."
+    )
 
   dtype = jnp.result_type(q_BTNH, k_BSKH, v_BSKH) if dtype is None else dtype
   q_BTNH, k_BSKH, v_BSKH = (x.astype(dtype) for x in (q_BTNH, k_BSKH, v_BSKH))
@@ -153,8 +178,9 @@ def dot_product_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, *,
 
   g = n // k
   q_BTKGH = q_BTNH.reshape(b, t, k, g, h)
-  logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
-                            preferred_element_type=jnp.float32) * (1.0 / math.sqrt(h))
+  logits_BKGTS = jnp.einsum(
+    "btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+  ) * (1.0 / math.sqrt(h))
   if bias is not None:
     logits_BKGTS = logits_BKGTS + _grouped(bias, k, g).astype(jnp.float32)
   if mask is not None:
@@ -168,23 +194,31 @@ def dot_product_attention(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, *,
   if use_dropout:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BKGTS.shape)
     probs_BKGTS = jnp.where(keep, probs_BKGTS / (1.0 - dropout_rate), 0.0)
-  out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BSKH,
-                         preferred_element_type=jnp.float32)
+  out_BTKGH = jnp.einsum(
+    "bkgts,bskh->btkgh", probs_BKGTS.astype(dtype), v_BSKH, preferred_element_type=jnp.float32
+  )
   return out_BTKGH.reshape(b, t, n, h).astype(dtype)
 
 
 def _jax_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias, implementation):
   """jax.nn.dot_product_attention, with fully masked rows zeroed as in the plain version."""
   if implementation == "cudnn" and jax.default_backend() != "gpu":
-    raise ValueError(f"implementation='cudnn' needs a GPU, but JAX's backend is "
-                     f"{jax.default_backend()!r}; use 'plain' or 'jax'.")
+    raise ValueError(
+      f"implementation='cudnn' needs a GPU, but JAX's backend is "
+      f"{jax.default_backend()!r}; use 'plain' or 'jax'."
+    )
   mask = None if mask is None else _to_4d(mask)
   if bias is not None:
     # XLA adds the bias to float32 logits; cuDNN wants it in the inputs' dtype.
     bias = _to_4d(bias).astype(jnp.float32 if implementation == "jax" else q_BTNH.dtype)
   out_BTNH = jax.nn.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKH, bias=bias, mask=mask,
-      implementation=None if implementation == "jax" else "cudnn")
+    q_BTNH,
+    k_BSKH,
+    v_BSKH,
+    bias=bias,
+    mask=mask,
+    implementation=None if implementation == "jax" else "cudnn",
+  )
   if mask is not None:
     any_BNT = jnp.any(mask, axis=-1)
     out_BTNH = out_BTNH * jnp.transpose(any_BNT, (0, 2, 1))[..., None].astype(out_BTNH.dtype)
@@ -230,8 +264,15 @@ class MultiHeadAttention(nn.Module):
   implementation: str = "plain"
 
   @nn.compact
-  def __call__(self, x_q_BTD: Array, x_kv_BSD: Array | None = None, *, mask: Array | None = None,
-               train: bool = False, decode: bool = False) -> Array:
+  def __call__(
+    self,
+    x_q_BTD: Array,
+    x_kv_BSD: Array | None = None,
+    *,
+    mask: Array | None = None,
+    train: bool = False,
+    decode: bool = False,
+  ) -> Array:
     """Attention of x_q over x_kv (over x_q itself when x_kv is None). Returns [B, T, F].
 
     `mask`: bool, broadcastable to [B, N, T, S]; when decoding, to [B, N, L, L_max] (it is combined
@@ -241,20 +282,31 @@ class MultiHeadAttention(nn.Module):
     n = self.num_heads
     k = n if self.num_kv_heads is None else self.num_kv_heads
     if self.head_dim is None and d % n:
-      raise ValueError(f"MultiHeadAttention: width {d} is not divisible by num_heads={n}; pick "
-                       "num_heads dividing it or set head_dim.")
+      raise ValueError(
+        f"MultiHeadAttention: width {d} is not divisible by num_heads={n}; pick "
+        "num_heads dividing it or set head_dim."
+      )
     if n % k:
-      raise ValueError(f"MultiHeadAttention: num_kv_heads={k} must divide num_heads={n} (1 for "
-                       "multi-query attention, num_heads or None for multi-head).")
+      raise ValueError(
+        f"MultiHeadAttention: num_kv_heads={k} must divide num_heads={n} (1 for "
+        "multi-query attention, num_heads or None for multi-head)."
+      )
     h = d // n if self.head_dim is None else self.head_dim
     if decode and x_kv_BSD is not None:
-      raise ValueError("MultiHeadAttention: decode=True (the KV cache) is for self-attention only; "
-                       "call cross-attention with decode=False.")
+      raise ValueError(
+        "MultiHeadAttention: decode=True (the KV cache) is for self-attention only; "
+        "call cross-attention with decode=False."
+      )
     x_kv_BSD = x_q_BTD if x_kv_BSD is None else x_kv_BSD
 
     dense = lambda features, name: nn.DenseGeneral(
-        features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init, name=name)
+      features,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      name=name,
+    )
     q_BTNH = flat_apply(dense((n, h), "query"), x_q_BTD)
     k_BSKH = flat_apply(dense((k, h), "key"), x_kv_BSD)
     v_BSKH = flat_apply(dense((k, h), "value"), x_kv_BSD)
@@ -266,14 +318,26 @@ class MultiHeadAttention(nn.Module):
     if applies(self.dropout_rate, not train):
       dropout_rng = self.make_rng("dropout")
     out_BTNH = dot_product_attention(
-        q_BTNH, k_BSKH, v_BSKH, mask=mask, dropout_rate=self.dropout_rate,
-        dropout_rng=dropout_rng, deterministic=not train, implementation=self.implementation,
-        dtype=self.dtype)
+      q_BTNH,
+      k_BSKH,
+      v_BSKH,
+      mask=mask,
+      dropout_rate=self.dropout_rate,
+      dropout_rng=dropout_rng,
+      deterministic=not train,
+      implementation=self.implementation,
+      dtype=self.dtype,
+    )
     out_init = self.kernel_init if self.out_kernel_init is None else self.out_kernel_init
     out = nn.DenseGeneral(
-        d if self.out_features is None else self.out_features, axis=(-2, -1),
-        use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=out_init, name="out")
+      d if self.out_features is None else self.out_features,
+      axis=(-2, -1),
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=out_init,
+      name="out",
+    )
     return flat_apply(out, out_BTNH, feature_axes=2)
 
   def _update_cache(self, k_BLKH, v_BLKH, mask):
@@ -288,12 +352,16 @@ class MultiHeadAttention(nn.Module):
       return k_BLKH, v_BLKH, combine_masks(mask, causal_mask(length))
     b, max_length, num_kv, h = cached_key.value.shape
     if (b, num_kv, h) != (k_BLKH.shape[0], k_BLKH.shape[2], k_BLKH.shape[3]):
-      raise ValueError(f"Decoding a batch of keys {k_BLKH.shape} into a cache of shape "
-                       f"{cached_key.value.shape}: re-initialise the cache for this batch size.")
+      raise ValueError(
+        f"Decoding a batch of keys {k_BLKH.shape} into a cache of shape "
+        f"{cached_key.value.shape}: re-initialise the cache for this batch size."
+      )
     if length > max_length:
-      raise ValueError(f"Decoding {length} tokens at once into a KV cache of {max_length} "
-                       "positions; initialise the cache (init with decode=True) with a longer "
-                       "input.")
+      raise ValueError(
+        f"Decoding {length} tokens at once into a KV cache of {max_length} "
+        "positions; initialise the cache (init with decode=True) with a longer "
+        "input."
+      )
     index = cache_index.value
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BLKH, (0, index, 0, 0))
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BLKH, (0, index, 0, 0))

@@ -27,13 +27,34 @@ from jaxdl.nn.transformer import TransformerBlock, tied_logits
 Array = jax.Array
 
 BERT_PRESETS: dict[str, dict[str, Any]] = {
-    "bert_base": dict(vocab_size=30522, max_length=512, type_vocab_size=2, num_layers=12,
-                      num_heads=12, hidden_dim=768, mlp_dim=3072),
-    "bert_large": dict(vocab_size=30522, max_length=512, type_vocab_size=2, num_layers=24,
-                       num_heads=16, hidden_dim=1024, mlp_dim=4096),
-    # Google's BERT-Tiny (Turc et al. 2019, "Well-read students learn better").
-    "bert_tiny": dict(vocab_size=30522, max_length=512, type_vocab_size=2, num_layers=2,
-                      num_heads=2, hidden_dim=128, mlp_dim=512),
+  "bert_base": dict(
+    vocab_size=30522,
+    max_length=512,
+    type_vocab_size=2,
+    num_layers=12,
+    num_heads=12,
+    hidden_dim=768,
+    mlp_dim=3072,
+  ),
+  "bert_large": dict(
+    vocab_size=30522,
+    max_length=512,
+    type_vocab_size=2,
+    num_layers=24,
+    num_heads=16,
+    hidden_dim=1024,
+    mlp_dim=4096,
+  ),
+  # Google's BERT-Tiny (Turc et al. 2019, "Well-read students learn better").
+  "bert_tiny": dict(
+    vocab_size=30522,
+    max_length=512,
+    type_vocab_size=2,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=128,
+    mlp_dim=512,
+  ),
 }
 
 _INIT = nn.initializers.normal(0.02)
@@ -73,40 +94,60 @@ class BertEncoder(_BertFields):
   """BERT's encoder. tokens [B, T] (+ segment ids [B, T]) -> hidden states [B, T, D]."""
 
   def setup(self):
-    embed = lambda num: nn.Embed(num, self.hidden_dim, embedding_init=_INIT, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+    embed = lambda num: nn.Embed(
+      num, self.hidden_dim, embedding_init=_INIT, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     self.word_embeddings = embed(self.vocab_size)
     self.position_embeddings = embed(self.max_length)
     self.segment_embeddings = embed(self.type_vocab_size)
-    self.embeddings_ln = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                                      param_dtype=self.param_dtype)
+    self.embeddings_ln = nn.LayerNorm(
+      self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     self.dropout = Dropout(self.dropout_rate)
-    attention_dropout = (self.dropout_rate if self.attention_dropout_rate is None
-                         else self.attention_dropout_rate)
+    attention_dropout = (
+      self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
+    )
     self.blocks = [
-        TransformerBlock(self.num_heads, self.mlp_dim, pre_ln=False, activation="gelu",
-                         dropout_rate=self.dropout_rate, attention_dropout_rate=attention_dropout,
-                         layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                         param_dtype=self.param_dtype, kernel_init=_INIT,
-                         attention_impl=self.attention_impl, name=f"block_{i}")
-        for i in range(self.num_layers)]
+      TransformerBlock(
+        self.num_heads,
+        self.mlp_dim,
+        pre_ln=False,
+        activation="gelu",
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=attention_dropout,
+        layer_norm_epsilon=self.layer_norm_epsilon,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_INIT,
+        attention_impl=self.attention_impl,
+        name=f"block_{i}",
+      )
+      for i in range(self.num_layers)
+    ]
 
-  def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None,
-               train: bool = False) -> Array:
+  def __call__(
+    self, tokens_BT: Array, *, segment_ids_BT: Array | None = None, train: bool = False
+  ) -> Array:
     """tokens [B, T], segment ids [B, T] (default all 0) -> hidden [B, T, D]."""
     if tokens_BT.ndim != 2:
       raise ValueError(f"BERT expects tokens [B, T]; got shape {tokens_BT.shape}.")
     t = tokens_BT.shape[1]
     if t > self.max_length:
-      raise ValueError(f"BERT: sequence length {t} exceeds max_length={self.max_length}; truncate "
-                       "the input or build the model with a larger max_length.")
+      raise ValueError(
+        f"BERT: sequence length {t} exceeds max_length={self.max_length}; truncate "
+        "the input or build the model with a larger max_length."
+      )
     if segment_ids_BT is None:
       segment_ids_BT = jnp.zeros_like(tokens_BT)
     elif segment_ids_BT.shape != tokens_BT.shape:
-      raise ValueError(f"segment_ids_BT {segment_ids_BT.shape} must have the tokens' shape "
-                       f"{tokens_BT.shape}.")
-    x_BTD = (self.word_embeddings(tokens_BT) + self.position_embeddings(jnp.arange(t))
-             + self.segment_embeddings(segment_ids_BT))
+      raise ValueError(
+        f"segment_ids_BT {segment_ids_BT.shape} must have the tokens' shape {tokens_BT.shape}."
+      )
+    x_BTD = (
+      self.word_embeddings(tokens_BT)
+      + self.position_embeddings(jnp.arange(t))
+      + self.segment_embeddings(segment_ids_BT)
+    )
     x_BTD = self.embeddings_ln(x_BTD)
     x_BTD = self.dropout(x_BTD, deterministic=not train)
     mask = padding_mask(tokens_BT, self.pad_id)
@@ -120,8 +161,11 @@ class BertEncoder(_BertFields):
 
 
 def _encoder_kwargs(module: nn.Module) -> dict[str, Any]:
-  return {f.name: getattr(module, f.name) for f in dataclasses.fields(_BertFields)
-          if f.init and f.name not in ("parent", "name")}
+  return {
+    f.name: getattr(module, f.name)
+    for f in dataclasses.fields(_BertFields)
+    if f.init and f.name not in ("parent", "name")
+  }
 
 
 @registry.register("bert_classifier", presets=BERT_PRESETS)
@@ -134,14 +178,17 @@ class BertClassifier(_BertFields):
 
   def setup(self):
     self.encoder = BertEncoder(**_encoder_kwargs(self))
-    self.pooler = nn.Dense(self.hidden_dim, kernel_init=_INIT, dtype=self.dtype,
-                           param_dtype=self.param_dtype)
+    self.pooler = nn.Dense(
+      self.hidden_dim, kernel_init=_INIT, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     self.dropout = Dropout(self.dropout_rate)
-    self.classifier = nn.Dense(self.num_classes, kernel_init=_INIT, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+    self.classifier = nn.Dense(
+      self.num_classes, kernel_init=_INIT, dtype=self.dtype, param_dtype=self.param_dtype
+    )
 
-  def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None,
-               train: bool = False) -> Array:
+  def __call__(
+    self, tokens_BT: Array, *, segment_ids_BT: Array | None = None, train: bool = False
+  ) -> Array:
     hidden_BTD = self.encoder(tokens_BT, segment_ids_BT=segment_ids_BT, train=train)
     pooled_BD = jnp.tanh(self.pooler(hidden_BTD[:, 0]))  # The [CLS] token's state.
     pooled_BD = self.dropout(pooled_BD, deterministic=not train)
@@ -156,15 +203,19 @@ class BertForMaskedLM(_BertFields):
 
   def setup(self):
     self.encoder = BertEncoder(**_encoder_kwargs(self))
-    self.transform = nn.Dense(self.hidden_dim, kernel_init=_INIT, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
-    self.transform_ln = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                                     param_dtype=self.param_dtype)
-    self.output_bias = self.param("output_bias", nn.initializers.zeros_init(), (self.vocab_size,),
-                                  self.param_dtype)
+    self.transform = nn.Dense(
+      self.hidden_dim, kernel_init=_INIT, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    self.transform_ln = nn.LayerNorm(
+      self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    self.output_bias = self.param(
+      "output_bias", nn.initializers.zeros_init(), (self.vocab_size,), self.param_dtype
+    )
 
-  def __call__(self, tokens_BT: Array, *, segment_ids_BT: Array | None = None,
-               train: bool = False) -> Array:
+  def __call__(
+    self, tokens_BT: Array, *, segment_ids_BT: Array | None = None, train: bool = False
+  ) -> Array:
     hidden_BTD = self.encoder(tokens_BT, segment_ids_BT=segment_ids_BT, train=train)
     h_BTD = self.transform_ln(nn.gelu(self.transform(hidden_BTD), approximate=False))
     return self.encoder.attend(h_BTD) + self.output_bias.astype(jnp.float32)

@@ -51,12 +51,19 @@ class _FusedCell(nn.Module):
     if self.features < 1:
       raise ValueError(f"{type(self).__name__}: features must be >= 1, got {self.features}.")
     # A Dense infers D from the first input, so the cell works for any input width.
-    self.input = nn.Dense(self.num_gates * self.features, kernel_init=self.kernel_init,
-                          bias_init=self._input_bias_init, dtype=self.dtype,
-                          param_dtype=self.param_dtype)
+    self.input = nn.Dense(
+      self.num_gates * self.features,
+      kernel_init=self.kernel_init,
+      bias_init=self._input_bias_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     self.recurrent_kernel = self.param(
-        "recurrent_kernel", self.recurrent_kernel_init,
-        (self.features, self.num_gates * self.features), self.param_dtype)
+      "recurrent_kernel",
+      self.recurrent_kernel_init,
+      (self.features, self.num_gates * self.features),
+      self.param_dtype,
+    )
 
   def _input_bias_init(self, key, shape, dtype=jnp.float32):
     return self.bias_init(key, shape, dtype)
@@ -120,7 +127,7 @@ class LSTMCell(_FusedCell):
   def _input_bias_init(self, key, shape, dtype=jnp.float32):
     bias = self.bias_init(key, shape, dtype)
     h = self.features
-    return bias.at[h:2 * h].add(jnp.asarray(self.forget_bias, dtype))
+    return bias.at[h : 2 * h].add(jnp.asarray(self.forget_bias, dtype))
 
   def step(self, carry, xg_BG):
     c_BH, h_BH = carry
@@ -130,11 +137,25 @@ class LSTMCell(_FusedCell):
     c_BH, h_BH, _ = lstm_update(c_BH, gates_BG)
     return (c_BH, h_BH), h_BH.astype(self.dtype)
 
-  def recurrence(self, carry: Carry, xg_TBG: Array, valid_TB: Array | None = None, *,
-                 reverse: bool = False, unroll: int = 1) -> tuple[Carry, Array]:
+  def recurrence(
+    self,
+    carry: Carry,
+    xg_TBG: Array,
+    valid_TB: Array | None = None,
+    *,
+    reverse: bool = False,
+    unroll: int = 1,
+  ) -> tuple[Carry, Array]:
     """`step` over all timesteps of time-major projected inputs; see jaxdl.kernels.lstm."""
-    return lstm_recurrence(xg_TBG, self.recurrent_kernel, carry, valid_TB, reverse=reverse,
-                           unroll=unroll, dtype=self.dtype)
+    return lstm_recurrence(
+      xg_TBG,
+      self.recurrent_kernel,
+      carry,
+      valid_TB,
+      reverse=reverse,
+      unroll=unroll,
+      dtype=self.dtype,
+    )
 
   @nn.nowrap
   def initialize_carry(self, batch_shape):
@@ -164,8 +185,9 @@ class GRUCell(_FusedCell):
     super().setup()
     if self.reset_after:
       # Like PyTorch's b_hh and Keras' second bias row: only its n block is not redundant with b.
-      self.recurrent_bias = self.param("recurrent_bias", self.bias_init, (3 * self.features,),
-                                       self.param_dtype)
+      self.recurrent_bias = self.param(
+        "recurrent_bias", self.bias_init, (3 * self.features,), self.param_dtype
+      )
 
   def step(self, carry, xg_BG):
     h_BH = carry
@@ -177,9 +199,9 @@ class GRUCell(_FusedCell):
       n = jnp.tanh(xn + r * hn)
     else:
       H = self.features
-      hr, hz = jnp.split(self._recurrent(h_BH, self.recurrent_kernel[:, :2 * H]), 2, axis=-1)
+      hr, hz = jnp.split(self._recurrent(h_BH, self.recurrent_kernel[:, : 2 * H]), 2, axis=-1)
       r, z = nn.sigmoid(xr + hr), nn.sigmoid(xz + hz)
-      n = jnp.tanh(xn + self._recurrent(r * h_BH, self.recurrent_kernel[:, 2 * H:]))
+      n = jnp.tanh(xn + self._recurrent(r * h_BH, self.recurrent_kernel[:, 2 * H :]))
     h_BH = (1.0 - z) * n + z * h_BH
     return h_BH, h_BH.astype(self.dtype)
 
@@ -201,7 +223,8 @@ def make_cell(cell_type: str, features: int, **kwargs: Any) -> _FusedCell:
   fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
-    raise ValueError(f"cell_type {cell_type!r} takes no argument(s) {unknown}; "
-                     f"it takes {sorted(fields)}.")
+    raise ValueError(
+      f"cell_type {cell_type!r} takes no argument(s) {unknown}; it takes {sorted(fields)}."
+    )
   # parent=None: the cell is adopted by the layer it is passed to, so its params nest there.
   return cls(features=features, parent=None, **kwargs)

@@ -35,8 +35,9 @@ class MnistCNN(nn.Module):
   def __call__(self, x_BHWC: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     del train  # No dropout or BatchNorm; the argument keeps the model signature uniform.
     layers = ConvLayers(self.kernels, dtype=self.dtype, kernel_init=glorot_uniform)
-    dense = lambda features, name: nn.Dense(features, kernel_init=glorot_uniform,
-                                            dtype=self.dtype, name=name)
+    dense = lambda features, name: nn.Dense(
+      features, kernel_init=glorot_uniform, dtype=self.dtype, name=name
+    )
     x = x_BHWC.astype(self.dtype)
     x = layers.conv_relu_pool(x, 32, (3, 3), name="conv1")  # Conv2D(32, 3, relu), MaxPool(2)
     x = layers.conv_relu_pool(x, 64, (3, 3), name="conv2")  # Conv2D(64, 3, relu), MaxPool(2)

@@ -50,35 +50,44 @@ def takes_train(layer: Layer) -> bool:
   code = getattr(fn, "__code__", None)
   if code is None:
     return False
-  return "train" in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+  return "train" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
 
 
 def _layer_name(layer: Layer) -> str:
-  return type(layer).__name__ if isinstance(layer, nn.Module) else getattr(
-      layer, "__name__", type(layer).__name__)
+  return (
+    type(layer).__name__
+    if isinstance(layer, nn.Module)
+    else getattr(layer, "__name__", type(layer).__name__)
+  )
 
 
 def _call(owner: str, index: int, layer: Layer, x: Any, train: bool) -> Array:
   """layer(x[, train=train]), refusing outputs that are not single arrays (e.g. (y, carry))."""
   y = layer(x, train=train) if takes_train(layer) else layer(x)
   if isinstance(y, (tuple, list, dict)):
-    raise ValueError(f"{owner}: layer {index} ({_layer_name(layer)}) returned a "
-                     f"{type(y).__name__}, not an array; the combinators pass one array between "
-                     "layers. For recurrent layers use jaxdl.nn.RNN, which returns the outputs (or "
-                     "the last hidden state) alone; otherwise wrap the layer to pick one output.")
+    raise ValueError(
+      f"{owner}: layer {index} ({_layer_name(layer)}) returned a "
+      f"{type(y).__name__}, not an array; the combinators pass one array between "
+      "layers. For recurrent layers use jaxdl.nn.RNN, which returns the outputs (or "
+      "the last hidden state) alone; otherwise wrap the layer to pick one output."
+    )
   return y
 
 
 def _check_layers(owner: str, field: str, layers: Any) -> None:
   if isinstance(layers, (nn.Module, str)) or not isinstance(layers, (tuple, list)):
-    raise ValueError(f"{owner}: {field} must be a list or tuple of layers, got "
-                     f"{type(layers).__name__}; write {owner}([layer]) for a single one.")
+    raise ValueError(
+      f"{owner}: {field} must be a list or tuple of layers, got "
+      f"{type(layers).__name__}; write {owner}([layer]) for a single one."
+    )
   if not layers:
     raise ValueError(f"{owner}: {field} is empty; give at least one layer.")
   for i, layer in enumerate(layers):
     if not callable(layer):
-      raise ValueError(f"{owner}: {field}[{i}] = {layer!r} is not callable; a layer is a Linen "
-                       "module or a function of one array, such as nn.relu.")
+      raise ValueError(
+        f"{owner}: {field}[{i}] = {layer!r} is not callable; a layer is a Linen "
+        "module or a function of one array, such as nn.relu."
+      )
 
 
 class Sequential(nn.Module):
@@ -117,11 +126,16 @@ class Residual(nn.Module):
     y = _call("Residual", 0, self.inner, x, train)
     shortcut = x if self.projection is None else _call("Residual", 1, self.projection, x, train)
     if shortcut.shape != y.shape:
-      fix = ("give Residual a projection (e.g. nn.Dense(out_features) or a 1x1 nn.Conv) that "
-             "maps the input to the branch's shape" if self.projection is None else
-             "make the projection map the input to the branch's shape")
-      raise ValueError(f"Residual: the branch {_layer_name(self.inner)} turns {x.shape} into "
-                       f"{y.shape}, but the shortcut is {shortcut.shape}; {fix}.")
+      fix = (
+        "give Residual a projection (e.g. nn.Dense(out_features) or a 1x1 nn.Conv) that "
+        "maps the input to the branch's shape"
+        if self.projection is None
+        else "make the projection map the input to the branch's shape"
+      )
+      raise ValueError(
+        f"Residual: the branch {_layer_name(self.inner)} turns {x.shape} into "
+        f"{y.shape}, but the shortcut is {shortcut.shape}; {fix}."
+      )
     return shortcut + y
 
 
@@ -141,19 +155,25 @@ class Parallel(nn.Module):
 
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     if self.merge not in PARALLEL_MERGES:
-      raise ValueError(f"Parallel: unknown merge {self.merge!r}; choose one of "
-                       f"{', '.join(map(repr, PARALLEL_MERGES))}.")
+      raise ValueError(
+        f"Parallel: unknown merge {self.merge!r}; choose one of "
+        f"{', '.join(map(repr, PARALLEL_MERGES))}."
+      )
     _check_layers("Parallel", "branches", self.branches)
     ys = [_call("Parallel", i, branch, x, train) for i, branch in enumerate(self.branches)]
     shapes = [y.shape for y in ys]
     if self.merge == "concat":
       if len({(y.ndim, y.shape[:-1]) for y in ys}) > 1:
-        raise ValueError(f"Parallel(merge='concat'): the branch outputs {shapes} differ before "
-                         "the last axis; they must agree on every axis but the last.")
+        raise ValueError(
+          f"Parallel(merge='concat'): the branch outputs {shapes} differ before "
+          "the last axis; they must agree on every axis but the last."
+        )
       return jnp.concatenate(ys, axis=-1)
     if len(set(shapes)) > 1:
-      raise ValueError(f"Parallel(merge={self.merge!r}): the branch outputs have shapes {shapes}; "
-                       "they must all be equal (use merge='concat' for different widths).")
+      raise ValueError(
+        f"Parallel(merge={self.merge!r}): the branch outputs have shapes {shapes}; "
+        "they must all be equal (use merge='concat' for different widths)."
+      )
     if self.merge == "sum":
       return sum(ys[1:], ys[0])
     return jnp.stack(ys, axis=-1)
@@ -165,8 +185,9 @@ class Flatten(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if x.ndim < 2:
-      raise ValueError(f"Flatten keeps the batch axis and needs at least [B, d]; got shape "
-                       f"{x.shape}.")
+      raise ValueError(
+        f"Flatten keeps the batch axis and needs at least [B, d]; got shape {x.shape}."
+      )
     return x.reshape(x.shape[0], -1)
 
 
@@ -222,8 +243,10 @@ class Pool(nn.Module):
     window = as_tuple(self.window)
     strides = window if self.strides is None else as_tuple(self.strides)
     if len(window) != spatial or len(strides) != spatial:
-      raise ValueError(f"Pool: window {window} / strides {strides} need one entry per spatial "
-                       f"axis ({spatial} for inputs of shape {x.shape}).")
+      raise ValueError(
+        f"Pool: window {window} / strides {strides} need one entry per spatial "
+        f"axis ({spatial} for inputs of shape {x.shape})."
+      )
     pool = pooling.max_pool if self.kind == "max" else pooling.avg_pool
     return pool(x, window, strides, self.padding, impl=self.impl)
 
@@ -237,8 +260,9 @@ class GlobalAvgPool(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if x.ndim < 3:
-      raise ValueError(f"GlobalAvgPool takes [B, ..., C] with at least one axis to average; got "
-                       f"shape {x.shape}.")
+      raise ValueError(
+        f"GlobalAvgPool takes [B, ..., C] with at least one axis to average; got shape {x.shape}."
+      )
     return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
 
 
@@ -273,8 +297,13 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
-    return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                        epsilon=self.epsilon, dtype=self.dtype, name="bn")(x)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.momentum,
+      epsilon=self.epsilon,
+      dtype=self.dtype,
+      name="bn",
+    )(x)
 
 
 class Embed(nn.Module):
@@ -293,8 +322,10 @@ class Embed(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array) -> Array:
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(f"Embed takes integer token ids; got dtype {tokens.dtype}. Put it first, "
-                       "on the tokens, not after a layer that makes floats.")
+      raise ValueError(
+        f"Embed takes integer token ids; got dtype {tokens.dtype}. Put it first, "
+        "on the tokens, not after a layer that makes floats."
+      )
     return nn.Embed(self.vocab_size, self.dim, dtype=self.dtype, name="embed")(tokens)
 
 
@@ -307,13 +338,17 @@ class PositionEmbedding(nn.Module):
   @nn.compact
   def __call__(self, x_BTD: Array) -> Array:
     if x_BTD.ndim != 3:
-      raise ValueError(f"PositionEmbedding takes tokens [B, T, D]; got shape {x_BTD.shape}. "
-                       "Turn a feature map into tokens first (ImageTokens).")
+      raise ValueError(
+        f"PositionEmbedding takes tokens [B, T, D]; got shape {x_BTD.shape}. "
+        "Turn a feature map into tokens first (ImageTokens)."
+      )
     if self.has_variable("params", "embedding"):  # Flax's own shape error names no fix.
       _, T, D = self.get_variable("params", "embedding").shape
       if (T, D) != x_BTD.shape[1:]:
-        raise ValueError(f"PositionEmbedding was initialised for {T} tokens of width {D}, but "
-                         f"got tokens {x_BTD.shape}; feed images of the size it was built for.")
+        raise ValueError(
+          f"PositionEmbedding was initialised for {T} tokens of width {D}, but "
+          f"got tokens {x_BTD.shape}; feed images of the size it was built for."
+        )
     pos_1TD = self.param("embedding", nn.initializers.normal(0.02), (1, *x_BTD.shape[1:]))
     return x_BTD + pos_1TD.astype(x_BTD.dtype)
 
@@ -342,11 +377,16 @@ class RNN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTD: Array, *, mask_BT: Array | None = None,
-               train: bool = False) -> Array:
-    rnn = StackedRNN(self.features, self.cell_type, num_layers=self.num_layers,
-                     bidirectional=self.bidirectional, dropout_rate=self.dropout_rate,
-                     dtype=self.dtype, name="rnn")
+  def __call__(self, x_BTD: Array, *, mask_BT: Array | None = None, train: bool = False) -> Array:
+    rnn = StackedRNN(
+      self.features,
+      self.cell_type,
+      num_layers=self.num_layers,
+      bidirectional=self.bidirectional,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      name="rnn",
+    )
     y_BTH, carries = rnn(x_BTD.astype(self.dtype), mask_BT=mask_BT, train=train)
     return y_BTH if self.return_sequences else rnn.final_hidden(carries)
 
@@ -375,12 +415,15 @@ class AttentionPooling(nn.Module):
     if x_BTD.ndim != 3:
       raise ValueError(f"AttentionPooling takes [B, T, D]; got shape {x_BTD.shape}.")
     if mask_BT is not None and mask_BT.shape != x_BTD.shape[:2]:
-      raise ValueError(f"AttentionPooling: mask_BT must have shape (batch, time) = "
-                       f"{x_BTD.shape[:2]} for inputs {x_BTD.shape}; got {mask_BT.shape}.")
+      raise ValueError(
+        f"AttentionPooling: mask_BT must have shape (batch, time) = "
+        f"{x_BTD.shape[:2]} for inputs {x_BTD.shape}; got {mask_BT.shape}."
+      )
     keys_BTA = jnp.tanh(nn.Dense(self.dim, dtype=self.dtype, name="proj")(x_BTD))
     query_A = self.param("query", nn.initializers.zeros_init(), (self.dim,))
-    scores_BT = jnp.einsum("bta,a->bt", keys_BTA, query_A.astype(keys_BTA.dtype),
-                           preferred_element_type=jnp.float32)
+    scores_BT = jnp.einsum(
+      "bta,a->bt", keys_BTA, query_A.astype(keys_BTA.dtype), preferred_element_type=jnp.float32
+    )
     if mask_BT is not None:
       mask_BT = mask_BT.astype(bool)
       # A finite fill keeps rows with no valid step free of inf - inf; they are zeroed below.
@@ -409,8 +452,11 @@ class Classifier(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if x.ndim < 2:
-      raise ValueError(f"Classifier takes features [B, ..., D]; got shape {x.shape}. Flatten or "
-                       "pool a feature map first (Flatten, GlobalAvgPool).")
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, dot_general=F32_DOT_GENERAL,
-                      name="logits")(x)
+      raise ValueError(
+        f"Classifier takes features [B, ..., D]; got shape {x.shape}. Flatten or "
+        "pool a feature map first (Flatten, GlobalAvgPool)."
+      )
+    logits = nn.Dense(
+      self.num_classes, dtype=self.dtype, dot_general=F32_DOT_GENERAL, name="logits"
+    )(x)
     return logits.astype(jnp.float32)

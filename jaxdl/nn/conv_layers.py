@@ -29,11 +29,10 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
-from jaxdl.kernels import conv_pool
-from jaxdl.kernels import im2col
+from jaxdl.kernels import conv_pool, im2col
 from jaxdl.nn import pooling
 
 KERNELS = ("auto", "plain", "xla", "im2col", "fused", "winograd")
@@ -45,9 +44,11 @@ def resolve(kernels: str) -> str:
   CPU device, xla on several (each device's share of the batch is small, and XLA's convolutions
   were the faster ones there), plain off the CPU."""
   if kernels not in KERNELS:
-    raise ValueError(f"Unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)} "
-                     "(jaxdl.nn.conv_layers: 'plain' is Flax's layers, 'auto' the fastest "
-                     "measured for the devices).")
+    raise ValueError(
+      f"Unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)} "
+      "(jaxdl.nn.conv_layers: 'plain' is Flax's layers, 'auto' the fastest "
+      "measured for the devices)."
+    )
   if kernels != "auto":
     return kernels
   if jax.default_backend() != "cpu":
@@ -57,8 +58,9 @@ def resolve(kernels: str) -> str:
 
 class ConvReluMaxPool(nn.Module):
   """`nn.Conv(features, kernel_size, padding=padding)` -> relu -> max_pool(window, window), as
-  one `jaxdl.kernels.conv_pool.conv_relu_max_pool` op, with nn.Conv's parameters ("kernel", "bias": the same names,
-  shapes and initial values), so checkpoints move freely between this and the unfused layers."""
+  one `jaxdl.kernels.conv_pool.conv_relu_max_pool` op, with nn.Conv's parameters ("kernel",
+  "bias": the same names, shapes and initial values), so checkpoints move freely between this
+  and the unfused layers."""
 
   features: int
   kernel_size: Sequence[int]
@@ -74,18 +76,19 @@ class ConvReluMaxPool(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel_size = tuple(self.kernel_size)
-    kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features),
-                        self.param_dtype)
+    kernel = self.param(
+      "kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype
+    )
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     if isinstance(self.padding, str):
-      pads = lax.padtype_to_pads(x.shape[1:-1], kernel_size, (1,) * len(kernel_size),
-                                 self.padding)
+      pads = lax.padtype_to_pads(x.shape[1:-1], kernel_size, (1,) * len(kernel_size), self.padding)
     else:
       pads = self.padding
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return conv_pool.conv_relu_max_pool(x, kernel, bias, pads, tuple(self.window),
-                                        self.precision, self.impl)
+    return conv_pool.conv_relu_max_pool(
+      x, kernel, bias, pads, tuple(self.window), self.precision, self.impl
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,31 +105,56 @@ class ConvLayers:
   def resolved(self) -> str:
     return resolve(self.kernels)
 
-  def conv(self, features: int, kernel_size: Sequence[int],
-           padding: str | Sequence[tuple[int, int]] = "VALID", *,
-           name: str | None = None) -> nn.Conv:
+  def conv(
+    self,
+    features: int,
+    kernel_size: Sequence[int],
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    *,
+    name: str | None = None,
+  ) -> nn.Conv:
     """`nn.Conv` (stride 1), run by matmuls over patches with the im2col-based kernel sets."""
-    return nn.Conv(features, tuple(kernel_size), padding=padding, kernel_init=self.kernel_init,
-                   dtype=self.dtype, param_dtype=self.param_dtype,
-                   conv_general_dilated=(im2col.im2col_conv_general_dilated
-                                         if self.resolved in _IM2COL_CONVS else None),
-                   name=name)
+    return nn.Conv(
+      features,
+      tuple(kernel_size),
+      padding=padding,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      conv_general_dilated=(
+        im2col.im2col_conv_general_dilated if self.resolved in _IM2COL_CONVS else None
+      ),
+      name=name,
+    )
 
   def max_pool(self, x: jax.Array, window: Sequence[int]) -> jax.Array:
     """A max-pool whose strides are its window (VALID), as `nn.max_pool`."""
     impl = "reduce_window" if self.resolved == "plain" else "reshape"
     return pooling.max_pool(x, tuple(window), tuple(window), impl=impl)
 
-  def conv_relu_pool(self, x: jax.Array, features: int, kernel_size: Sequence[int],
-                     window: Sequence[int] = (2, 2),
-                     padding: str | Sequence[tuple[int, int]] = "VALID", *,
-                     name: str | None = None) -> jax.Array:
+  def conv_relu_pool(
+    self,
+    x: jax.Array,
+    features: int,
+    kernel_size: Sequence[int],
+    window: Sequence[int] = (2, 2),
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    *,
+    name: str | None = None,
+  ) -> jax.Array:
     """max_pool(relu(conv(x))), as one op with the "fused" and "winograd" kernels; the
     convolution's parameters are `name`'s either way."""
     if self.resolved in ("fused", "winograd"):
-      return ConvReluMaxPool(features, tuple(kernel_size), window=tuple(window), padding=padding,
-                             kernel_init=self.kernel_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             impl="im2col" if self.resolved == "fused" else "auto", name=name)(x)
+      return ConvReluMaxPool(
+        features,
+        tuple(kernel_size),
+        window=tuple(window),
+        padding=padding,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        impl="im2col" if self.resolved == "fused" else "auto",
+        name=name,
+      )(x)
     y = nn.relu(self.conv(features, kernel_size, padding, name=name)(x))
     return self.max_pool(y, window)

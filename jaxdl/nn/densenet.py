@@ -17,8 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.nn import pooling
-from jaxdl.nn import registry
+from jaxdl.nn import pooling, registry
 from jaxdl.nn.dropout import Dropout
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
@@ -26,14 +25,15 @@ Array = jax.Array
 
 # depth -> (growth rate k, layers per block, stem channels), torchvision's table.
 DENSENET_DEPTHS: dict[int, tuple[int, tuple[int, ...], int]] = {
-    121: (32, (6, 12, 24, 16), 64),
-    161: (48, (6, 12, 36, 24), 96),
-    169: (32, (6, 12, 32, 32), 64),
-    201: (32, (6, 12, 48, 32), 64),
+  121: (32, (6, 12, 24, 16), 64),
+  161: (48, (6, 12, 36, 24), 96),
+  169: (32, (6, 12, 32, 32), 64),
+  201: (32, (6, 12, 48, 32), 64),
 }
 
-DENSENET_PRESETS: dict[str, dict[str, Any]] = {f"densenet{d}": dict(depth=d)
-                                               for d in DENSENET_DEPTHS}
+DENSENET_PRESETS: dict[str, dict[str, Any]] = {
+  f"densenet{d}": dict(depth=d) for d in DENSENET_DEPTHS
+}
 
 # torchvision: Kaiming-normal convolutions (fan_in, ReLU gain), BatchNorm 1/0, torch's default
 # nn.Linear weights U(+-1/sqrt(fan_in)) and a zero bias for the classifier.
@@ -47,13 +47,27 @@ class _ConvBN(nn.Module):
 
   def conv(self, features: int, kernel: int, name: str, strides: int = 1) -> nn.Conv:
     pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                   use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name=name)
+    return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=strides,
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=_CONV_INIT,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
 
   def bn_relu(self, x: Array, train: bool, name: str) -> Array:
-    bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    bn = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
     return nn.relu(bn(x))
 
 
@@ -123,8 +137,10 @@ class DenseNet(_ConvBN):
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
     """images [B, H, W, C] -> logits [B, K]; `train` uses and updates batch statistics."""
     if self.depth not in DENSENET_DEPTHS:
-      raise ValueError(f"DenseNet: unknown depth {self.depth}; choose one of "
-                       f"{', '.join(map(str, DENSENET_DEPTHS))}.")
+      raise ValueError(
+        f"DenseNet: unknown depth {self.depth}; choose one of "
+        f"{', '.join(map(str, DENSENET_DEPTHS))}."
+      )
     if not 0.0 < self.compression <= 1.0:
       raise ValueError(f"DenseNet: compression must be in (0, 1]; got {self.compression}.")
     if x_BHWC.ndim != 4:
@@ -135,18 +151,29 @@ class DenseNet(_ConvBN):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     x = self.conv(channels, 7, "conv0", strides=2)(x_BHWC.astype(self.dtype))
-    x = nn.max_pool(self.bn_relu(x, train, "norm0"), (3, 3), strides=(2, 2),
-                    padding=((1, 1), (1, 1)))
+    x = nn.max_pool(
+      self.bn_relu(x, train, "norm0"), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))
+    )
     for i, num_layers in enumerate(block_sizes, start=1):
       for j in range(1, num_layers + 1):
-        x = DenseLayer(growth_rate=growth, bn_size=self.bn_size, drop_rate=self.drop_rate,
-                       name=f"denseblock{i}_denselayer{j}", **kw)(x, train=train)
+        x = DenseLayer(
+          growth_rate=growth,
+          bn_size=self.bn_size,
+          drop_rate=self.drop_rate,
+          name=f"denseblock{i}_denselayer{j}",
+          **kw,
+        )(x, train=train)
       channels += num_layers * growth
       if i < len(block_sizes):
         channels = int(channels * self.compression)  # torchvision: int(), i.e. rounded down.
         x = Transition(features=channels, name=f"transition{i}", **kw)(x, train=train)
     x = self.bn_relu(x, train, "norm5")
     x_BC = jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(self.dtype)
-    return nn.Dense(self.num_classes, kernel_init=_FC_INIT, dtype=self.dtype,
-                    param_dtype=self.param_dtype, dot_general=F32_DOT_GENERAL,
-                    name="classifier")(x_BC)
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=_FC_INIT,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      dot_general=F32_DOT_GENERAL,
+      name="classifier",
+    )(x_BC)

@@ -60,8 +60,9 @@ class Dropout(nn.Dropout):
   """
 
   @nn.compact
-  def __call__(self, inputs: Array, deterministic: bool | None = None,
-               rng: Array | None = None) -> Array:
+  def __call__(
+    self, inputs: Array, deterministic: bool | None = None, rng: Array | None = None
+  ) -> Array:
     """Applies a random dropout mask to `inputs` and rescales the kept entries by 1 / (1 - rate).
 
     Args:

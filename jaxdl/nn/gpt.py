@@ -15,8 +15,9 @@ Decoding protocol (shared with the recurrent LM, so one sampler serves both):
                               mutable=["cache"])             # then one token at a time
 
 A fresh cache is all zeros, so zeros of the shapes from `jax.eval_shape` of that init make one
-without initialising any weights. A cache built from L_max tokens holds L_max positions (L_max <= block_size); decoding past them is
-the caller's job to avoid (jaxdl.sampling starts a fresh cache from the recent context).
+without initialising any weights. A cache built from L_max tokens holds L_max positions
+(L_max <= block_size); decoding past them is the caller's job to avoid (jaxdl.sampling starts
+a fresh cache from the recent context).
 """
 
 import math
@@ -35,19 +36,26 @@ from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock, tied_logits
 Array = jax.Array
 
 GPT_PRESETS: dict[str, dict[str, Any]] = {
-    # 124,439,808 parameters (the GPT-2 "124M" checkpoint).
-    "gpt2_small": dict(vocab_size=50257, block_size=1024, num_layers=12, num_heads=12,
-                       embed_dim=768),
-    # 354,823,168 parameters (the GPT-2 "355M" checkpoint).
-    "gpt2_medium": dict(vocab_size=50257, block_size=1024, num_layers=24, num_heads=16,
-                        embed_dim=1024),
-    # nanoGPT's config/train_shakespeare_char.py "baby GPT". Its train.py defaults to bias=False,
-    # which the config keeps: 10,745,088 parameters, of which nanoGPT reports the 10.65M that are
-    # not position embeddings.
-    "gpt_char_baby": dict(vocab_size=65, block_size=256, num_layers=6, num_heads=6, embed_dim=384,
-                          dropout_rate=0.2, use_bias=False),
-    # For CPU tests and smoke runs on character data: 0.8M parameters.
-    "gpt_tiny": dict(vocab_size=65, block_size=128, num_layers=4, num_heads=4, embed_dim=128),
+  # 124,439,808 parameters (the GPT-2 "124M" checkpoint).
+  "gpt2_small": dict(vocab_size=50257, block_size=1024, num_layers=12, num_heads=12, embed_dim=768),
+  # 354,823,168 parameters (the GPT-2 "355M" checkpoint).
+  "gpt2_medium": dict(
+    vocab_size=50257, block_size=1024, num_layers=24, num_heads=16, embed_dim=1024
+  ),
+  # nanoGPT's config/train_shakespeare_char.py "baby GPT". Its train.py defaults to bias=False,
+  # which the config keeps: 10,745,088 parameters, of which nanoGPT reports the 10.65M that are
+  # not position embeddings.
+  "gpt_char_baby": dict(
+    vocab_size=65,
+    block_size=256,
+    num_layers=6,
+    num_heads=6,
+    embed_dim=384,
+    dropout_rate=0.2,
+    use_bias=False,
+  ),
+  # For CPU tests and smoke runs on character data: 0.8M parameters.
+  "gpt_tiny": dict(vocab_size=65, block_size=128, num_layers=4, num_heads=4, embed_dim=128),
 }
 
 
@@ -93,15 +101,23 @@ class GPT(nn.Module):
       raise ValueError(f"GPT expects tokens [B, T]; got shape {tokens_BT.shape}.")
     t = tokens_BT.shape[1]
     if t > self.block_size:
-      raise ValueError(f"GPT: sequence length {t} exceeds block_size={self.block_size}; crop the "
-                       "input to the last block_size tokens or build the model with a larger "
-                       "block_size.")
+      raise ValueError(
+        f"GPT: sequence length {t} exceeds block_size={self.block_size}; crop the "
+        "input to the last block_size tokens or build the model with a larger "
+        "block_size."
+      )
     init = nn.initializers.normal(0.02)
     # GPT-2: "scale the weights of residual layers at initialization by 1/sqrt(N)", N = 2 * layers
     # residual branches (attention and MLP in each block).
     residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
-    embed = lambda num, name: nn.Embed(num, self.embed_dim, embedding_init=init, dtype=self.dtype,
-                                       param_dtype=self.param_dtype, name=name)
+    embed = lambda num, name: nn.Embed(
+      num,
+      self.embed_dim,
+      embedding_init=init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
     wte = embed(self.vocab_size, "wte")
     wpe = embed(self.block_size, "wpe")
 
@@ -119,24 +135,45 @@ class GPT(nn.Module):
     x_BTD = wte(tokens_BT) + wpe(start + jnp.arange(t))
     x_BTD = Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
 
-    attention_dropout = (self.dropout_rate if self.attention_dropout_rate is None
-                         else self.attention_dropout_rate)
+    attention_dropout = (
+      self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
+    )
     for i in range(self.num_layers):
       x_BTD = TransformerBlock(
-          self.num_heads, self.mlp_dim or 4 * self.embed_dim, num_kv_heads=self.num_kv_heads,
-          pre_ln=True, activation="gelu_tanh", dropout_rate=self.dropout_rate,
-          attention_dropout_rate=attention_dropout, use_bias=self.use_bias,
-          layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-          param_dtype=self.param_dtype, kernel_init=init, out_kernel_init=residual_init,
-          attention_impl=self.attention_impl, name=f"block_{i}")(
-              x_BTD, mask=mask, train=train, decode=decode)
-    x_BTD = nn.LayerNorm(self.layer_norm_epsilon, use_bias=self.use_bias, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="ln_f")(x_BTD)
+        self.num_heads,
+        self.mlp_dim or 4 * self.embed_dim,
+        num_kv_heads=self.num_kv_heads,
+        pre_ln=True,
+        activation="gelu_tanh",
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=attention_dropout,
+        use_bias=self.use_bias,
+        layer_norm_epsilon=self.layer_norm_epsilon,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=init,
+        out_kernel_init=residual_init,
+        attention_impl=self.attention_impl,
+        name=f"block_{i}",
+      )(x_BTD, mask=mask, train=train, decode=decode)
+    x_BTD = nn.LayerNorm(
+      self.layer_norm_epsilon,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="ln_f",
+    )(x_BTD)
     # On [B*T, D] rather than [B, T, D]: the same numbers, and a faster backward on CPU (see
     # jaxdl.kernels.dense.flat_apply).
     if self.tie_embeddings:
       return flat_apply(lambda x_ND: tied_logits(x_ND[None], wte.embedding)[0], x_BTD)
-    lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                       param_dtype=self.param_dtype, kernel_init=init,
-                       dot_general=F32_DOT_GENERAL, name="lm_head")
+    lm_head = nn.Dense(
+      self.vocab_size,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=init,
+      dot_general=F32_DOT_GENERAL,
+      name="lm_head",
+    )
     return flat_apply(lm_head, x_BTD)

@@ -16,14 +16,21 @@ POOL_IMPLS = ("reshape", "reduce_window")
 
 def _check_impl(impl: str) -> None:
   if impl not in POOL_IMPLS:
-    raise ValueError(f"Unknown pooling implementation {impl!r}; choose one of {POOL_IMPLS} "
-                     "('reshape' is the fast path for non-overlapping windows, 'reduce_window' "
-                     "is Flax's nn.max_pool/avg_pool).")
+    raise ValueError(
+      f"Unknown pooling implementation {impl!r}; choose one of {POOL_IMPLS} "
+      "('reshape' is the fast path for non-overlapping windows, 'reduce_window' "
+      "is Flax's nn.max_pool/avg_pool)."
+    )
 
 
-def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] | None = None,
-             padding: str | Sequence[tuple[int, int]] = "VALID", *,
-             impl: str = "reshape") -> jax.Array:
+def max_pool(
+  x: jax.Array,
+  window_shape: Sequence[int],
+  strides: Sequence[int] | None = None,
+  padding: str | Sequence[tuple[int, int]] = "VALID",
+  *,
+  impl: str = "reshape",
+) -> jax.Array:
   """`flax.linen.max_pool` with the same arguments and results; faster for tiling windows.
 
   Args:
@@ -39,9 +46,14 @@ def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] |
   return nn.max_pool(x, window, strides=strides, padding=padding)
 
 
-def avg_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] | None = None,
-             padding: str | Sequence[tuple[int, int]] = "VALID", *,
-             impl: str = "reshape") -> jax.Array:
+def avg_pool(
+  x: jax.Array,
+  window_shape: Sequence[int],
+  strides: Sequence[int] | None = None,
+  padding: str | Sequence[tuple[int, int]] = "VALID",
+  *,
+  impl: str = "reshape",
+) -> jax.Array:
   """`flax.linen.avg_pool` (count_include_pad=True) with a reshape path for tiling windows."""
   _check_impl(impl)
   window = tuple(window_shape)

@@ -30,22 +30,28 @@ MERGES = ("concat", "sum")
 def sequence_mask(x_BTD: Array, lengths_B: Array | None, mask_BT: Array | None) -> Array | None:
   """Checks `x_BTD` and the padding arguments; returns the bool mask [B, T], or None if unpadded."""
   if x_BTD.ndim != 3:
-    raise ValueError(f"Recurrent layers take inputs [batch, time, features]; got shape "
-                     f"{x_BTD.shape}. Add a batch axis with x[None] or use jax.vmap for more.")
+    raise ValueError(
+      f"Recurrent layers take inputs [batch, time, features]; got shape "
+      f"{x_BTD.shape}. Add a batch axis with x[None] or use jax.vmap for more."
+    )
   B, T, _ = x_BTD.shape
   if lengths_B is not None and mask_BT is not None:
     raise ValueError("Pass lengths_B or mask_BT, not both: lengths_B=l is mask_BT=arange(T) < l.")
   if lengths_B is not None:
     lengths_B = jnp.asarray(lengths_B)
     if lengths_B.shape != (B,):
-      raise ValueError(f"lengths_B must have shape (batch,) = ({B},) for inputs of shape "
-                       f"{x_BTD.shape}; got shape {lengths_B.shape}.")
+      raise ValueError(
+        f"lengths_B must have shape (batch,) = ({B},) for inputs of shape "
+        f"{x_BTD.shape}; got shape {lengths_B.shape}."
+      )
     return jnp.arange(T)[None, :] < lengths_B[:, None]
   if mask_BT is not None:
     mask_BT = jnp.asarray(mask_BT)
     if mask_BT.shape != (B, T):
-      raise ValueError(f"mask_BT must have shape (batch, time) = ({B}, {T}) for inputs of shape "
-                       f"{x_BTD.shape}; got shape {mask_BT.shape}.")
+      raise ValueError(
+        f"mask_BT must have shape (batch, time) = ({B}, {T}) for inputs of shape "
+        f"{x_BTD.shape}; got shape {mask_BT.shape}."
+      )
     return mask_BT.astype(bool)
   return None
 
@@ -55,8 +61,10 @@ def _check_carry(name: str, carry: Carry, expected: Carry) -> Carry:
   shapes = jax.tree.map(jnp.shape, carry)
   expected_shapes = jax.tree.map(jnp.shape, expected)
   if (jax.tree.structure(carry) != jax.tree.structure(expected)) or shapes != expected_shapes:
-    raise ValueError(f"{name}: initial carry has shapes {shapes}; this cell needs "
-                     f"{expected_shapes} (an LSTM carry is a (c, h) tuple).")
+    raise ValueError(
+      f"{name}: initial carry has shapes {shapes}; this cell needs "
+      f"{expected_shapes} (an LSTM carry is a (c, h) tuple)."
+    )
   return jax.tree.map(lambda a: jnp.asarray(a, CARRY_DTYPE), carry)
 
 
@@ -86,9 +94,14 @@ class Recurrent(nn.Module):
   reverse: bool = False
   unroll: int = 1
 
-  def __call__(self, x_BTD: Array, *, initial_carry: Carry | None = None,
-               lengths_B: Array | None = None,
-               mask_BT: Array | None = None) -> tuple[Array, Carry]:
+  def __call__(
+    self,
+    x_BTD: Array,
+    *,
+    initial_carry: Carry | None = None,
+    lengths_B: Array | None = None,
+    mask_BT: Array | None = None,
+  ) -> tuple[Array, Carry]:
     """Runs the sequence.
 
     Args:
@@ -102,17 +115,28 @@ class Recurrent(nn.Module):
     """
     mask_BT = sequence_mask(x_BTD, lengths_B, mask_BT)
     expected = self.cell.initialize_carry(x_BTD.shape[:1])
-    carry = expected if initial_carry is None else _check_carry(
-        type(self).__name__, initial_carry, expected)
+    carry = (
+      expected
+      if initial_carry is None
+      else _check_carry(type(self).__name__, initial_carry, expected)
+    )
     # Time-major for the scan; transpose x (D wide) rather than the projection (G*H wide).
     xg_TBG = self.cell.project_inputs(jnp.swapaxes(x_BTD, 0, 1))
     valid_TB = None if mask_BT is None else mask_BT.T
     if hasattr(self.cell, "recurrence"):  # The cell's own loop over time (the LSTM's).
-      carry, y_TBH = self.cell.recurrence(carry, xg_TBG, valid_TB, reverse=self.reverse,
-                                          unroll=self.unroll)
+      carry, y_TBH = self.cell.recurrence(
+        carry, xg_TBG, valid_TB, reverse=self.reverse, unroll=self.unroll
+      )
       return jnp.swapaxes(y_TBH, 0, 1), carry
-    scan = nn.scan(_scan_body, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=0, out_axes=0, reverse=self.reverse, unroll=self.unroll)
+    scan = nn.scan(
+      _scan_body,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=0,
+      out_axes=0,
+      reverse=self.reverse,
+      unroll=self.unroll,
+    )
     carry, y_TBH = scan(self.cell, carry, (xg_TBG, valid_TB))
     return jnp.swapaxes(y_TBH, 0, 1), carry
 
@@ -145,31 +169,38 @@ class Bidirectional(nn.Module):
   backward: Recurrent
   merge: str = "concat"
 
-  def __call__(self, x_BTD: Array, *, initial_carry: tuple[Carry, Carry] | None = None,
-               lengths_B: Array | None = None,
-               mask_BT: Array | None = None) -> tuple[Array, tuple[Carry, Carry]]:
+  def __call__(
+    self,
+    x_BTD: Array,
+    *,
+    initial_carry: tuple[Carry, Carry] | None = None,
+    lengths_B: Array | None = None,
+    mask_BT: Array | None = None,
+  ) -> tuple[Array, tuple[Carry, Carry]]:
     """Returns (outputs [B, T, 2H] for "concat" or [B, T, H] for "sum", (fwd, bwd) carries)."""
     if self.merge not in MERGES:
       raise ValueError(f"Unknown merge {self.merge!r}; choose one of {MERGES}.")
     if self.forward.reverse or not self.backward.reverse:
-      raise ValueError("Bidirectional needs forward=Recurrent(cell) and "
-                       "backward=Recurrent(cell, reverse=True).")
+      raise ValueError(
+        "Bidirectional needs forward=Recurrent(cell) and backward=Recurrent(cell, reverse=True)."
+      )
     if initial_carry is None:
       init_fwd = init_bwd = None
     elif isinstance(initial_carry, (tuple, list)) and len(initial_carry) == 2:
       init_fwd, init_bwd = initial_carry
     else:
       raise ValueError("Bidirectional's initial_carry is a pair (forward carry, backward carry).")
-    y_fwd, carry_fwd = self.forward(x_BTD, initial_carry=init_fwd, lengths_B=lengths_B,
-                                    mask_BT=mask_BT)
-    y_bwd, carry_bwd = self.backward(x_BTD, initial_carry=init_bwd, lengths_B=lengths_B,
-                                     mask_BT=mask_BT)
+    y_fwd, carry_fwd = self.forward(
+      x_BTD, initial_carry=init_fwd, lengths_B=lengths_B, mask_BT=mask_BT
+    )
+    y_bwd, carry_bwd = self.backward(
+      x_BTD, initial_carry=init_bwd, lengths_B=lengths_B, mask_BT=mask_BT
+    )
     return merge_directions(y_fwd, y_bwd, self.merge), (carry_fwd, carry_bwd)
 
   @nn.nowrap
   def initialize_carry(self, batch_shape: tuple[int, ...]) -> tuple[Carry, Carry]:
-    return (self.forward.initialize_carry(batch_shape),
-            self.backward.initialize_carry(batch_shape))
+    return (self.forward.initialize_carry(batch_shape), self.backward.initialize_carry(batch_shape))
 
 
 class StackedRNN(nn.Module):
@@ -216,10 +247,12 @@ class StackedRNN(nn.Module):
   @nn.nowrap
   def _make_layer(self) -> nn.Module:
     if self.bidirectional:
-      return Bidirectional(Recurrent(self._make_cell(), unroll=self.unroll, parent=None),
-                           Recurrent(self._make_cell(), reverse=True, unroll=self.unroll,
-                                     parent=None),
-                           merge=self.merge, parent=None)
+      return Bidirectional(
+        Recurrent(self._make_cell(), unroll=self.unroll, parent=None),
+        Recurrent(self._make_cell(), reverse=True, unroll=self.unroll, parent=None),
+        merge=self.merge,
+        parent=None,
+      )
     return Recurrent(self._make_cell(), unroll=self.unroll, parent=None)
 
   def setup(self):
@@ -235,13 +268,21 @@ class StackedRNN(nn.Module):
     if carries is None:
       return [None] * self.num_layers
     if not isinstance(carries, (tuple, list)) or len(carries) != self.num_layers:
-      raise ValueError(f"StackedRNN: pass one carry per layer ({self.num_layers}) as a tuple or "
-                       "list; initialize_carry(batch_shape) shows the structure.")
+      raise ValueError(
+        f"StackedRNN: pass one carry per layer ({self.num_layers}) as a tuple or "
+        "list; initialize_carry(batch_shape) shows the structure."
+      )
     return carries
 
-  def __call__(self, x_BTD: Array, *, initial_carry: Sequence[Carry] | None = None,
-               lengths_B: Array | None = None, mask_BT: Array | None = None,
-               train: bool = False) -> tuple[Array, tuple[Carry, ...]]:
+  def __call__(
+    self,
+    x_BTD: Array,
+    *,
+    initial_carry: Sequence[Carry] | None = None,
+    lengths_B: Array | None = None,
+    mask_BT: Array | None = None,
+    train: bool = False,
+  ) -> tuple[Array, tuple[Carry, ...]]:
     """Runs the stack over a sequence.
 
     Args:
@@ -272,9 +313,11 @@ class StackedRNN(nn.Module):
     Equals __call__'s step t given the carries after step t-1. Dropout is off (inference).
     """
     if self.bidirectional:
-      raise ValueError("StackedRNN.step decodes one step forward in time, which a bidirectional "
-                       "stack cannot do (its backward half needs the future); run __call__ on the "
-                       "whole sequence instead.")
+      raise ValueError(
+        "StackedRNN.step decodes one step forward in time, which a bidirectional "
+        "stack cannot do (its backward half needs the future); run __call__ on the "
+        "whole sequence instead."
+      )
     carries = self._check_carries(carries)
     new = []
     y = x_BD

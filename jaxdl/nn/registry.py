@@ -39,8 +39,9 @@ def _where(cls: type) -> str:
   return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def register(name: str, cls: type[nn.Module] | None = None,
-             presets: Mapping[str, Mapping[str, Any]] = ()) -> Any:
+def register(
+  name: str, cls: type[nn.Module] | None = None, presets: Mapping[str, Mapping[str, Any]] = ()
+) -> Any:
   """Adds model class `cls` under `name`, and each preset (name -> arguments) as a configuration
   of it. Without `cls`, returns a class decorator that does so, for use at the definition site:
 
@@ -64,33 +65,46 @@ def register(name: str, cls: type[nn.Module] | None = None,
       argument `cls` does not take, or `cls` is not a Linen module class.
   """
   if cls is None:
+
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
       return register(name, cls, presets)
+
     return decorator
   if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-    raise ValueError(f"register({name!r}, ...) got {cls!r}, not a flax.linen.Module subclass; "
-                     "register the module class (a function returning a module can be named "
-                     "by model.cls='package.module:function' instead).")
+    raise ValueError(
+      f"register({name!r}, ...) got {cls!r}, not a flax.linen.Module subclass; "
+      "register the module class (a function returning a module can be named "
+      "by model.cls='package.module:function' instead)."
+    )
   # Check everything before changing anything, so a failed registration leaves no half entry.
   if name in MODELS and not _same_class(MODELS[name], cls):
-    raise ValueError(f"Model name {name!r} is already registered to {_where(MODELS[name])}; "
-                     f"register {_where(cls)} under another name.")
+    raise ValueError(
+      f"Model name {name!r} is already registered to {_where(MODELS[name])}; "
+      f"register {_where(cls)} under another name."
+    )
   if name in PRESETS:
-    raise ValueError(f"Model name {name!r} is already a standard configuration of "
-                     f"{PRESETS[name][0]!r}; register {_where(cls)} under another name.")
+    raise ValueError(
+      f"Model name {name!r} is already a standard configuration of "
+      f"{PRESETS[name][0]!r}; register {_where(cls)} under another name."
+    )
   presets = {preset: dict(kwargs) for preset, kwargs in dict(presets).items()}
   fields = model_fields(cls)
   for preset, kwargs in presets.items():
     if preset in MODELS or preset == name:
-      raise ValueError(f"Preset {preset!r} of model {name!r} has the name of a model; rename "
-                       "the preset.")
+      raise ValueError(
+        f"Preset {preset!r} of model {name!r} has the name of a model; rename the preset."
+      )
     if preset in PRESETS and PRESETS[preset][0] != name:
-      raise ValueError(f"Preset {preset!r} of model {name!r} is already a preset of "
-                       f"{PRESETS[preset][0]!r}; rename one of them.")
+      raise ValueError(
+        f"Preset {preset!r} of model {name!r} is already a preset of "
+        f"{PRESETS[preset][0]!r}; rename one of them."
+      )
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-      raise ValueError(f"Preset {preset!r} of model {name!r} sets {unknown}, which "
-                       f"{_where(cls)} does not take; it takes {sorted(fields)}.")
+      raise ValueError(
+        f"Preset {preset!r} of model {name!r} sets {unknown}, which "
+        f"{_where(cls)} does not take; it takes {sorted(fields)}."
+      )
   MODELS[name] = cls
   for preset, kwargs in presets.items():
     PRESETS[preset] = (name, kwargs)
@@ -112,8 +126,10 @@ def resolve(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
   known = sorted(MODELS) + sorted(PRESETS)
   close = difflib.get_close_matches(name, known, n=3)
   hint = f" Did you mean {', '.join(close)}?" if close else ""
-  raise ValueError(f"Unknown model {name!r}.{hint} Known models: {', '.join(sorted(MODELS))}; "
-                   f"standard configurations: {', '.join(sorted(PRESETS))}.")
+  raise ValueError(
+    f"Unknown model {name!r}.{hint} Known models: {', '.join(sorted(MODELS))}; "
+    f"standard configurations: {', '.join(sorted(PRESETS))}."
+  )
 
 
 def convert_dtype_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,8 +141,9 @@ def convert_dtype_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
       try:
         out[key] = jnp.dtype(value)
       except TypeError:
-        raise ValueError(f"Model argument {key}={value!r} is not a dtype; use e.g. float32 or "
-                         "bfloat16.") from None
+        raise ValueError(
+          f"Model argument {key}={value!r} is not a dtype; use e.g. float32 or bfloat16."
+        ) from None
   return out
 
 

@@ -36,16 +36,30 @@ SHORTCUTS = ("projection", "zero_pad")
 def _conv(features: int, kernel: int, strides: int, name: str, module: nn.Module) -> nn.Conv:
   """A bias-free convolution padded like torch's (kernel // 2 on every side)."""
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                 use_bias=False, kernel_init=_CONV_INIT, dtype=module.dtype,
-                 param_dtype=module.param_dtype, name=name)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=strides,
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=_CONV_INIT,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    name=name,
+  )
 
 
 def _bn(train: bool, name: str, module: nn.Module, zero_scale: bool = False) -> nn.BatchNorm:
   """torch's BatchNorm2d defaults (momentum 0.1 = flax 0.9, eps 1e-5); statistics in float32."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-                      dtype=module.dtype, param_dtype=module.param_dtype, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    name=name,
+  )
 
 
 def zero_pad_shortcut(x_BHWC: Array, features: int, strides: int) -> Array:
@@ -54,8 +68,10 @@ def zero_pad_shortcut(x_BHWC: Array, features: int, strides: int) -> Array:
   x = x_BHWC[:, ::strides, ::strides, :]
   extra = features - x.shape[-1]
   if extra < 0:
-    raise ValueError(f"zero_pad_shortcut cannot shrink {x.shape[-1]} channels to {features}; use "
-                     "shortcut='projection'.")
+    raise ValueError(
+      f"zero_pad_shortcut cannot shrink {x.shape[-1]} channels to {features}; use "
+      "shortcut='projection'."
+    )
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
@@ -87,8 +103,9 @@ class _Block(nn.Module):
     if self.shortcut == "zero_pad":
       return zero_pad_shortcut(x_BHWC, out, self.strides)
     if self.shortcut != "projection":
-      raise ValueError(f"Unknown shortcut {self.shortcut!r}; choose one of "
-                       f"{', '.join(map(repr, SHORTCUTS))}.")
+      raise ValueError(
+        f"Unknown shortcut {self.shortcut!r}; choose one of {', '.join(map(repr, SHORTCUTS))}."
+      )
     x = _conv(out, 1, self.strides, "downsample_0", self)(x_BHWC)
     return _bn(train, "downsample_1", self)(x)
 
@@ -121,11 +138,11 @@ class Bottleneck(_Block):
 
 # depth -> (block, blocks per stage), torchvision's table.
 RESNET_DEPTHS: dict[int, tuple[type[_Block], tuple[int, ...]]] = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    34: (BasicBlock, (3, 4, 6, 3)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-    152: (Bottleneck, (3, 8, 36, 3)),
+  18: (BasicBlock, (2, 2, 2, 2)),
+  34: (BasicBlock, (3, 4, 6, 3)),
+  50: (Bottleneck, (3, 4, 6, 3)),
+  101: (Bottleneck, (3, 4, 23, 3)),
+  152: (Bottleneck, (3, 8, 36, 3)),
 }
 
 STEMS = ("imagenet", "cifar")
@@ -133,13 +150,13 @@ STEMS = ("imagenet", "cifar")
 # Presets of `ResNet`. torchvision's counts at 1000 classes: resnet18 11,689,512, resnet34
 # 21,797,672, resnet50 25,557,032, resnet101 44,549,160, resnet152 60,192,808.
 RESNET_PRESETS: dict[str, dict[str, Any]] = {
-    **{f"resnet{d}": dict(depth=d) for d in RESNET_DEPTHS},
-    "resnet18_cifar": dict(depth=18, stem="cifar", num_classes=10),
+  **{f"resnet{d}": dict(depth=d) for d in RESNET_DEPTHS},
+  "resnet18_cifar": dict(depth=18, stem="cifar", num_classes=10),
 }
 
 # Presets of `CifarResNet` (the paper's Table 6): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M parameters.
 CIFAR_RESNET_PRESETS: dict[str, dict[str, Any]] = {
-    f"resnet{d}": dict(depth=d) for d in (20, 32, 44, 56, 110)
+  f"resnet{d}": dict(depth=d) for d in (20, 32, 44, 56, 110)
 }
 
 
@@ -151,8 +168,14 @@ def _check_images(name: str, x_BHWC: Array) -> None:
 def _head(module: nn.Module, x_BHWC: Array) -> Array:
   """Global average pool (accumulated in float32) and fc -> float32 logits [B, K]."""
   x_BC = jnp.mean(x_BHWC, axis=(1, 2), dtype=jnp.float32).astype(module.dtype)
-  return nn.Dense(module.num_classes, kernel_init=_FC_INIT, dtype=module.dtype,
-                  param_dtype=module.param_dtype, dot_general=F32_DOT_GENERAL, name="fc")(x_BC)
+  return nn.Dense(
+    module.num_classes,
+    kernel_init=_FC_INIT,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    dot_general=F32_DOT_GENERAL,
+    name="fc",
+  )(x_BC)
 
 
 @registry.register("resnet", presets=RESNET_PRESETS)
@@ -181,11 +204,14 @@ class ResNet(nn.Module):
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
     """images [B, H, W, C] -> logits [B, K]; `train` uses and updates batch statistics."""
     if self.depth not in RESNET_DEPTHS:
-      raise ValueError(f"ResNet: unknown depth {self.depth}; choose one of "
-                       f"{', '.join(map(str, RESNET_DEPTHS))} (CifarResNet has depths 6n + 2).")
+      raise ValueError(
+        f"ResNet: unknown depth {self.depth}; choose one of "
+        f"{', '.join(map(str, RESNET_DEPTHS))} (CifarResNet has depths 6n + 2)."
+      )
     if self.stem not in STEMS:
-      raise ValueError(f"ResNet: unknown stem {self.stem!r}; choose one of "
-                       f"{', '.join(map(repr, STEMS))}.")
+      raise ValueError(
+        f"ResNet: unknown stem {self.stem!r}; choose one of {', '.join(map(repr, STEMS))}."
+      )
     _check_images("ResNet", x_BHWC)
     block, stage_sizes = RESNET_DEPTHS[self.depth]
     x = x_BHWC.astype(self.dtype)
@@ -196,9 +222,14 @@ class ResNet(nn.Module):
       x = nn.relu(_bn(train, "bn1", self)(_conv(self.width, 3, 1, "conv1", self)(x)))
     for i, num_blocks in enumerate(stage_sizes):
       for j in range(num_blocks):
-        x = block(self.width * 2**i, strides=2 if i > 0 and j == 0 else 1,
-                  zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=f"layer{i + 1}_{j}")(x, train=train)
+        x = block(
+          self.width * 2**i,
+          strides=2 if i > 0 and j == 0 else 1,
+          zero_init_residual=self.zero_init_residual,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"layer{i + 1}_{j}",
+        )(x, train=train)
     return _head(self, x)
 
 
@@ -227,18 +258,27 @@ class CifarResNet(nn.Module):
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
     """images [B, H, W, C] -> logits [B, K]; `train` uses and updates batch statistics."""
     if self.depth < 8 or (self.depth - 2) % 6:
-      raise ValueError(f"CifarResNet: depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, "
-                       f"...); got {self.depth}. ImageNet depths (18, 34, 50, ...) are ResNet's.")
+      raise ValueError(
+        f"CifarResNet: depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, "
+        f"...); got {self.depth}. ImageNet depths (18, 34, 50, ...) are ResNet's."
+      )
     if self.shortcut not in SHORTCUTS:
-      raise ValueError(f"CifarResNet: unknown shortcut {self.shortcut!r}; choose one of "
-                       f"{', '.join(map(repr, SHORTCUTS))}.")
+      raise ValueError(
+        f"CifarResNet: unknown shortcut {self.shortcut!r}; choose one of "
+        f"{', '.join(map(repr, SHORTCUTS))}."
+      )
     _check_images("CifarResNet", x_BHWC)
     x = x_BHWC.astype(self.dtype)
     x = nn.relu(_bn(train, "bn1", self)(_conv(self.width, 3, 1, "conv1", self)(x)))
     for i in range(3):
       for j in range((self.depth - 2) // 6):
-        x = BasicBlock(self.width * 2**i, strides=2 if i > 0 and j == 0 else 1,
-                       shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
-                       dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f"layer{i + 1}_{j}")(x, train=train)
+        x = BasicBlock(
+          self.width * 2**i,
+          strides=2 if i > 0 and j == 0 else 1,
+          shortcut=self.shortcut,
+          zero_init_residual=self.zero_init_residual,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"layer{i + 1}_{j}",
+        )(x, train=train)
     return _head(self, x)

@@ -45,9 +45,15 @@ class RowsRNNClassifier(nn.Module):
       raise ValueError(f"RowsRNNClassifier takes images [B, H, W, C]; got shape {x_BHWC.shape}.")
     B, H, W, C = x_BHWC.shape
     x_BTD = x_BHWC.reshape(B, H, W * C).astype(self.dtype)
-    rnn = StackedRNN(self.features, self.cell_type, num_layers=self.num_layers,
-                     bidirectional=self.bidirectional, dropout_rate=self.dropout_rate,
-                     dtype=self.dtype, name="rnn")
+    rnn = StackedRNN(
+      self.features,
+      self.cell_type,
+      num_layers=self.num_layers,
+      bidirectional=self.bidirectional,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      name="rnn",
+    )
     _, carries = rnn(x_BTD, train=train)
     h_BH = rnn.final_hidden(carries)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h_BH).astype(jnp.float32)
@@ -74,8 +80,14 @@ class RNNLanguageModel(nn.Module):
     """Logits [B, T, vocab_size] (float32) for next-token prediction at every position."""
     if tokens_BT.ndim != 2:
       raise ValueError(f"RNNLanguageModel takes tokens [B, T]; got shape {tokens_BT.shape}.")
-    rnn = StackedRNN(self.features, self.cell_type, num_layers=self.num_layers,
-                     dropout_rate=self.dropout_rate, dtype=self.dtype, name="rnn")
+    rnn = StackedRNN(
+      self.features,
+      self.cell_type,
+      num_layers=self.num_layers,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      name="rnn",
+    )
     dropout = Dropout(self.dropout_rate, deterministic=not train)
     x_BTE = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(tokens_BT)
     x_BTE = dropout(x_BTE)
@@ -120,9 +132,15 @@ class RNNTextClassifier(nn.Module):
   def __call__(self, tokens_BL: Array, *, train: bool = False) -> Array:
     if tokens_BL.ndim != 2:
       raise ValueError(f"RNNTextClassifier takes tokens [B, L]; got shape {tokens_BL.shape}.")
-    rnn = StackedRNN(self.features, self.cell_type, num_layers=self.num_layers,
-                     bidirectional=self.bidirectional, dropout_rate=self.dropout_rate,
-                     dtype=self.dtype, name="rnn")
+    rnn = StackedRNN(
+      self.features,
+      self.cell_type,
+      num_layers=self.num_layers,
+      bidirectional=self.bidirectional,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      name="rnn",
+    )
     dropout = Dropout(self.dropout_rate, deterministic=not train)
     x_BLE = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(tokens_BL)
     _, carries = rnn(dropout(x_BLE), mask_BT=tokens_BL != self.pad_id, train=train)

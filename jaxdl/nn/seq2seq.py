@@ -30,12 +30,26 @@ Array = jax.Array
 Initializer = nn.initializers.Initializer
 
 SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's base model on WMT'14 English-German: 63.1M parameters (the paper says 65M).
-    "transformer_base": dict(vocab_size=37000, num_layers=6, num_heads=8, embed_dim=512,
-                             mlp_dim=2048, dropout_rate=0.1, max_length=512),
-    # For CPU tests and toy tasks (reversal, sorting) on small vocabularies.
-    "transformer_tiny": dict(vocab_size=64, num_layers=2, num_heads=4, embed_dim=64, mlp_dim=128,
-                             dropout_rate=0.1, max_length=64),
+  # The paper's base model on WMT'14 English-German: 63.1M parameters (the paper says 65M).
+  "transformer_base": dict(
+    vocab_size=37000,
+    num_layers=6,
+    num_heads=8,
+    embed_dim=512,
+    mlp_dim=2048,
+    dropout_rate=0.1,
+    max_length=512,
+  ),
+  # For CPU tests and toy tasks (reversal, sorting) on small vocabularies.
+  "transformer_tiny": dict(
+    vocab_size=64,
+    num_layers=2,
+    num_heads=4,
+    embed_dim=64,
+    mlp_dim=128,
+    dropout_rate=0.1,
+    max_length=64,
+  ),
 }
 
 
@@ -58,9 +72,16 @@ class _Stack(nn.Module):
   attention_impl: str = "plain"
 
   @nn.compact
-  def __call__(self, x_BTD: Array, *, mask: Array | None = None, encoded_BSD: Array | None = None,
-               cross_mask: Array | None = None, train: bool = False,
-               decode: bool = False) -> Array:
+  def __call__(
+    self,
+    x_BTD: Array,
+    *,
+    mask: Array | None = None,
+    encoded_BSD: Array | None = None,
+    cross_mask: Array | None = None,
+    train: bool = False,
+    decode: bool = False,
+  ) -> Array:
     t, d = x_BTD.shape[1:]
     start = 0
     if decode:
@@ -74,17 +95,27 @@ class _Stack(nn.Module):
     x_BTD = Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
     for i in range(self.num_layers):
       x_BTD = TransformerBlock(
-          self.num_heads, self.mlp_dim, num_kv_heads=self.num_kv_heads, pre_ln=self.pre_ln,
-          cross_attention=self.cross_attention, activation=self.activation,
-          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-          layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-          param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-          attention_impl=self.attention_impl, name=f"block_{i}")(
-              x_BTD, mask=mask, encoded_BSD=encoded_BSD, cross_mask=cross_mask, train=train,
-              decode=decode)
+        self.num_heads,
+        self.mlp_dim,
+        num_kv_heads=self.num_kv_heads,
+        pre_ln=self.pre_ln,
+        cross_attention=self.cross_attention,
+        activation=self.activation,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        layer_norm_epsilon=self.layer_norm_epsilon,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=self.kernel_init,
+        attention_impl=self.attention_impl,
+        name=f"block_{i}",
+      )(
+        x_BTD, mask=mask, encoded_BSD=encoded_BSD, cross_mask=cross_mask, train=train, decode=decode
+      )
     if self.pre_ln:
-      x_BTD = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                           name="ln_f")(x_BTD)
+      x_BTD = nn.LayerNorm(
+        self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_f"
+      )(x_BTD)
     return x_BTD
 
 
@@ -126,15 +157,28 @@ class Seq2SeqTransformer(nn.Module):
   layer_norm_epsilon: float = 1e-6
 
   def setup(self):
-    self.embed = nn.Embed(self.vocab_size, self.embed_dim,
-                          embedding_init=nn.initializers.normal(self.embed_dim**-0.5),
-                          dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed = nn.Embed(
+      self.vocab_size,
+      self.embed_dim,
+      embedding_init=nn.initializers.normal(self.embed_dim**-0.5),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     stack = lambda cross: _Stack(
-        self.num_layers, self.num_heads, self.mlp_dim, cross_attention=cross,
-        num_kv_heads=self.num_kv_heads, pre_ln=self.pre_ln, activation=self.activation,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-        param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+      self.num_layers,
+      self.num_heads,
+      self.mlp_dim,
+      cross_attention=cross,
+      num_kv_heads=self.num_kv_heads,
+      pre_ln=self.pre_ln,
+      activation=self.activation,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      attention_impl=self.attention_impl,
+    )
     self.encoder = stack(False)
     self.decoder = stack(True)
 
@@ -142,8 +186,10 @@ class Seq2SeqTransformer(nn.Module):
     if tokens.ndim != 2:
       raise ValueError(f"Seq2SeqTransformer expects {name} [B, length]; got shape {tokens.shape}.")
     if tokens.shape[1] > self.max_length:
-      raise ValueError(f"Seq2SeqTransformer: {name} length {tokens.shape[1]} exceeds "
-                       f"max_length={self.max_length}; truncate it or raise max_length.")
+      raise ValueError(
+        f"Seq2SeqTransformer: {name} length {tokens.shape[1]} exceeds "
+        f"max_length={self.max_length}; truncate it or raise max_length."
+      )
 
   def _embed(self, tokens_BT: Array) -> Array:
     return self.embed(tokens_BT) * jnp.asarray(math.sqrt(self.embed_dim), self.dtype)
@@ -154,8 +200,15 @@ class Seq2SeqTransformer(nn.Module):
     src_mask = padding_mask(src_BS, self.pad_id)
     return self.encoder(self._embed(src_BS), mask=src_mask, train=train), src_mask
 
-  def decode(self, encoded_BSD: Array, src_mask: Array, tgt_in_BT: Array, *, train: bool = False,
-             decode: bool = False) -> Array:
+  def decode(
+    self,
+    encoded_BSD: Array,
+    src_mask: Array,
+    tgt_in_BT: Array,
+    *,
+    train: bool = False,
+    decode: bool = False,
+  ) -> Array:
     """Decoder logits [B, T, V] (float32) for target inputs [B, T] given `encode`'s outputs.
 
     decode=True uses the self-attention KV cache, with GPT's protocol: `init`/`apply` with
@@ -163,8 +216,14 @@ class Seq2SeqTransformer(nn.Module):
     """
     self._check_tokens("tgt_in", tgt_in_BT)
     mask = None if decode else causal_mask(tgt_in_BT.shape[1])
-    y_BTD = self.decoder(self._embed(tgt_in_BT), mask=mask, encoded_BSD=encoded_BSD,
-                         cross_mask=src_mask, train=train, decode=decode)
+    y_BTD = self.decoder(
+      self._embed(tgt_in_BT),
+      mask=mask,
+      encoded_BSD=encoded_BSD,
+      cross_mask=src_mask,
+      train=train,
+      decode=decode,
+    )
     return tied_logits(y_BTD, self.embed.embedding)
 
   def __call__(self, src_BS: Array, tgt_in_BT: Array, *, train: bool = False) -> Array:
@@ -174,12 +233,26 @@ class Seq2SeqTransformer(nn.Module):
 
   def generate(self, src_BS: Array, *, max_length: int, bos_id: int, eos_id: int) -> Array:
     """`greedy_decode` with this module's parameters: tokens [B, max_length], pad after EOS."""
-    return greedy_decode(self.clone(parent=None), self.variables["params"], src_BS,
-                         bos_id=bos_id, eos_id=eos_id, max_len=max_length)
+    return greedy_decode(
+      self.clone(parent=None),
+      self.variables["params"],
+      src_BS,
+      bos_id=bos_id,
+      eos_id=eos_id,
+      max_len=max_length,
+    )
 
 
-def greedy_decode(model: Seq2SeqTransformer, params: Any, src_BS: Array, *, bos_id: int,
-                  eos_id: int, max_len: int, use_cache: bool = True) -> Array:
+def greedy_decode(
+  model: Seq2SeqTransformer,
+  params: Any,
+  src_BS: Array,
+  *,
+  bos_id: int,
+  eos_id: int,
+  max_len: int,
+  use_cache: bool = True,
+) -> Array:
   """Greedy decoding: tokens [B, max_len], the first being the prediction after BOS.
 
   Each example's tokens after its first EOS are model.pad_id (the EOS itself is kept), so the
@@ -188,8 +261,9 @@ def greedy_decode(model: Seq2SeqTransformer, params: Any, src_BS: Array, *, bos_
   whole prefix: slower, and the reference that the cached path is tested against.
   """
   if max_len > model.max_length:
-    raise ValueError(f"greedy_decode: max_len={max_len} exceeds the model's "
-                     f"max_length={model.max_length}.")
+    raise ValueError(
+      f"greedy_decode: max_len={max_len} exceeds the model's max_length={model.max_length}."
+    )
   variables = {"params": params}
   encoded_BSD, src_mask = model.apply(variables, src_BS, method=Seq2SeqTransformer.encode)
   b = src_BS.shape[0]
@@ -200,19 +274,35 @@ def greedy_decode(model: Seq2SeqTransformer, params: Any, src_BS: Array, *, bos_
     return out_B, done_B | (next_B == eos_id)
 
   if use_cache:
+
     def make_cache(encoded_BSD, src_mask):
-      _, state = model.apply(variables, encoded_BSD, src_mask, jnp.zeros((b, max_len), jnp.int32),
-                             decode=True, method=Seq2SeqTransformer.decode, mutable=["cache"])
+      _, state = model.apply(
+        variables,
+        encoded_BSD,
+        src_mask,
+        jnp.zeros((b, max_len), jnp.int32),
+        decode=True,
+        method=Seq2SeqTransformer.decode,
+        mutable=["cache"],
+      )
       return state["cache"]
+
     # A fresh cache is all zeros (index 0, nothing stored), so its shapes are all we need.
-    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(make_cache, encoded_BSD, src_mask))
+    cache = jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(make_cache, encoded_BSD, src_mask)
+    )
 
     def step(carry, _):
       token_B, cache, done_B = carry
       logits_B1V, state = model.apply(
-          {"params": params, "cache": cache}, encoded_BSD, src_mask, token_B[:, None],
-          decode=True, method=Seq2SeqTransformer.decode, mutable=["cache"])
+        {"params": params, "cache": cache},
+        encoded_BSD,
+        src_mask,
+        token_B[:, None],
+        decode=True,
+        method=Seq2SeqTransformer.decode,
+        mutable=["cache"],
+      )
       next_B = jnp.argmax(logits_B1V[:, 0], axis=-1).astype(jnp.int32)
       out_B, done_B = emit(next_B, done_B)
       return (next_B, state["cache"], done_B), out_B
@@ -220,10 +310,12 @@ def greedy_decode(model: Seq2SeqTransformer, params: Any, src_BS: Array, *, bos_
     start_B = jnp.full((b,), bos_id, jnp.int32)
     _, out_LB = jax.lax.scan(step, (start_B, cache, done_B), None, length=max_len)
   else:
+
     def step(carry, i):
       tgt_BL, done_B = carry
-      logits_BLV = model.apply(variables, encoded_BSD, src_mask, tgt_BL,
-                               method=Seq2SeqTransformer.decode)
+      logits_BLV = model.apply(
+        variables, encoded_BSD, src_mask, tgt_BL, method=Seq2SeqTransformer.decode
+      )
       next_B = jnp.argmax(logits_BLV[:, i], axis=-1).astype(jnp.int32)
       out_B, done_B = emit(next_B, done_B)
       # The causal decoder ignores positions > i, so the buffer's tail can hold anything.

@@ -26,26 +26,28 @@ Initializer = nn.initializers.Initializer
 
 # GELU: "gelu" is the exact erf form (BERT), "gelu_tanh" the tanh approximation (GPT-2).
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
+  "gelu": lambda x: nn.gelu(x, approximate=False),
+  "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+  "relu": nn.relu,
+  "silu": nn.silu,
 }
 
 
 def get_activation(name: str) -> Callable[[Array], Array]:
   """The activation function called `name`, naming the choices when it is unknown."""
   if name not in ACTIVATIONS:
-    raise ValueError(f"Unknown activation {name!r}; choose one of "
-                     f"{', '.join(sorted(ACTIVATIONS))}.")
+    raise ValueError(
+      f"Unknown activation {name!r}; choose one of {', '.join(sorted(ACTIVATIONS))}."
+    )
   return ACTIVATIONS[name]
 
 
 def tied_logits(x_BTD: Array, embedding_VD: Array) -> Array:
   """x @ embedding^T -> float32 logits [B, T, V], multiplied in x's dtype, accumulated and returned
   in float32 (rounding logits to bfloat16 would blur the loss over a large vocabulary)."""
-  return jnp.einsum("btd,vd->btv", x_BTD, embedding_VD.astype(x_BTD.dtype),
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum(
+    "btd,vd->btv", x_BTD, embedding_VD.astype(x_BTD.dtype), preferred_element_type=jnp.float32
+  )
 
 
 # For an untied output layer (nn.Dense(..., dot_general=F32_DOT_GENERAL)): float32 logits likewise.
@@ -82,8 +84,13 @@ class Mlp(nn.Module):
   def __call__(self, x_BTD: Array) -> Array:
     act = get_activation(self.activation)
     dense = lambda features, init, name: nn.Dense(
-        features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=init, name=name)
+      features,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=init,
+      name=name,
+    )
     out_init = self.kernel_init if self.out_kernel_init is None else self.out_kernel_init
     fc_in = dense(self.mlp_dim, self.kernel_init, "fc_in")
     fc_out = dense(x_BTD.shape[-1], out_init, "fc_out")
@@ -130,9 +137,16 @@ class TransformerBlock(nn.Module):
   attention_impl: str = "plain"
 
   @nn.compact
-  def __call__(self, x_BTD: Array, *, mask: Array | None = None, encoded_BSD: Array | None = None,
-               cross_mask: Array | None = None, train: bool = False,
-               decode: bool = False) -> Array:
+  def __call__(
+    self,
+    x_BTD: Array,
+    *,
+    mask: Array | None = None,
+    encoded_BSD: Array | None = None,
+    cross_mask: Array | None = None,
+    train: bool = False,
+    decode: bool = False,
+  ) -> Array:
     """x [B, T, D] -> [B, T, D].
 
     Args:
@@ -143,29 +157,55 @@ class TransformerBlock(nn.Module):
       decode: use the self-attention KV cache (see MultiHeadAttention).
     """
     if self.cross_attention != (encoded_BSD is not None):
-      raise ValueError("TransformerBlock: pass encoded_BSD exactly when cross_attention=True "
-                       f"(cross_attention={self.cross_attention}, encoded_BSD "
-                       f"{'given' if encoded_BSD is not None else 'missing'}).")
+      raise ValueError(
+        "TransformerBlock: pass encoded_BSD exactly when cross_attention=True "
+        f"(cross_attention={self.cross_attention}, encoded_BSD "
+        f"{'given' if encoded_BSD is not None else 'missing'})."
+      )
     attention = lambda name: MultiHeadAttention(
-        self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-        dropout_rate=self.attention_dropout_rate, use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-        out_kernel_init=self.out_kernel_init, implementation=self.attention_impl, name=name)
+      self.num_heads,
+      num_kv_heads=self.num_kv_heads,
+      head_dim=self.head_dim,
+      dropout_rate=self.attention_dropout_rate,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      out_kernel_init=self.out_kernel_init,
+      implementation=self.attention_impl,
+      name=name,
+    )
 
     def sublayer(x, fn, name):
-      ln = nn.LayerNorm(self.layer_norm_epsilon, use_bias=self.use_bias, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name=f"{name}_ln")
+      ln = nn.LayerNorm(
+        self.layer_norm_epsilon,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"{name}_ln",
+      )
       drop = lambda y: Dropout(self.dropout_rate)(y, deterministic=not train)
       if self.pre_ln:
         return x + drop(fn(ln(x)))
       return ln(x + drop(fn(x)))
 
-    x = sublayer(x_BTD, lambda y: attention("self_attn")(y, mask=mask, train=train, decode=decode),
-                 "self_attn")
+    x = sublayer(
+      x_BTD, lambda y: attention("self_attn")(y, mask=mask, train=train, decode=decode), "self_attn"
+    )
     if self.cross_attention:
-      x = sublayer(x, lambda y: attention("cross_attn")(y, encoded_BSD, mask=cross_mask,
-                                                        train=train), "cross_attn")
-    mlp = Mlp(self.mlp_dim, self.activation, use_bias=self.use_bias, dtype=self.dtype,
-              param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-              out_kernel_init=self.out_kernel_init, name="mlp")
+      x = sublayer(
+        x,
+        lambda y: attention("cross_attn")(y, encoded_BSD, mask=cross_mask, train=train),
+        "cross_attn",
+      )
+    mlp = Mlp(
+      self.mlp_dim,
+      self.activation,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      out_kernel_init=self.out_kernel_init,
+      name="mlp",
+    )
     return sublayer(x, mlp, "mlp")

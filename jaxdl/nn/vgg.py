@@ -26,18 +26,39 @@ Array = jax.Array
 
 # Channels of each 3x3 convolution, "M" = 2x2 max pool: configurations A, B, D, E of the paper.
 VGG_CONFIGS: dict[int, tuple[int | str, ...]] = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M"),
+  11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+  13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+  16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+  19: (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+  ),
 }
 
 VGG_PRESETS: dict[str, dict[str, Any]] = {
-    # torchvision's parameter counts at 1000 classes: 132,863,336 / 132,868,840 (vgg11, _bn),
-    # 133,047,848 / 133,053,736, 138,357,544 / 138,365,992, 143,667,240 / 143,678,248.
-    **{f"vgg{d}": dict(depth=d) for d in VGG_CONFIGS},
-    **{f"vgg{d}_bn": dict(depth=d, batch_norm=True) for d in VGG_CONFIGS},
+  # torchvision's parameter counts at 1000 classes: 132,863,336 / 132,868,840 (vgg11, _bn),
+  # 133,047,848 / 133,053,736, 138,357,544 / 138,365,992, 143,667,240 / 143,678,248.
+  **{f"vgg{d}": dict(depth=d) for d in VGG_CONFIGS},
+  **{f"vgg{d}_bn": dict(depth=d, batch_norm=True) for d in VGG_CONFIGS},
 }
 
 # torchvision's VGG initialisation: Kaiming-normal convolutions (fan_out), N(0, 0.01) linear layers,
@@ -71,14 +92,21 @@ def adaptive_avg_pool(x_BHWC: Array, output_size: int | Sequence[int]) -> Array:
   if x_BHWC.ndim != 4:
     raise ValueError(f"adaptive_avg_pool expects [B, H, W, C]; got shape {x_BHWC.shape}.")
   if min(h, w) < 1 or min(x_BHWC.shape[1:3]) < 1:
-    raise ValueError(f"adaptive_avg_pool: cannot pool a {x_BHWC.shape[1]}x{x_BHWC.shape[2]} map "
-                     f"to {h}x{w}; both must be at least 1x1.")
+    raise ValueError(
+      f"adaptive_avg_pool: cannot pool a {x_BHWC.shape[1]}x{x_BHWC.shape[2]} map "
+      f"to {h}x{w}; both must be at least 1x1."
+    )
   if x_BHWC.shape[1:3] == (h, w):
     return x_BHWC  # Every bin is one cell.
   rows_hH = _pool_matrix(x_BHWC.shape[1], h)
   cols_wW = _pool_matrix(x_BHWC.shape[2], w)
-  out = jnp.einsum("iy,byxc,jx->bijc", rows_hH, x_BHWC.astype(jnp.float32), cols_wW,
-                   precision=jax.lax.Precision.HIGHEST)
+  out = jnp.einsum(
+    "iy,byxc,jx->bijc",
+    rows_hH,
+    x_BHWC.astype(jnp.float32),
+    cols_wW,
+    precision=jax.lax.Precision.HIGHEST,
+  )
   return out.astype(x_BHWC.dtype)
 
 
@@ -131,24 +159,33 @@ class VGG(nn.Module):
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
     """images [B, H, W, C] -> logits [B, K]; `train` enables dropout and batch statistics."""
     if self.depth not in VGG_CONFIGS:
-      raise ValueError(f"VGG: unknown depth {self.depth}; choose one of "
-                       f"{', '.join(map(str, VGG_CONFIGS))}.")
+      raise ValueError(
+        f"VGG: unknown depth {self.depth}; choose one of {', '.join(map(str, VGG_CONFIGS))}."
+      )
     if x_BHWC.ndim != 4:
       raise ValueError(f"VGG expects images [B, H, W, C]; got shape {x_BHWC.shape}.")
     if min(x_BHWC.shape[1:3]) < 32:
-      raise ValueError(f"VGG needs images of at least 32x32 (it halves them five times); got "
-                       f"{x_BHWC.shape[1]}x{x_BHWC.shape[2]}. Resize or pad the inputs.")
+      raise ValueError(
+        f"VGG needs images of at least 32x32 (it halves them five times); got "
+        f"{x_BHWC.shape[1]}x{x_BHWC.shape[2]}. Resize or pad the inputs."
+      )
     x = x_BHWC.astype(self.dtype)
-    layers = ConvLayers(self.kernels, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=_CONV_INIT)
+    layers = ConvLayers(
+      self.kernels, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_CONV_INIT
+    )
     padding = ((1, 1), (1, 1))
 
     def conv_bn_relu(x, features, index):
       x = layers.conv(features, (3, 3), padding, name=f"features_{index}")(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype, param_dtype=self.param_dtype,
-                         name=f"features_{index + 1}")(x)
+        x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=0.9,
+          epsilon=1e-5,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"features_{index + 1}",
+        )(x)
       return nn.relu(x)
 
     index = 0  # Position in torchvision's `features` Sequential, which names the layers.
@@ -167,8 +204,13 @@ class VGG(nn.Module):
     x = adaptive_avg_pool(x, self.pool_size)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order
     dense = lambda features, name, **kw: nn.Dense(
-        features, kernel_init=_DENSE_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
-        name=name, **kw)
+      features,
+      kernel_init=_DENSE_INIT,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+      **kw,
+    )
     for index in (0, 3):
       x = nn.relu(dense(self.hidden_dim, f"classifier_{index}")(x))
       x = Dropout(self.dropout_rate)(x, deterministic=not train)

@@ -28,15 +28,29 @@ from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock
 Array = jax.Array
 
 VIT_PRESETS: dict[str, dict[str, Any]] = {
-    "vit_tiny_patch16_224": dict(embed_dim=192, num_layers=12, num_heads=3, mlp_dim=768),
-    "vit_small_patch16_224": dict(embed_dim=384, num_layers=12, num_heads=6, mlp_dim=1536),
-    "vit_base_patch16_224": dict(embed_dim=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    "vit_large_patch16_224": dict(embed_dim=1024, num_layers=24, num_heads=16, mlp_dim=4096),
-    # Small images: 4x4 patches give 49 tokens (+ class token) at 28x28, 64 at 32x32.
-    "vit_mnist": dict(image_size=28, patch_size=4, embed_dim=128, num_layers=6, num_heads=4,
-                      mlp_dim=256, num_classes=10),
-    "vit_cifar": dict(image_size=32, patch_size=4, embed_dim=192, num_layers=9, num_heads=3,
-                      mlp_dim=768, num_classes=10),
+  "vit_tiny_patch16_224": dict(embed_dim=192, num_layers=12, num_heads=3, mlp_dim=768),
+  "vit_small_patch16_224": dict(embed_dim=384, num_layers=12, num_heads=6, mlp_dim=1536),
+  "vit_base_patch16_224": dict(embed_dim=768, num_layers=12, num_heads=12, mlp_dim=3072),
+  "vit_large_patch16_224": dict(embed_dim=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+  # Small images: 4x4 patches give 49 tokens (+ class token) at 28x28, 64 at 32x32.
+  "vit_mnist": dict(
+    image_size=28,
+    patch_size=4,
+    embed_dim=128,
+    num_layers=6,
+    num_heads=4,
+    mlp_dim=256,
+    num_classes=10,
+  ),
+  "vit_cifar": dict(
+    image_size=32,
+    patch_size=4,
+    embed_dim=192,
+    num_layers=9,
+    num_heads=3,
+    mlp_dim=768,
+    num_classes=10,
+  ),
 }
 
 _INIT = nn.initializers.normal(0.02)
@@ -59,8 +73,15 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: Array) -> Array:
     p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                param_dtype=self.param_dtype, name="proj")(x_BHWC)
+    x = nn.Conv(
+      self.embed_dim,
+      (p, p),
+      strides=(p, p),
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="proj",
+    )(x_BHWC)
     return x.reshape(x.shape[0], -1, self.embed_dim)  # Row-major over the patch grid.
 
 
@@ -104,20 +125,26 @@ class ViT(nn.Module):
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
     """images [B, H, W, C] -> logits [B, K]; `train` enables dropout (rng stream "dropout")."""
     if self.image_size % self.patch_size:
-      raise ValueError(f"ViT: image_size={self.image_size} is not divisible by patch_size="
-                       f"{self.patch_size}; pick a patch size that divides it (e.g. 4 for 28 or "
-                       "32, 16 for 224).")
+      raise ValueError(
+        f"ViT: image_size={self.image_size} is not divisible by patch_size="
+        f"{self.patch_size}; pick a patch size that divides it (e.g. 4 for 28 or "
+        "32, 16 for 224)."
+      )
     if self.stem not in STEMS:
-      raise ValueError(f"ViT: unknown stem {self.stem!r}; choose one of "
-                       f"{', '.join(map(repr, STEMS))}.")
+      raise ValueError(
+        f"ViT: unknown stem {self.stem!r}; choose one of {', '.join(map(repr, STEMS))}."
+      )
     if x_BHWC.ndim != 4 or x_BHWC.shape[1:3] != (self.image_size, self.image_size):
-      raise ValueError(f"ViT expects images [B, {self.image_size}, {self.image_size}, C] "
-                       f"(image_size={self.image_size}); got shape {x_BHWC.shape}. Resize the "
-                       "images or build the model with the matching image_size.")
+      raise ValueError(
+        f"ViT expects images [B, {self.image_size}, {self.image_size}, C] "
+        f"(image_size={self.image_size}); got shape {x_BHWC.shape}. Resize the "
+        "images or build the model with the matching image_size."
+      )
     num_patches = (self.image_size // self.patch_size) ** 2
     d = self.embed_dim
-    x_BND = STEMS[self.stem](self.patch_size, d, dtype=self.dtype, param_dtype=self.param_dtype,
-                             name="patch_embed")(x_BHWC.astype(self.dtype))
+    x_BND = STEMS[self.stem](
+      self.patch_size, d, dtype=self.dtype, param_dtype=self.param_dtype, name="patch_embed"
+    )(x_BHWC.astype(self.dtype))
     cls_11D = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d), self.param_dtype)
     cls_B1D = jnp.broadcast_to(cls_11D.astype(self.dtype), (x_BND.shape[0], 1, d))
     x_BTD = jnp.concatenate([cls_B1D, x_BND], axis=1)
@@ -127,13 +154,27 @@ class ViT(nn.Module):
 
     for i in range(self.num_layers):
       x_BTD = TransformerBlock(
-          self.num_heads, self.mlp_dim, pre_ln=True, activation="gelu",
-          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-          layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-          param_dtype=self.param_dtype, kernel_init=_INIT, attention_impl=self.attention_impl,
-          name=f"blocks_{i}")(x_BTD, train=train)
-    x_BTD = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="norm")(x_BTD)
-    return nn.Dense(self.num_classes, kernel_init=_INIT, dtype=self.dtype,
-                    param_dtype=self.param_dtype, dot_general=F32_DOT_GENERAL,
-                    name="head")(x_BTD[:, 0])
+        self.num_heads,
+        self.mlp_dim,
+        pre_ln=True,
+        activation="gelu",
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        layer_norm_epsilon=self.layer_norm_epsilon,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_INIT,
+        attention_impl=self.attention_impl,
+        name=f"blocks_{i}",
+      )(x_BTD, train=train)
+    x_BTD = nn.LayerNorm(
+      self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
+    )(x_BTD)
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=_INIT,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      dot_general=F32_DOT_GENERAL,
+      name="head",
+    )(x_BTD[:, 0])

@@ -69,9 +69,11 @@ class OverAxis:
   def traceable(self, fn: Callable) -> Callable:
     """`fn`, traceable outside the mapped axis (for jax.eval_shape): inside a 1-wide vmap that
     names the axis, so that its collectives have an axis to reduce over."""
+
     def traced(*args):
       batched = jax.vmap(fn, axis_name=self.axis_name, axis_size=1, in_axes=None, out_axes=0)
       return jax.tree.map(lambda x: x[0], batched(*args))
+
     return traced
 
 
@@ -95,8 +97,11 @@ def sync_batch_norm(axis_name: str):
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"
-            and module.axis_name is None):
+    if not (
+      isinstance(module, nn.BatchNorm)
+      and context.method_name == "__call__"
+      and module.axis_name is None
+    ):
       return next_fun(*args, **kwargs)
     # Modules are frozen dataclasses; this instance exists only for the current `apply`, and the
     # attribute is restored after the call, so nothing outside sees the change.
@@ -107,4 +112,3 @@ def sync_batch_norm(axis_name: str):
       object.__setattr__(module, "axis_name", None)
 
   return nn.intercept_methods(interceptor)
-

@@ -41,12 +41,15 @@ AUTO_DEVICES = 8
 
 def _backend_started() -> bool:
   from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+
   return xla_bridge.backends_are_initialized()
 
 
 def _count_chosen_elsewhere() -> bool:
-  return ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-          or jax.config.jax_num_cpu_devices >= 0)
+  return (
+    "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    or jax.config.jax_num_cpu_devices >= 0
+  )
 
 
 def targets_cpu() -> bool:
@@ -57,8 +60,15 @@ def targets_cpu() -> bool:
   # No platform named: CPU unless an accelerator plugin or jaxlib backend is installed. Asking
   # would start the backends, so look for the usual accelerator packages instead.
   import importlib.util  # pylint: disable=import-outside-toplevel
-  accelerator_packages = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                          "jax_rocm7_plugin", "libtpu", "jax_plugins.xla_cuda12")
+
+  accelerator_packages = (
+    "jax_cuda12_plugin",
+    "jax_cuda13_plugin",
+    "jax_rocm60_plugin",
+    "jax_rocm7_plugin",
+    "libtpu",
+    "jax_plugins.xla_cuda12",
+  )
   for name in accelerator_packages:
     try:
       if importlib.util.find_spec(name) is not None:
@@ -76,8 +86,10 @@ def choose(setting: Any, batch_sizes: list[int]) -> int:
     divisor = math.gcd(*batch_sizes) if batch_sizes else AUTO_DEVICES
     return max(n for n in range(1, AUTO_DEVICES + 1) if divisor % n == 0)
   if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-    raise ConfigError(f"parallel.cpu_devices={setting!r} must be 'auto' or a whole number >= 1 "
-                      "(1: the host is one device).")
+    raise ConfigError(
+      f"parallel.cpu_devices={setting!r} must be 'auto' or a whole number >= 1 "
+      "(1: the host is one device)."
+    )
   return setting
 
 
@@ -96,19 +108,35 @@ def configure(parallel_config: Any, batch_sizes: list[int], *, sweep: bool = Fal
   count = choose(setting, batch_sizes)
   explicit = str(setting) != "auto"
   if _backend_started():
-    if (explicit and count > 1 and jax.default_backend() == "cpu"
-        and jax.local_device_count() != count):
-      logger.warning("parallel.cpu_devices=%d not applied: JAX already started with %d CPU "
-                     "device(s) in this process. Set it before JAX is first used (e.g. run "
-                     "through `jaxdl train`).", count, jax.local_device_count())
+    if (
+      explicit
+      and count > 1
+      and jax.default_backend() == "cpu"
+      and jax.local_device_count() != count
+    ):
+      logger.warning(
+        "parallel.cpu_devices=%d not applied: JAX already started with %d CPU "
+        "device(s) in this process. Set it before JAX is first used (e.g. run "
+        "through `jaxdl train`).",
+        count,
+        jax.local_device_count(),
+      )
     return None
   if _count_chosen_elsewhere():  # The environment (XLA_FLAGS) or the program chose: it wins.
     return None
-  if not explicit and (sweep or not targets_cpu() or jax.distributed.is_initialized()
-                       or parallel_config.get("strategy", "jit") != "jit"):
+  if not explicit and (
+    sweep
+    or not targets_cpu()
+    or jax.distributed.is_initialized()
+    or parallel_config.get("strategy", "jit") != "jit"
+  ):
     return None
   jax.config.update("jax_num_cpu_devices", count)
   if count > 1:
-    logger.info("Split this CPU host into %d JAX devices (parallel.cpu_devices=%s); the batch is "
-                "split over them.", count, setting)
+    logger.info(
+      "Split this CPU host into %d JAX devices (parallel.cpu_devices=%s); the batch is "
+      "split over them.",
+      count,
+      setting,
+    )
   return count

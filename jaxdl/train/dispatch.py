@@ -22,8 +22,15 @@ class TrainCalls:
   few enough that input batches cannot pile up in device memory.
   """
 
-  def __init__(self, layout: parallel.Layout, update: Callable, loop_shapes: Any,
-               steps_per_call: int, batches: Iterator[dict[str, np.ndarray]], member_axis: bool):
+  def __init__(
+    self,
+    layout: parallel.Layout,
+    update: Callable,
+    loop_shapes: Any,
+    steps_per_call: int,
+    batches: Iterator[dict[str, np.ndarray]],
+    member_axis: bool,
+  ):
     self.steps_per_call = steps_per_call
     self._layout, self._batches, self._member_axis = layout, batches, member_axis
     # Outputs keep the loop state's layout, so the call never compiles twice.
@@ -31,8 +38,9 @@ class TrainCalls:
     if steps_per_call == 1:
       self._call = layout.compile_update(update, shardings)
     else:  # The same update in a loop on the device.
-      self._call = layout.compile_update(step_lib.steps_in_one_call(update), shardings,
-                                         steps_in_call=True)
+      self._call = layout.compile_update(
+        step_lib.steps_in_one_call(update), shardings, steps_in_call=True
+      )
     self._first_batch = None  # Read to compile with; the first call's first batch.
     # (loss, steps) of dispatched calls not yet waited for: the loss is a handle to wait on a call
     # without touching the donated state.
@@ -43,8 +51,7 @@ class TrainCalls:
     throughput can leave compilation out); returns the compiled call (for its FLOPs). The call
     itself then reuses this executable."""
     self._first_batch = next(self._batches)
-    return self._call.lower(state, sums, *self._device_batches([self._first_batch]),
-                            rng).compile()
+    return self._call.lower(state, sums, *self._device_batches([self._first_batch]), rng).compile()
 
   def run(self, state: Any, sums: Any, rng: Any, num_steps: int) -> tuple[Any, Any]:
     """Dispatches one call of the next `num_steps` (<= steps_per_call) batches; returns the state

@@ -10,8 +10,9 @@ import abc
 from typing import Any, Callable
 
 import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdl.errors import ConfigError
 from jaxdl.train import collectives as collectives_lib
@@ -40,8 +41,10 @@ class Layout(abc.ABC):
   def check_batch_size(self, batch_size: int, key: str) -> None:
     n = self.num_devices
     if batch_size % n:
-      raise ConfigError(f"{key}={batch_size} does not split evenly over {n} devices; use a "
-                        f"multiple of {n} (e.g. {key}={max(n, batch_size // n * n)}).")
+      raise ConfigError(
+        f"{key}={batch_size} does not split evenly over {n} devices; use a "
+        f"multiple of {n} (e.g. {key}={max(n, batch_size // n * n)})."
+      )
 
   # ------------------------------------------------------------------ The saved (global) form
 
@@ -55,8 +58,11 @@ class Layout(abc.ABC):
   def abstract_saved(self, shapes: Any) -> Any:
     """Shapes, dtypes and shardings of the loop state (`shapes`: its jax.eval_shape), to restore
     a checkpoint into."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        shapes, self.saved_shardings(shapes))
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      shapes,
+      self.saved_shardings(shapes),
+    )
 
   def init(self, init: Callable[[], Any], shapes: Any) -> Any:
     """The loop state of step 0 (`shapes`: jax.eval_shape of `init`), in the run form."""
@@ -77,15 +83,17 @@ class Layout(abc.ABC):
     """Device arrays of the run form -> their global value as host numpy."""
 
   @abc.abstractmethod
-  def put_batch(self, host_batch: dict[str, np.ndarray], member_axis: bool = False,
-                steps_axis: bool = False) -> Any:
+  def put_batch(
+    self, host_batch: dict[str, np.ndarray], member_axis: bool = False, steps_axis: bool = False
+  ) -> Any:
     """This process's rows of a global batch [B, ...] (a sweep's [members, B, ...]; with
     `steps_axis`, several steps' batches stacked in front, [K, ...], from
     jaxdl.train.parallel.stack_steps) -> device arrays split over the devices along B."""
 
   @abc.abstractmethod
-  def compile_update(self, update: Callable, state_shardings: Any = None,
-                     steps_in_call: bool = False) -> Callable:
+  def compile_update(
+    self, update: Callable, state_shardings: Any = None, steps_in_call: bool = False
+  ) -> Callable:
     """(state, sums, batch, rng) -> (state, sums, loss), state and sums donated; with
     `steps_in_call`, (state, sums, batches, n, rng) -> the same after n steps
     (jaxdl.train.step.steps_in_one_call; batches from `put_batch(..., steps_axis=True)`).

@@ -11,9 +11,10 @@ is its saved form.
 from typing import Any, Callable
 
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
 
 from jaxdl.errors import ConfigError
 from jaxdl.train import collectives as collectives_lib
@@ -32,19 +33,24 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: list[jax.Device] | None = 
   sizes = {"data": data, "fsdp": fsdp}
   for name, size in sizes.items():
     if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
-      raise ConfigError(f"parallel.mesh.{name}={size!r} must be a positive number of devices or "
-                        "-1 (the devices the other axis leaves).")
+      raise ConfigError(
+        f"parallel.mesh.{name}={size!r} must be a positive number of devices or "
+        "-1 (the devices the other axis leaves)."
+      )
   if data == -1 and fsdp == -1:
     raise ConfigError("parallel.mesh.data and parallel.mesh.fsdp cannot both be -1; set one.")
   if data == -1 or fsdp == -1:
     known = fsdp if data == -1 else data
     if n % known:
-      raise ConfigError(f"parallel.mesh: {n} devices do not split into groups of {known}; use a "
-                        f"divisor of {n}.")
+      raise ConfigError(
+        f"parallel.mesh: {n} devices do not split into groups of {known}; use a divisor of {n}."
+      )
     data, fsdp = (n // known, fsdp) if data == -1 else (data, n // known)
   if data * fsdp != n:
-    raise ConfigError(f"parallel.mesh data={data} x fsdp={fsdp} = {data * fsdp} devices, but "
-                      f"there are {n}; make the product {n}, or set one axis to -1.")
+    raise ConfigError(
+      f"parallel.mesh data={data} x fsdp={fsdp} = {data * fsdp} devices, but "
+      f"there are {n}; make the product {n}, or set one axis to -1."
+    )
   try:  # Topology-aware order on TPU and GPU (neighbours on the fast links).
     grid = mesh_utils.create_device_mesh((data, fsdp), devices)
   except (AssertionError, ValueError, NotImplementedError):
@@ -78,8 +84,9 @@ class MeshLayout(Layout):
     return self.mesh.shape["fsdp"]
 
   def saved_shardings(self, abstract_loop: Any) -> Any:
-    return jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp)),
-                        abstract_loop)
+    return jax.tree.map(
+      lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp)), abstract_loop
+    )
 
   def from_saved(self, loop: Any) -> Any:
     return loop
@@ -90,20 +97,20 @@ class MeshLayout(Layout):
   def to_host(self, tree: Any) -> Any:
     return jax.device_get(tree)
 
-  def put_batch(self, host_batch: dict[str, np.ndarray], member_axis: bool = False,
-                steps_axis: bool = False) -> Any:
+  def put_batch(
+    self, host_batch: dict[str, np.ndarray], member_axis: bool = False, steps_axis: bool = False
+  ) -> Any:
     lead = int(steps_axis) + int(member_axis)  # Axes in front of B.
     sharding = NamedSharding(self.mesh, P(*[None] * lead, ("data", "fsdp")))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
-                        host_batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)
 
-  def compile_update(self, update: Callable, state_shardings: Any = None,
-                     steps_in_call: bool = False) -> Callable:
+  def compile_update(
+    self, update: Callable, state_shardings: Any = None, steps_in_call: bool = False
+  ) -> Callable:
     del steps_in_call  # jit takes the step count like any other argument.
     out_shardings = None
     if state_shardings is not None:
-      out_shardings = (state_shardings["state"], state_shardings["metric_sums"],
-                       self.replicated())
+      out_shardings = (state_shardings["state"], state_shardings["metric_sums"], self.replicated())
     return jax.jit(update, donate_argnums=(0, 1), out_shardings=out_shardings)
 
   def compile_elementwise(self, fn: Callable, shardings: Any = None) -> Callable:

@@ -26,8 +26,10 @@ def weight_decay_mask(cfg: Mapping[str, Any]):
     return None
   if cfg["weight_decay_mask"] == "matrices":
     return lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  raise ConfigError(f"Unknown optimizer.weight_decay_mask {cfg['weight_decay_mask']!r}; choose one "
-                    f"of {DECAY_MASKS}.")
+  raise ConfigError(
+    f"Unknown optimizer.weight_decay_mask {cfg['weight_decay_mask']!r}; choose one "
+    f"of {DECAY_MASKS}."
+  )
 
 
 def _decay_mask(cfg: Mapping[str, Any]):
@@ -59,24 +61,35 @@ def lr_multipliers(cfg: Mapping[str, Any]) -> list[tuple[Any, float]]:
   """The (compiled pattern, factor) pairs of `optimizer.lr_multipliers`, checked."""
   entries = cfg.get("lr_multipliers", [])
   if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
-    raise ConfigError(f"optimizer.lr_multipliers={entries!r} must be a list of (pattern, factor) "
-                      "pairs, e.g. [('head/.*', 10.0)].")
+    raise ConfigError(
+      f"optimizer.lr_multipliers={entries!r} must be a list of (pattern, factor) "
+      "pairs, e.g. [('head/.*', 10.0)]."
+    )
   for entry in entries:
     if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
-      raise ConfigError(f"optimizer.lr_multipliers entry {entry!r} must be a (pattern, factor) "
-                        "pair, e.g. ('head/.*', 10.0).")
+      raise ConfigError(
+        f"optimizer.lr_multipliers entry {entry!r} must be a (pattern, factor) "
+        "pair, e.g. ('head/.*', 10.0)."
+      )
     pattern, factor = entry
-    if (isinstance(factor, bool) or not isinstance(factor, (int, float))
-        or not math.isfinite(factor)):
-      raise ConfigError(f"optimizer.lr_multipliers: the factor for {pattern!r} is {factor!r}; "
-                        "give a positive number, e.g. 0.1.")
+    if (
+      isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor)
+    ):
+      raise ConfigError(
+        f"optimizer.lr_multipliers: the factor for {pattern!r} is {factor!r}; "
+        "give a positive number, e.g. 0.1."
+      )
     if factor == 0:
-      raise ConfigError(f"optimizer.lr_multipliers: the factor for {pattern!r} is 0, which would "
-                        "stop those parameters from training; list the pattern in optimizer.freeze "
-                        "instead, which also keeps no optimizer state for them.")
+      raise ConfigError(
+        f"optimizer.lr_multipliers: the factor for {pattern!r} is 0, which would "
+        "stop those parameters from training; list the pattern in optimizer.freeze "
+        "instead, which also keeps no optimizer state for them."
+      )
     if factor < 0:
-      raise ConfigError(f"optimizer.lr_multipliers: the factor for {pattern!r} is {factor}; a "
-                        "negative rate would climb the loss. Give a positive number.")
+      raise ConfigError(
+        f"optimizer.lr_multipliers: the factor for {pattern!r} is {factor}; a "
+        "negative rate would climb the loss. Give a positive number."
+      )
   compiled = param_paths.compile_patterns([p for p, _ in entries], "optimizer.lr_multipliers")
   return [(pattern, float(factor)) for pattern, (_, factor) in zip(compiled, entries)]
 
@@ -93,9 +106,11 @@ def scale_by_path(factors: Sequence[tuple[Any, float]]) -> optax.GradientTransfo
 
   def update_fn(updates, state, params=None):
     del params
+
     def scale(keypath, u):
       factor = factor_of(param_paths.path_str(keypath))
       return u if factor == 1.0 else u * factor
+
     return jax.tree_util.tree_map_with_path(scale, updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
@@ -108,12 +123,16 @@ def _check_selections(cfg: Mapping[str, Any], params: Any) -> None:
   frozen = param_paths.named_leaves(frozen_mask(cfg, params))
   trainable = [p for p, f in frozen.items() if not f]
   if frozen and not trainable:
-    raise ConfigError(f"optimizer.freeze={list(cfg['freeze'])} selects every parameter, so "
-                      "nothing would train; narrow the patterns.")
+    raise ConfigError(
+      f"optimizer.freeze={list(cfg['freeze'])} selects every parameter, so "
+      "nothing would train; narrow the patterns."
+    )
   base = weight_decay_mask(cfg) if cfg.get("no_weight_decay") else None
   decayed = param_paths.named_leaves(base(params) if base else jax.tree.map(lambda _: True, params))
-  checks = [("optimizer.lr_multipliers", [p for p, _ in cfg.get("lr_multipliers", [])]),
-            ("optimizer.no_weight_decay", list(cfg.get("no_weight_decay", [])))]
+  checks = [
+    ("optimizer.lr_multipliers", [p for p, _ in cfg.get("lr_multipliers", [])]),
+    ("optimizer.no_weight_decay", list(cfg.get("no_weight_decay", []))),
+  ]
   for what, patterns in checks:
     claimed: set[str] = set()
     for pattern in patterns:
@@ -122,16 +141,22 @@ def _check_selections(cfg: Mapping[str, Any], params: Any) -> None:
       shown = ", ".join(hits[:4]) + (", ..." if len(hits) > 4 else "")
       live = [p for p in hits if not frozen[p]]
       if not live:
-        raise ConfigError(f"{what}: pattern {pattern!r} selects only frozen parameters ({shown}), "
-                          "so it has no effect; remove it or narrow optimizer.freeze.")
+        raise ConfigError(
+          f"{what}: pattern {pattern!r} selects only frozen parameters ({shown}), "
+          "so it has no effect; remove it or narrow optimizer.freeze."
+        )
       if what == "optimizer.no_weight_decay" and not any(decayed[p] for p in live):
-        raise ConfigError(f"{what}: pattern {pattern!r} selects only parameters that "
-                          f"optimizer.weight_decay_mask={cfg['weight_decay_mask']!r} already "
-                          f"spares ({shown}), so it has no effect; remove it.")
+        raise ConfigError(
+          f"{what}: pattern {pattern!r} selects only parameters that "
+          f"optimizer.weight_decay_mask={cfg['weight_decay_mask']!r} already "
+          f"spares ({shown}), so it has no effect; remove it."
+        )
       if what == "optimizer.lr_multipliers" and claimed.issuperset(live):
-        raise ConfigError(f"{what}: every parameter pattern {pattern!r} selects is already "
-                          "matched by an earlier pattern, and the first match wins; move it "
-                          "earlier or remove it.")
+        raise ConfigError(
+          f"{what}: every parameter pattern {pattern!r} selects is already "
+          "matched by an earlier pattern, and the first match wins; move it "
+          "earlier or remove it."
+        )
       claimed.update(live)
 
 
@@ -144,20 +169,29 @@ def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     if warmup <= 0:
       return optax.constant_schedule(peak)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+      [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+    )
   if cfg["schedule"] == "cosine":
     decay_steps = cfg["decay_steps"] or total_steps
     if decay_steps <= warmup:
-      raise ConfigError(f"optimizer.decay_steps ({decay_steps}) must exceed optimizer.warmup_steps "
-                        f"({warmup}) for the cosine schedule; lower warmup_steps or raise decay_steps.")
+      raise ConfigError(
+        f"optimizer.decay_steps ({decay_steps}) must exceed optimizer.warmup_steps "
+        f"({warmup}) for the cosine schedule; lower warmup_steps or raise decay_steps."
+      )
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=decay_steps,
-        end_value=cfg["end_learning_rate"])
+      init_value=0.0,
+      peak_value=peak,
+      warmup_steps=warmup,
+      decay_steps=decay_steps,
+      end_value=cfg["end_learning_rate"],
+    )
   if cfg["schedule"] == "step":
     boundaries = sorted(cfg["decay_boundaries"])
     if not boundaries or not all(0 < b < 1 for b in boundaries):
-      raise ConfigError(f"optimizer.decay_boundaries={list(cfg['decay_boundaries'])} must be "
-                        "fractions of the run in (0, 1), e.g. [0.5, 0.75], for the step schedule.")
+      raise ConfigError(
+        f"optimizer.decay_boundaries={list(cfg['decay_boundaries'])} must be "
+        "fractions of the run in (0, 1), e.g. [0.5, 0.75], for the step schedule."
+      )
     steps = {}  # Step -> factor; boundaries falling on one step multiply.
     for b in boundaries:
       step = max(warmup, int(b * total_steps))
@@ -165,8 +199,9 @@ def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     decay = optax.piecewise_constant_schedule(peak, steps)
     if warmup <= 0:
       return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
-                                 lambda step: decay(step + warmup)], [warmup])
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), lambda step: decay(step + warmup)], [warmup]
+    )
   raise ConfigError(f"Unknown optimizer.schedule {cfg['schedule']!r}; choose one of {SCHEDULES}.")
 
 
@@ -176,8 +211,9 @@ def _nonzero(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer) or bool(value)
 
 
-def make_optimizer(cfg: Mapping[str, Any],
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  cfg: Mapping[str, Any], total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer named by `cfg["name"]`, with gradient clipping first when enabled.
 
   `freeze` gives the parameters it selects a zero update and no optimizer state (Adam's moments
@@ -193,14 +229,22 @@ def make_optimizer(cfg: Mapping[str, Any],
   no_decay = cfg.get("no_weight_decay", [])
   param_paths.compile_patterns(no_decay, "optimizer.no_weight_decay")
   if no_decay and (name == "adam" or not _nonzero(cfg["weight_decay"])):
-    raise ConfigError(f"optimizer.no_weight_decay={list(no_decay)} has no effect: "
-                      f"{name} with optimizer.weight_decay={cfg['weight_decay']} decays no "
-                      "weights. Remove it, or use adamw or sgd with weight_decay > 0.")
+    raise ConfigError(
+      f"optimizer.no_weight_decay={list(no_decay)} has no effect: "
+      f"{name} with optimizer.weight_decay={cfg['weight_decay']} decays no "
+      "weights. Remove it, or use adamw or sgd with weight_decay > 0."
+    )
   if name == "adam":
     tx = optax.adam(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"])
   elif name == "adamw":
-    tx = optax.adamw(schedule, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
-                     weight_decay=cfg["weight_decay"], mask=_decay_mask(cfg))
+    tx = optax.adamw(
+      schedule,
+      b1=cfg["b1"],
+      b2=cfg["b2"],
+      eps=cfg["eps"],
+      weight_decay=cfg["weight_decay"],
+      mask=_decay_mask(cfg),
+    )
   elif name == "sgd":
     tx = optax.sgd(schedule, momentum=cfg["momentum"] or None, nesterov=cfg["nesterov"])
     if _nonzero(cfg["weight_decay"]):
@@ -215,8 +259,9 @@ def make_optimizer(cfg: Mapping[str, Any],
     tx = optax.chain(tx, scale_by_path(multipliers))
   if freeze:
     # Everything above runs on the trainable parameters alone: clipping measures their norm only.
-    labels = lambda tree: jax.tree.map(lambda f: "frozen" if f else "trainable",
-                                       frozen_mask(cfg, tree))
+    labels = lambda tree: jax.tree.map(
+      lambda f: "frozen" if f else "trainable", frozen_mask(cfg, tree)
+    )
     tx = optax.multi_transform({"frozen": optax.set_to_zero(), "trainable": tx}, labels)
   if freeze or multipliers or no_decay:
     inner_init = tx.init

@@ -32,8 +32,9 @@ def make_layout(parallel_config: Any) -> Layout:
   if strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
   mesh_config = parallel_config.get("mesh", {"data": -1, "fsdp": 1})
-  return STRATEGIES[strategy].from_mesh_config(mesh_config.get("data", -1),
-                                               mesh_config.get("fsdp", 1))
+  return STRATEGIES[strategy].from_mesh_config(
+    mesh_config.get("data", -1), mesh_config.get("fsdp", 1)
+  )
 
 
 def stack_steps(host_batches: list[dict[str, np.ndarray]], slots: int) -> dict[str, np.ndarray]:

@@ -55,7 +55,7 @@ def example_paths(target: str, paths: Iterable[str], n: int = _EXAMPLES) -> list
   """Up to `n` of `paths`: those closest to `target` first, then the tree's first ones."""
   paths = list(paths)
   close = difflib.get_close_matches(target, paths, n=n, cutoff=0.4)
-  return close + [p for p in paths if p not in close][:n - len(close)]
+  return close + [p for p in paths if p not in close][: n - len(close)]
 
 
 def describe_paths(target: str, paths: Iterable[str]) -> str:
@@ -71,18 +71,24 @@ def describe_paths(target: str, paths: Iterable[str]) -> str:
 def compile_patterns(patterns: Any, what: str) -> list[re.Pattern]:
   """The regular expressions of config key `what`, checked to be a list of valid patterns."""
   if isinstance(patterns, (str, bytes)) or not isinstance(patterns, Iterable):
-    raise ConfigError(f"{what}={patterns!r} must be a list of regular expressions, e.g. "
-                      "['encoder/.*'], not a single value.")
+    raise ConfigError(
+      f"{what}={patterns!r} must be a list of regular expressions, e.g. "
+      "['encoder/.*'], not a single value."
+    )
   compiled = []
   for pattern in patterns:
     if not isinstance(pattern, str):
-      raise ConfigError(f"{what}: {pattern!r} is not a string; give each parameter pattern as a "
-                        "regular expression such as 'encoder/.*/kernel'.")
+      raise ConfigError(
+        f"{what}: {pattern!r} is not a string; give each parameter pattern as a "
+        "regular expression such as 'encoder/.*/kernel'."
+      )
     try:
       compiled.append(re.compile(pattern))
     except re.error as e:
-      raise ConfigError(f"{what}: {pattern!r} is not a valid regular expression ({e}). Paths "
-                        "look like 'encoder/Dense_0/kernel'; escape special characters with \\.")
+      raise ConfigError(
+        f"{what}: {pattern!r} is not a valid regular expression ({e}). Paths "
+        "look like 'encoder/Dense_0/kernel'; escape special characters with \\."
+      ) from None
   return compiled
 
 
@@ -104,8 +110,10 @@ def match(tree: Any, patterns: Any, what: str, *, require_match: bool = True) ->
   if require_match:
     for pattern in compiled:
       if not any(pattern.fullmatch(p) for p in paths):
-        raise ConfigError(f"{what}: pattern {pattern.pattern!r} matches no parameter path (it must "
-                          "match a whole path, as re.fullmatch does)."
-                          + describe_paths(pattern.pattern, paths))
+        raise ConfigError(
+          f"{what}: pattern {pattern.pattern!r} matches no parameter path (it must "
+          "match a whole path, as re.fullmatch does)." + describe_paths(pattern.pattern, paths)
+        )
   return jax.tree_util.tree_map_with_path(
-      lambda kp, _: any(p.fullmatch(path_str(kp)) for p in compiled), tree)
+    lambda kp, _: any(p.fullmatch(path_str(kp)) for p in compiled), tree
+  )

@@ -11,8 +11,9 @@ to float rounding.
 from typing import Any, Callable
 
 import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdl.errors import ConfigError
 from jaxdl.train import collectives as collectives_lib
@@ -32,9 +33,11 @@ class PmapLayout(Layout):
   @classmethod
   def from_mesh_config(cls, data: int, fsdp: int) -> "PmapLayout":
     if fsdp not in (1, -1) or data == 1 and fsdp == -1:
-      raise ConfigError("parallel.strategy=pmap replicates the state on every device; it cannot "
-                        "shard it (parallel.mesh.fsdp must be 1). Use parallel.strategy=jit for "
-                        "FSDP.")
+      raise ConfigError(
+        "parallel.strategy=pmap replicates the state on every device; it cannot "
+        "shard it (parallel.mesh.fsdp must be 1). Use parallel.strategy=jit for "
+        "FSDP."
+      )
     return cls(make_mesh(-1, 1))  # Every device on the data axis.
 
   def saved_shardings(self, abstract_loop: Any) -> Any:
@@ -50,10 +53,14 @@ class PmapLayout(Layout):
     def per_device(x):
       by_device = {s.device: s.data for s in x.addressable_shards}
       return jax.make_array_from_single_device_arrays(
-          (len(devices), *x.shape), sharding, [by_device[d][None] for d in devices])
+        (len(devices), *x.shape), sharding, [by_device[d][None] for d in devices]
+      )
 
-    return {**loop, "state": jax.tree.map(per_device, loop["state"]),
-            "metric_sums": jax.tree.map(per_device, loop["metric_sums"])}
+    return {
+      **loop,
+      "state": jax.tree.map(per_device, loop["state"]),
+      "metric_sums": jax.tree.map(per_device, loop["metric_sums"]),
+    }
 
   def to_saved(self, loop: Any) -> Any:
     """One copy of the replicas."""
@@ -61,25 +68,33 @@ class PmapLayout(Layout):
 
     def one_copy(x):
       return jax.make_array_from_single_device_arrays(
-          x.shape[1:], replicated, [s.data.reshape(x.shape[1:]) for s in x.addressable_shards])
+        x.shape[1:], replicated, [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]
+      )
 
-    return {**loop, "state": jax.tree.map(one_copy, loop["state"]),
-            "metric_sums": jax.tree.map(one_copy, loop["metric_sums"])}
+    return {
+      **loop,
+      "state": jax.tree.map(one_copy, loop["state"]),
+      "metric_sums": jax.tree.map(one_copy, loop["metric_sums"]),
+    }
 
   def to_host(self, tree: Any) -> Any:
     """Copy 0."""
     return jax.tree.map(lambda x: x[0], jax.device_get(tree))
 
-  def put_batch(self, host_batch: dict[str, np.ndarray], member_axis: bool = False,
-                steps_axis: bool = False) -> Any:
+  def put_batch(
+    self, host_batch: dict[str, np.ndarray], member_axis: bool = False, steps_axis: bool = False
+  ) -> Any:
     lead = int(steps_axis) + int(member_axis)  # Axes in front of B.
     d = jax.local_device_count()
+
     def split(x):  # [..., B, ...] -> [D, ..., B/D, ...]
-      return np.moveaxis(x.reshape(*x.shape[:lead], d, -1, *x.shape[lead + 1:]), lead, 0)
+      return np.moveaxis(x.reshape(*x.shape[:lead], d, -1, *x.shape[lead + 1 :]), lead, 0)
+
     return jax.tree.map(split, host_batch)
 
-  def compile_update(self, update: Callable, state_shardings: Any = None,
-                     steps_in_call: bool = False) -> Callable:
+  def compile_update(
+    self, update: Callable, state_shardings: Any = None, steps_in_call: bool = False
+  ) -> Callable:
     del state_shardings  # Replicated per device by construction.
     # One key for all (the step folds in the device index), and one step count.
     in_axes = (0, 0, 0, None, None) if steps_in_call else (0, 0, 0, None)
@@ -91,6 +106,7 @@ class PmapLayout(Layout):
 
   def compile_eval(self, eval_step: Callable) -> Callable:
     # Summed over every device of every host: copy 0 holds it all.
-    stepped = jax.pmap(lambda state, batch: jax.lax.psum(eval_step(state, batch), PMAP_AXIS),
-                       axis_name=PMAP_AXIS)
+    stepped = jax.pmap(
+      lambda state, batch: jax.lax.psum(eval_step(state, batch), PMAP_AXIS), axis_name=PMAP_AXIS
+    )
     return lambda state, batch: self.to_host(stepped(state, batch))

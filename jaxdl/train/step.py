@@ -26,17 +26,26 @@ class TrainState:
   ema_params: Any = None
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array,
-                       *example_inputs: jax.Array, ema: bool = False) -> TrainState:
+def create_train_state(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  init_key: jax.Array,
+  *example_inputs: jax.Array,
+  ema: bool = False,
+) -> TrainState:
   """Initialises the model on `example_inputs` (the task's model inputs; a batch of 1 will do).
 
   With `ema`, the state also holds a moving average of the parameters, starting at them.
   """
   variables = model.init(init_key, *example_inputs, train=False)
   params = variables.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                    opt_state=tx.init(params),
-                    ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=dict(variables),
+    opt_state=tx.init(params),
+    ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+  )
 
 
 def _loss_weight_fn(task: Any) -> Callable[[Batch], jax.Array] | None:
@@ -66,22 +75,32 @@ def split_micro_batches(batch: Batch, num_micro_batches: int) -> Batch:
   k = num_micro_batches
   sizes = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(batch)}
   if len(sizes) != 1 or None in sizes:
-    raise ValueError(f"Gradient accumulation splits every batch array along its leading (batch) "
-                     f"axis, but the arrays' leading sizes are {sorted(map(str, sizes))}; give "
-                     "every entry of the batch the same leading size B.")
+    raise ValueError(
+      f"Gradient accumulation splits every batch array along its leading (batch) "
+      f"axis, but the arrays' leading sizes are {sorted(map(str, sizes))}; give "
+      "every entry of the batch the same leading size B."
+    )
   (size,) = sizes
   if size % k:
-    raise ValueError(f"grad_accum_steps={k} does not divide the batch of {size} examples (per "
-                     f"device under pmap) into equal micro-batches; use a batch size that is a "
-                     f"multiple of {k} (e.g. {max(k, size // k * k)}) or fewer accumulation steps.")
+    raise ValueError(
+      f"grad_accum_steps={k} does not divide the batch of {size} examples (per "
+      f"device under pmap) into equal micro-batches; use a batch size that is a "
+      f"multiple of {k} (e.g. {max(k, size // k * k)}) or fewer accumulation steps."
+    )
   return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(size // k, k, *x.shape[1:]), 0, 1), batch)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    task: Any = tasks.Classification(), ema_decay: float = 0.0, *,
-                    grad_accum_steps: int = 1, grad_accum_unroll: bool = False,
-                    collectives: collectives_lib.Collectives = collectives_lib.GLOBAL) -> Callable[
-                        [TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+def make_train_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  task: Any = tasks.Classification(),
+  ema_decay: float = 0.0,
+  *,
+  grad_accum_steps: int = 1,
+  grad_accum_unroll: bool = False,
+  collectives: collectives_lib.Collectives = collectives_lib.GLOBAL,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Returns train_step(state, batch, rng) -> (state, metrics); `rng` is the run's training key.
 
   `ema_decay` > 0 updates `state.ema_params` (which must exist) after every step:
@@ -111,10 +130,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   each device folds its axis index into the step's key, so dropout masks differ between devices
   while `rng` is the same on all of them.
   """
-  if (isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int)
-      or grad_accum_steps < 1):
-    raise ValueError(f"grad_accum_steps must be a positive integer (1: no accumulation), got "
-                     f"{grad_accum_steps!r}.")
+  if (
+    isinstance(grad_accum_steps, bool)
+    or not isinstance(grad_accum_steps, int)
+    or grad_accum_steps < 1
+  ):
+    raise ValueError(
+      f"grad_accum_steps must be a positive integer (1: no accumulation), got {grad_accum_steps!r}."
+    )
   loss_weight = _loss_weight_fn(task)
 
   def grads_and_metrics(params, model_state, batch, rng):
@@ -125,8 +148,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       variables = {"params": params, **model_state}
       with collectives.batch_norm():
         outputs, new_model_state = model.apply(
-            variables, *task.model_inputs(batch), train=True, rngs={"dropout": rng},
-            mutable=mutable)
+          variables, *task.model_inputs(batch), train=True, rngs={"dropout": rng}, mutable=mutable
+        )
       loss, metrics = task.loss(outputs, batch)
       return loss, (metrics, new_model_state)
 
@@ -136,66 +159,87 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   def accumulated_grads_and_metrics(params, model_state, batch, step_rng):
     """The (weighted) means over the k micro-batches, and the model state after the last one."""
     micro_batches = split_micro_batches(batch, grad_accum_steps)
-    weights_k = (jax.vmap(loss_weight)(micro_batches) if loss_weight is not None
-                 else jnp.ones(grad_accum_steps, jnp.float32))
-    metric_shapes = jax.eval_shape(grads_and_metrics, params, model_state,
-                                   jax.tree.map(lambda x: x[0], micro_batches), step_rng)[1]
+    weights_k = (
+      jax.vmap(loss_weight)(micro_batches)
+      if loss_weight is not None
+      else jnp.ones(grad_accum_steps, jnp.float32)
+    )
+    metric_shapes = jax.eval_shape(
+      grads_and_metrics, params, model_state, jax.tree.map(lambda x: x[0], micro_batches), step_rng
+    )[1]
     # Sums in float32 whatever the parameters' dtype, so that k small terms are not lost.
     zeros = lambda t: jax.tree.map(
-        lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), t)
+      lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), t
+    )
 
     def add_micro_batch(carry, xs):
       grad_sum, metric_sum, model_state = carry
       micro_batch, weight, i = xs
-      grads, metrics, model_state = grads_and_metrics(params, model_state, micro_batch,
-                                                      jax.random.fold_in(step_rng, i))
+      grads, metrics, model_state = grads_and_metrics(
+        params, model_state, micro_batch, jax.random.fold_in(step_rng, i)
+      )
       add = lambda s, x: s + weight * x.astype(s.dtype)
-      return (jax.tree.map(add, grad_sum, grads), jax.tree.map(add, metric_sum, metrics),
-              model_state), None
+      return (
+        jax.tree.map(add, grad_sum, grads),
+        jax.tree.map(add, metric_sum, metrics),
+        model_state,
+      ), None
 
     (grad_sum, metric_sum, model_state), _ = jax.lax.scan(
-        add_micro_batch, (zeros(params), zeros(metric_shapes), model_state),
-        (micro_batches, weights_k, jnp.arange(grad_accum_steps)), unroll=bool(grad_accum_unroll))
+      add_micro_batch,
+      (zeros(params), zeros(metric_shapes), model_state),
+      (micro_batches, weights_k, jnp.arange(grad_accum_steps)),
+      unroll=bool(grad_accum_unroll),
+    )
     total_weight = jnp.sum(weights_k)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), _weighted_mean(grad_sum, total_weight),
-                         params)
+    grads = jax.tree.map(
+      lambda g, p: g.astype(p.dtype), _weighted_mean(grad_sum, total_weight), params
+    )
     return grads, _weighted_mean(metric_sum, total_weight), model_state
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     # The step's randomness depends only on the step number, never on host-side call order.
     step_rng = collectives.device_key(jax.random.fold_in(rng, state.step))
     if grad_accum_steps == 1:
-      grads, metrics, new_model_state = grads_and_metrics(state.params, state.model_state, batch,
-                                                          step_rng)
+      grads, metrics, new_model_state = grads_and_metrics(
+        state.params, state.model_state, batch, step_rng
+      )
     else:
       grads, metrics, new_model_state = accumulated_grads_and_metrics(
-          state.params, state.model_state, batch, step_rng)
+        state.params, state.model_state, batch, step_rng
+      )
     # Every device applies the mean update of the global batch.
     weight = None if loss_weight is None else lambda: loss_weight(batch)
     grads, metrics = collectives.mean((grads, metrics), weight)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        **metrics,
-        "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
-        "train/grad_norm": optax.tree.norm(grads),
-        "train/param_norm": optax.tree.norm(params),
-        "train/update_norm": optax.tree.norm(updates),
+      **metrics,
+      "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+      "train/grad_norm": optax.tree.norm(grads),
+      "train/param_norm": optax.tree.norm(params),
+      "train/update_norm": optax.tree.norm(updates),
     }
     ema_params = state.ema_params
     if ema_decay:
-      ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params,
-                                params)
-    new_state = state.replace(step=state.step + 1, params=params,
-                              model_state=dict(new_model_state), opt_state=opt_state,
-                              ema_params=ema_params)
+      ema_params = jax.tree.map(
+        lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params, params
+      )
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      model_state=dict(new_model_state),
+      opt_state=opt_state,
+      ema_params=ema_params,
+    )
     return new_state, metrics
 
   return train_step
 
 
-def make_eval_step(model: nn.Module, task: Any = tasks.Classification()) -> Callable[
-    [TrainState, Batch], Metrics]:
+def make_eval_step(
+  model: nn.Module, task: Any = tasks.Classification()
+) -> Callable[[TrainState, Batch], Metrics]:
   """Returns eval_step(state, batch) -> sums over the batch's real (mask=True) examples.
 
   Evaluates the moving average of the parameters when the state keeps one.
@@ -212,15 +256,18 @@ def make_eval_step(model: nn.Module, task: Any = tasks.Classification()) -> Call
 # per interval. The sums are part of the checkpoint: a run resumed mid-interval logs the same means.
 def init_metric_sums(metrics_shapes: Metrics) -> dict[str, Any]:
   return {
-      "sums": jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metrics_shapes),
-      "count": jnp.zeros((), jnp.int32),
-      "first_nonfinite_step": jnp.full((), -1, jnp.int32),  # First step with a NaN/Inf metric.
+    "sums": jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metrics_shapes),
+    "count": jnp.zeros((), jnp.int32),
+    "first_nonfinite_step": jnp.full((), -1, jnp.int32),  # First step with a NaN/Inf metric.
   }
 
 
 def reset_metric_sums(sums: dict[str, Any]) -> dict[str, Any]:
-  return {"sums": jax.tree.map(jnp.zeros_like, sums["sums"]), "count": jnp.zeros_like(sums["count"]),
-          "first_nonfinite_step": jnp.full_like(sums["first_nonfinite_step"], -1)}
+  return {
+    "sums": jax.tree.map(jnp.zeros_like, sums["sums"]),
+    "count": jnp.zeros_like(sums["count"]),
+    "first_nonfinite_step": jnp.full_like(sums["first_nonfinite_step"], -1),
+  }
 
 
 def accumulate_metrics(sums: dict[str, Any], metrics: Metrics, step: jax.Array) -> dict[str, Any]:
@@ -229,9 +276,9 @@ def accumulate_metrics(sums: dict[str, Any], metrics: Metrics, step: jax.Array) 
   bad = jnp.any(jnp.stack([~jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
   first = sums["first_nonfinite_step"]
   return {
-      "sums": jax.tree.map(lambda s, m: s + m.astype(jnp.float32), sums["sums"], metrics),
-      "count": sums["count"] + 1,
-      "first_nonfinite_step": jnp.where((first < 0) & bad, step, first),
+    "sums": jax.tree.map(lambda s, m: s + m.astype(jnp.float32), sums["sums"], metrics),
+    "count": sums["count"] + 1,
+    "first_nonfinite_step": jnp.where((first < 0) & bad, step, first),
   }
 
 
@@ -253,8 +300,7 @@ def steps_in_one_call(update: Callable) -> Callable:
       batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
       return update(state, sums, batch, rng)
 
-    loss_shapes = jax.eval_shape(update, state, sums,
-                                 jax.tree.map(lambda x: x[0], batches), rng)[2]
+    loss_shapes = jax.eval_shape(update, state, sums, jax.tree.map(lambda x: x[0], batches), rng)[2]
     no_loss = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), loss_shapes)
     return jax.lax.fori_loop(0, num_steps, one_step, (state, sums, no_loss))
 

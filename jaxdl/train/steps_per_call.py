@@ -38,9 +38,11 @@ DECLARATION = "runs_xla_convolutions"  # The attribute a module may declare (mod
 def check(setting) -> None:
   """ConfigError unless `setting` is a whole number >= 0."""
   if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
-    raise ConfigError(f"train.steps_per_call={setting!r} must be a whole number of steps >= 1, or "
-                      f"0 for auto ({CPU_STEPS_PER_CALL} on a CPU unless the model runs XLA "
-                      "convolutions, 1 elsewhere).")
+    raise ConfigError(
+      f"train.steps_per_call={setting!r} must be a whole number of steps >= 1, or "
+      f"0 for auto ({CPU_STEPS_PER_CALL} on a CPU unless the model runs XLA "
+      "convolutions, 1 elsewhere)."
+    )
 
 
 def resolve(setting: int, model: nn.Module, *example_inputs: jax.Array) -> int:
@@ -52,12 +54,18 @@ def resolve(setting: int, model: nn.Module, *example_inputs: jax.Array) -> int:
   elif jax.default_backend() != "cpu":
     steps, why = 1, "train.steps_per_call=0, auto: one off the CPU"
   elif runs_xla_convolutions(model, *example_inputs):
-    steps, why = 1, ("train.steps_per_call=0, auto: the model runs XLA convolutions, which XLA:CPU "
-                     "runs ~15x slower inside a loop")
+    steps, why = (
+      1,
+      (
+        "train.steps_per_call=0, auto: the model runs XLA convolutions, which XLA:CPU "
+        "runs ~15x slower inside a loop"
+      ),
+    )
   else:
     steps, why = CPU_STEPS_PER_CALL, "train.steps_per_call=0, auto on a CPU"
-  logger.info("%s per call (%s).", f"Up to {steps} train steps" if steps > 1 else "One train step",
-              why)
+  logger.info(
+    "%s per call (%s).", f"Up to {steps} train steps" if steps > 1 else "One train step", why
+  )
   return steps
 
 
@@ -94,6 +102,8 @@ def _flax_conv_runs_xla(module: nn.Module) -> bool:
   if isinstance(module, (nn.ConvLocal, nn.ConvTranspose)):  # Always lax's own convolutions.
     return True
   if isinstance(module, nn.Conv):
-    return (module.conv_general_dilated_cls is None
-            and module.conv_general_dilated in (None, lax.conv_general_dilated))
+    return module.conv_general_dilated_cls is None and module.conv_general_dilated in (
+      None,
+      lax.conv_general_dilated,
+    )
   return False

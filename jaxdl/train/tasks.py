@@ -20,8 +20,9 @@ import optax
 Batch = dict[str, jax.Array]
 
 
-def cross_entropy(logits_BK: jax.Array, labels_B: jax.Array,
-                  label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy(
+  logits_BK: jax.Array, labels_B: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
   """Per-example softmax cross-entropy (any leading shape), in float32.
 
   With `label_smoothing` = a, the target is (1 - a) * one_hot + a / K (Szegedy et al. 2016).
@@ -53,18 +54,26 @@ class Classification:
     logits_BK = model.apply(variables, *self.model_inputs(batch), train=False)
     mask_B = batch["mask"].astype(jnp.float32)
     correct_B = (jnp.argmax(logits_BK, -1) == batch["label"]).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(cross_entropy(logits_BK, batch["label"]) * mask_B),
-            "correct": jnp.sum(correct_B * mask_B), "count": jnp.sum(mask_B)}
+    return {
+      "loss_sum": jnp.sum(cross_entropy(logits_BK, batch["label"]) * mask_B),
+      "correct": jnp.sum(correct_B * mask_B),
+      "count": jnp.sum(mask_B),
+    }
 
   def eval_metrics(self, sums: dict[str, Any]) -> dict[str, float]:
     count = float(sums["count"])
-    return {"eval/loss": float(sums["loss_sum"]) / count,
-            "eval/accuracy": float(sums["correct"]) / count, "eval/num_examples": count}
+    return {
+      "eval/loss": float(sums["loss_sum"]) / count,
+      "eval/accuracy": float(sums["correct"]) / count,
+      "eval/num_examples": count,
+    }
 
   def summary(self, m: dict[str, float]) -> str:
     n = int(m["eval/num_examples"])
-    return (f"test accuracy {m['eval/accuracy']:.4f} ({int(round(m['eval/accuracy'] * n))}/{n}), "
-            f"test loss {m['eval/loss']:.4f}")
+    return (
+      f"test accuracy {m['eval/accuracy']:.4f} ({int(round(m['eval/accuracy'] * n))}/{n}), "
+      f"test loss {m['eval/loss']:.4f}"
+    )
 
   def tokens_per_example(self, example_batch: dict) -> int | None:
     del example_batch
@@ -91,20 +100,29 @@ class LanguageModelling:
     targets_BT = batch["tokens"][:, 1:]
     mask_BT = jnp.broadcast_to(batch["mask"][:, None], targets_BT.shape).astype(jnp.float32)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(cross_entropy(logits_BTV, targets_BT) * mask_BT),
-            "correct": jnp.sum(correct_BT * mask_BT), "count": jnp.sum(mask_BT),
-            "examples": jnp.sum(batch["mask"].astype(jnp.float32))}
+    return {
+      "loss_sum": jnp.sum(cross_entropy(logits_BTV, targets_BT) * mask_BT),
+      "correct": jnp.sum(correct_BT * mask_BT),
+      "count": jnp.sum(mask_BT),
+      "examples": jnp.sum(batch["mask"].astype(jnp.float32)),
+    }
 
   def eval_metrics(self, sums: dict[str, Any]) -> dict[str, float]:
     count = float(sums["count"])
     loss = float(sums["loss_sum"]) / count
-    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0)),
-            "eval/accuracy": float(sums["correct"]) / count, "eval/num_tokens": count,
-            "eval/num_examples": float(sums["examples"])}
+    return {
+      "eval/loss": loss,
+      "eval/perplexity": math.exp(min(loss, 700.0)),
+      "eval/accuracy": float(sums["correct"]) / count,
+      "eval/num_tokens": count,
+      "eval/num_examples": float(sums["examples"]),
+    }
 
   def summary(self, m: dict[str, float]) -> str:
-    return (f"validation loss {m['eval/loss']:.4f} (perplexity {m['eval/perplexity']:.2f}), "
-            f"next-token accuracy {m['eval/accuracy']:.4f}")
+    return (
+      f"validation loss {m['eval/loss']:.4f} (perplexity {m['eval/perplexity']:.2f}), "
+      f"next-token accuracy {m['eval/accuracy']:.4f}"
+    )
 
   def tokens_per_example(self, example_batch: dict) -> int | None:
     return example_batch["tokens"].shape[1] - 1
@@ -135,7 +153,10 @@ class SequenceToSequence:
     loss_BT, correct_BT, weights_BT = self._token_loss(outputs_BTV, batch, self.label_smoothing)
     num_tokens = jnp.maximum(weights_BT.sum(), 1.0)
     loss = jnp.sum(loss_BT * weights_BT) / num_tokens
-    return loss, {"train/loss": loss, "train/accuracy": jnp.sum(correct_BT * weights_BT) / num_tokens}
+    return loss, {
+      "train/loss": loss,
+      "train/accuracy": jnp.sum(correct_BT * weights_BT) / num_tokens,
+    }
 
   def loss_weight(self, batch: Batch) -> jax.Array:
     """What the loss is a mean over: the batch's scored (non-padding) target tokens. Gradient
@@ -149,22 +170,37 @@ class SequenceToSequence:
     weights_BT = weights_BT * mask_B[:, None]
     # Exact match: greedy decoding from the source alone must reproduce the whole target.
     targets_BT = batch["tgt"][:, 1:]
-    decoded_BT = model.apply(variables, batch["src"], max_length=targets_BT.shape[1],
-                             bos_id=self.bos_id, eos_id=self.eos_id, method="generate")
+    decoded_BT = model.apply(
+      variables,
+      batch["src"],
+      max_length=targets_BT.shape[1],
+      bos_id=self.bos_id,
+      eos_id=self.eos_id,
+      method="generate",
+    )
     exact_B = jnp.all(decoded_BT == targets_BT, axis=-1).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(loss_BT * weights_BT), "correct": jnp.sum(correct_BT * weights_BT),
-            "count": jnp.sum(weights_BT), "exact": jnp.sum(exact_B * mask_B),
-            "examples": jnp.sum(mask_B)}
+    return {
+      "loss_sum": jnp.sum(loss_BT * weights_BT),
+      "correct": jnp.sum(correct_BT * weights_BT),
+      "count": jnp.sum(weights_BT),
+      "exact": jnp.sum(exact_B * mask_B),
+      "examples": jnp.sum(mask_B),
+    }
 
   def eval_metrics(self, sums: dict[str, Any]) -> dict[str, float]:
     count, examples = float(sums["count"]), float(sums["examples"])
-    return {"eval/loss": float(sums["loss_sum"]) / count,
-            "eval/accuracy": float(sums["correct"]) / count,
-            "eval/exact_match": float(sums["exact"]) / examples, "eval/num_examples": examples}
+    return {
+      "eval/loss": float(sums["loss_sum"]) / count,
+      "eval/accuracy": float(sums["correct"]) / count,
+      "eval/exact_match": float(sums["exact"]) / examples,
+      "eval/num_examples": examples,
+    }
 
   def summary(self, m: dict[str, float]) -> str:
-    return (f"exact match {m['eval/exact_match']:.4f} (greedy decoding), token accuracy "
-            f"{m['eval/accuracy']:.4f}, loss {m['eval/loss']:.4f}")
+    return (
+      f"exact match {m['eval/exact_match']:.4f} (greedy decoding), token accuracy "
+      f"{m['eval/accuracy']:.4f}, loss {m['eval/loss']:.4f}"
+    )
 
   def tokens_per_example(self, example_batch: dict) -> int | None:
     return example_batch["tgt"].shape[1] - 1
@@ -181,10 +217,16 @@ def make_task(dataset, *, label_smoothing: float = 0.0) -> Any:
     return Classification(input_key=dataset.input_key, label_smoothing=label_smoothing)
   if dataset.task == "lm":
     if label_smoothing:
-      raise ValueError("label smoothing is for classification and seq2seq, not language models "
-                       "(it would blur the next-token distribution the loss measures).")
+      raise ValueError(
+        "label smoothing is for classification and seq2seq, not language models "
+        "(it would blur the next-token distribution the loss measures)."
+      )
     return LanguageModelling()
   if dataset.task == "seq2seq":
-    return SequenceToSequence(bos_id=dataset.bos_id, eos_id=dataset.eos_id, pad_id=dataset.pad_id,
-                              label_smoothing=label_smoothing)
+    return SequenceToSequence(
+      bos_id=dataset.bos_id,
+      eos_id=dataset.eos_id,
+      pad_id=dataset.pad_id,
+      label_smoothing=label_smoothing,
+    )
   raise ValueError(f"Dataset task {dataset.task!r} is not one of {sorted(TASKS)}.")
