@@ -5,8 +5,8 @@ Run (from the repository root, offline, on the MNIST subset shipped with jaxdl):
     python benchmarks/mnist_cnn_peers.py --quick         # smoke run: 1 round, 8 steps
     python benchmarks/mnist_cnn_peers.py --rounds 5 --batch-sizes 64 --json out.json --check 0.9 \\
         --jaxdl 'default=' --jaxdl 'xnn=XLA_FLAGS=--xla_cpu_use_xnnpack=true'
-The project's own venv has no torch, TensorFlow or Keras; those peers are skipped with a note.
-/work/benchvenv has them all.
+A peer whose packages are not installed is skipped with a note; `pip install -e ".[bench]"`
+installs them all (torch, TensorFlow, Keras 3).
 
 The model is the seed's Keras CNN (experiments/mnist_cnn.py; 93,322 parameters): Conv(32, 3x3,
 relu, valid) -> MaxPool(2) -> Conv(64) -> MaxPool(2) -> Conv(64) -> Flatten -> Dense(64, relu) ->

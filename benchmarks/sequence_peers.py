@@ -1,8 +1,8 @@
 """CPU training throughput of jaxdl's char LSTM and char GPT against the same models in PyTorch
 and in plain Flax.
 
-Run (from the repository root, with a Python that has both jaxdl and torch):
-    /work/benchvenv/bin/python benchmarks/sequence_peers.py
+Run (from the repository root, with the peers installed: `pip install -e ".[bench]"`):
+    python benchmarks/sequence_peers.py
 Options: --rounds 3 --seconds 3 --only lstm_char,gpt_char --frameworks jaxdl,torch,flax --quick
          --json OUT --omp-wait-policy passive|active|default --xla-flags "..."
          --env KEY=VALUE (repeatable)
@@ -51,8 +51,8 @@ only one worker computes at a time. The table gives medians over rounds of token
 CPU ms/step (the CPU time of all the worker's threads per step: near ms/step x cores used; it
 does not count time other jobs took), jaxdl/torch and jaxdl/flax as the medians of the per-round
 ratios (the workers of a round ran one after the other), and each round's figures. It exits 0
-whatever the numbers; a framework that is not installed (torch, in jaxdl's own venv) is skipped
-with a note.
+whatever the numbers; a framework that is not installed (torch without the bench extra) is
+skipped with a note.
 
 Environment of the workers: the driver's, plus
   --omp-wait-policy (torch; default passive): OMP_WAIT_POLICY for PyTorch's OpenMP threads. With

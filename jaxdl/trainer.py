@@ -460,6 +460,55 @@ def _diverged(error: NonFiniteLossError, checkpointer: Checkpointer) -> NonFinit
   )
 
 
+def _logs(
+  workdir: Path,
+  config: ml_collections.ConfigDict,
+  data: data_lib.Dataset,
+  setup: Setup,
+  start_step: int,
+  steps_per_call: int,
+  show_progress: bool,
+):
+  """(metrics writer, progress display, the interval log writing to both) of a run."""
+  members = setup.members
+  writer = metrics_lib.MetricWriter(workdir)
+  progress = Progress(
+    total_steps=setup.total_steps,
+    initial_step=start_step,
+    enabled=show_progress,
+    is_main_process=jax.process_index() == 0,
+  )
+  intervals = interval_log.IntervalLog(
+    writer,
+    progress,
+    layout=setup.layout,
+    members=members,
+    start_step=start_step,
+    examples_per_step=config.train.batch_size * (len(members) if members else 1),
+    tokens_per_example=setup.task.tokens_per_example(data.example_batch(1)),
+    compute_dtype=config.model.get("dtype") or "float32",
+    steps_per_call=steps_per_call,
+  )
+  return writer, progress, intervals
+
+
+def _stopped(
+  step: int, signum: int | None, eval_metrics: dict[str, float], setup: Setup, progress: Progress
+) -> TrainResult:
+  """The result of a run stopped by a signal (to this process, or to another: signum None) after
+  `step`, whose checkpoint is saved."""
+  cause = f"signal {signum}" if signum else "a signal to another process"
+  progress.message(
+    f"Stopped by {cause} after step {step}; checkpoint saved. Run the same command to resume."
+  )
+  return TrainResult(
+    step,
+    eval_metrics,
+    interrupted_by=signum or 0,
+    summary=describe(setup, eval_metrics) if eval_metrics else "",
+  )
+
+
 def train(
   config: ml_collections.ConfigDict,
   workdir: str | Path,
@@ -509,23 +558,8 @@ def train(
   rng = jax.random.wrap_key_data(rng_data)
 
   # ---------------------------------------------------------------- Train, log, evaluate, save
-  writer = metrics_lib.MetricWriter(workdir)
-  progress = Progress(
-    total_steps=total_steps,
-    initial_step=start_step,
-    enabled=show_progress,
-    is_main_process=jax.process_index() == 0,
-  )
-  intervals = interval_log.IntervalLog(
-    writer,
-    progress,
-    layout=layout,
-    members=members,
-    start_step=start_step,
-    examples_per_step=cfg.batch_size * (len(members) if members else 1),
-    tokens_per_example=setup.task.tokens_per_example(data.example_batch(1)),
-    compute_dtype=config.model.get("dtype") or "float32",
-    steps_per_call=steps_per_call,
+  writer, progress, intervals = _logs(
+    workdir, config, data, setup, start_step, steps_per_call, show_progress
   )
   eval_every = cfg.eval_every_steps or setup.steps_per_epoch
   stop_periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
@@ -567,24 +601,11 @@ def train(
           intervals.flush()
           # Never save a state that a NaN has reached.
           interval_log.raise_if_nonfinite(layout.to_host(sums), members)
-          checkpointer.save(
-            step,
-            layout.to_saved({"state": state, "metric_sums": sums, "rng": rng_data}),
-            train_iter,
-          )
+          saved = layout.to_saved({"state": state, "metric_sums": sums, "rng": rng_data})
+          checkpointer.save(step, saved, train_iter)
         if stopping:
           checkpointer.wait()
-          cause = f"signal {stop.signum}" if stop.signum else "a signal to another process"
-          progress.message(
-            f"Stopped by {cause} after step {step}; checkpoint saved. Run the "
-            "same command to resume."
-          )
-          return TrainResult(
-            step,
-            eval_metrics,
-            interrupted_by=stop.signum or 0,
-            summary=describe(setup, eval_metrics) if eval_metrics else "",
-          )
+          return _stopped(step, stop.signum, eval_metrics, setup, progress)
       intervals.flush()
   except NonFiniteLossError as e:
     raise _diverged(e, checkpointer) from None
