@@ -29,8 +29,7 @@ from jaxdl.errors import ConfigError
 
 logger = logging.getLogger("jaxdl")
 
-# train.steps_per_call=0 on a CPU: the seed CNN's step ~1.2x faster than one step a call, the char
-# GPT's and LSTM's ~1.05-1.1x (benchmarks/README.md, "Steps per call").
+# train.steps_per_call=0 on a CPU; what it buys each model: benchmarks/README.md, "Steps per call".
 CPU_STEPS_PER_CALL = 16
 DECLARATION = "runs_xla_convolutions"  # The attribute a module may declare (module docstring).
 
@@ -58,7 +57,7 @@ def resolve(setting: int, model: nn.Module, *example_inputs: jax.Array) -> int:
       1,
       (
         "train.steps_per_call=0, auto: the model runs XLA convolutions, which XLA:CPU "
-        "runs ~15x slower inside a loop"
+        "runs far slower inside a loop"
       ),
     )
   else:
