@@ -62,8 +62,7 @@ class OverAxis:
       return jax.lax.pmean(tree, self.axis_name)
     weight = weight()
     summed = jax.lax.psum(jax.tree.map(lambda x: x * weight, tree), self.axis_name)
-    total = jnp.maximum(jax.lax.psum(weight, self.axis_name), jnp.finfo(jnp.float32).tiny)
-    mean = jax.tree.map(lambda s: s / total, summed)
+    mean = weighted_mean(summed, jax.lax.psum(weight, self.axis_name))
     return jax.tree.map(lambda m, x: m.astype(x.dtype), mean, tree)
 
   def traceable(self, fn: Callable) -> Callable:
@@ -78,6 +77,14 @@ class OverAxis:
 
 
 Collectives = Global | OverAxis  # What a layout gives make_train_step.
+
+
+def weighted_mean(sum_tree: Any, total_weight: jax.Array) -> Any:
+  """`sum_tree` (sums weighted by what each part's mean is over) divided by the total weight: the
+  mean over micro-batches (jaxdl.train.step) or devices."""
+  # A total weight of 0 (no scored token anywhere) means every weighted sum is 0 too: return 0.
+  total = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
+  return jax.tree.map(lambda s: s / total, sum_tree)
 
 
 def sync_batch_norm(axis_name: str):

@@ -60,12 +60,6 @@ def _loss_weight_fn(task: Any) -> Callable[[Batch], jax.Array] | None:
   return getattr(task, "loss_weight", None)
 
 
-def _weighted_mean(sum_tree: Any, total_weight: jax.Array) -> Any:
-  # A total weight of 0 (no scored token anywhere) means every weighted sum is 0 too: return 0.
-  total = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
-  return jax.tree.map(lambda s: s / total, sum_tree)
-
-
 def split_micro_batches(batch: Batch, num_micro_batches: int) -> Batch:
   """[B, ...] arrays -> [k, B/k, ...]; micro-batch i holds examples i, i + k, i + 2k, ...
 
@@ -193,9 +187,9 @@ def make_train_step(
     )
     total_weight = jnp.sum(weights_k)
     grads = jax.tree.map(
-      lambda g, p: g.astype(p.dtype), _weighted_mean(grad_sum, total_weight), params
+      lambda g, p: g.astype(p.dtype), collectives_lib.weighted_mean(grad_sum, total_weight), params
     )
-    return grads, _weighted_mean(metric_sum, total_weight), model_state
+    return grads, collectives_lib.weighted_mean(metric_sum, total_weight), model_state
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     # The step's randomness depends only on the step number, never on host-side call order.
