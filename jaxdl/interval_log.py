@@ -33,7 +33,7 @@ class IntervalLog:
 
   Args:
     layout: where the metric sums live (they are read with `layout.to_host`).
-    members: a sweep's members (means per member, and their mean and std), or None.
+    runs: one run, or a sweep's members (means per member, and their mean and std).
     examples_per_step: examples one step trains on, over all sweep members.
     tokens_per_example: tokens an example holds (perf/tokens_per_sec), or 0 for none.
     start_step: the step the run starts at (resumed or 0), where the first interval starts.
@@ -47,14 +47,14 @@ class IntervalLog:
     progress: Progress,
     *,
     layout: parallel.Layout,
-    members: list[sweep_lib.Member] | None,
+    runs: sweep_lib.Runs,
     examples_per_step: int,
     tokens_per_example: int,
     start_step: int,
     compute_dtype: str,
     steps_per_call: int,
   ):
-    self._writer, self._progress, self._layout, self._members = writer, progress, layout, members
+    self._writer, self._progress, self._layout, self._runs = writer, progress, layout, runs
     self._compute_dtype, self._steps_loop = compute_dtype, steps_per_call > 1
     self._examples_per_step, self._tokens_per_example = examples_per_step, tokens_per_example
     self._pending = None  # (step, metric sums) to read once the next call is dispatched.
@@ -81,7 +81,7 @@ class IntervalLog:
       return
     step, sums = self._pending
     self._pending = None
-    means = interval_means(self._layout.to_host(sums), self._members)  # Waits for `step`.
+    means = interval_means(self._layout.to_host(sums), self._runs)  # Waits for `step`.
     now = time.perf_counter()
     seconds_per_step = (now - self._t_last) / (step - self._step_last)
     self._t_last, self._step_last = now, step
@@ -126,29 +126,20 @@ def step_efficiency(
   return efficiency
 
 
-def raise_if_nonfinite(sums: dict[str, Any], members: list[sweep_lib.Member] | None) -> None:
+def raise_if_nonfinite(sums: dict[str, Any], runs: sweep_lib.Runs) -> None:
   """NonFiniteLossError if a step of the metric sums (host arrays) had a NaN or Inf metric."""
   bad_steps = np.atleast_1d(jax.device_get(sums["first_nonfinite_step"]))
   if (bad_steps >= 0).any():
     step = int(bad_steps[bad_steps >= 0].min())
-    which = ""
-    if members is not None:
-      which = " in sweep member(s) " + ", ".join(
-        f"{i} ({m.label})" for i, m in enumerate(members) if bad_steps[i] >= 0
-      )
+    which = runs.which(bad_steps >= 0)
     raise NonFiniteLossError(
       f"Training diverged at step {step}{which}: the loss, gradients or "
       "parameters became NaN or Inf."
     )
 
 
-def interval_means(
-  sums: dict[str, Any], members: list[sweep_lib.Member] | None
-) -> dict[str, float]:
+def interval_means(sums: dict[str, Any], runs: sweep_lib.Runs) -> dict[str, float]:
   """Means of accumulated train metrics (host arrays, Layout.to_host); stops the run on a NaN or
   Inf metric."""
-  raise_if_nonfinite(sums, members)
-  means = lambda s: {k: float(v) / int(s["count"]) for k, v in s["sums"].items()}
-  if members is None:
-    return means(sums)
-  return sweep_lib.aggregate([means(s) for s in sweep_lib.unstack(sums, len(members))])
+  raise_if_nonfinite(sums, runs)
+  return runs.metrics(sums, lambda s: {k: float(v) / int(s["count"]) for k, v in s["sums"].items()})

@@ -20,6 +20,7 @@ traced program; sweep them with separate runs.
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import functools
 import itertools
 import json
 import re
@@ -217,3 +218,104 @@ def over_members(method: str) -> Callable[..., Callable[..., Any]]:
 def unstack(tree: Any, num_members: int) -> list[Any]:
   """A host tree whose leaves have a leading member axis -> one tree per member."""
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_members)]
+
+
+class SingleRun:
+  """A run without a sweep: one seed, and no member axis on any array.
+
+  `SingleRun` and `Sweep` are the two forms of `Runs`: the trainer calls the same methods on either
+  and never asks which it holds."""
+
+  member_axis = False  # Whether the loop state and batches have a leading member axis.
+
+  def __init__(self, seed: int):
+    self.seed = seed
+    self.count = 1  # Runs trained side by side.
+
+  def init(self, init_loop: Callable[[int, dict], Any]) -> Callable[[], Any]:
+    """() -> the loop state of step 0, from `init_loop(seed, hparams)` of one run."""
+    return functools.partial(init_loop, self.seed, {})
+
+  def update(self, update: Callable[..., Any]) -> Callable[..., Any]:
+    """`update(state, sums, batch, rng, hparams)` of one run -> (state, sums, batch, rng) of all."""
+    return functools.partial(update, hparams={})
+
+  def eval_step(self, eval_step: Callable[..., Any]) -> Callable[..., Any]:
+    """`eval_step(state, batch)` of one run -> of all (every run sees the same batch)."""
+    return eval_step
+
+  def batches(self, batches_for: Callable[[int], Any]) -> Any:
+    """The train batches of all runs, from `batches_for(seed)`, the iterator of one."""
+    return batches_for(self.seed)
+
+  def map_states(self, fn: Callable[[Any], Any], tree: Any) -> Any:
+    """`fn` of one run's tree (host or device arrays) applied to each run's part of `tree`."""
+    return fn(tree)
+
+  def metrics(self, sums: Any, to_metrics: Callable[[Any], dict[str, float]]) -> dict[str, float]:
+    """The metrics of every run's host `sums` (`to_metrics` of one run's), as one dict."""
+    return to_metrics(sums)
+
+  def describe(self, metrics: dict[str, float], summary: Callable[[dict], str]) -> str:
+    """`metrics` (as `self.metrics` returns them) in words, from `summary` of one run's."""
+    return summary(metrics)
+
+  def which(self, flags: np.ndarray) -> str:
+    """Words naming the runs whose entry of `flags` [count] is true ("" for a single run)."""
+    del flags
+    return ""
+
+
+class Sweep:
+  """The members of a sweep (see the module docstring), side by side along a leading axis of
+  every array of the loop state and of each batch."""
+
+  member_axis = True
+
+  def __init__(self, member_list: Sequence[Member], method: str = "vmap"):
+    self.members = list(member_list)
+    self.count = len(self.members)
+    self._over = over_members(method)
+    self._hparams = member_hparams(self.members)
+
+  def init(self, init_loop):
+    seeds = np.asarray([m.seed for m in self.members], np.int32)
+    return functools.partial(self._over(init_loop), seeds, self._hparams)
+
+  def update(self, update):
+    return functools.partial(self._over(update), hparams=self._hparams)
+
+  def eval_step(self, eval_step):
+    return self._over(eval_step, shared=(False, True))
+
+  def batches(self, batches_for):
+    return StackedIterator(batches_for, [m.seed for m in self.members])
+
+  def map_states(self, fn, tree):
+    return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *map(fn, unstack(tree, self.count)))
+
+  def metrics(self, sums, to_metrics):
+    return aggregate([to_metrics(s) for s in unstack(sums, self.count)])
+
+  def describe(self, metrics, summary):
+    lines = [f"mean of {self.count} sweep members: {summary(metrics)}"]
+    for i, member in enumerate(self.members):
+      prefix = f"member{i}/"
+      own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+      lines.append(f"  member {i} ({member.label}): {summary(own)}")
+    return "\n".join(lines)
+
+  def which(self, flags):
+    named = [f"{i} ({m.label})" for i, m in enumerate(self.members) if flags[i]]
+    return " in sweep member(s) " + ", ".join(named)
+
+
+Runs = SingleRun | Sweep
+
+
+def runs(config: Mapping[str, Any]) -> Runs:
+  """The runs `config` trains: a Sweep when its `sweep` section asks for members, else one run."""
+  member_list = members(config)
+  if member_list is None:
+    return SingleRun(config["seed"])
+  return Sweep(member_list, config.get("sweep", {}).get("method", "vmap"))

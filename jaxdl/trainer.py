@@ -58,9 +58,9 @@ class Setup:
   init_loop: Any  # () -> the loop state of step 0, {"state", "metric_sums", "rng"}, laid out.
   total_steps: int
   steps_per_epoch: int
-  # A sweep's members (jaxdl.sweep), or None for a single run. In a sweep every array of the loop
-  # state and of a batch has a leading member axis, and `update`/`eval_step` are vmapped over it.
-  members: list[sweep_lib.Member] | None = None
+  # One run or a sweep's members (jaxdl.sweep). In a sweep every array of the loop state and of a
+  # batch has a leading member axis, and `update`/`eval_step` run over it.
+  runs: sweep_lib.Runs = None
   update: Any = None  # Pure (state, sums, batch, rng) -> (state, sums, loss): a step, accumulated.
   eval_step: Any = None  # Pure (state, batch) -> metric sums over the batch.
   init_fn: Any = None  # Pure () -> the loop state of step 0 in its global (saved) form.
@@ -189,19 +189,9 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     state, metrics = step_fn_and_tx(hparams)[0](state, batch, rng)
     return state, step_lib.accumulate_metrics(sums, metrics, state.step), metrics["train/loss"]
 
-  eval_step = step_lib.make_eval_step(model, task)
-  members = sweep_lib.members(config)
-  if members is None:
-    init = functools.partial(init_loop, config.seed, {})
-    update = functools.partial(update, hparams={})
-  else:  # Every member's loop state, batch and key stacked along a leading axis.
-    seeds = jnp.asarray([m.seed for m in members], jnp.int32)
-    hparams = sweep_lib.member_hparams(members)
-    over_members = sweep_lib.over_members(config.sweep.get("method", "vmap"))
-    init = functools.partial(over_members(init_loop), seeds, hparams)
-    update = functools.partial(over_members(update), hparams=hparams)
-    # Every member sees the same evaluation data.
-    eval_step = over_members(eval_step, shared=(False, True))
+  runs = sweep_lib.runs(config)
+  init, update = runs.init(init_loop), runs.update(update)
+  eval_step = runs.eval_step(step_lib.make_eval_step(model, task))
 
   try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
     loop_shapes = jax.eval_shape(init)  # into a config error now rather than a traceback later.
@@ -219,7 +209,7 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     functools.partial(layout.init, init, loop_shapes),
     total_steps,
     steps_per_epoch,
-    members,
+    runs,
     update,
     eval_step,
     init,
@@ -239,33 +229,18 @@ def evaluate(
   for a sweep, each member's and their mean and std (jaxdl.sweep.aggregate).
 
   `eval_step` is `setup.layout.compile_eval(setup.eval_step)`; every process reads the whole
-  split and evaluates its share of each batch.
+  split and evaluates its share of each batch (the same batches for every sweep member).
   """
   layout, sums = setup.layout, None
-  member_axis = False  # Evaluation batches are the same for every sweep member.
   for batch in data.eval_batches(batch_size=batch_size):
-    out = eval_step(state, layout.put_batch(layout.local_rows(batch), member_axis))
+    out = eval_step(state, layout.put_batch(layout.local_rows(batch)))
     sums = out if sums is None else jax.tree.map(np.add, sums, out)
-  if setup.members is None:
-    return setup.task.eval_metrics(sums)
-  return sweep_lib.aggregate(
-    [
-      setup.task.eval_metrics(member_sums)
-      for member_sums in sweep_lib.unstack(sums, len(setup.members))
-    ]
-  )
+  return setup.runs.metrics(sums, setup.task.eval_metrics)
 
 
 def describe(setup: Setup, metrics: dict[str, float]) -> str:
   """An evaluation in words; for a sweep, the mean and then one line per member."""
-  if setup.members is None:
-    return setup.task.summary(metrics)
-  lines = [f"mean of {len(setup.members)} sweep members: {setup.task.summary(metrics)}"]
-  for i, member in enumerate(setup.members):
-    prefix = f"member{i}/"
-    own = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
-    lines.append(f"  member {i} ({member.label}): {setup.task.summary(own)}")
-  return "\n".join(lines)
+  return setup.runs.describe(metrics, setup.task.summary)
 
 
 class _StopSignal:
@@ -310,9 +285,7 @@ def _source_checkpoint(path_text: str) -> tuple[Path, int | None]:
 
 
 def _init_from_checkpoint(
-  loop: dict[str, Any],
-  init_config: ml_collections.ConfigDict,
-  members: list[sweep_lib.Member] | None,
+  loop: dict[str, Any], init_config: ml_collections.ConfigDict, runs: sweep_lib.Runs
 ) -> dict[str, Any]:
   """The freshly initialised loop state (global form) with (part of) another run's parameters
   and BatchNorm statistics copied in (jaxdl.transfer); every sweep member starts from the same
@@ -326,30 +299,30 @@ def _init_from_checkpoint(
     source = checkpointer.restore_as_saved(steps[-1] if step is None else step)
   finally:
     checkpointer.close()
+  copied = {}
+
+  def transfer(run_state):
+    params, model_state, copied["arrays"] = transfer_lib.transfer_variables(
+      run_state.params, run_state.model_state, source, list(init_config.mapping)
+    )
+    return run_state.replace(
+      params=params,
+      model_state=model_state,
+      # A copy: the train step donates the state, and one buffer cannot be donated twice.
+      ema_params=None if run_state.ema_params is None else jax.tree.map(jnp.copy, params),
+    )
+
   state = loop["state"]
-  member_states = [state] if members is None else sweep_lib.unstack(state, len(members))
-  new_states = []
-  for member_state in member_states:
-    params, model_state, copied = transfer_lib.transfer_variables(
-      member_state.params, member_state.model_state, source, list(init_config.mapping)
-    )
-    new_states.append(
-      member_state.replace(
-        params=params,
-        model_state=model_state,
-        # A copy: the train step donates the state, and one buffer cannot be donated twice.
-        ema_params=None if member_state.ema_params is None else jax.tree.map(jnp.copy, params),
-      )
-    )
+  new_state = runs.map_states(transfer, state)
   logger.info(
-    "Initialised %d parameter arrays from %s.", len(copied["params"]), init_config.checkpoint
+    "Initialised %d parameter arrays from %s.",
+    len(copied["arrays"]["params"]),
+    init_config.checkpoint,
   )
-  if members is not None:
-    new_states = [jax.tree.map(lambda *xs: jnp.stack(xs), *new_states)]
   # Back where each array was (replicated, or split by FSDP).
   return {
     **loop,
-    "state": jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), new_states[0], state),
+    "state": jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), new_state, state),
   }
 
 
@@ -361,7 +334,7 @@ def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
   cpu_devices.configure(
     config.get("parallel", {}),
     [micro, config.data.eval_batch_size],
-    sweep=sweep_lib.members(config) is not None,
+    sweep=sweep_lib.runs(config).member_axis,
   )
 
 
@@ -391,7 +364,7 @@ def _check_same_data(workdir: Path, data: data_lib.Dataset) -> None:
 
 
 def _train_batches(
-  config: ml_collections.ConfigDict, data: data_lib.Dataset, members: list[sweep_lib.Member] | None
+  config: ml_collections.ConfigDict, data: data_lib.Dataset, runs: sweep_lib.Runs
 ) -> Any:
   """This process's train batches (a sweep's stacked: each member reads its own seed's order)."""
 
@@ -409,9 +382,7 @@ def _train_batches(
       )
     )
 
-  if members is None:
-    return batches_for(config.seed)
-  return sweep_lib.StackedIterator(batches_for, [m.seed for m in members])
+  return runs.batches(batches_for)
 
 
 def _write_workdir_files(
@@ -439,7 +410,7 @@ def _initial_loop(
     )
   if config.get("init", {}).get("checkpoint"):
     loop = layout.to_saved(setup.init_loop())
-    return 0, layout.from_saved(_init_from_checkpoint(loop, config.init, setup.members))
+    return 0, layout.from_saved(_init_from_checkpoint(loop, config.init, setup.runs))
   return 0, setup.init_loop()
 
 
@@ -470,7 +441,6 @@ def _logs(
   show_progress: bool,
 ):
   """(metrics writer, progress display, the interval log writing to both) of a run."""
-  members = setup.members
   writer = metrics_lib.MetricWriter(workdir)
   progress = Progress(
     total_steps=setup.total_steps,
@@ -482,9 +452,9 @@ def _logs(
     writer,
     progress,
     layout=setup.layout,
-    members=members,
+    runs=setup.runs,
     start_step=start_step,
-    examples_per_step=config.train.batch_size * (len(members) if members else 1),
+    examples_per_step=config.train.batch_size * setup.runs.count,
     tokens_per_example=setup.task.tokens_per_example(data.example_batch(1)),
     compute_dtype=config.model.get("dtype") or "float32",
     steps_per_call=steps_per_call,
@@ -524,8 +494,8 @@ def train(
   data = load_data(config)
   _check_same_data(workdir, data)
   setup = build(config, data)
-  layout, members, total_steps, cfg = setup.layout, setup.members, setup.total_steps, config.train
-  train_iter = _train_batches(config, data, members)
+  layout, runs, total_steps, cfg = setup.layout, setup.runs, setup.total_steps, config.train
+  train_iter = _train_batches(config, data, runs)
   _write_workdir_files(workdir, config, data)
   eval_step = layout.compile_eval(setup.eval_step)
   # Outputs keep the inputs' layout, so the train call never compiles twice.
@@ -539,7 +509,7 @@ def train(
     setup.loop_shapes,
     steps_per_call,
     train_iter,
-    member_axis=members is not None,
+    member_axis=runs.member_axis,
   )
 
   # ---------------------------------------------------------------- Resume
@@ -600,7 +570,7 @@ def train(
         if checkpoint_due or step == total_steps or stopping:
           intervals.flush()
           # Never save a state that a NaN has reached.
-          interval_log.raise_if_nonfinite(layout.to_host(sums), members)
+          interval_log.raise_if_nonfinite(layout.to_host(sums), runs)
           saved = layout.to_saved({"state": state, "metric_sums": sums, "rng": rng_data})
           checkpointer.save(step, saved, train_iter)
         if stopping:

@@ -258,3 +258,54 @@ def test_dropout_rate_sweep_gives_each_member_its_rate(tmp_path):
     for key in ("train/loss", "eval/loss"):
       np.testing.assert_allclose(swept[f"member{i}/{key}"], alone[key], rtol=RTOL, err_msg=key)
   assert swept["member0/train/loss"] != swept["member1/train/loss"]
+
+
+def test_sweep_members_start_from_init_checkpoint_with_their_own_head(seed_runs, tmp_path):
+  """init.checkpoint in a sweep copies the source's layers into every member; a layer left out of
+  the mapping keeps each member's own initialisation (different seeds: different)."""
+  root, _, _ = seed_runs
+  config = _config(
+    "sweep.seeds=2",
+    f"init.checkpoint={root / 'seed0'}",
+    "init.mapping=[('conv1','conv1'),('conv2','conv2')]",
+  )
+  setup = trainer.build(config, trainer.load_data(config))
+  loop = setup.layout.to_saved(setup.init_loop())
+  started = trainer._init_from_checkpoint(loop, config.init, setup.runs)["state"].params
+  checkpointer = Checkpointer(root / "seed0" / "checkpoints", read_only=True)
+  source = checkpointer.restore_as_saved(8)["state"]["params"]
+  checkpointer.close()
+  for member in range(2):
+    for layer in ("conv1", "conv2"):
+      np.testing.assert_array_equal(started[layer]["kernel"][member], source[layer]["kernel"])
+  head = np.asarray(started["logits"]["kernel"])
+  assert not np.array_equal(head[0], head[1])
+  assert not np.array_equal(head[0], source["logits"]["kernel"])
+
+
+def test_divergence_names_the_members_that_diverged():
+  from jaxdl import interval_log
+  from jaxdl.errors import NonFiniteLossError
+
+  runs = sweep.Sweep(sweep.members(_config("sweep.optimizer.learning_rate=[1e-3,10.0]")))
+  sums = {"first_nonfinite_step": np.asarray([-1, 7])}
+  with pytest.raises(NonFiniteLossError, match=r"step 7 in sweep member\(s\) 1 \(seed=0 "):
+    interval_log.raise_if_nonfinite(sums, runs)
+  with pytest.raises(NonFiniteLossError, match=r"step 3: the loss"):
+    interval_log.raise_if_nonfinite({"first_nonfinite_step": np.asarray(3)}, sweep.SingleRun(0))
+
+
+def test_single_run_and_sweep_metrics_and_words():
+  one = sweep.SingleRun(0)
+  summary = lambda m: f"loss {m['loss']:.2f}"
+  assert one.metrics({"loss": 1.0}, dict) == {"loss": 1.0}
+  assert one.describe({"loss": 1.0}, summary) == "loss 1.00"
+  two = sweep.runs(_config("sweep.seeds=2"))
+  sums = {"loss": np.asarray([1.0, 3.0])}
+  metrics = two.metrics(sums, lambda s: {"loss": float(s["loss"])})
+  assert metrics == {"loss": 2.0, "loss/std": 1.0, "member0/loss": 1.0, "member1/loss": 3.0}
+  assert two.describe(metrics, summary).splitlines() == [
+    "mean of 2 sweep members: loss 2.00",
+    "  member 0 (seed=0): loss 1.00",
+    "  member 1 (seed=1): loss 3.00",
+  ]
