@@ -6,7 +6,7 @@
     python benchmarks/conv_impl.py --impls fused,winograd --devices 1  # Winograd in the fused op
     python benchmarks/conv_impl.py --quick  # smoke run, well under a minute
 
-The implementations are the CNNs' kernel sets (`model.kernels`, jaxdl.nn.conv_layers): "xla" is
+The implementations are the CNNs' kernel sets (`runtime.kernels`, jaxdl.nn.conv_layers): "xla" is
 Flax's nn.Conv with the reshape max-pool, "im2col" matmuls over patches, then separate bias, ReLU
 and pool, "fused" each convolution followed by a max-pool run with its bias, ReLU and pool as one
 op, all im2col matmuls, and "winograd" that op by Winograd's F(2x2, 3x3) where it has 8 or more

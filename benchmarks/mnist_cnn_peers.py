@@ -161,9 +161,9 @@ def worker_jaxdl(args) -> dict:
 
   config = config_lib.load_experiment(EXPERIMENT)
   config_lib.apply_overrides(config, args.override)
-  # Several steps a call (train.steps_per_call; 0: auto, up to 16 on a CPU) end at each log step:
+  # Several steps a call (runtime.steps_per_call; 0: auto, up to 16 on a CPU) end at each log step:
   # intervals of whole calls, as in a run logging every 100 steps, measure their steady state.
-  per_call = config.train.get("steps_per_call", 1) or steps_per_call.CPU_STEPS_PER_CALL
+  per_call = config.runtime.steps_per_call or steps_per_call.CPU_STEPS_PER_CALL
   interval = math.ceil(args.steps / INTERVALS / per_call) * per_call
   num_steps = interval * (INTERVALS + 1)  # The first interval is the warmup (compilation).
   # Eval only after the last timed interval, no checkpoints; the user's overrides come last

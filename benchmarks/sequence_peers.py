@@ -20,7 +20,7 @@ predicted per second):
              AdamW 1e-3 (b2 0.99, weight decay 0.1 on matrices), warmup + cosine, clipping at 1.0.
   jaxdl: the experiment's config -> jaxdl.models.build_model, jaxdl.train.optim.make_optimizer,
          jaxdl.train.step.make_train_step(LanguageModelling()), jitted with the state donated,
-         run as `jaxdl train` runs it: train.steps_per_call steps a call (auto: 16 on a CPU;
+         run as `jaxdl train` runs it: runtime.steps_per_call steps a call (auto: 16 on a CPU;
          JAXDL_BENCH_STEPS_PER_CALL=k overrides), each call run to block_until_ready. (jaxdl's
          step also computes the accuracy and the norms of the gradients, parameters and updates
          for its logs.)
@@ -62,7 +62,7 @@ Environment of the workers: the driver's, plus
       machine measures PyTorch as it ships.
   --xla-flags (jaxdl, flax): added to XLA_FLAGS.
   --env KEY=VALUE (all): e.g. glibc malloc settings (see benchmarks/README.md), which jaxdl sets
-      for itself (train.reuse_host_memory) and the flax worker runs without.
+      for itself (runtime.reuse_host_memory) and the flax worker runs without.
 
 Noise: the figures come from a VM whose 2 cores are shared with other jobs; one run's throughput
 can move by 10-20% from the next, and by 2x when other jobs start or stop. Read the per-round
@@ -166,8 +166,8 @@ def jaxdl_step(spec: dict):
   """(step() -> loss to block on, params, versions): jaxdl's train step, compiled and warmed up.
 
   With jaxdl's CPU defaults, as `jaxdl train` applies them before JAX starts: freed memory kept
-  for reuse (train.reuse_host_memory), the host split into CPU devices with the batch sharded
-  over them (parallel.cpu_devices), and several steps per call (train.steps_per_call; `step()`
+  for reuse (runtime.reuse_host_memory), the host split into CPU devices with the batch sharded
+  over them (parallel.cpu_devices), and several steps per call (runtime.steps_per_call; `step()`
   then runs that many and says so in `step.steps`), unless the environment sets
   JAXDL_BENCH_PLAIN=1.
   """
@@ -204,7 +204,7 @@ def jaxdl_step(spec: dict):
     state = jax.device_put(state, NamedSharding(mesh, P()))
     batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
   step_fn = step_lib.make_train_step(model, tx, schedule, task)
-  k = int(os.environ.get("JAXDL_BENCH_STEPS_PER_CALL", 0)) or config.train.steps_per_call
+  k = int(os.environ.get("JAXDL_BENCH_STEPS_PER_CALL", 0)) or config.runtime.steps_per_call
   if not k:  # auto, as the trainer resolves it: these models have no convolutions.
     from jaxdl.train import steps_per_call
 

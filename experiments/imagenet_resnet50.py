@@ -13,7 +13,7 @@ learning rate 0.1 x batch / 256 with 5 warmup epochs, cosine decay over 90 epoch
 Limits: the images are streamed (data.streaming=true): decoded, cropped and resized per example
 while training, so memory holds only the file list, but data loading is CPU-bound. One core
 decodes roughly 200 ImageNet-sized JPEGs a second (about 5 ms for a 500x375 image), so set
-data.num_threads near the host's core count (e.g. data.num_threads=32) and expect the input
+runtime.data_threads near the host's core count (e.g. runtime.data_threads=32) and expect the input
 pipeline, not the accelerators, to limit steps per second on hosts with few cores.
 """
 

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache for training runs (`train.compilation_cache`).
+"""JAX's persistent compilation cache for training runs (`runtime.compilation_cache`).
 
 A run compiles its train and eval steps before the first step; with the cache on, a later run of
 the same program (a resumed run, a re-run with another seed or more steps) loads the compiled
@@ -41,7 +41,7 @@ def configure(setting: str | None) -> Path | None:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:  # A read-only home must not stop a run; it only compiles every time.
     logger.warning(
-      "Compilation cache off: cannot create %s (%s). Set train.compilation_cache to "
+      "Compilation cache off: cannot create %s (%s). Set runtime.compilation_cache to "
       "a writable folder, or '' to silence this.",
       path,
       e,

@@ -21,43 +21,6 @@ from jaxdl.errors import ConfigError
 
 logger = logging.getLogger("jaxdl")
 
-# Keys that may differ between the run that wrote a workdir and the run that resumes it: they change
-# how long or how verbosely we train, or where the (same) data lives, not what is being trained.
-RESUMABLE_KEYS = frozenset(
-  {
-    "train.num_steps",
-    "train.num_epochs",
-    "train.eval_every_steps",
-    "train.checkpoint_every_steps",
-    "train.log_every_steps",
-    "train.max_checkpoints",
-    "train.async_checkpointing",
-    "data.dir",
-    "data.download",
-    "data.num_threads",
-    "data.prefetch",
-    "data.eval_batch_size",
-    "train.grad_accum_steps",
-    "sweep.method",
-    # Checkpoints do not depend on the device layout, so a run may resume on other hardware.
-    "parallel.strategy",
-    "parallel.mesh.data",
-    "parallel.mesh.fsdp",
-    "parallel.distributed",
-    "parallel.cpu_devices",
-    "train.compilation_cache",
-    "train.reuse_host_memory",
-    "train.grad_accum_unroll",
-    "train.steps_per_call",
-    "parallel.coordinator_address",
-    "parallel.num_processes",
-    "parallel.process_id",
-    # How a CNN's layers run (jaxdl.nn.conv_layers): the same parameters, results equal up to
-    # float rounding, as for the device layout.
-    "model.kernels",
-  }
-)
-
 REQUIRED_KEYS = (
   "seed",
   "model.name",
@@ -75,7 +38,18 @@ REQUIRED_KEYS = (
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key jaxdl reads, with its default. Experiments start from this."""
+  """Every key jaxdl reads, with its default. Experiments start from this.
+
+  Two kinds of keys, defined apart: the recipe (`recipe_config`), what is trained, which a workdir
+  keeps for life; and the run (`run_config`), how long, how often and where it runs and how this
+  machine runs it, which a resumed run may change (RESUMABLE_KEYS)."""
+  config = recipe_config()
+  _merge(config, run_config())
+  return config
+
+
+def recipe_config() -> ml_collections.ConfigDict:
+  """The keys that define what is trained: resuming a workdir with another value is refused."""
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -84,57 +58,13 @@ def base_config() -> ml_collections.ConfigDict:
   # a Linen module class or a function returning a module (see jaxdl.models).
   c.model = ml_collections.ConfigDict({"name": "mnist_cnn", "cls": ""})
 
-  c.data = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict()  # The dataset's own options join at load (jaxdl.data).
   c.data.name = "mnist"
-  c.data.dir = ""  # Empty: the cache, then a download, then the subset shipped with jaxdl.
-  c.data.download = True
-  c.data.eval_batch_size = 1000
-  c.data.num_threads = 2  # Grain reader threads.
-  c.data.prefetch = 4  # Batches Grain prepares ahead of the train step.
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_epochs = 5
-  c.train.num_steps = 0  # When > 0, overrides num_epochs.
   c.train.batch_size = 64  # Global batch, split over all devices.
-  c.train.eval_every_steps = 0  # 0: at the end of every epoch. The last step is always evaluated.
-  c.train.checkpoint_every_steps = 1000  # 0: only at the end. The last step is always saved.
-  c.train.log_every_steps = 100
-  c.train.max_checkpoints = 3  # How many of the latest checkpoints to keep.
-  c.train.async_checkpointing = True
   c.train.label_smoothing = 0.0  # Classification and seq2seq training loss; 0: off.
   c.train.ema_decay = 0.0  # > 0: evaluate a moving average of the parameters, e.g. 0.999.
-  # Split each batch into this many micro-batches whose gradients are averaged before one update:
-  # the update of the whole batch in a fraction of the activation memory.
-  c.train.grad_accum_steps = 1
-  # Unroll the micro-batch loop: auto on CPU (XLA:CPU runs convolutions in loops far slower).
-  c.train.grad_accum_unroll = "auto"
-  # Train steps run in one dispatched call (a loop on the device over stacked batches), for
-  # speed where each call's own cost is a large part of a step. 0: auto: 16 on a CPU when the
-  # step has no XLA convolution (XLA:CPU runs those ~15x slower inside a loop), else 1.
-  c.train.steps_per_call = 0
-  # JAX's persistent compilation cache (jaxdl.compile_cache): auto: <jaxdl cache>/xla; "": off.
-  c.train.compilation_cache = "auto"
-  # Keep freed host memory for the next step instead of page-faulting it in again
-  # (jaxdl.host_memory): auto: on when computing on a Linux CPU; off.
-  c.train.reuse_host_memory = "auto"
-
-  # How a run spreads over devices and hosts (jaxdl.train.parallel).
-  # Not type-safe: parallel.cpu_devices takes a count or "auto".
-  c.parallel = ml_collections.ConfigDict(type_safe=False)
-  c.parallel.strategy = "jit"  # jit: one program over a device mesh | pmap: replicated per device
-  # Mesh axis sizes (jit): the batch is split over data x fsdp devices; parameters and optimizer
-  # state are sharded over fsdp (1: replicated). -1 takes the devices left over.
-  c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-  # On a CPU host: how many JAX devices to split it into (jaxdl.train.cpu_devices). 1: one;
-  # auto: 8, or the most that divides the batch sizes (faster for models of a few large ops;
-  # recurrent models: slower, so 1 stays the default and experiments opt in).
-  c.parallel.cpu_devices = 1
-  # Multi-host: jax.distributed.initialize. auto: when a coordinator is given here or JAX detects
-  # a cluster (SLURM, Open MPI, Cloud TPU); on: always; off: never.
-  c.parallel.distributed = "auto"
-  c.parallel.coordinator_address = ""  # host:port of process 0
-  c.parallel.num_processes = 0  # 0: from the cluster environment.
-  c.parallel.process_id = -1  # -1: from the cluster environment.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -168,9 +98,86 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Train many runs in one compiled program (jaxdl.sweep): N seeds, and/or lists of values for
   # optimizer scalars, e.g. sweep.optimizer.learning_rate=[1e-3,3e-4].
-  # method: vmap (members side by side) | map (one after another, each exactly its separate run).
-  c.sweep = ml_collections.ConfigDict({"seeds": 0, "method": "vmap"})
+  c.sweep = ml_collections.ConfigDict({"seeds": 0})
   return c
+
+
+def run_config() -> ml_collections.ConfigDict:
+  """The keys a resumed run may change: how long and how often it trains, logs, evaluates and
+  saves, where its data lies, and the runtime sections, `runtime` and `parallel`: how a machine
+  runs the recipe, which leaves the results equal up to float rounding (or to the bit)."""
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # Empty: the cache, then a download, then the subset shipped with jaxdl.
+  c.data.download = True
+  c.data.eval_batch_size = 1000
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 5
+  c.train.num_steps = 0  # When > 0, overrides num_epochs.
+  c.train.eval_every_steps = 0  # 0: at the end of every epoch. The last step is always evaluated.
+  c.train.checkpoint_every_steps = 1000  # 0: only at the end. The last step is always saved.
+  c.train.log_every_steps = 100
+  c.train.max_checkpoints = 3  # How many of the latest checkpoints to keep.
+  # Split each batch into this many micro-batches whose gradients are averaged before one update:
+  # the update of the whole batch in a fraction of the activation memory.
+  c.train.grad_accum_steps = 1
+
+  # method: vmap (members side by side) | map (one after another, each exactly its separate run).
+  c.sweep = ml_collections.ConfigDict({"method": "vmap"})
+
+  # How this machine runs the recipe (jaxdl.train.run_plan settles each `auto` once).
+  # Not type-safe: runtime.kernels may go to a user model's own `kernels` argument.
+  c.runtime = ml_collections.ConfigDict(type_safe=False)
+  # How a CNN's convolutions and pools run: the model's `kernels` argument
+  # (jaxdl.nn.conv_layers.KERNELS); auto leaves the model's own default.
+  c.runtime.kernels = "auto"
+  # Unroll the micro-batch loop: auto on CPU (XLA:CPU runs convolutions in loops far slower).
+  c.runtime.grad_accum_unroll = "auto"
+  # Train steps run in one dispatched call (a loop on the device over stacked batches), for
+  # speed where each call's own cost is a large part of a step. 0: auto: 16 on a CPU when the
+  # step has no XLA convolution (XLA:CPU runs those far slower inside a loop), else 1.
+  c.runtime.steps_per_call = 0
+  c.runtime.data_threads = 2  # Grain reader threads.
+  c.runtime.data_prefetch = 4  # Batches Grain prepares ahead of the train step.
+  c.runtime.async_checkpointing = True  # Save in the background while training goes on.
+  # JAX's persistent compilation cache (jaxdl.compile_cache): auto: <jaxdl cache>/xla; "": off.
+  c.runtime.compilation_cache = "auto"
+  # Keep freed host memory for the next step instead of page-faulting it in again
+  # (jaxdl.host_memory): auto: on when computing on a Linux CPU; off.
+  c.runtime.reuse_host_memory = "auto"
+
+  # How a run spreads over devices and hosts (jaxdl.train.parallel).
+  # Not type-safe: parallel.cpu_devices takes a count or "auto".
+  c.parallel = ml_collections.ConfigDict(type_safe=False)
+  c.parallel.strategy = "jit"  # jit: one program over a device mesh | pmap: replicated per device
+  # Mesh axis sizes (jit): the batch is split over data x fsdp devices; parameters and optimizer
+  # state are sharded over fsdp (1: replicated). -1 takes the devices left over.
+  c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # On a CPU host: how many JAX devices to split it into (jaxdl.train.cpu_devices). 1: one;
+  # auto: 8, or the most that divides the batch sizes (faster for models of a few large ops;
+  # recurrent models: slower, so 1 stays the default and experiments opt in).
+  c.parallel.cpu_devices = 1
+  # Multi-host: jax.distributed.initialize. auto: when a coordinator is given here or JAX detects
+  # a cluster (SLURM, Open MPI, Cloud TPU); on: always; off: never.
+  c.parallel.distributed = "auto"
+  c.parallel.coordinator_address = ""  # host:port of process 0
+  c.parallel.num_processes = 0  # 0: from the cluster environment.
+  c.parallel.process_id = -1  # -1: from the cluster environment.
+  return c
+
+
+def _merge(config: ml_collections.ConfigDict, extra: ml_collections.ConfigDict) -> None:
+  """Adds `extra`'s sections and keys to `config`, in place (keys are disjoint)."""
+  for key, value in extra.items():
+    if key in config and isinstance(value, ml_collections.ConfigDict):
+      _merge(config[key], value)
+    else:
+      config[key] = value
+
+
+# The sections that say how a machine runs the recipe; all of their keys may change on resume.
+RUNTIME_SECTIONS = ("runtime", "parallel")
 
 
 def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
@@ -218,6 +225,7 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
     )
   validate(config, source=str(path))
   upgrade_legacy_keys(config)
+  with_runtime_defaults(config)
   _relative_model_file(config)
   # The dataset's options join the config now, so they can be overridden and are saved.
   data_lib.complete_config(config.data)
@@ -259,6 +267,16 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[
   return flat
 
 
+# Keys that may differ between the run that wrote a workdir and the run that resumes it: the keys
+# `run_config` defines, as it defines them (any other key of a runtime section may change too).
+RESUMABLE_KEYS = frozenset(flatten(run_config()))
+
+
+def resumable(key: str) -> bool:
+  """Whether config key `key` may change when a workdir is resumed."""
+  return key in RESUMABLE_KEYS or key.partition(".")[0] in RUNTIME_SECTIONS
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
   """Applies `key.path=value` strings in place, each parsed to the type of the value it replaces."""
   flat = flatten(config)
@@ -270,11 +288,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
         f"Override {override!r} is not of the form key.path=value "
         "(for example train.batch_size=128)."
       )
+    if key in RENAMED_KEYS and key not in flat:
+      logger.warning("%s: read as %s, its new name; write that instead.", key, RENAMED_KEYS[key])
+      key = RENAMED_KEYS[key]
     if key not in flat and key.startswith("sweep."):
       _check_sweep_key(config, key, flat)
       flat[key] = None  # A list of values, parsed as a Python literal.
     elif key not in flat and key.partition(".")[2] in LEGACY_KERNEL_KEYS:
-      flat[key] = _LEGACY_KERNEL_DEFAULTS[key.partition(".")[2]]  # Read as model.kernels below.
+      flat[key] = _LEGACY_KERNEL_DEFAULTS[key.partition(".")[2]]  # Read as runtime.kernels below.
     elif key not in flat:
       takes, default = _model_argument(config, key)
       if not takes:
@@ -282,15 +303,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
       # An argument of the model that the experiment leaves at its default, e.g. model.dtype.
       flat[key] = default if isinstance(default, _PLAIN_TYPES) else None
     value = parse_value(key, text, flat[key])
-    parent, _, leaf = key.rpartition(".")
-    node = config
-    for part in parent.split(".") if parent else ():
-      if part not in node:  # sweep.optimizer.learning_rate creates sweep.optimizer.
-        with node.ignore_type():
-          node[part] = ml_collections.ConfigDict()
-      node = node[part]
-    with node.ignore_type():
-      node[leaf] = value
+    _set(config, key, value)  # sweep.optimizer.learning_rate creates sweep.optimizer.
     flat[key] = value
   upgrade_legacy_keys(config)
 
@@ -399,12 +412,25 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   """A config as `to_json` wrote it, in today's key names (a workdir of an older jaxdl)."""
   config = ml_collections.ConfigDict(json.loads(text))
   upgrade_legacy_keys(config, note=False)
-  return config
+  return with_runtime_defaults(config)
 
 
-# The four model fields (MnistCNN, VGG) that one `kernels` field replaced, with their defaults.
-# Commands, experiment files and workdirs that use them keep working: they are read as the
-# kernel set they picked (jaxdl.nn.conv_layers).
+# Keys that moved, old name -> new name: the runtime options left `train`, `data` and `model` for
+# the `runtime` section. Commands, experiment files and workdirs written with an old name keep
+# working: the value is read under the new name, with a one-line note.
+RENAMED_KEYS = {
+  "model.kernels": "runtime.kernels",
+  "train.steps_per_call": "runtime.steps_per_call",
+  "train.grad_accum_unroll": "runtime.grad_accum_unroll",
+  "train.compilation_cache": "runtime.compilation_cache",
+  "train.reuse_host_memory": "runtime.reuse_host_memory",
+  "train.async_checkpointing": "runtime.async_checkpointing",
+  "data.num_threads": "runtime.data_threads",
+  "data.prefetch": "runtime.data_prefetch",
+}
+
+# The four model fields (MnistCNN, VGG) that one `kernels` switch replaced, with their defaults.
+# They are read as the kernel set they picked (jaxdl.nn.conv_layers), now `runtime.kernels`.
 _LEGACY_KERNEL_DEFAULTS = {
   "conv_impl": "auto",
   "pool_impl": "reshape",
@@ -429,9 +455,34 @@ def kernels_from_legacy(values: dict[str, Any]) -> str:
   return "fused" if v["conv_pool_impl"] == "im2col" else "winograd"
 
 
+def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """config[key] = value for a dotted key, creating sections (runtime ones not type-safe)."""
+  parent, _, leaf = key.rpartition(".")
+  node = config
+  for part in parent.split(".") if parent else ():
+    if part not in node:
+      with node.ignore_type():
+        node[part] = ml_collections.ConfigDict(type_safe=part not in RUNTIME_SECTIONS)
+    node = node[part]
+  with node.ignore_type():
+    node[leaf] = value
+
+
 def upgrade_legacy_keys(config: ml_collections.ConfigDict, note: bool = True) -> None:
-  """Replaces the model's legacy kernel keys (LEGACY_KERNEL_KEYS) by `model.kernels`, in place,
-  for models that take `kernels` and not the old key; logs a one-line note when `note`."""
+  """Moves keys under an old name (RENAMED_KEYS) to their new one, and reads the model's legacy
+  kernel fields (LEGACY_KERNEL_KEYS) as `runtime.kernels`, in place; logs a one-line note for
+  each when `note` (an experiment or command line; not a workdir's config.json, which jaxdl
+  wrote)."""
+  for old, new in RENAMED_KEYS.items():
+    section, _, leaf = old.partition(".")
+    if section in config and leaf in config[section]:
+      value = config[section][leaf]
+      del config[section][leaf]
+      _set(config, new, value)
+      if note:
+        logger.warning(
+          "%s=%s: read as %s=%s, its new name; write that instead.", old, value, new, value
+        )
   model = config.get("model")
   if not model or not any(k in model for k in LEGACY_KERNEL_KEYS):
     return
@@ -444,19 +495,30 @@ def upgrade_legacy_keys(config: ml_collections.ConfigDict, note: bool = True) ->
   }
   if not legacy or not models.argument_default(model, "kernels")[0]:
     return
-  kernels = model.get("kernels") or kernels_from_legacy(legacy)
+  chosen = config.get("runtime", {}).get("kernels", "auto")
+  kernels = chosen if chosen != "auto" else kernels_from_legacy(legacy)
   for key in legacy:
     del model[key]
-  with model.ignore_type():
-    model.kernels = kernels
+  _set(config, "runtime.kernels", kernels)
   if note:
     old = " ".join(f"model.{k}={v}" for k, v in legacy.items())
     logger.warning(
-      "%s: read as model.kernels=%s, the one field that replaced them "
+      "%s: read as runtime.kernels=%s, the one switch that replaced them "
       "(jaxdl.nn.conv_layers); write that instead.",
       old,
       kernels,
     )
+
+
+def with_runtime_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (in place) with each runtime-section key it lacks (a config from an older jaxdl, or
+  built by hand) at its default."""
+  defaults = run_config()
+  for section in RUNTIME_SECTIONS:
+    for key, value in flatten(defaults[section], f"{section}.").items():
+      if key not in flatten(config.get(section, {}), f"{section}."):
+        _set(config, key, value)
+  return config
 
 
 def resume_conflicts(
@@ -469,5 +531,5 @@ def resume_conflicts(
   return [
     (k, old_flat.get(k, "<absent>"), new_flat.get(k, "<absent>"))
     for k in sorted(set(old_flat) | set(new_flat))
-    if k not in RESUMABLE_KEYS and norm(old_flat.get(k)) != norm(new_flat.get(k))
+    if not resumable(k) and norm(old_flat.get(k)) != norm(new_flat.get(k))
   ]

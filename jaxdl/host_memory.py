@@ -1,4 +1,4 @@
-"""Keeping freed host memory for reuse (`train.reuse_host_memory`), for speed on CPU.
+"""Keeping freed host memory for reuse (`runtime.reuse_host_memory`), for speed on CPU.
 
 XLA:CPU allocates a compiled step's scratch memory (tens of MB) with malloc on every call and
 frees it at the end. glibc serves blocks that large with a fresh mmap and returns them to the
@@ -42,10 +42,10 @@ def _glibc():
 
 
 def configure(setting: str) -> bool:
-  """Applies `train.reuse_host_memory`; returns whether malloc is (now) set up for reuse."""
+  """Applies `runtime.reuse_host_memory`; returns whether malloc is (now) set up for reuse."""
   global _applied
   if setting not in ("auto", "on", "off"):
-    raise ConfigError(f"train.reuse_host_memory={setting!r} must be auto, on or off.")
+    raise ConfigError(f"runtime.reuse_host_memory={setting!r} must be auto, on or off.")
   if setting == "off":
     return _applied
   if _applied:
@@ -55,7 +55,7 @@ def configure(setting: str) -> bool:
   libc = _glibc()
   if libc is None:
     if setting == "on":
-      logger.warning("train.reuse_host_memory=on needs glibc (Linux); left malloc as it is.")
+      logger.warning("runtime.reuse_host_memory=on needs glibc (Linux); left malloc as it is.")
     return False
   # One arena: XLA's worker threads would otherwise each get an arena of their own, which glibc
   # trims (unmaps) whatever the threshold. Set before JAX starts its threads, where possible.

@@ -128,9 +128,13 @@ def resolve_model(
   return cls, preset, model_config["name"]
 
 
-def build_model(model_config: Mapping[str, Any], model_hints: Mapping[str, Any] = ()) -> nn.Module:
+def build_model(
+  model_config: Mapping[str, Any], model_hints: Mapping[str, Any] = (), *, kernels: str = "auto"
+) -> nn.Module:
   """The configured model, with the arguments the data dictates (number of classes, vocabulary
   size) filled in where the config leaves them unset (0 or None), and checked where it sets them.
+  `kernels` (the config's `runtime.kernels`) goes to the model's `kernels` argument, how its
+  layers run (jaxdl.nn.conv_layers), unless it is "auto", which leaves the model's default.
 
   Raises:
     ConfigError: an unknown model or argument, a config that contradicts the data, or a callable
@@ -146,6 +150,13 @@ def build_model(model_config: Mapping[str, Any], model_hints: Mapping[str, Any] 
     raise ConfigError(
       f"model: {what!r} takes no argument(s) {unknown}{hints}; it takes {sorted(accepted)}."
     )
+  if kernels != "auto":
+    if "kernels" not in accepted and not any_kwargs:
+      raise ConfigError(
+        f"runtime.kernels={kernels!r}: model {what!r} has no `kernels` argument (the CNNs built "
+        "on jaxdl.nn.conv_layers have one); leave runtime.kernels=auto."
+      )
+    kwargs["kernels"] = kernels
   for key, value in dict(model_hints).items():
     if key not in accepted:
       continue

@@ -292,7 +292,7 @@ def for_experiment(
   config = config_lib.load_experiment(experiment)
   config_lib.apply_overrides(config, overrides)
   data = trainer.load_data(config)
-  model = models.build_model(config.model, data.model_hints)
+  model = models.build_model(config.model, data.model_hints, kernels=config.runtime.kernels)
   inputs = tasks.make_task(data).model_inputs(data.example_batch(1))
   # The schedule does not change the optimizer state's shapes; any length past the warmup will do.
   tx, _ = optim.make_optimizer(

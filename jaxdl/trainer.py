@@ -29,9 +29,8 @@ from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from jaxdl.progress import Progress
-from jaxdl.train import cpu_devices, dispatch, optim, parallel, tasks
+from jaxdl.train import cpu_devices, dispatch, optim, parallel, run_plan, tasks
 from jaxdl.train import step as step_lib
-from jaxdl.train import steps_per_call as steps_per_call_lib
 
 logger = logging.getLogger("jaxdl")
 
@@ -54,10 +53,9 @@ class Setup:
   tx: Any
   schedule: Any
   layout: parallel.Layout  # Devices, and where the loop state and batches live on them.
+  plan: run_plan.RunPlan  # Every `auto` settled: steps, batch sizes, steps per call, ...
   train_step: Any  # The pure step function, not yet jitted.
   init_loop: Any  # () -> the loop state of step 0, {"state", "metric_sums", "rng"}, laid out.
-  total_steps: int
-  steps_per_epoch: int
   # One run or a sweep's members (jaxdl.sweep). In a sweep every array of the loop state and of a
   # batch has a leading member axis, and `update`/`eval_step` run over it.
   runs: sweep_lib.Runs = None
@@ -73,76 +71,43 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   )
 
 
-def _check_and_count_steps(
-  config: ml_collections.ConfigDict, data: data_lib.Dataset, layout: parallel.Layout
-) -> tuple[int, int]:
-  """(total steps, steps per epoch) of the run; ConfigError for settings that cannot work."""
-  layout.check_batch_size(config.train.batch_size, "train.batch_size")
-  layout.check_batch_size(config.data.eval_batch_size, "data.eval_batch_size")
-  grad_accum = config.train.get("grad_accum_steps", 1)
-  if (
-    isinstance(grad_accum, bool)
-    or not isinstance(grad_accum, int)
-    or grad_accum < 1
-    or (config.train.batch_size // layout.num_devices) % grad_accum
-  ):
-    raise ConfigError(
-      f"train.grad_accum_steps={grad_accum!r} must be a whole number >= 1 that "
-      f"divides each device's share of the batch ({config.train.batch_size} / "
-      f"{layout.num_devices} devices)."
-    )
-  steps_per_call_lib.check(config.train.get("steps_per_call", 0))
-  if not 0.0 <= config.train.ema_decay < 1.0:
-    raise ConfigError(
-      f"train.ema_decay={config.train.ema_decay} must be in [0, 1); 0 turns the "
-      "moving average off, 0.999 is typical."
-    )
-  steps_per_epoch = data.steps_per_epoch(config.train.batch_size)
-  if steps_per_epoch == 0:
-    raise ConfigError(
-      f"train.batch_size={config.train.batch_size} exceeds the "
-      f"{data.source.get('num_train')} training examples of {config.data.name} "
-      f"({data.source.get('kind')}), so not one batch fits; use a smaller batch "
-      "or more data."
-    )
-  total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
-  if total_steps <= 0:
-    raise ConfigError("Nothing to train: set train.num_steps or train.num_epochs to more than 0.")
-  return total_steps, steps_per_epoch
+def _misfit(config: ml_collections.ConfigDict, error: ValueError) -> ConfigError:
+  """The error for a model that fails when traced on the data (e.g. a context longer than GPT's
+  block_size)."""
+  name = config.model.get("cls") or config.model.name
+  return ConfigError(f"model {name!r} does not fit the data: {error}")
 
 
-def _grad_accum_unroll(setting: Any) -> bool:
-  """train.grad_accum_unroll: auto unrolls on the CPU, where XLA runs a looped step's convolutions
-  far more slowly (jaxdl.train.step); elsewhere the loop keeps one micro-batch in memory."""
-  if setting == "auto":
-    return jax.default_backend() == "cpu"
-  if isinstance(setting, str) and setting.lower() in ("true", "false"):  # A command-line value.
-    return setting.lower() == "true"
-  if not isinstance(setting, bool):
-    raise ConfigError(f"train.grad_accum_unroll={setting!r} must be auto, true or false.")
-  return setting
-
-
-def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
-  layout = parallel.make_layout(config.get("parallel", {}))
-  total_steps, steps_per_epoch = _check_and_count_steps(config, data, layout)
-  make_step = functools.partial(
-    step_lib.make_train_step,
-    grad_accum_steps=config.train.get("grad_accum_steps", 1),
-    grad_accum_unroll=_grad_accum_unroll(config.train.get("grad_accum_unroll", "auto")),
-    collectives=layout.collectives,
+def build(
+  config: ml_collections.ConfigDict, data: data_lib.Dataset, training: bool = True
+) -> Setup:
+  """The run's model, task, optimizer, layout, plan and pure step functions. `training=False`
+  (evaluating a checkpoint) leaves out what only a training loop needs to settle."""
+  layout = parallel.make_layout(config.parallel)
+  model, kernels = run_plan.settle_kernels(
+    models.build_model(config.model, data.model_hints, kernels=config.runtime.kernels)
   )
-  model = models.build_model(config.model, data.model_hints)
   try:
     task = tasks.make_task(data, label_smoothing=config.train.label_smoothing)
   except ValueError as e:
     raise ConfigError(f"train.label_smoothing: {e}") from e
+  example_inputs = task.model_inputs(data.example_batch(1))
+  try:  # Tracing the model (steps per call asks its layers) shows a misfit as a config error.
+    plan = run_plan.settle(config, data, layout, model, example_inputs, training)
+  except ValueError as e:
+    raise _misfit(config, e) from e
+  total_steps = plan.total_steps
+  make_step = functools.partial(
+    step_lib.make_train_step,
+    grad_accum_steps=plan.grad_accum_steps,
+    grad_accum_unroll=plan.grad_accum_unroll,
+    collectives=layout.collectives,
+  )
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   train_step = make_step(model, tx, schedule, task, config.train.ema_decay)
   batch_shapes = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data.example_batch(config.train.batch_size)
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data.example_batch(plan.batch_size)
   )
-  example_inputs = task.model_inputs(data.example_batch(1))
 
   def step_fn_and_tx(hparams):
     """The train step and optimizer of a run; a sweep member's optimizer is built with its own
@@ -156,7 +121,9 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
     member_model = (
       model
       if not model_values
-      else models.build_model({**config.model, **model_values}, data.model_hints)
+      else models.build_model(
+        {**config.model, **model_values}, data.model_hints, kernels=kernels or "auto"
+      )
     )
     return (
       make_step(member_model, member_tx, member_schedule, task, config.train.ema_decay),
@@ -196,19 +163,16 @@ def build(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Setup:
   try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
     loop_shapes = jax.eval_shape(init)  # into a config error now rather than a traceback later.
   except ValueError as e:
-    raise ConfigError(
-      f"model {config.model.get('cls') or config.model.name!r} does not fit the data: {e}"
-    ) from e
+    raise _misfit(config, e) from e
   return Setup(
     model,
     task,
     tx,
     schedule,
     layout,
+    plan,
     train_step,
     functools.partial(layout.init, init, loop_shapes),
-    total_steps,
-    steps_per_epoch,
     runs,
     update,
     eval_step,
@@ -329,11 +293,9 @@ def _init_from_checkpoint(
 def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
   """Applies parallel.cpu_devices (jaxdl.train.cpu_devices) before JAX starts; the count must
   divide the micro-batch (or batch) and the eval batch."""
-  batch, accum = config.train.batch_size, config.train.get("grad_accum_steps", 1)
-  micro = batch // accum if isinstance(accum, int) and accum >= 1 and batch % accum == 0 else batch
   cpu_devices.configure(
-    config.get("parallel", {}),
-    [micro, config.data.eval_batch_size],
+    config.parallel,
+    [run_plan.micro_batch_size(config), config.data.eval_batch_size],
     sweep=sweep_lib.runs(config).member_axis,
   )
 
@@ -341,10 +303,10 @@ def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
 def _configure_host(config: ml_collections.ConfigDict) -> None:
   """What must be settled before any device is used: malloc settings (before XLA starts its
   threads), multi-host, how many devices this CPU host shows, the compilation cache."""
-  host_memory.configure(config.train.get("reuse_host_memory", "auto"))
-  distributed.initialize(config.get("parallel", {}))
+  host_memory.configure(config.runtime.reuse_host_memory)
+  distributed.initialize(config.parallel)
   _split_cpu_host(config)
-  compile_cache.configure(config.train.get("compilation_cache", "auto"))
+  compile_cache.configure(config.runtime.compilation_cache)
 
 
 def _check_same_data(workdir: Path, data: data_lib.Dataset) -> None:
@@ -363,9 +325,7 @@ def _check_same_data(workdir: Path, data: data_lib.Dataset) -> None:
     )
 
 
-def _train_batches(
-  config: ml_collections.ConfigDict, data: data_lib.Dataset, runs: sweep_lib.Runs
-) -> Any:
+def _train_batches(setup: Setup, config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Any:
   """This process's train batches (a sweep's stacked: each member reads its own seed's order)."""
 
   def batches_for(seed: int):
@@ -373,16 +333,16 @@ def _train_batches(
     data_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
     return iter(
       data.train_batches(
-        batch_size=config.train.batch_size // jax.process_count(),
+        batch_size=setup.plan.batch_size // jax.process_count(),
         seed=data_seed,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
-        num_threads=config.data.num_threads,
-        prefetch=config.data.prefetch,
+        num_threads=config.runtime.data_threads,
+        prefetch=config.runtime.data_prefetch,
       )
     )
 
-  return runs.batches(batches_for)
+  return setup.runs.batches(batches_for)
 
 
 def _write_workdir_files(
@@ -437,13 +397,12 @@ def _logs(
   data: data_lib.Dataset,
   setup: Setup,
   start_step: int,
-  steps_per_call: int,
   show_progress: bool,
 ):
   """(metrics writer, progress display, the interval log writing to both) of a run."""
   writer = metrics_lib.MetricWriter(workdir)
   progress = Progress(
-    total_steps=setup.total_steps,
+    total_steps=setup.plan.total_steps,
     initial_step=start_step,
     enabled=show_progress,
     is_main_process=jax.process_index() == 0,
@@ -454,10 +413,10 @@ def _logs(
     layout=setup.layout,
     runs=setup.runs,
     start_step=start_step,
-    examples_per_step=config.train.batch_size * setup.runs.count,
+    examples_per_step=setup.plan.batch_size * setup.runs.count,
     tokens_per_example=setup.task.tokens_per_example(data.example_batch(1)),
     compute_dtype=config.model.get("dtype") or "float32",
-    steps_per_call=steps_per_call,
+    steps_per_call=setup.plan.steps_per_call,
   )
   return writer, progress, intervals
 
@@ -494,15 +453,13 @@ def train(
   data = load_data(config)
   _check_same_data(workdir, data)
   setup = build(config, data)
-  layout, runs, total_steps, cfg = setup.layout, setup.runs, setup.total_steps, config.train
-  train_iter = _train_batches(config, data, runs)
+  layout, runs, plan, cfg = setup.layout, setup.runs, setup.plan, config.train
+  total_steps, steps_per_call = plan.total_steps, plan.steps_per_call
+  train_iter = _train_batches(setup, config, data)
   _write_workdir_files(workdir, config, data)
   eval_step = layout.compile_eval(setup.eval_step)
   # Outputs keep the inputs' layout, so the train call never compiles twice.
   reset_sums = layout.compile_elementwise(step_lib.reset_metric_sums, layout.replicated())
-  steps_per_call = steps_per_call_lib.resolve(
-    cfg.get("steps_per_call", 0), setup.model, *setup.task.model_inputs(data.example_batch(1))
-  )
   calls = dispatch.TrainCalls(
     layout,
     setup.update,
@@ -516,22 +473,23 @@ def train(
   checkpointer = Checkpointer(
     workdir / workdir_lib.CHECKPOINT_DIR,
     max_to_keep=cfg.max_checkpoints,
-    async_save=cfg.async_checkpointing,
+    async_save=config.runtime.async_checkpointing,
   )
   start_step, loop = _initial_loop(checkpointer, setup, config, train_iter, workdir)
   if jax.process_index() == 0:
     metrics_lib.truncate_after(workdir, start_step)
   workdir_lib.append_run(
-    workdir, workdir_lib.run_record(data_source=data.source, command=command, start_step=start_step)
+    workdir,
+    workdir_lib.run_record(
+      data_source=data.source, command=command, start_step=start_step, plan=plan.record()
+    ),
   )
   state, sums, rng_data = loop["state"], loop["metric_sums"], loop["rng"]
   rng = jax.random.wrap_key_data(rng_data)
 
   # ---------------------------------------------------------------- Train, log, evaluate, save
-  writer, progress, intervals = _logs(
-    workdir, config, data, setup, start_step, steps_per_call, show_progress
-  )
-  eval_every = cfg.eval_every_steps or setup.steps_per_epoch
+  writer, progress, intervals = _logs(workdir, config, data, setup, start_step, show_progress)
+  eval_every = cfg.eval_every_steps or plan.steps_per_epoch
   stop_periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
   eval_metrics: dict[str, float] = {}
   step = start_step  # Counts the updates done, here and in the checkpoints.
@@ -560,7 +518,7 @@ def train(
           # The train steps still running count as training time, not as the eval's.
           calls.wait_until_running_at_most(0)
           with intervals.untimed():  # Training throughput leaves evals out.
-            eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
+            eval_metrics = evaluate(eval_step, state, data, setup, plan.eval_batch_size)
           writer.write(step, eval_metrics)
           progress.message(f"step {step}: {describe(setup, eval_metrics)}")
 
@@ -586,7 +544,7 @@ def train(
     progress.close()
 
   if start_step >= total_steps:  # Already trained this far: report the saved model.
-    eval_metrics = evaluate(eval_step, state, data, setup, config.data.eval_batch_size)
+    eval_metrics = evaluate(eval_step, state, data, setup, plan.eval_batch_size)
   return TrainResult(
     max(start_step, total_steps), eval_metrics, summary=describe(setup, eval_metrics)
   )
@@ -605,7 +563,7 @@ def evaluate_workdir(
   _split_cpu_host(config)
   data = load_data(config)
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
-  setup = build(config, data)
+  setup = build(config, data, training=False)
   checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINT_DIR, read_only=True)
   try:
     steps = checkpointer.all_steps()
@@ -616,6 +574,6 @@ def evaluate_workdir(
   finally:
     checkpointer.close()
   metrics = evaluate(
-    setup.layout.compile_eval(setup.eval_step), state, data, setup, config.data.eval_batch_size
+    setup.layout.compile_eval(setup.eval_step), state, data, setup, setup.plan.eval_batch_size
   )
   return step, metrics, describe(setup, metrics)

@@ -81,7 +81,8 @@ def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
       raise CheckpointError(
         f"Workdir {workdir} holds a run of {what}; resuming it with this config would mix "
         f"two experiments:\n{lines}\nUse a new --workdir, or pass the saved values to continue "
-        f"that run (only {', '.join(sorted(config_lib.RESUMABLE_KEYS))} may change on resume)."
+        f"that run (what may change on resume: {', '.join(sorted(config_lib.RESUMABLE_KEYS))}, and "
+        f"every key of {', '.join(config_lib.RUNTIME_SECTIONS)})."
       )
   elif workdir.is_dir() and any(workdir.iterdir()):
     raise CheckpointError(
@@ -114,7 +115,11 @@ def _version(package: str) -> str | None:
 
 
 def run_record(
-  *, data_source: dict[str, Any], command: list[str] | None, start_step: int
+  *,
+  data_source: dict[str, Any],
+  command: list[str] | None,
+  start_step: int,
+  plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """What this run ran on and with: enough to reproduce it or explain a difference."""
   return {
@@ -130,6 +135,8 @@ def run_record(
     "devices": [str(d) for d in jax.devices()],
     "process_count": jax.process_count(),
     "data": data_source,
+    # What each `auto` of the config became on this machine (jaxdl.train.run_plan).
+    "plan": plan,
   }
 
 

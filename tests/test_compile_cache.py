@@ -1,4 +1,4 @@
-"""train.compilation_cache: compiled steps are kept on disk and reused, with the same results."""
+"""runtime.compilation_cache: compiled steps are kept on disk and reused, with the same results."""
 
 import json
 import os
@@ -29,7 +29,7 @@ RUN = [
 def _train(workdir, cache):
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   out = subprocess.run(
-    [*RUN, f"train.compilation_cache={cache}", "--workdir", str(workdir)],
+    [*RUN, f"runtime.compilation_cache={cache}", "--workdir", str(workdir)],
     cwd=REPO,
     env=env,
     capture_output=True,

@@ -178,8 +178,8 @@ def test_seed_cnn_trains_to_the_same_numbers_with_either_conv(tmp_path):
   other CPUs' kernels)."""
   from tests.conftest import seed_cnn_run
 
-  fast = seed_cnn_run(tmp_path / "im2col", "model.kernels=im2col")
-  reference = seed_cnn_run(tmp_path / "xla", "model.kernels=xla")
+  fast = seed_cnn_run(tmp_path / "im2col", "runtime.kernels=im2col")
+  reference = seed_cnn_run(tmp_path / "xla", "runtime.kernels=xla")
   assert [r.keys() for r in fast] == [r.keys() for r in reference]
   assert any("eval/loss" in r for r in fast)
   for got, want in zip(fast, reference):

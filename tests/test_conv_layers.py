@@ -111,10 +111,10 @@ def test_old_key_names_on_the_command_line_are_read_with_a_note(caplog):
   config = config_lib.load_experiment("experiments/mnist_cnn.py")
   with caplog.at_level(logging.WARNING, logger="jaxdl"):
     config_lib.apply_overrides(config, ["model.conv_impl=im2col", "model.fuse_conv_pool=false"])
-  assert config.model.kernels == "im2col"
+  assert config.runtime.kernels == "im2col"
   assert "conv_impl" not in config.model and "fuse_conv_pool" not in config.model
   (record,) = caplog.records
-  assert "read as model.kernels=im2col" in record.getMessage()
+  assert "read as runtime.kernels=im2col" in record.getMessage()
 
 
 def test_a_workdir_written_with_the_old_fields_resumes(tmp_path):
@@ -134,10 +134,10 @@ def test_a_workdir_written_with_the_old_fields_resumes(tmp_path):
   config_lib.apply_overrides(config, overrides + ["model.conv_pool_impl=im2col"])
   trainer.train(config, tmp_path, show_progress=False)
   saved = json.loads((tmp_path / "config.json").read_text())
-  del saved["model"]["kernels"]
+  del saved["runtime"]["kernels"]
   saved["model"]["conv_pool_impl"] = "im2col"  # What the older jaxdl wrote.
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  for more, num_steps in ((["model.conv_pool_impl=im2col"], 6), (["model.kernels=fused"], 8)):
+  for more, num_steps in ((["model.conv_pool_impl=im2col"], 6), (["runtime.kernels=fused"], 8)):
     config = config_lib.load_experiment("experiments/mnist_cnn.py")
     config_lib.apply_overrides(config, overrides + more + [f"train.num_steps={num_steps}"])
     assert trainer.train(config, tmp_path, show_progress=False).step == num_steps

@@ -289,8 +289,8 @@ def test_seed_cnn_trains_to_the_same_numbers_fused_or_not(tmp_path):
   """20 trainer steps and an eval: losses and accuracies agree to float rounding."""
   from tests.conftest import seed_cnn_run
 
-  fused = seed_cnn_run(tmp_path / "fused", "model.kernels=winograd")
-  separate = seed_cnn_run(tmp_path / "separate", "model.kernels=im2col")
+  fused = seed_cnn_run(tmp_path / "fused", "runtime.kernels=winograd")
+  separate = seed_cnn_run(tmp_path / "separate", "runtime.kernels=im2col")
   assert [r.keys() for r in fused] == [r.keys() for r in separate]
   assert any("eval/loss" in r for r in fused)
   for got, want in zip(fused, separate):

@@ -121,7 +121,7 @@ def test_accumulation_equals_the_big_batch_step(opt):
 
 @pytest.mark.parametrize("model", [_MLP(), _BNNet()], ids=["mlp", "batchnorm"])
 def test_unrolled_accumulation_equals_the_loop(model):
-  """train.grad_accum_unroll (auto on CPU) only changes how XLA runs the micro-batches."""
+  """runtime.grad_accum_unroll (auto on CPU) only changes how XLA runs the micro-batches."""
   state, batches = _state(model, "adam"), [_batch(s) for s in range(3)]
   looped = _run(_step(model, "adam", grad_accum_steps=4), state, batches)
   unrolled = _run(_step(model, "adam", grad_accum_steps=4, grad_accum_unroll=True), state, batches)

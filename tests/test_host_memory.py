@@ -1,4 +1,4 @@
-"""train.reuse_host_memory: freed memory stays with the process for the next step."""
+"""runtime.reuse_host_memory: freed memory stays with the process for the next step."""
 
 import json
 import platform
@@ -48,5 +48,5 @@ def test_freed_blocks_are_kept_only_when_on():
 
 
 def test_bad_setting_is_refused():
-  with pytest.raises(ConfigError, match="train.reuse_host_memory='yes' must be auto, on or off"):
+  with pytest.raises(ConfigError, match="runtime.reuse_host_memory='yes' must be auto, on or off"):
     host_memory.configure("yes")

@@ -96,12 +96,12 @@ def one_device(tmp_path_factory):
     pytest.param(8, ["parallel.mesh.data=2", "parallel.mesh.fsdp=4"], marks=pytest.mark.slow),
     pytest.param(2, [], marks=pytest.mark.slow),
     pytest.param(2, ["parallel.strategy=pmap"], marks=pytest.mark.slow),
-    # Calls of 4 steps over stacked batches (train.steps_per_call), with im2col convolutions,
+    # Calls of 4 steps over stacked batches (runtime.steps_per_call), with im2col convolutions,
     # which XLA:CPU runs at full speed inside the call's loop.
-    (8, ["parallel.strategy=pmap", "train.steps_per_call=4", "model.kernels=winograd"]),
+    (8, ["parallel.strategy=pmap", "runtime.steps_per_call=4", "runtime.kernels=winograd"]),
     pytest.param(
       8,
-      ["parallel.mesh.fsdp=4", "train.steps_per_call=4", "model.kernels=winograd"],
+      ["parallel.mesh.fsdp=4", "runtime.steps_per_call=4", "runtime.kernels=winograd"],
       marks=pytest.mark.slow,
     ),
   ],
@@ -328,7 +328,7 @@ def _start_processes(args, workdir, num_processes=2):
   [
     [],
     # Calls of 4 steps: each process stacks its rows of 4 batches ([4, B/2, ...]).
-    ["train.steps_per_call=4", "model.kernels=winograd"],
+    ["runtime.steps_per_call=4", "runtime.kernels=winograd"],
   ],
   ids=["calls1", "calls4"],
 )

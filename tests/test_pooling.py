@@ -81,8 +81,8 @@ def test_seed_cnn_trains_to_the_same_numbers_with_either_pool(tmp_path):
   from tests.conftest import seed_cnn_run
 
   # XLA's convolutions in both, so that the pools are all that differs.
-  fast = seed_cnn_run(tmp_path / "reshape", "model.kernels=xla")
-  reference = seed_cnn_run(tmp_path / "reduce_window", "model.kernels=plain")
+  fast = seed_cnn_run(tmp_path / "reshape", "runtime.kernels=xla")
+  reference = seed_cnn_run(tmp_path / "reduce_window", "runtime.kernels=plain")
   assert fast == reference
   assert any("eval/loss" in r for r in fast)
 

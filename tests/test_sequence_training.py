@@ -98,20 +98,20 @@ def test_eval_command_reproduces_the_final_evaluation(gpt_run, capsys):
 
 
 def test_gpt_resume_is_bit_exact(gpt_run, tmp_path):
-  """Also whatever the steps per call (train.steps_per_call): the reference run takes the CPU
+  """Also whatever the steps per call (runtime.steps_per_call): the reference run takes the CPU
   default (calls of up to 16 steps), this one 1 step a call, then 3."""
   workdir, _ = gpt_run
   resumed = tmp_path / "resumed"
   trainer.train(
     _config(
-      "shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=20", "train.steps_per_call=1"
+      "shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=20", "runtime.steps_per_call=1"
     ),
     resumed,
     show_progress=False,
   )
   trainer.train(
     _config(
-      "shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=40", "train.steps_per_call=3"
+      "shakespeare_char_gpt.py:cpu", *TINY_GPT, "train.num_steps=40", "runtime.steps_per_call=3"
     ),
     resumed,
     show_progress=False,
@@ -190,7 +190,7 @@ def test_lstm_language_model_trains_and_samples_with_its_carry(tmp_path):
   assert text.startswith("To be") and len(text) == 30
   assert sampling.generate_from_workdir(workdir, "To be", max_new_tokens=25, seed=7) == text
   # One step per call computes the run that calls of up to 16 steps (the CPU default) computed.
-  config.train.steps_per_call = 1
+  config.runtime.steps_per_call = 1
   trainer.train(config, tmp_path / "one_step_per_call", show_progress=False)
   assert _train_metrics(tmp_path / "one_step_per_call") == _train_metrics(workdir)
 

@@ -1,4 +1,4 @@
-"""train.steps_per_call: several train steps in one dispatched call (a loop on the device over
+"""runtime.steps_per_call: several train steps in one dispatched call (a loop on the device over
 stacked batches) give the run that one step per call gives, to the bit; auto picks it on a CPU
 unless the model's layers run XLA convolutions."""
 
@@ -19,7 +19,7 @@ from tests.conftest import REPO, seed_cnn_run
 
 
 def test_calls_of_several_steps_give_the_same_run_to_the_bit(tmp_path, caplog):
-  one = seed_cnn_run(tmp_path / "one", "train.steps_per_call=1")
+  one = seed_cnn_run(tmp_path / "one", "runtime.steps_per_call=1")
   # Auto on a CPU: up to 16 steps a call; logging every 10 steps, each call stops short at 10.
   # (Calls of all their steps, and short ones, in tests/test_sequence_training.py's GPT resume
   # and tests/test_parallel.py's pmap8-calls4.)
@@ -31,11 +31,11 @@ def test_calls_of_several_steps_give_the_same_run_to_the_bit(tmp_path, caplog):
 
 
 def _xla_convs_override() -> str:
-  """The seed CNN's setting for Flax's plain nn.Conv: model.kernels=xla (with the kernels layer)
+  """The seed CNN's setting for Flax's plain nn.Conv: runtime.kernels=xla (with the kernels layer)
   or model.conv_impl=xla (before it)."""
   config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
   model = models.build_model(config.model, {"num_classes": 10})
-  return "model.kernels=xla" if hasattr(model, "kernels") else "model.conv_impl=xla"
+  return "runtime.kernels=xla" if hasattr(model, "kernels") else "model.conv_impl=xla"
 
 
 def _seed_cnn(*overrides):
@@ -43,7 +43,8 @@ def _seed_cnn(*overrides):
   its inputs."""
   config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
   config_lib.apply_overrides(config, list(overrides))
-  return models.build_model(config.model, {"num_classes": 10}), jnp.zeros((1, 28, 28, 1))
+  model = models.build_model(config.model, {"num_classes": 10}, kernels=config.runtime.kernels)
+  return model, jnp.zeros((1, 28, 28, 1))
 
 
 class _TinyConvNet(nn.Module):
@@ -101,7 +102,7 @@ def test_auto_is_one_step_a_call_with_xla_convolutions(tmp_path, caplog):
     seed_cnn_run(tmp_path / "xla", _xla_convs_override())
   # XLA:CPU runs a convolution inside a loop ~15x more slowly.
   assert (
-    "One train step per call (train.steps_per_call=0, auto: the model runs XLA "
+    "One train step per call (runtime.steps_per_call=0, auto: the model runs XLA "
     "convolutions" in caplog.text
   )
 
@@ -157,7 +158,7 @@ def test_flops_of_a_call_are_those_of_one_step():
 @pytest.mark.parametrize("value", ["-1", "1.5", "auto"])
 def test_bad_values_are_refused(tmp_path, value):
   config = config_lib.load_experiment(REPO / "experiments" / "mnist_cnn.py")
-  with pytest.raises(ConfigError, match="train.steps_per_call"):
-    config_lib.apply_overrides(config, [f"train.steps_per_call={value}"])
+  with pytest.raises(ConfigError, match="runtime.steps_per_call"):
+    config_lib.apply_overrides(config, [f"runtime.steps_per_call={value}"])
     trainer.train(config, tmp_path / "run", show_progress=False)
   assert not (tmp_path / "run").exists()

@@ -64,7 +64,7 @@ def test_mnist_cnn_experiment(capsys):
   # Multiply-adds of the convolutions and dense layers (one image); XLA adds ReLU, pool, biases.
   # conv2 runs fused with its pool (jaxdl.kernels.conv_pool), which skips the 11th row and column of
   # its 11x11 output that the 2x2 pool drops: 10 * 10 positions. These are the im2col op's.
-  assert cli.main(["summary", EXPERIMENT, "model.kernels=fused"]) == 0
+  assert cli.main(["summary", EXPERIMENT, "runtime.kernels=fused"]) == 0
   out = capsys.readouterr().out
   macs = 26 * 26 * 32 * 9 * 1 + 10 * 10 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 64 * 10
   assert _number(out, "forward FLOPs") == pytest.approx(2 * macs, rel=0.05)

@@ -197,7 +197,7 @@ def test_mapped_sweep_members_equal_their_separate_runs_to_the_bit(seed_runs, tm
   it does the seed CNN with the fused im2col kernels. With the default (Winograd conv2 after the
   elementwise conv1) it does not quite: after 8 steps some parameters differ by ~1e-8, so there
   the members follow their runs to float rounding, as under vmap."""
-  im2col = "model.kernels=fused"
+  im2col = "runtime.kernels=fused"
   for seed in (0, 1):
     trainer.train(_config(f"seed={seed}", im2col), tmp_path / f"seed{seed}", show_progress=False)
   trainer.train(

@@ -134,7 +134,7 @@ def test_an_eval_starts_after_the_train_steps_before_it_have_finished(tmp_path, 
   _train(
     tmp_path / "run",
     "train.num_steps=20",
-    "train.steps_per_call=16",
+    "runtime.steps_per_call=16",
     "train.log_every_steps=20",
     "train.eval_every_steps=10",
   )

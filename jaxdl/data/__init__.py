@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # Keys of the `data` config section that every dataset has (see jaxdl.config.base_config).
-COMMON_KEYS = frozenset({"name", "dir", "download", "eval_batch_size", "num_threads", "prefetch"})
+COMMON_KEYS = frozenset({"name", "dir", "download", "eval_batch_size"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ process would. Example n of a shard's stream is a pure function of n, so the str
 depend on which worker thread decodes which file, and the iterator's state (the next n) resumes it
 exactly. Grain's worker threads decode examples in parallel (Pillow releases the GIL while
 decoding and resizing) and one more thread stacks them into batches ahead of the train step.
-Decoding is CPU-bound, so throughput grows with data.num_threads up to the number of cores.
+Decoding is CPU-bound, so throughput grows with runtime.data_threads up to the number of cores.
 
 Training augmentation (data.augment):
 - "inception": torchvision's RandomResizedCrop (a crop of 8-100% of the area, aspect ratio 3/4 to

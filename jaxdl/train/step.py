@@ -284,7 +284,7 @@ def steps_in_one_call(update: Callable) -> Callable:
 
   One dispatch then covers n steps: on XLA:CPU the seed CNN's ~15 ms step ran 1.2x faster this
   way, with bit-identical results; what a call costs besides its step (passing ~40 buffers,
-  allocating outputs, waking XLA's threads) is paid once (`train.steps_per_call`;
+  allocating outputs, waking XLA's threads) is paid once (`runtime.steps_per_call`;
   benchmarks/README.md).
   """
 

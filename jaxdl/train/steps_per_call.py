@@ -1,10 +1,10 @@
-"""How many train steps one dispatched call runs (`train.steps_per_call`).
+"""How many train steps one dispatched call runs (`runtime.steps_per_call`).
 
 A call of k steps is one program that loops k times on the device over k stacked batches
 (jaxdl.train.step.steps_in_one_call): what a call costs besides its step is paid once per k steps.
 Results are the same to the bit for every k.
 
-`train.steps_per_call` >= 1 is the user's count; 0 (auto) is 1 off the CPU, where dispatch is
+`runtime.steps_per_call` >= 1 is the user's count; 0 (auto) is 1 off the CPU, where dispatch is
 cheap next to a step, and on the CPU `CPU_STEPS_PER_CALL` unless the model runs XLA convolutions,
 which XLA:CPU runs far more slowly inside a loop (benchmarks/README.md, "Steps per call").
 
@@ -29,7 +29,7 @@ from jaxdl.errors import ConfigError
 
 logger = logging.getLogger("jaxdl")
 
-# train.steps_per_call=0 on a CPU; what it buys each model: benchmarks/README.md, "Steps per call".
+# runtime.steps_per_call=0 on a CPU; what it buys: benchmarks/README.md, "Steps per call".
 CPU_STEPS_PER_CALL = 16
 DECLARATION = "runs_xla_convolutions"  # The attribute a module may declare (module docstring).
 
@@ -38,30 +38,30 @@ def check(setting) -> None:
   """ConfigError unless `setting` is a whole number >= 0."""
   if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
     raise ConfigError(
-      f"train.steps_per_call={setting!r} must be a whole number of steps >= 1, or "
+      f"runtime.steps_per_call={setting!r} must be a whole number of steps >= 1, or "
       f"0 for auto ({CPU_STEPS_PER_CALL} on a CPU unless the model runs XLA "
       "convolutions, 1 elsewhere)."
     )
 
 
 def resolve(setting: int, model: nn.Module, *example_inputs: jax.Array) -> int:
-  """The steps a call runs for `train.steps_per_call=setting`, said in the log; `example_inputs`
+  """The steps a call runs for `runtime.steps_per_call=setting`, said in the log; `example_inputs`
   are the model's inputs (a batch of 1 will do), traced abstractly only when auto must look."""
   check(setting)
   if setting:
-    steps, why = setting, f"train.steps_per_call={setting}"
+    steps, why = setting, f"runtime.steps_per_call={setting}"
   elif jax.default_backend() != "cpu":
-    steps, why = 1, "train.steps_per_call=0, auto: one off the CPU"
+    steps, why = 1, "runtime.steps_per_call=0, auto: one off the CPU"
   elif runs_xla_convolutions(model, *example_inputs):
     steps, why = (
       1,
       (
-        "train.steps_per_call=0, auto: the model runs XLA convolutions, which XLA:CPU "
+        "runtime.steps_per_call=0, auto: the model runs XLA convolutions, which XLA:CPU "
         "runs far slower inside a loop"
       ),
     )
   else:
-    steps, why = CPU_STEPS_PER_CALL, "train.steps_per_call=0, auto on a CPU"
+    steps, why = CPU_STEPS_PER_CALL, "runtime.steps_per_call=0, auto on a CPU"
   logger.info(
     "%s per call (%s).", f"Up to {steps} train steps" if steps > 1 else "One train step", why
   )
