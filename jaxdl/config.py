@@ -524,12 +524,24 @@ def with_runtime_defaults(config: ml_collections.ConfigDict) -> ml_collections.C
 def resume_conflicts(
   saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict
 ) -> list[tuple[str, Any, Any]]:
-  """(key, saved value, new value) for every difference that forbids resuming `saved` with `new`."""
-  old_flat, new_flat = flatten(saved), flatten(new)
+  """(key, saved value, new value) for every difference that forbids resuming `saved` with `new`.
+
+  A key the saved config lacks (written by a jaxdl from before the key existed) is no conflict
+  when the new config keeps it at base_config's default, which reproduces what that jaxdl did;
+  a note says so."""
+  old_flat, new_flat, defaults = flatten(saved), flatten(new), flatten(base_config())
   # JSON turns tuples into lists; compare them as lists.
   norm = lambda v: list(v) if isinstance(v, tuple) else v
-  return [
-    (k, old_flat.get(k, "<absent>"), new_flat.get(k, "<absent>"))
-    for k in sorted(set(old_flat) | set(new_flat))
-    if not resumable(k) and norm(old_flat.get(k)) != norm(new_flat.get(k))
-  ]
+  conflicts = []
+  for k in sorted(set(old_flat) | set(new_flat)):
+    if resumable(k) or norm(old_flat.get(k)) == norm(new_flat.get(k)):
+      continue
+    if k not in old_flat and k in defaults and norm(new_flat[k]) == norm(defaults[k]):
+      logger.warning(
+        "%s: the workdir's config predates this key; resuming with its default, %r.",
+        k,
+        new_flat[k],
+      )
+      continue
+    conflicts.append((k, old_flat.get(k, "<absent>"), new_flat.get(k, "<absent>")))
+  return conflicts

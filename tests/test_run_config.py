@@ -152,3 +152,24 @@ def test_the_plan_refuses_settings_that_cannot_work(override, message):
   config = _seed_cnn(override)
   with pytest.raises(ConfigError, match=message):
     trainer.build(config, trainer.load_data(config))
+
+
+def test_a_key_the_saved_config_predates_resumes_at_its_default(caplog):
+  """An older jaxdl wrote no train.label_smoothing or train.ema_decay: resuming with their
+  defaults (what that jaxdl did) is accepted with a note; another value is still refused."""
+  saved = config_lib.base_config().to_dict()
+  del saved["train"]["label_smoothing"], saved["train"]["ema_decay"]
+  saved = config_lib.from_json(json.dumps(saved))
+  new = config_lib.base_config()
+  with caplog.at_level(logging.WARNING, logger="jaxdl"):
+    assert config_lib.resume_conflicts(saved, new) == []
+  assert "train.ema_decay: the workdir's config predates this key" in caplog.text
+  config_lib.apply_overrides(new, ["train.label_smoothing=0.1"])
+  assert config_lib.resume_conflicts(saved, new) == [("train.label_smoothing", "<absent>", 0.1)]
+
+
+def test_a_config_json_of_this_release_still_resumes():
+  """tests/data/config_v2.json is config.json as this release writes it for the seed CNN (the
+  `runtime` section's first release): the same command must resume it in every later release."""
+  saved = config_lib.from_json((REPO / "tests" / "data" / "config_v2.json").read_text())
+  assert config_lib.resume_conflicts(saved, _seed_cnn()) == []
