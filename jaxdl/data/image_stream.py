@@ -461,7 +461,7 @@ def _random_resized_crop(img, image_size: int, rng: np.random.Generator):
   width, height = img.size
   top, left, crop_h, crop_w = random_resized_crop_params(width, height, rng)
   # A JPEG decodes at the smallest 1/2^k scale that leaves the crop at least S pixels each way:
-  # 4-8x faster for small crops of large photos, with the same pixels after the downscale.
+  # much faster for small crops of large photos, with the same pixels after the downscale.
   img.draft(
     "RGB", (math.ceil(width * image_size / crop_w), math.ceil(height * image_size / crop_h))
   )

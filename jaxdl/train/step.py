@@ -282,10 +282,9 @@ def steps_in_one_call(update: Callable) -> Callable:
   K stacked batches, and the last step's loss. n (<= K) is an argument, not a shape, so a call
   that must stop short of K steps (at a logging or checkpoint step) runs the same program.
 
-  One dispatch then covers n steps: on XLA:CPU the seed CNN's ~15 ms step ran 1.2x faster this
-  way, with bit-identical results; what a call costs besides its step (passing ~40 buffers,
-  allocating outputs, waking XLA's threads) is paid once (`runtime.steps_per_call`;
-  benchmarks/README.md).
+  One dispatch then covers n steps, with bit-identical results: what a call costs besides its
+  step (passing the state's buffers, allocating outputs, waking XLA's threads) is paid once
+  (`runtime.steps_per_call`; what it buys: benchmarks/README.md, "Steps per call").
   """
 
   def update_steps(state, sums, batches, num_steps, rng):
