@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU check: GPT-2 small and ResNet-50 training throughput and MFU (bf16) on one GPU, in one run.
+# GPU check: training throughput, MFU and memory (bf16) of GPT-2 small and medium (scanned and
+# unrolled, with and without remat) and ResNet-50 on one GPU, in one run.
 #
-#   bash benchmarks/gpu_check.sh                      # both models; estimated 3-5 min on an H200
-#   bash benchmarks/gpu_check.sh --gpt-batch 32 --models gpt
+#   bash benchmarks/gpu_check.sh                      # six rows; estimated 5-6 min on an H100
+#   bash benchmarks/gpu_check.sh --models gpt,resnet  # the first check's two rows, 3-5 min
+#   bash benchmarks/gpu_check.sh --gpt-batch 32 --models gpt,gpt:scan:full
 #   bash benchmarks/gpu_check.sh --xla-flags "--xla_gpu_enable_latency_hiding_scheduler=true"
 #
 # Runs benchmarks/gpu_models.py (see its docstring for what is measured and how) under a 470 s
@@ -61,6 +63,6 @@ rc=${PIPESTATUS[0]}
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
   # SIGINT first: gpu_models.py then prints the table of what it finished.
   echo "ERROR: gpu_models.py ran past ${LIMIT_S} s (GPU_CHECK_LIMIT_S) and was stopped; run" \
-       "fewer models (--models gpt) or smaller batches." >&2
+       "fewer rows (e.g. --models gpt,resnet) or smaller batches." >&2
 fi
 exit "$rc"

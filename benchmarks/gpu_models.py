@@ -1,12 +1,28 @@
-"""GPU training throughput and MFU of jaxdl's GPT-2 small and ResNet-50 in bfloat16, one process.
+"""Training throughput, MFU and memory on one GPU: GPT-2 small and medium, ResNet-50, bfloat16.
+
+jaxdl's GPTs scanned over their layers and unrolled, with and without remat; all in one process.
 
 Run (from the repository root; `benchmarks/gpu_check.sh` wraps this with the environment checks):
-    python benchmarks/gpu_models.py                       # GPT-2 small and ResNet-50 on one GPU
-    python benchmarks/gpu_models.py --allow-cpu --smoke   # tiny configs on the CPU, 20-45 s
-Options: --gpt-batch 16 --resnet-batch 256 --models gpt,resnet --attention auto --windows 3
-         --window-seconds 2 --warmup 3 --min-steps 5 --json OUT --allow-cpu --smoke --verbose
+    python benchmarks/gpu_models.py                       # the six default rows on one GPU
+    python benchmarks/gpu_models.py --models gpt,resnet   # the two rows of the first check
+    python benchmarks/gpu_models.py --allow-cpu --smoke   # tiny configs on the CPU, 30-60 s
+Options: --models MODELS --gpt-batch 16 --gpt-medium-batch 8 --resnet-batch 256 --attention auto
+         --windows 3 --window-seconds 2 --warmup 3 --min-steps 5 --json OUT --allow-cpu --smoke
+         --verbose
 
-What it measures, each model on the first device of `jax.devices()`:
+--models is a comma-separated list of rows, each `gpt`, `gpt_medium` or `resnet`, a GPT's
+optionally followed by `:scan` (scan_layers=True: one block compiled and scanned over the layers)
+and/or `:POLICY`, a remat policy of jaxdl.nn.remat.REMAT_POLICIES (none, full, dots_saveable,
+dots_with_no_batch_dims_saveable; default none). The default,
+    gpt:scan:full,gpt_medium:scan:full,gpt:scan,gpt,gpt_medium:scan,resnet
+runs the remat rows first because a device's peak memory can only be read as "the most so far"
+(see "Memory" below); --smoke's default is gpt,gpt_medium:scan:full,resnet, which runs every code
+path at tiny sizes. Time on an H100 (estimated, not yet measured): ~20-30 s to compile each
+scanned GPT, ~40-60 s for GPT-2 small unrolled and ResNet-50, ~10-15 s to time each row, ~10 s to
+start: 5-6 minutes for the default, inside gpu_check.sh's 470 s limit; a run past the limit is
+stopped and tables the rows that finished.
+
+What it measures, each row on the first device of `jax.devices()`:
   1. GPT-2 small: jaxdl.nn.GPT(num_layers=12, num_heads=12, embed_dim=768, block_size=1024,
      vocab_size=50304), GPT-2's 50257 tokens padded to a multiple of 64 as nanoGPT does (the
      tokens drawn stay below 50257), bias and tied LM head as GPT-2, no dropout. Parameters
@@ -19,6 +35,12 @@ What it measures, each model on the first device of `jax.devices()`:
      settings: lr 6e-4, betas 0.9/0.95, weight decay 0.1 on matrices, clip at global norm 1.0),
      jitted with the state donated, on random tokens int32 [--gpt-batch, 1025] (1024 predicted
      tokens per row).
+     GPT-2 medium (`gpt_medium`): the same with 24 layers, 16 heads, width 1024 (355M
+     parameters), batch --gpt-medium-batch (default 8, half GPT-2 small's rows: its activations
+     without remat, 24 layers of width 1024, are then of the order of GPT-2 small's at 16).
+     `:scan` and a remat policy are the model's scan_layers and remat fields; remat recomputes
+     the blocks' activations in the backward pass, which XLA's FLOP count includes and the
+     formula does not.
   2. ResNet-50: jaxdl.nn.ResNet(depth=50) (torchvision v1.5, 25.6M parameters), float32
      parameters, bfloat16 compute, BatchNorm statistics updated every step (float32); SGD with
      momentum 0.9 (lr 0.1, weight decay 1e-4) from make_optimizer; Classification task on random
@@ -32,7 +54,9 @@ FLOPs and MFU, two ways for each model, both against jaxdl.perf's peak for the d
 bfloat16 datasheet figure: 989.5 TFLOP/s for an H100/H200 SXM; on CPU a measured matmul rate):
   * "XLA": jaxdl.perf.Efficiency.for_step, XLA's cost analysis of the compiled step. It counts
     everything XLA sees (elementwise work, the optimizer), but may count a custom call such as
-    cuDNN's attention kernel as zero, so on GPU it can be below the formula.
+    cuDNN's attention kernel as zero, so on GPU it can be below the formula. It counts a while
+    loop's body once, so a scanned GPT's figure is a lower bound (the table says so); it does
+    count remat's recomputation, which the formula does not.
   * "formula": the model's matmul FLOPs by the usual closed form.
       GPT (nanoGPT's estimate_mfu, from the PaLM paper's appendix B): 6 N + 12 L H Q T per token,
       N = parameters less the position embeddings (nanoGPT's count: 123.69M here), L layers,
@@ -49,6 +73,14 @@ precision run (v100_x8, batch 512, 250,200 steps in 13.2 h) is 337 images/s per 
 wall times include the input pipeline and the evaluations, so they understate the step alone. The
 same README gives TPU v3-8 4.4 h for 125,100 steps. It has no figure for an A100, H100 or H200,
 and none was found in the other sources searched (the Flax and Haiku example READMEs).
+
+Memory, per row, on the device: from XLA's memory analysis of the compiled step
+(compiled.memory_analysis()), its arguments (the train state and the batch) and its temporaries
+(activations, gradients and the optimizer's intermediates; the new state is written into the
+donated old one); and the device's own peak_bytes_in_use (device.memory_stats(); n/a where the
+backend gives none, as on CPU). That peak is the process's so far and cannot be reset: each row
+frees its arrays before the next, and its cell is the peak after it when the row raised it, or
+"<=" the earlier peak when it did not.
 
 Exit status: 0 when every model ran (whatever the numbers), 1 when one failed, 2 when there is no
 GPU and --allow-cpu was not given.
@@ -75,6 +107,7 @@ import optax
 
 from jaxdl import nn as nn_lib
 from jaxdl import perf
+from jaxdl.nn.remat import REMAT_POLICIES
 from jaxdl.train import optim, tasks
 from jaxdl.train import step as step_lib
 
@@ -136,12 +169,18 @@ class GptConfig:
   block_size: int = 1024
   vocab_size: int = PADDED_VOCAB
   token_range: int = GPT2_VOCAB  # Tokens are drawn from [0, token_range).
+  remat: str = "none"  # A policy of jaxdl.nn.remat.REMAT_POLICIES.
+  scan_layers: bool = False
 
   def describe(self) -> str:
     return (
       f"L={self.num_layers} H={self.num_heads} D={self.embed_dim} T={self.block_size} "
       f"V={self.vocab_size}"
     )
+
+  @property
+  def layers(self) -> str:
+    return "scan" if self.scan_layers else "unrolled"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +195,19 @@ class ResNetConfig:
     return f"ResNet-{self.depth}{width} {self.image_size}x{self.image_size}x3"
 
 
+GPT2_MEDIUM = GptConfig(num_layers=24, num_heads=16, embed_dim=1024)
 SMOKE_GPT = GptConfig(
   num_layers=2, num_heads=2, embed_dim=64, block_size=32, vocab_size=256, token_range=256
 )
+SMOKE_GPT_MEDIUM = dataclasses.replace(SMOKE_GPT, num_layers=4, num_heads=4)
+# --models name -> (row title, config, smoke title, smoke config).
+GPT_MODELS = {
+  "gpt": ("GPT-2 small", GptConfig(), "GPT (smoke)", SMOKE_GPT),
+  "gpt_medium": ("GPT-2 medium", GPT2_MEDIUM, "GPT medium (smoke)", SMOKE_GPT_MEDIUM),
+}
+MODELS = (*GPT_MODELS, "resnet")
+DEFAULT_MODELS = "gpt:scan:full,gpt_medium:scan:full,gpt:scan,gpt,gpt_medium:scan,resnet"
+SMOKE_MODELS = "gpt,gpt_medium:scan:full,resnet"
 # ResNet-18: ResNet-50's bottlenecks take over 30 s to compile on 2 CPU cores.
 SMOKE_RESNET = ResNetConfig(depth=18, width=8, image_size=32, num_classes=10)
 
@@ -226,6 +275,7 @@ class Step:
   formula_flops: float  # Per step.
   items: int  # Tokens or images per step.
   notes: list[str]
+  params: int = 0  # The model's parameter count.
 
 
 def compile_step(model, tx, schedule, task, batch, formula_flops, items, notes) -> Step:
@@ -241,11 +291,14 @@ def compile_step(model, tx, schedule, task, batch, formula_flops, items, notes) 
   rng = jax.random.key(2)
   start = time.perf_counter()
   compiled = train_step.lower(state, batch, rng).compile()
-  return Step(compiled, state, batch, rng, time.perf_counter() - start, formula_flops, items, notes)
+  seconds = time.perf_counter() - start
+  params = count_params(state.params)
+  return Step(compiled, state, batch, rng, seconds, formula_flops, items, notes, params)
 
 
-def gpt_step(config: GptConfig, batch_size: int, attention_impl: str) -> Step:
-  model = nn_lib.GPT(
+def gpt_model(config: GptConfig, attention_impl: str) -> nn.Module:
+  """jaxdl's GPT of `config`: float32 parameters, bfloat16 compute, GPT-2's bias and tied head."""
+  return nn_lib.GPT(
     vocab_size=config.vocab_size,
     block_size=config.block_size,
     num_layers=config.num_layers,
@@ -254,8 +307,19 @@ def gpt_step(config: GptConfig, batch_size: int, attention_impl: str) -> Step:
     dtype=jnp.bfloat16,
     param_dtype=jnp.float32,
     attention_impl=attention_impl,
+    remat=config.remat,
+    scan_layers=config.scan_layers,
   )
-  tx, schedule = optim.make_optimizer(GPT_OPTIMIZER, total_steps=10_000)
+
+
+def gpt_optimizer() -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with nanoGPT's settings (GPT_OPTIMIZER), through jaxdl's make_optimizer."""
+  return optim.make_optimizer(GPT_OPTIMIZER, total_steps=10_000)
+
+
+def gpt_step(config: GptConfig, batch_size: int, attention_impl: str) -> Step:
+  model = gpt_model(config, attention_impl)
+  tx, schedule = gpt_optimizer()
   tokens = jax.random.randint(
     jax.random.key(0), (batch_size, config.block_size + 1), 0, config.token_range, jnp.int32
   )
@@ -357,6 +421,9 @@ class Result:
   config: str
   batch: int
   unit: str  # "tokens" or "images"
+  layers: str = "-"  # A GPT's "scan" or "unrolled".
+  remat: str = "-"  # A GPT's remat policy.
+  params: int = 0  # The model's parameter count.
   ok: bool = False
   error: str = ""
   attention: str = ""
@@ -375,15 +442,52 @@ class Result:
   mfu_formula: float = math.nan
   peak_tflops: float = math.nan
   peak_source: str = ""
-  peak_memory_gb: float = math.nan  # Peak device memory of the process so far (GPU only).
+  # XLA's memory analysis of the compiled step, per device (None where the backend has none).
+  xla_argument_bytes: int | None = None
+  xla_output_bytes: int | None = None
+  xla_alias_bytes: int | None = None
+  xla_temp_bytes: int | None = None
+  # The device's peak_bytes_in_use after the row (GPU only): the row's own when it raised the
+  # process's peak (peak_memory_own), else only an upper bound of the row's.
+  peak_memory_gb: float = math.nan
+  peak_memory_own: bool = False
   reference: str = ""
   notes: list[str] = dataclasses.field(default_factory=list)
 
+  @property
+  def label(self) -> str:
+    """The model, and its layers and remat where they are not the plain ones."""
+    extra = ["scan"] * (self.layers == "scan") + [f"remat={self.remat}"] * (
+      self.remat not in ("-", "none")
+    )
+    return ", ".join([self.model, *extra])
+
+
+def memory_analysis(compiled) -> Any:
+  """XLA's memory analysis of `compiled`, or None where the backend gives none."""
+  try:
+    return compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # Backends without it raise various errors.
+    return None
+
+
+def peak_bytes(device) -> int | None:
+  """The device's peak bytes in use so far in this process; None where it does not say (CPU)."""
+  return (device.memory_stats() or {}).get("peak_bytes_in_use")
+
 
 def measure(result: Result, build: Callable[[], Step], args, device) -> Result:
+  peak_before = peak_bytes(device)
   step = build()
   result.compile_seconds = step.compile_seconds
+  result.params = step.params
   result.notes += step.notes
+  stats = memory_analysis(step.compiled)
+  if stats is not None:
+    result.xla_argument_bytes = stats.argument_size_in_bytes
+    result.xla_output_bytes = stats.output_size_in_bytes
+    result.xla_alias_bytes = stats.alias_size_in_bytes
+    result.xla_temp_bytes = stats.temp_size_in_bytes
   efficiency = perf.Efficiency.for_step(step.compiled, [device], "bfloat16")
   timing = time_step(step, args.warmup, args.windows, args.window_seconds, args.min_steps)
   seconds = timing.seconds_per_step
@@ -404,26 +508,30 @@ def measure(result: Result, build: Callable[[], Step], args, device) -> Result:
   result.mfu_xla = xla.get("perf/mfu", math.nan)
   result.tflops_formula = formula.get("perf/tflops_per_sec", math.nan)
   result.mfu_formula = formula.get("perf/mfu", math.nan)
-  stats = device.memory_stats() or {}  # None on CPU.
-  if "peak_bytes_in_use" in stats:
-    result.peak_memory_gb = stats["peak_bytes_in_use"] / 2**30
-    result.notes.append(f"peak device memory {result.peak_memory_gb:.1f} GiB (process so far)")
+  peak_after = peak_bytes(device)
+  if peak_after is not None:
+    result.peak_memory_gb = peak_after / 2**30
+    result.peak_memory_own = peak_before is None or peak_after > peak_before
   result.ok = math.isfinite(timing.last_loss)
   if not result.ok:
     result.error = f"the loss after {timing.steps_per_window * args.windows} steps is not finite"
   return result
 
 
-def run_gpt(args, device) -> Result:
-  config = SMOKE_GPT if args.smoke else GptConfig()
+def run_gpt(args, device, row: "Row") -> Result:
+  title, config, smoke_title, smoke_config = GPT_MODELS[row.model]
+  if args.smoke:
+    title, config = smoke_title, smoke_config
+  config = dataclasses.replace(config, remat=row.remat, scan_layers=row.scan)
+  batch = args.gpt_medium_batch if row.model == "gpt_medium" else args.gpt_batch
   new_result = lambda: Result(
-    "GPT-2 small" if not args.smoke else "GPT (smoke)", config.describe(), args.gpt_batch, "tokens"
+    title, config.describe(), batch, "tokens", layers=config.layers, remat=config.remat
   )
   failures = []
   for impl in attention_candidates(args.attention):
     result = new_result()  # Nothing of a failed attempt carries over.
     try:
-      measure(result, lambda: gpt_step(config, args.gpt_batch, impl), args, device)
+      measure(result, lambda: gpt_step(config, batch, impl), args, device)
     except Exception as e:  # pylint: disable=broad-except  # cuDNN refusals come in many types.
       failures.append(f"attention_impl={impl!r} failed: {first_line(e)}")
       print(f"  {failures[-1]}", flush=True)
@@ -438,13 +546,16 @@ def run_gpt(args, device) -> Result:
   result.notes = failures + result.notes
   if args.smoke:
     result.reference = "n/a (smoke config)"
-  else:
+  elif row.model == "gpt":
     target = "met" if result.mfu_formula >= GPT_TARGET_MFU else "NOT met"
     result.reference = f"target formula MFU >= {GPT_TARGET_MFU:.0%}: {target}"
+  else:
+    result.reference = "no target"
   return result
 
 
-def run_resnet(args, device) -> Result:
+def run_resnet(args, device, row: "Row") -> Result:
+  del row  # ResNet rows have no options.
   config = SMOKE_RESNET if args.smoke else ResNetConfig()
   result = Result(
     "ResNet-50" if not args.smoke else "ResNet (smoke)",
@@ -480,23 +591,37 @@ def fmt_tflops(x: float) -> str:
   return fmt(x, ".1f" if abs(x) >= 10 else ".3g")
 
 
+def fmt_gib(n: int | None) -> str:
+  return fmt(None if n is None else n / 2**30, ".3g")
+
+
+def peak_cell(r: Result) -> str:
+  """The row's device peak in GiB; "<=" when the row did not raise the process's peak."""
+  return fmt(r.peak_memory_gb, ".3g") if r.peak_memory_own else "<=" + fmt(r.peak_memory_gb, ".3g")
+
+
 def markdown_table(results: list[Result]) -> str:
   header = (
-    "| model | config | batch | attention | compile s | step ms (median of windows) | "
-    "throughput | TFLOP/s XLA | MFU XLA | TFLOP/s formula | MFU formula | reference |"
+    "| model | config | layers | remat | batch | attention | compile s | "
+    "step ms (median of windows) | throughput | TFLOP/s XLA | MFU XLA | TFLOP/s formula | "
+    "MFU formula | args GiB | temp GiB | peak GiB | reference |"
   )
-  lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+  columns = header.count(" | ") + 1
+  lines = [header, "|" + "---|" * columns]
   for r in results:
+    first = f"| {r.model} | {r.config} | {r.layers} | {r.remat} | {r.batch} |"
     if not r.ok and not math.isfinite(r.step_ms):
-      lines.append(f"| {r.model} | {r.config} | {r.batch} | - | FAILED: {r.error} | | | | | | | |")
+      lines.append(f"{first} - | FAILED: {r.error} |" + " |" * (columns - 7))
       continue
     throughput = f"{fmt(r.items_per_sec, ',.0f')} {r.unit}/s"
     bound = " (lower bound)" if r.xla_flops_lower_bound else ""
+    peak = "n/a" if not math.isfinite(r.peak_memory_gb) else peak_cell(r)
     lines.append(
-      f"| {r.model} | {r.config} | {r.batch} | {r.attention or '-'} | "
+      f"{first} {r.attention or '-'} | "
       f"{fmt(r.compile_seconds, '.1f')} | {fmt(r.step_ms, '.2f')} | {throughput} | "
       f"{fmt_tflops(r.tflops_xla)}{bound} | {fmt(r.mfu_xla, '.1%')} | "
-      f"{fmt_tflops(r.tflops_formula)} | {fmt(r.mfu_formula, '.1%')} | {r.reference} |"
+      f"{fmt_tflops(r.tflops_formula)} | {fmt(r.mfu_formula, '.1%')} | "
+      f"{fmt_gib(r.xla_argument_bytes)} | {fmt_gib(r.xla_temp_bytes)} | {peak} | {r.reference} |"
     )
   return "\n".join(lines)
 
@@ -523,10 +648,56 @@ def environment(device) -> dict[str, Any]:
 # ---------------------------------------------------------------- Driver
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One entry of --models: `gpt_medium:scan:full` is Row("gpt_medium", scan=True, remat="full")."""
+
+  model: str
+  scan: bool = False
+  remat: str = "none"
+
+  def __str__(self) -> str:
+    return ":".join([self.model] + ["scan"] * self.scan + [self.remat] * (self.remat != "none"))
+
+
+def parse_rows(text: str) -> list[Row]:
+  """--models' rows; a ValueError says what is wrong with which entry."""
+  rows = []
+  for entry in (e.strip() for e in text.split(",")):
+    if not entry:
+      continue
+    model, *options = entry.split(":")
+    if model not in MODELS:
+      raise ValueError(
+        f"unknown [{model!r}] in {entry!r}; give a comma-separated list of {', '.join(MODELS)}"
+      )
+    scan = "scan" in options
+    remats = [o for o in options if o != "scan"]
+    bad = [o for o in remats if o not in REMAT_POLICIES]
+    if model not in GPT_MODELS and options:
+      raise ValueError(f"{entry!r}: {model} takes no options (scan and remat are for GPTs)")
+    if bad or len(remats) > 1 or options.count("scan") > 1:
+      raise ValueError(
+        f"{entry!r}: after the model come at most ':scan' and one remat policy of "
+        f"{', '.join(REMAT_POLICIES)}, e.g. gpt_medium:scan:full"
+      )
+    rows.append(Row(model, scan, remats[0] if remats else "none"))
+  if not rows:
+    raise ValueError(f"no rows; give a comma-separated list of {', '.join(MODELS)}")
+  return rows
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--models", default="gpt,resnet", help="comma-separated: gpt, resnet")
+  p.add_argument(
+    "--models",
+    default=None,
+    help=f"comma-separated rows, e.g. gpt,gpt:scan:full,gpt_medium:scan,resnet ({DEFAULT_MODELS})",
+  )
   p.add_argument("--gpt-batch", type=int, default=None, help="GPT rows of 1024 tokens (16)")
+  p.add_argument(
+    "--gpt-medium-batch", type=int, default=None, help="GPT-2 medium rows of 1024 tokens (8)"
+  )
   p.add_argument("--resnet-batch", type=int, default=None, help="ResNet-50 images (256)")
   p.add_argument(
     "--attention",
@@ -543,26 +714,46 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--smoke",
     action="store_true",
-    help="tiny configs (GPT 2x64, T=32, V=256; ResNet-18 width 8 at 32x32), batch 2",
+    help="tiny configs (GPT 2x64 and 4x64, T=32, V=256; ResNet-18 width 8 at 32x32), batch 2",
   )
   p.add_argument("--allow-cpu", action="store_true", help="run even if JAX sees no GPU")
   p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
   p.add_argument("--verbose", action="store_true", help="tracebacks of attention fallbacks")
   args = p.parse_args(argv)
   defaults = (
-    dict(gpt_batch=2, resnet_batch=2, warmup=1, window_seconds=0.05, min_steps=2)
+    dict(
+      models=SMOKE_MODELS,
+      gpt_batch=2,
+      gpt_medium_batch=2,
+      resnet_batch=2,
+      warmup=1,
+      window_seconds=0.05,
+      min_steps=2,
+    )
     if args.smoke
-    else dict(gpt_batch=16, resnet_batch=256, warmup=3, window_seconds=2.0, min_steps=5)
+    else dict(
+      models=DEFAULT_MODELS,
+      gpt_batch=16,
+      gpt_medium_batch=8,
+      resnet_batch=256,
+      warmup=3,
+      window_seconds=2.0,
+      min_steps=5,
+    )
   )
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
-  args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-  unknown = set(args.models) - {"gpt", "resnet"}
-  if unknown or not args.models:
-    p.error(f"--models: unknown {sorted(unknown)}; give a comma-separated list of gpt, resnet")
-  if min(args.gpt_batch, args.resnet_batch, args.windows, args.min_steps) < 1:
-    p.error("--gpt-batch, --resnet-batch, --windows and --min-steps must be at least 1")
+  try:
+    args.models = parse_rows(args.models)
+  except ValueError as e:
+    p.error(f"--models: {e}")
+  batches = (args.gpt_batch, args.gpt_medium_batch, args.resnet_batch)
+  if min(*batches, args.windows, args.min_steps) < 1:
+    p.error(
+      "--gpt-batch, --gpt-medium-batch, --resnet-batch, --windows and --min-steps must be at "
+      "least 1"
+    )
   if args.warmup < 0 or args.window_seconds <= 0:
     p.error("--warmup must be >= 0 and --window-seconds > 0")
   return args
@@ -590,16 +781,16 @@ def main(argv=None) -> int:
   )
   start = time.perf_counter()
   results = []
-  runners = {"gpt": run_gpt, "resnet": run_resnet}
-  for name in args.models:
+  for row in args.models:
     print(
-      f"\n== {name}: compiling and timing ({time.perf_counter() - start:.0f} s so far)", flush=True
+      f"\n== {row}: compiling and timing ({time.perf_counter() - start:.0f} s so far)", flush=True
     )
+    run = run_resnet if row.model == "resnet" else run_gpt
     try:
-      result = runners[name](args, device)
+      result = run(args, device, row)
     except KeyboardInterrupt:  # gpu_check.sh's time limit: still print what finished.
-      print(f"  interrupted during {name}", flush=True)
-      results.append(Result(name, "-", 0, "-", error="interrupted (time limit)"))
+      print(f"  interrupted during {row}", flush=True)
+      results.append(Result(str(row), "-", 0, "-", error="interrupted (time limit)"))
       break
     results.append(result)
     print(
@@ -639,9 +830,14 @@ def main(argv=None) -> int:
     "MFU formula = GPT: (6N + 12LHQT) x tokens (nanoGPT/PaLM); ResNet: 6 x conv+dense "
     "multiply-adds x images; / step time / peak. The GPT target applies to this one."
   )
+  print(
+    "args, temp = XLA's memory analysis of the compiled step (arguments: state and batch; "
+    "temporaries); peak = the device's peak_bytes_in_use after the row, '<=' where the row did "
+    "not raise the process's peak (n/a on CPU)."
+  )
   for r in results:
     for note in r.notes:
-      print(f"{r.model}: {note}")
+      print(f"{r.label}: {note}")
   if any(r.model.startswith("ResNet") for r in results):
     print(f"ResNet reference: {FLAX_RESNET50_REFERENCE['text']}.")
   print(f"\n## jaxdl GPU check: {env['device_kind']}, jax {env['jax']}, {total:.0f} s\n")

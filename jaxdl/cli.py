@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
   plot.add_argument("-o", "--output", required=True, help="image file to write, e.g. curves.png")
 
   summary = sub.add_parser(
-    "summary", help="parameters, forward FLOPs and memory of a model (weights never allocated)"
+    "summary",
+    help="parameters, forward FLOPs and memory of a model, and the memory per device to train an "
+    "experiment (weights never allocated)",
   )
   summary.add_argument(
     "experiment", nargs="?", help="experiment file, e.g. experiments/mnist_cnn.py (or use --model)"
@@ -92,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
   )
   summary.add_argument(
     "--no-flops", action="store_true", help="skip compiling the forward pass (FLOPs n/a)"
+  )
+  summary.add_argument(
+    "--no-temporaries",
+    action="store_true",
+    help="with an experiment: skip compiling the train step (memory per device without XLA's "
+    "temporaries)",
   )
   return parser
 
@@ -160,6 +168,8 @@ def _summary(args) -> int:
     "--vocab-size": args.vocab_size,
     "--dtype": args.dtype,
   }
+  if args.model and args.no_temporaries:
+    raise UserError("--no-temporaries applies to an experiment; --model measures no train step.")
   if args.model:
     if args.experiment or args.overrides:
       raise UserError(
@@ -185,7 +195,10 @@ def _summary(args) -> int:
         "config and data."
       )
     heading, result = summary.for_experiment(
-      args.experiment, args.overrides, flops=not args.no_flops
+      args.experiment,
+      args.overrides,
+      flops=not args.no_flops,
+      temporaries=not args.no_temporaries,
     )
   else:
     raise UserError(

@@ -18,6 +18,7 @@ import ml_collections
 from jaxdl import data as data_lib
 from jaxdl import sweep as sweep_lib
 from jaxdl.errors import ConfigError
+from jaxdl.nn import partitioning
 
 logger = logging.getLogger("jaxdl")
 
@@ -122,6 +123,11 @@ def run_config() -> ml_collections.ConfigDict:
   # Split each batch into this many micro-batches whose gradients are averaged before one update:
   # the update of the whole batch in a fraction of the activation memory.
   c.train.grad_accum_steps = 1
+  # [first step, count]: a jax.profiler trace of those steps, numbered as in metrics.jsonl, into
+  # WORKDIR/profile (jaxdl.profiling), e.g. train.profile_steps=10,5. []: off.
+  c.train.profile_steps = []
+  # On a GPU: XLA's deterministic kernels, for bit-identical reruns (jaxdl.determinism).
+  c.train.deterministic = False
 
   # method: vmap (members side by side) | map (one after another, each exactly its separate run).
   c.sweep = ml_collections.ConfigDict({"method": "vmap"})
@@ -152,8 +158,13 @@ def run_config() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict(type_safe=False)
   c.parallel.strategy = "jit"  # jit: one program over a device mesh | pmap: replicated per device
   # Mesh axis sizes (jit): the batch is split over data x fsdp devices; parameters and optimizer
-  # state are sharded over fsdp (1: replicated). -1 takes the devices left over.
-  c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # state are sharded over fsdp (1: replicated), attention heads and MLP units over tensor
+  # (Megatron-style). -1 takes the devices left over.
+  c.parallel.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Logical axis name -> mesh axes, first match first (jaxdl.nn.partitioning.RULES).
+  c.parallel.rules = [
+    [name, list(axes) if isinstance(axes, tuple) else axes] for name, axes in partitioning.RULES
+  ]
   # On a CPU host: how many JAX devices to split it into (jaxdl.train.cpu_devices). 1: one;
   # auto: 8, or the most that divides the batch sizes (faster for models of a few large ops;
   # recurrent models: slower, so 1 stays the default and experiments opt in).
@@ -272,9 +283,15 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[
 RESUMABLE_KEYS = frozenset(flatten(run_config()))
 
 
+# Model arguments that change how a model runs, not what it computes or the shapes it saves.
+RUNTIME_MODEL_KEYS = frozenset({"model.remat"})
+
+
 def resumable(key: str) -> bool:
   """Whether config key `key` may change when a workdir is resumed."""
-  return key in RESUMABLE_KEYS or key.partition(".")[0] in RUNTIME_SECTIONS
+  return (
+    key in RESUMABLE_KEYS or key in RUNTIME_MODEL_KEYS or key.partition(".")[0] in RUNTIME_SECTIONS
+  )
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:

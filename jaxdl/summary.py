@@ -5,6 +5,8 @@ gpt2_medium costs no memory), and the forward pass is lowered and compiled, neve
 cost analysis can count its FLOPs. Two ways in:
     jaxdl summary experiments/mnist_cnn.py [key=value ...]  # the experiment's model, data, optim.
     jaxdl summary --model resnet50 --input-shape 1,224,224,3  # a registry model on a made-up input
+An experiment is also built as `jaxdl train` builds it, devices and layout included, for the memory
+each device needs to train it (jaxdl.device_memory).
 """
 
 import dataclasses
@@ -60,6 +62,8 @@ class Summary:
   param_bytes: int
   opt_bytes: int | None  # The optimizer state for the params; None without an optimizer.
   frozen_params: int = 0  # Elements of the "params" arrays that are frozen (in total_params).
+  # A jaxdl.device_memory.DeviceMemory: training it on the run's devices; None for --model.
+  device_memory: Any = None
 
 
 def _abstract(tree: Any) -> Any:
@@ -114,7 +118,9 @@ def summarize(
     example_inputs = (example_inputs,)
   inputs = _abstract(tuple(example_inputs))
   kwargs = _call_kwargs(model)
-  variables = jax.eval_shape(lambda *x: model.init(jax.random.key(0), *x, **kwargs), *inputs)
+  variables = jax.eval_shape(
+    lambda *x: nn.unbox(model.init(jax.random.key(0), *x, **kwargs)), *inputs
+  )
   variables = flax.core.unfreeze(variables)
   # "params" first; paths in natural order (layer_2 before layer_10), as eval_shape sorts keys.
   collections = sorted(variables, key=lambda c: (c != "params", c))
@@ -256,6 +262,8 @@ def format_summary(summary: Summary, full: bool = False) -> str:
     lines.append("optimizer state bytes: n/a (no optimizer)")
   else:
     lines.append(f"optimizer state bytes: {summary.opt_bytes} ({human_bytes(summary.opt_bytes)})")
+  if summary.device_memory is not None:
+    lines += ["", summary.device_memory.format()]
   return "\n".join(lines)
 
 
@@ -280,29 +288,30 @@ def _summarize_or_explain(
 
 
 def for_experiment(
-  experiment: str, overrides: Sequence[str] = (), *, flops: bool = True
+  experiment: str, overrides: Sequence[str] = (), *, flops: bool = True, temporaries: bool = True
 ) -> tuple[str, Summary]:
   """(heading, summary) of an experiment's model on a batch of 1 shaped like its data, with its
-  optimizer. Loads the data (for its shapes and model hints), never the weights."""
+  optimizer, and the memory per device of training it (`summary.device_memory`; `temporaries=False`
+  skips compiling its train call). Builds the run as `jaxdl train` does, devices included; loads
+  the data (for its shapes and model hints), never the weights."""
   # pylint: disable=g-import-not-at-top  # The trainer pulls in Orbax and Grain; only this needs them.
   from jaxdl import config as config_lib
-  from jaxdl import models, trainer
-  from jaxdl.train import optim, tasks
+  from jaxdl import device_memory, trainer
+  from jaxdl.train import optim
 
   config = config_lib.load_experiment(experiment)
   config_lib.apply_overrides(config, overrides)
+  # parallel.cpu_devices splits a CPU host only before JAX starts: first, as `jaxdl train` does.
+  trainer._split_cpu_host(config)  # pylint: disable=protected-access
   data = trainer.load_data(config)
-  model = models.build_model(config.model, data.model_hints, kernels=config.runtime.kernels)
-  inputs = tasks.make_task(data).model_inputs(data.example_batch(1))
-  # The schedule does not change the optimizer state's shapes; any length past the warmup will do.
-  tx, _ = optim.make_optimizer(
-    config.optimizer, max(config.train.num_steps, config.optimizer.warmup_steps + 1)
-  )
+  setup = trainer.build(config, data, training=True)
+  inputs = setup.task.model_inputs(data.example_batch(1))
   what = f"model {config.model.get('cls') or config.model.name!r}"
   frozen_mask = lambda params: optim.frozen_mask(config.optimizer, params)
-  summary = _summarize_or_explain(model, inputs, tx, what, flops, frozen_mask)
+  summary = _summarize_or_explain(setup.model, inputs, setup.tx, what, flops, frozen_mask)
+  summary.device_memory = device_memory.of_run(setup, data, compile_call=temporaries)
   heading = (
-    f"{what} ({type(model).__name__}) of {experiment}, inputs "
+    f"{what} ({type(setup.model).__name__}) of {experiment}, inputs "
     f"{_describe_inputs(inputs)}, optimizer {config.optimizer.name}"
   )
   return heading, summary

@@ -3,7 +3,8 @@
 `train` reads top to bottom; each banner is one stage of a run. The pieces live elsewhere: the model
 in jaxdl.nn, the train and eval steps in jaxdl.train.step, dispatching train calls (steps per
 call, calls in flight) in jaxdl.train.dispatch, logging each interval's means and throughput in
-jaxdl.interval_log, checkpoint I/O in jaxdl.checkpoint.
+jaxdl.interval_log, checkpoint I/O in jaxdl.checkpoint, a profiler trace of a few steps in
+jaxdl.profiling.
 """
 
 import dataclasses
@@ -20,7 +21,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import compile_cache, distributed, host_memory, interval_log, models
+from jaxdl import (
+  compile_cache,
+  determinism,
+  distributed,
+  host_memory,
+  interval_log,
+  models,
+  profiling,
+)
 from jaxdl import data as data_lib
 from jaxdl import metrics as metrics_lib
 from jaxdl import sweep as sweep_lib
@@ -29,7 +38,7 @@ from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from jaxdl.progress import Progress
-from jaxdl.train import cpu_devices, dispatch, optim, parallel, run_plan, tasks
+from jaxdl.train import cpu_devices, dispatch, optim, parallel, run_plan, shardings, tasks
 from jaxdl.train import step as step_lib
 
 logger = logging.getLogger("jaxdl")
@@ -92,6 +101,10 @@ def build(
   except ValueError as e:
     raise ConfigError(f"train.label_smoothing: {e}") from e
   example_inputs = task.model_inputs(data.example_batch(1))
+  try:
+    layout.name_parameters(shardings.param_axes(model, example_inputs))
+  except ValueError as e:
+    raise _misfit(config, e) from e
   try:  # Tracing the model (steps per call asks its layers) shows a misfit as a config error.
     plan = run_plan.settle(config, data, layout, model, example_inputs, training)
   except ValueError as e:
@@ -302,8 +315,10 @@ def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
 
 def _configure_host(config: ml_collections.ConfigDict) -> None:
   """What must be settled before any device is used: malloc settings (before XLA starts its
-  threads), multi-host, how many devices this CPU host shows, the compilation cache."""
+  threads), XLA's flags, multi-host, how many devices this CPU host shows, the compilation
+  cache."""
   host_memory.configure(config.runtime.reuse_host_memory)
+  determinism.configure(config.train.deterministic)
   distributed.initialize(config.parallel)
   _split_cpu_host(config)
   compile_cache.configure(config.runtime.compilation_cache)
@@ -455,6 +470,7 @@ def train(
   setup = build(config, data)
   layout, runs, plan, cfg = setup.layout, setup.runs, setup.plan, config.train
   total_steps, steps_per_call = plan.total_steps, plan.steps_per_call
+  profile_window = profiling.window(cfg.profile_steps, total_steps)
   train_iter = _train_batches(setup, config, data)
   _write_workdir_files(workdir, config, data)
   eval_step = layout.compile_eval(setup.eval_step)
@@ -481,7 +497,11 @@ def train(
   workdir_lib.append_run(
     workdir,
     workdir_lib.run_record(
-      data_source=data.source, command=command, start_step=start_step, plan=plan.record()
+      data_source=data.source,
+      command=command,
+      start_step=start_step,
+      plan=plan.record(),
+      deterministic=determinism.record(cfg.deterministic),
     ),
   )
   state, sums, rng_data = loop["state"], loop["metric_sums"], loop["rng"]
@@ -494,14 +514,23 @@ def train(
   eval_metrics: dict[str, float] = {}
   step = start_step  # Counts the updates done, here and in the checkpoints.
   stop = _StopSignal()
+  trace = profiling.Trace(
+    profile_window,
+    workdir / profiling.DIRECTORY,
+    start_step=start_step,
+    wait=functools.partial(calls.wait_until_running_at_most, 0),
+    untimed=intervals.untimed,
+  )
   try:
-    with stop:
+    with stop, trace:
       if step < total_steps:  # Apart from the first call, so that throughput leaves it out.
         compile_start = time.perf_counter()
         intervals.compiled(calls.compile(state, sums, rng), since=compile_start)
       while step < total_steps:
         num_steps = min(steps_per_call, _next_stop(step, stop_periods, total_steps) - step)
-        state, sums = calls.run(state, sums, rng, num_steps)
+        num_steps = trace.clip(step, num_steps)  # Calls stop at the profiled window's edges.
+        with trace.call(step, num_steps):
+          state, sums = calls.run(state, sums, rng, num_steps)
         step += num_steps
         intervals.flush()  # Reads the previous call's metrics while this one runs.
 

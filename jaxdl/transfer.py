@@ -4,6 +4,8 @@ Pure tree logic, no files: the trainer reads the other run's checkpoint (Checkpo
 restore_as_saved) and hands the tree here. `init.mapping` is a list of (target prefix, source
 prefix) pairs; every source leaf under a source prefix goes to the same path under the target
 prefix. Everything that does not fit is reported at once, so one failed start shows every problem.
+A source saved with unrolled layers loads into a model that scans them, and the reverse
+(jaxdl.train.layer_forms.like_layers); a mapping's prefixes name paths in the target's form.
 """
 
 from typing import Any, Sequence
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.errors import CheckpointError, ConfigError
-from jaxdl.train import param_paths
+from jaxdl.train import layer_forms, param_paths
 from jaxdl.train.param_paths import SEP
 
 
@@ -69,6 +71,7 @@ def _transfer(
   target: Any, source: Any, pairs: list[tuple[str, str]], where: str, allow_unmatched: bool
 ) -> tuple[Any, list[str], list[str]]:
   """(new target, copied target paths, problems); `where` names the tree in problems."""
+  source = layer_forms.like_layers(source, target)  # Scanned <-> unrolled layers.
   target_leaves = param_paths.named_leaves(target)
   source_leaves = param_paths.named_leaves(source)
   problems: list[str] = []

@@ -6,6 +6,7 @@ tokenizer.json  the vocabulary of text data, for evaluation and sampling
 metrics.jsonl   see jaxdl.metrics
 tensorboard/    TensorBoard event files
 checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
+profile/        jax.profiler traces of `train.profile_steps`, see jaxdl.profiling
 """
 
 import datetime
@@ -81,8 +82,15 @@ def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
       raise CheckpointError(
         f"Workdir {workdir} holds a run of {what}; resuming it with this config would mix "
         f"two experiments:\n{lines}\nUse a new --workdir, or pass the saved values to continue "
-        f"that run (what may change on resume: {', '.join(sorted(config_lib.RESUMABLE_KEYS))}, and "
+        "that run (what may change on resume: "
+        f"{', '.join(sorted(config_lib.RESUMABLE_KEYS | config_lib.RUNTIME_MODEL_KEYS))}, and "
         f"every key of {', '.join(config_lib.RUNTIME_SECTIONS)})."
+        + (
+          "\nTo switch model.scan_layers, start a new workdir with init.checkpoint= this one: "
+          "its layers load in the other form."
+          if any(k == "model.scan_layers" for k, _, _ in conflicts)
+          else ""
+        )
       )
   elif workdir.is_dir() and any(workdir.iterdir()):
     raise CheckpointError(
@@ -120,6 +128,7 @@ def run_record(
   command: list[str] | None,
   start_step: int,
   plan: dict[str, Any] | None = None,
+  deterministic: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """What this run ran on and with: enough to reproduce it or explain a difference."""
   return {
@@ -137,6 +146,8 @@ def run_record(
     "data": data_source,
     # What each `auto` of the config became on this machine (jaxdl.train.run_plan).
     "plan": plan,
+    # train.deterministic and the XLA flags it led to (jaxdl.determinism.record).
+    "deterministic": deterministic,
   }
 
 

@@ -4,6 +4,7 @@ tests/test_kernels_sequence.py."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -255,7 +256,7 @@ def _random_biases(params, seed=5):
 def test_mha_parameters_and_forward(num_kv_heads):
   mha = MultiHeadAttention(num_heads=4, num_kv_heads=num_kv_heads)
   x = _normal((B, T, D))
-  params = _random_biases(jax.jit(mha.init)(jax.random.key(1), x)["params"])
+  params = _random_biases(nn.unbox(jax.jit(mha.init)(jax.random.key(1), x))["params"])
   k = 4 if num_kv_heads is None else num_kv_heads
   h = D // 4
   assert jax.tree.map(jnp.shape, params) == {
@@ -275,7 +276,7 @@ def test_mha_cross_attention_and_options():
   mha = MultiHeadAttention(num_heads=2, head_dim=3, out_features=7)
   x_q = _normal((B, T, D))
   x_kv = _normal((B, 9, 12), 1)  # Other length and width.
-  variables = jax.jit(mha.init)(jax.random.key(2), x_q, x_kv)
+  variables = nn.unbox(jax.jit(mha.init)(jax.random.key(2), x_q, x_kv))
   params = _random_biases(variables["params"])
   assert params["key"]["kernel"].shape == (12, 2, 3) and params["out"]["kernel"].shape == (2, 3, 7)
   mask = length_mask(jnp.array([4, 9]), 9)
@@ -291,7 +292,7 @@ def test_mha_cross_attention_and_options():
 def test_mha_attention_dropout_uses_the_dropout_stream():
   mha = MultiHeadAttention(num_heads=4, dropout_rate=0.5)
   x = _normal((B, T, D))
-  variables = jax.jit(mha.init)(jax.random.key(1), x)
+  variables = nn.unbox(jax.jit(mha.init)(jax.random.key(1), x))
   apply = jax.jit(mha.apply, static_argnames="train")
   run = lambda seed: apply(variables, x, train=True, rngs={"dropout": jax.random.key(seed)})
   np.testing.assert_array_equal(run(0), run(0))
@@ -305,7 +306,7 @@ def test_kv_cache_decoding_equals_full_causal_forward(num_kv_heads):
   mha = MultiHeadAttention(num_heads=4, num_kv_heads=num_kv_heads)
   max_len = 8
   x = _normal((B, max_len, D))
-  variables = jax.jit(functools.partial(mha.init, decode=True))(jax.random.key(1), x)
+  variables = nn.unbox(jax.jit(functools.partial(mha.init, decode=True))(jax.random.key(1), x))
   params, cache = variables["params"], variables["cache"]
   assert cache["cached_key"].shape == (B, max_len, 4 if num_kv_heads is None else 2, D // 4)
   assert int(cache["cache_index"]) == 0  # init creates the cache without advancing it.

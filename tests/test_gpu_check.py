@@ -1,10 +1,12 @@
-"""benchmarks/gpu_models.py on the CPU: the smoke run's table, and the FLOP formulas it reports.
+"""benchmarks/gpu_models.py on the CPU: the smoke run's table (GPT-2 small unrolled, GPT-2 medium
+scanned with remat, ResNet), and the FLOP formulas it reports.
 
 The real check needs a GPU (benchmarks/gpu_check.sh); here the same code runs at tiny sizes, and
 the formulas are held to published counts: nanoGPT's 123.69M parameters for GPT-2 small with the
 padded vocabulary, and torchvision's 4.09 GFLOPS (multiply-adds) for ResNet-50 at 224x224.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -39,7 +41,7 @@ def percent(cell: str) -> float:
   return float(cell.rstrip("%")) / 100
 
 
-@pytest.mark.slow  # ~45 s on 2 cores, nearly all of it XLA compiling on the CPU.
+@pytest.mark.slow  # ~35-50 s on 2 cores, nearly all of it XLA compiling on the CPU.
 def test_smoke_run_reports_throughput_and_mfu(tmp_path):
   out = tmp_path / "gpu_check.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -57,11 +59,20 @@ def test_smoke_run_reports_throughput_and_mfu(tmp_path):
   assert proc.stdout.rstrip().splitlines()[-1].startswith("| ResNet")  # The table comes last.
 
   rows = table_rows(proc.stdout)
-  assert [r["model"] for r in rows] == ["GPT (smoke)", "ResNet (smoke)"]
+  assert [r["model"] for r in rows] == ["GPT (smoke)", "GPT medium (smoke)", "ResNet (smoke)"]
+  assert [(r["layers"], r["remat"]) for r in rows] == [
+    ("unrolled", "none"),
+    ("scan", "full"),
+    ("-", "-"),
+  ]
   for row in rows:
     assert float(row["throughput"].split()[0].replace(",", "")) > 0
     for column in ("MFU XLA", "MFU formula"):
       assert 0 < percent(row[column]) < 1.5, row  # Finite; CPU noise can pass 100% a little.
+    assert float(row["args GiB"]) > 0 and float(row["temp GiB"]) > 0, row
+    assert row["peak GiB"] == "n/a"  # The CPU gives no memory_stats().
+  # XLA counts the scanned blocks' loop body once: a lower bound, and the table says so.
+  assert rows[1]["TFLOP/s XLA"].endswith("(lower bound)")
   # "auto" tries cuDNN first; on the CPU it is refused and XLA's attention runs instead.
   assert rows[0]["attention"] == "jax"
   assert (
@@ -70,8 +81,10 @@ def test_smoke_run_reports_throughput_and_mfu(tmp_path):
   )
 
   results = json.loads(out.read_text())["results"]
-  gpt, resnet = results
-  assert gpt["ok"] and resnet["ok"]
+  gpt, medium, resnet = results
+  assert gpt["ok"] and medium["ok"] and resnet["ok"]
+  assert (medium["layers"], medium["remat"], medium["batch"]) == ("scan", "full", 2)
+  assert "L=4 H=4 D=64" in medium["config"]
   # Throughput is the step's tokens (2 rows x 32) or images (2) over the median step time.
   assert gpt["items_per_sec"] == pytest.approx(2 * 32 / (gpt["step_ms"] / 1e3))
   assert resnet["items_per_sec"] == pytest.approx(2 / (resnet["step_ms"] / 1e3))
@@ -81,6 +94,11 @@ def test_smoke_run_reports_throughput_and_mfu(tmp_path):
       r["formula_flops_per_step"] / (r["step_ms"] / 1e3) / (r["peak_tflops"] * 1e12), rel=1e-3
     )
     assert math.isfinite(r["last_loss"]) and r["compile_seconds"] > 0
+    # The arguments hold the train state, float32: parameters and AdamW's two moments (GPT) or
+    # SGD's momentum (ResNet).
+    copies = 3 if r["unit"] == "tokens" else 2
+    assert r["xla_argument_bytes"] >= copies * 4 * r["params"] and r["xla_temp_bytes"] > 0
+    assert math.isnan(r["peak_memory_gb"])
 
 
 def test_no_gpu_exits_with_the_fix(gpu_models, capsys):
@@ -124,11 +142,53 @@ def test_optimizer_defaults_match_base_config(gpu_models):
   assert gpu_models.OPTIMIZER_DEFAULTS == config_lib.base_config().optimizer.to_dict()
 
 
+def test_models_name_rows(gpu_models):
+  rows = gpu_models.parse_rows("gpt, gpt:scan:full,gpt_medium:dots_saveable:scan,resnet,")
+  Row = gpu_models.Row
+  assert rows == [
+    Row("gpt"),
+    Row("gpt", scan=True, remat="full"),
+    Row("gpt_medium", scan=True, remat="dots_saveable"),
+    Row("resnet"),
+  ]
+  assert [str(r) for r in rows] == [
+    "gpt",
+    "gpt:scan:full",
+    "gpt_medium:scan:dots_saveable",
+    "resnet",
+  ]
+  assert gpu_models.parse_args([]).models == gpu_models.parse_rows(gpu_models.DEFAULT_MODELS)
+  default = gpu_models.parse_rows(gpu_models.DEFAULT_MODELS)
+  assert {r.model for r in default} == {"gpt", "gpt_medium", "resnet"}
+  assert {r.remat for r in default} == {"none", "full"} and any(r.scan for r in default)
+
+
+def test_rows_build_the_gpt_they_name(gpu_models):
+  config = gpu_models.GPT_MODELS["gpt_medium"][1]
+  row = dataclasses.replace(config, remat="full", scan_layers=True)
+  model = gpu_models.gpt_model(row, "jax")
+  assert (model.num_layers, model.num_heads, model.embed_dim) == (24, 16, 1024)
+  assert (model.remat, model.scan_layers, model.dtype) == ("full", True, jnp.bfloat16)
+
+
+def test_peak_cell_says_when_the_row_did_not_raise_the_peak(gpu_models):
+  result = gpu_models.Result("GPT-2 small", "-", 16, "tokens", ok=True, step_ms=10.0)
+  result.peak_memory_gb, result.peak_memory_own = 12.345, True
+  assert gpu_models.peak_cell(result) == "12.3"
+  result.peak_memory_own = False  # An earlier row's peak was higher: only a bound of this one's.
+  assert gpu_models.peak_cell(result) == "<=12.3"
+  assert "| <=12.3 |" in gpu_models.markdown_table([result])
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
     (["--models", "gpt,vit"], "unknown ['vit']"),
+    (["--models", "resnet:scan"], "resnet takes no options"),
+    (["--models", "gpt:scan:fulll"], "at most ':scan' and one remat policy"),
+    (["--models", "gpt:full:none"], "at most ':scan' and one remat policy"),
     (["--gpt-batch", "0"], "must be at least 1"),
+    (["--gpt-medium-batch", "0"], "must be at least 1"),
   ],
 )
 def test_bad_options_are_refused(gpu_models, capsys, argv, message):

@@ -114,4 +114,6 @@ def test_model_code_is_pure():
           "functools",
           "math",
           "itertools",
+          "contextlib",
+          "contextvars",
         }, f"{path.name} imports {m.group(1)}"

@@ -222,14 +222,15 @@ def test_mesh_and_fsdp_rules():
   assert mesh_layout.fsdp_spec((33, 65), 2) == jax.sharding.PartitionSpec()  # Nothing divides.
   assert mesh_layout.fsdp_spec((3, 3, 64, 128), 1) == jax.sharding.PartitionSpec()
   mesh = mesh_layout.make_mesh(-1, 1)
-  assert mesh.shape == {"data": jax.device_count(), "fsdp": 1}
+  assert mesh.shape == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
 
 
 @pytest.mark.parametrize(
   "mesh, message",
   [
-    ({"data": 3, "fsdp": 1}, "data=3 x fsdp=1 = 3 devices"),
-    ({"data": -1, "fsdp": -1}, "cannot both be -1"),
+    ({"data": 3, "fsdp": 1}, "data=3 x fsdp=1 x tensor=1 = 3 devices"),
+    ({"data": -1, "fsdp": -1}, "data and fsdp are both -1"),
+    ({"data": -1, "fsdp": 1, "tensor": -1}, "data and tensor are both -1"),
     ({"data": 0, "fsdp": 1}, "must be a positive number"),
   ],
 )

@@ -4,6 +4,7 @@ vocabulary, and sampling with `jaxdl generate`.
 """
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -117,6 +118,26 @@ def test_gpt_resume_is_bit_exact(gpt_run, tmp_path):
     show_progress=False,
   )
   assert _train_metrics(resumed) == _train_metrics(workdir)
+
+
+def test_scanned_rematted_gpt_resumes_bit_exact_and_may_change_its_remat(tmp_path):
+  """model.scan_layers and model.remat through the trainer. Remat is a runtime choice: a resumed
+  run may take another policy, which XLA fuses otherwise, so it follows to float rounding."""
+  scan = ["model.scan_layers=true", "model.remat=full", "runtime.steps_per_call=1"]
+  straight, resumed, switched = tmp_path / "straight", tmp_path / "resumed", tmp_path / "switched"
+  run = lambda workdir, *keys: trainer.train(
+    _config("shakespeare_char_gpt.py:cpu", *TINY_GPT, *scan, *keys), workdir, show_progress=False
+  )
+  run(straight, "train.num_steps=40")
+  run(resumed, "train.num_steps=20")
+  shutil.copytree(resumed, switched)
+  run(resumed, "train.num_steps=40")
+  assert _train_metrics(resumed) == _train_metrics(straight)
+  run(switched, "train.num_steps=40", "model.remat=dots_saveable")
+  for step, metrics in _train_metrics(switched).items():
+    assert metrics == pytest.approx(_train_metrics(straight)[step], rel=1e-5)
+  saved = json.loads((straight / "config.json").read_text())["model"]
+  assert saved["scan_layers"] is True and saved["remat"] == "full"
 
 
 def test_generate_is_deterministic_for_a_seed(gpt_run):

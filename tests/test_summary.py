@@ -1,6 +1,10 @@
 """`jaxdl summary`: parameter counts against known totals, FLOPs against formulas, memory."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -64,7 +68,7 @@ def test_mnist_cnn_experiment(capsys):
   # Multiply-adds of the convolutions and dense layers (one image); XLA adds ReLU, pool, biases.
   # conv2 runs fused with its pool (jaxdl.kernels.conv_pool), which skips the 11th row and column of
   # its 11x11 output that the 2x2 pool drops: 10 * 10 positions. These are the im2col op's.
-  assert cli.main(["summary", EXPERIMENT, "runtime.kernels=fused"]) == 0
+  assert cli.main(["summary", EXPERIMENT, "runtime.kernels=fused", "--no-temporaries"]) == 0
   out = capsys.readouterr().out
   macs = 26 * 26 * 32 * 9 * 1 + 10 * 10 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 64 * 10
   assert _number(out, "forward FLOPs") == pytest.approx(2 * macs, rel=0.05)
@@ -183,3 +187,97 @@ def test_user_errors(args, message, capsys):
   assert cli.main(["summary", *args]) == 2
   err = capsys.readouterr().err
   assert err.startswith("jaxdl summary: error:") and message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ Memory per device
+
+
+def _memory_lines(text: str) -> dict[str, int | None]:
+  """The "memory per device" block's byte counts, e.g. {"parameters": 373288}; None: unknown."""
+  block = text[text.index("memory per device") :]
+  return {
+    label: None if value == "unknown" else int(value)
+    for label, value in re.findall(r"^  ([a-z ]+): (\d+|unknown)", block, re.MULTILINE)
+  }
+
+
+def test_one_device_holds_the_totals(capsys):
+  fast = ["train.batch_size=8", "runtime.steps_per_call=1", "--no-flops"]
+  assert cli.main(["summary", EXPERIMENT, *fast]) == 0
+  out = capsys.readouterr().out
+  memory = _memory_lines(out)
+  assert "memory per device (mesh data=1 fsdp=1 tensor=1, batch 8, 8 per device)" in out
+  assert memory["parameters"] == _number(out, "params bytes") == 4 * 93322
+  assert memory["optimizer state"] == _number(out, "optimizer state bytes")
+  assert memory["batch"] == 8 * (28 * 28 + 1) * 4  # float32 images, int32 labels.
+  assert memory["temporaries"] > 0
+  state = memory["parameters"] + memory["optimizer state"] + memory["other loop state"]
+  assert memory["total"] >= state + memory["batch"] + memory["temporaries"]
+
+
+def test_memory_unknown_is_said_not_raised(capsys, monkeypatch):
+  fast = ["train.batch_size=8", "runtime.steps_per_call=1", "--no-flops"]
+  assert cli.main(["summary", EXPERIMENT, *fast, "--no-temporaries"]) == 0
+  out = capsys.readouterr().out
+  assert "temporaries: unknown (skipped: --no-temporaries)" in out
+  assert _memory_lines(out)["parameters"] == 4 * 93322
+
+  assert cli.main(["summary", EXPERIMENT, *fast, "parallel.strategy=pmap"]) == 0
+  assert "unknown (parallel.strategy=pmap is not measured" in capsys.readouterr().out
+
+  # A backend whose compiled programs give no memory analysis (XLA returns None).
+  monkeypatch.setattr(jax.stages.Compiled, "memory_analysis", lambda self: None)
+  assert cli.main(["summary", EXPERIMENT, *fast]) == 0
+  out = capsys.readouterr().out
+  assert "temporaries: unknown (XLA on cpu gives no memory analysis)" in out
+  assert "total: unknown" in out
+
+
+# Two batch sizes of a small GPT on 8 CPU devices with FSDP over 4 of them, in a fresh process:
+# parallel.cpu_devices splits the host only before JAX starts.
+EIGHT_DEVICES = """
+import contextlib, io, json, sys
+from jaxdl import cli
+out = {}
+for batch in (16, 64):
+  text = io.StringIO()
+  with contextlib.redirect_stdout(text):
+    code = cli.main(["summary", sys.argv[1], "parallel.cpu_devices=8", "parallel.mesh.fsdp=4",
+                     "model.num_layers=2", "model.embed_dim=64", "model.num_heads=2",
+                     f"train.batch_size={batch}", "runtime.steps_per_call=1", "--no-flops"])
+  assert code == 0, code
+  out[batch] = text.getvalue()
+print(json.dumps(out))
+"""
+
+
+def test_fsdp_splits_the_large_arrays_over_its_devices():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's 1 device.
+  done = subprocess.run(
+    [sys.executable, "-c", EIGHT_DEVICES, str(REPO / "experiments/shakespeare_char_gpt.py:cpu")],
+    cwd=REPO,
+    env={**env, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  small, large = json.loads(done.stdout).values()
+  assert "memory per device (mesh data=2 fsdp=4 tensor=1, batch 16, 2 per device)" in small
+  assert "batch 64, 8 per device" in large
+  # The `cpu` variant's GPT, cut to 2 layers of width 64: context 64, no biases. Every array but
+  # the LayerNorm scales (two a layer and the final one, 64 each: under jaxdl's 1024-element
+  # floor) has a dimension that 4 divides, so FSDP gives each device a quarter of it.
+  layers, d, context = 2, 64, 64
+  vocab = int(re.search(r"wte/embedding\s+\((\d+), 64\)", small).group(1))
+  scales = (2 * layers + 1) * d
+  count = layers * 12 * d * d + (vocab + context) * d + scales
+  assert _number(small, "total params") == count
+  memory = _memory_lines(small)
+  assert memory["parameters"] == 4 * ((count - scales) // 4 + scales)
+  # AdamW's two moments lie like the parameters; its step counts are replicated.
+  counts = _number(small, "optimizer state bytes") - 2 * 4 * count
+  assert memory["optimizer state"] == 2 * memory["parameters"] + counts
+  # XLA's temporaries of the step: a positive count of bytes, more for a bigger batch.
+  assert 0 < memory["temporaries"] < _memory_lines(large)["temporaries"]
+  assert memory["batch"] == 16 * (context + 1) * 4 // 8  # int32 tokens, split over 8 devices.

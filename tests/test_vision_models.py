@@ -40,10 +40,9 @@ def _images(shape, seed=0):
 
 def _shapes(model, shape, **kwargs):
   """Variable shapes of model.init on images of `shape`, without computing anything."""
+  init = functools.partial(model.init, train=False, **kwargs)
   return jax.eval_shape(
-    functools.partial(model.init, train=False, **kwargs),
-    jax.random.key(0),
-    jax.ShapeDtypeStruct(shape, jnp.float32),
+    lambda *a: nn.unbox(init(*a)), jax.random.key(0), jax.ShapeDtypeStruct(shape, jnp.float32)
   )
 
 
@@ -75,7 +74,7 @@ def _random_variables(model, shape, seed=0):
 def _init(model, x):
   """model.init for the tests of initialisation, with a fast-to-compile random number generator."""
   init = jax.jit(functools.partial(model.init, train=False))
-  return init(jax.random.key(0, impl="unsafe_rbg"), x)
+  return nn.unbox(init(jax.random.key(0, impl="unsafe_rbg"), x))
 
 
 def _out_shape(model, shape):

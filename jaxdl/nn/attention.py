@@ -20,6 +20,16 @@ import jax.numpy as jnp
 from jaxdl.kernels.dense import flat_apply
 from jaxdl.kernels.softmax import softmax
 from jaxdl.nn.dropout import applies, check_rate, is_traced
+from jaxdl.nn.partitioning import (
+  ACT_HEADS,
+  ACT_KV,
+  BATCH,
+  EMBED,
+  HEADS,
+  KV,
+  LENGTH,
+  constrain,
+)
 
 Array = jax.Array
 Initializer = nn.initializers.Initializer
@@ -304,12 +314,14 @@ class MultiHeadAttention(nn.Module):
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=self.kernel_init,
+      kernel_init=nn.with_logical_partitioning(self.kernel_init, (EMBED, HEADS, KV)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (HEADS, KV)),
       name=name,
     )
-    q_BTNH = flat_apply(dense((n, h), "query"), x_q_BTD)
-    k_BSKH = flat_apply(dense((k, h), "key"), x_kv_BSD)
-    v_BSKH = flat_apply(dense((k, h), "value"), x_kv_BSD)
+    heads = lambda x: constrain(x, (BATCH, LENGTH, ACT_HEADS, ACT_KV))
+    q_BTNH = heads(flat_apply(dense((n, h), "query"), x_q_BTD))
+    k_BSKH = heads(flat_apply(dense((k, h), "key"), x_kv_BSD))
+    v_BSKH = heads(flat_apply(dense((k, h), "value"), x_kv_BSD))
 
     if decode:
       k_BSKH, v_BSKH, mask = self._update_cache(k_BSKH, v_BSKH, mask)
@@ -335,10 +347,10 @@ class MultiHeadAttention(nn.Module):
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=out_init,
+      kernel_init=nn.with_logical_partitioning(out_init, (HEADS, KV, EMBED)),
       name="out",
     )
-    return flat_apply(out, out_BTNH, feature_axes=2)
+    return flat_apply(out, heads(out_BTNH), feature_axes=2)
 
   def _update_cache(self, k_BLKH, v_BLKH, mask):
     """Writes the new keys/values into the cache; returns the whole cache and its causal mask."""

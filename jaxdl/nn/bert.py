@@ -22,7 +22,9 @@ import jax.numpy as jnp
 from jaxdl.nn import registry
 from jaxdl.nn.attention import padding_mask
 from jaxdl.nn.dropout import Dropout
-from jaxdl.nn.transformer import TransformerBlock, tied_logits
+from jaxdl.nn.layer_stack import apply_layers, transformer_layers
+from jaxdl.nn.partitioning import EMBED, VOCAB
+from jaxdl.nn.transformer import tied_logits
 
 Array = jax.Array
 
@@ -70,7 +72,7 @@ class _BertFields(nn.Module):
     attention_dropout_rate: dropout on attention probabilities; None = dropout_rate (as BERT).
     num_classes: used by BertClassifier only (kept here so that all three share one config).
     pad_id: token id whose positions are masked out as keys.
-    dtype, param_dtype, attention_impl, layer_norm_epsilon: as in GPT.
+    dtype, param_dtype, attention_impl, layer_norm_epsilon, remat, scan_layers: as in GPT.
   """
 
   vocab_size: int
@@ -88,18 +90,24 @@ class _BertFields(nn.Module):
   param_dtype: Any = jnp.float32
   attention_impl: str = "plain"
   layer_norm_epsilon: float = 1e-12
+  remat: str = "none"
+  scan_layers: bool = False
 
 
 class BertEncoder(_BertFields):
   """BERT's encoder. tokens [B, T] (+ segment ids [B, T]) -> hidden states [B, T, D]."""
 
   def setup(self):
-    embed = lambda num: nn.Embed(
-      num, self.hidden_dim, embedding_init=_INIT, dtype=self.dtype, param_dtype=self.param_dtype
+    embed = lambda num, names: nn.Embed(
+      num,
+      self.hidden_dim,
+      embedding_init=nn.with_logical_partitioning(_INIT, names),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
     )
-    self.word_embeddings = embed(self.vocab_size)
-    self.position_embeddings = embed(self.max_length)
-    self.segment_embeddings = embed(self.type_vocab_size)
+    self.word_embeddings = embed(self.vocab_size, (VOCAB, EMBED))
+    self.position_embeddings = embed(self.max_length, (None, EMBED))
+    self.segment_embeddings = embed(self.type_vocab_size, (None, EMBED))
     self.embeddings_ln = nn.LayerNorm(
       self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
     )
@@ -107,23 +115,22 @@ class BertEncoder(_BertFields):
     attention_dropout = (
       self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
     )
-    self.blocks = [
-      TransformerBlock(
-        self.num_heads,
-        self.mlp_dim,
-        pre_ln=False,
-        activation="gelu",
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=attention_dropout,
-        layer_norm_epsilon=self.layer_norm_epsilon,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=_INIT,
-        attention_impl=self.attention_impl,
-        name=f"block_{i}",
-      )
-      for i in range(self.num_layers)
-    ]
+    self.blocks = transformer_layers(
+      self.num_layers,
+      remat=self.remat,
+      scan=self.scan_layers,
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      pre_ln=False,
+      activation="gelu",
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=attention_dropout,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_INIT,
+      attention_impl=self.attention_impl,
+    )
 
   def __call__(
     self, tokens_BT: Array, *, segment_ids_BT: Array | None = None, train: bool = False
@@ -151,9 +158,7 @@ class BertEncoder(_BertFields):
     x_BTD = self.embeddings_ln(x_BTD)
     x_BTD = self.dropout(x_BTD, deterministic=not train)
     mask = padding_mask(tokens_BT, self.pad_id)
-    for block in self.blocks:
-      x_BTD = block(x_BTD, mask=mask, train=train)
-    return x_BTD
+    return apply_layers(self.blocks, x_BTD, mask=mask, train=train)
 
   def attend(self, x_BTD: Array) -> Array:
     """x @ word_embeddings^T: [B, T, D] -> float32 [B, T, V] (the MLM decoder's tied weights)."""

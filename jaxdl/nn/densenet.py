@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jaxdl.nn import pooling, registry
 from jaxdl.nn.dropout import Dropout
+from jaxdl.nn.remat import rematted
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
 Array = jax.Array
@@ -88,7 +89,7 @@ class DenseLayer(_ConvBN):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
+  def __call__(self, x_BHWC: Array, train: bool = False) -> Array:
     y = self.conv(self.bn_size * self.growth_rate, 1, "conv1")(self.bn_relu(x_BHWC, train, "norm1"))
     y = self.conv(self.growth_rate, 3, "conv2")(self.bn_relu(y, train, "norm2"))
     y = Dropout(self.drop_rate)(y, deterministic=not train)
@@ -121,6 +122,9 @@ class DenseNet(_ConvBN):
     compression: a transition keeps floor(compression * channels) channels (0.5).
     drop_rate: dropout on each dense layer's new channels.
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
+    remat: recompute each dense layer's activations in the backward pass (the concatenated inputs
+      and bottlenecks that make DenseNet memory-bound), a policy of
+      jaxdl.nn.remat.REMAT_POLICIES ("none", "full", ...).
   """
 
   depth: int = 121
@@ -132,6 +136,7 @@ class DenseNet(_ConvBN):
   drop_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
@@ -149,6 +154,7 @@ class DenseNet(_ConvBN):
     growth = growth if self.growth_rate is None else self.growth_rate
     channels = init_features if self.num_init_features is None else self.num_init_features
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dense_layer = rematted(DenseLayer, self.remat, static_argnums=(2,))  # train is argument 2.
 
     x = self.conv(channels, 7, "conv0", strides=2)(x_BHWC.astype(self.dtype))
     x = nn.max_pool(
@@ -156,13 +162,13 @@ class DenseNet(_ConvBN):
     )
     for i, num_layers in enumerate(block_sizes, start=1):
       for j in range(1, num_layers + 1):
-        x = DenseLayer(
+        x = dense_layer(
           growth_rate=growth,
           bn_size=self.bn_size,
           drop_rate=self.drop_rate,
           name=f"denseblock{i}_denselayer{j}",
           **kw,
-        )(x, train=train)
+        )(x, train)
       channels += num_layers * growth
       if i < len(block_sizes):
         channels = int(channels * self.compression)  # torchvision: int(), i.e. rounded down.

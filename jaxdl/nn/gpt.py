@@ -31,7 +31,9 @@ from jaxdl.kernels.dense import flat_apply
 from jaxdl.nn import registry
 from jaxdl.nn.attention import causal_mask
 from jaxdl.nn.dropout import Dropout
-from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock, tied_logits
+from jaxdl.nn.layer_stack import apply_layers, transformer_layers
+from jaxdl.nn.partitioning import EMBED, VOCAB
+from jaxdl.nn.transformer import F32_DOT_GENERAL, tied_logits
 
 Array = jax.Array
 
@@ -76,6 +78,10 @@ class GPT(nn.Module):
     dtype, param_dtype: compute and parameter dtypes; the logits are float32 either way (the LM
       head multiplies in `dtype` and accumulates in float32).
     attention_impl: "plain", "jax" or "cudnn" (see `dot_product_attention`).
+    remat: recompute the blocks' activations in the backward pass, a policy of
+      jaxdl.nn.remat.REMAT_POLICIES ("none", "full", "dots_saveable", ...).
+    scan_layers: one block compiled and scanned over the layers; parameters under "layers" with a
+      leading layer axis instead of "block_0", "block_1", ... (jaxdl.nn.layer_stack).
   """
 
   vocab_size: int
@@ -93,6 +99,8 @@ class GPT(nn.Module):
   param_dtype: Any = jnp.float32
   attention_impl: str = "plain"
   layer_norm_epsilon: float = 1e-5
+  remat: str = "none"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, tokens_BT: Array, *, train: bool = False, decode: bool = False) -> Array:
@@ -110,16 +118,16 @@ class GPT(nn.Module):
     # GPT-2: "scale the weights of residual layers at initialization by 1/sqrt(N)", N = 2 * layers
     # residual branches (attention and MLP in each block).
     residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
-    embed = lambda num, name: nn.Embed(
+    embed = lambda num, names, name: nn.Embed(
       num,
       self.embed_dim,
-      embedding_init=init,
+      embedding_init=nn.with_logical_partitioning(init, names),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name=name,
     )
-    wte = embed(self.vocab_size, "wte")
-    wpe = embed(self.block_size, "wpe")
+    wte = embed(self.vocab_size, (VOCAB, EMBED), "wte")
+    wpe = embed(self.block_size, (None, EMBED), "wpe")
 
     start = 0
     mask = causal_mask(t)
@@ -138,24 +146,26 @@ class GPT(nn.Module):
     attention_dropout = (
       self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
     )
-    for i in range(self.num_layers):
-      x_BTD = TransformerBlock(
-        self.num_heads,
-        self.mlp_dim or 4 * self.embed_dim,
-        num_kv_heads=self.num_kv_heads,
-        pre_ln=True,
-        activation="gelu_tanh",
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=attention_dropout,
-        use_bias=self.use_bias,
-        layer_norm_epsilon=self.layer_norm_epsilon,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=init,
-        out_kernel_init=residual_init,
-        attention_impl=self.attention_impl,
-        name=f"block_{i}",
-      )(x_BTD, mask=mask, train=train, decode=decode)
+    blocks = transformer_layers(
+      self.num_layers,
+      remat=self.remat,
+      scan=self.scan_layers,
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim or 4 * self.embed_dim,
+      num_kv_heads=self.num_kv_heads,
+      pre_ln=True,
+      activation="gelu_tanh",
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=attention_dropout,
+      use_bias=self.use_bias,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=init,
+      out_kernel_init=residual_init,
+      attention_impl=self.attention_impl,
+    )
+    x_BTD = apply_layers(blocks, x_BTD, mask=mask, train=train, decode=decode)
     x_BTD = nn.LayerNorm(
       self.layer_norm_epsilon,
       use_bias=self.use_bias,
@@ -172,7 +182,7 @@ class GPT(nn.Module):
       use_bias=False,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=init,
+      kernel_init=nn.with_logical_partitioning(init, (EMBED, VOCAB)),
       dot_general=F32_DOT_GENERAL,
       name="lm_head",
     )

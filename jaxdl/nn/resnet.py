@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn import registry
+from jaxdl.nn.remat import rematted
 from jaxdl.nn.transformer import F32_DOT_GENERAL
 
 Array = jax.Array
@@ -114,7 +115,7 @@ class BasicBlock(_Block):
   """Two 3x3 convolutions (the first strided), each with BN; ReLU after the first and the sum."""
 
   @nn.compact
-  def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
+  def __call__(self, x_BHWC: Array, train: bool = False) -> Array:
     y = _conv(self.features, 3, self.strides, "conv1", self)(x_BHWC)
     y = nn.relu(_bn(train, "bn1", self)(y))
     y = _conv(self.features, 3, 1, "conv2", self)(y)
@@ -128,7 +129,7 @@ class Bottleneck(_Block):
   expansion: ClassVar[int] = 4
 
   @nn.compact
-  def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
+  def __call__(self, x_BHWC: Array, train: bool = False) -> Array:
     y = nn.relu(_bn(train, "bn1", self)(_conv(self.features, 1, 1, "conv1", self)(x_BHWC)))
     y = nn.relu(_bn(train, "bn2", self)(_conv(self.features, 3, self.strides, "conv2", self)(y)))
     y = _conv(self.features * self.expansion, 1, 1, "conv3", self)(y)
@@ -190,6 +191,8 @@ class ResNet(nn.Module):
     stem: "imagenet" (7x7/2 conv, BN, ReLU, 3x3/2 max pool) or "cifar" (3x3/1 conv, BN, ReLU).
     zero_init_residual: each block's last BatchNorm scale starts at 0 (Goyal et al. 2017).
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
+    remat: recompute each residual block's activations in the backward pass, a policy of
+      jaxdl.nn.remat.REMAT_POLICIES ("none", "full", ...).
   """
 
   depth: int = 50
@@ -199,6 +202,7 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
@@ -214,6 +218,7 @@ class ResNet(nn.Module):
       )
     _check_images("ResNet", x_BHWC)
     block, stage_sizes = RESNET_DEPTHS[self.depth]
+    block = rematted(block, self.remat, static_argnums=(2,))  # train is argument 2.
     x = x_BHWC.astype(self.dtype)
     if self.stem == "imagenet":
       x = nn.relu(_bn(train, "bn1", self)(_conv(self.width, 7, 2, "conv1", self)(x)))
@@ -229,7 +234,7 @@ class ResNet(nn.Module):
           dtype=self.dtype,
           param_dtype=self.param_dtype,
           name=f"layer{i + 1}_{j}",
-        )(x, train=train)
+        )(x, train)
     return _head(self, x)
 
 
@@ -244,6 +249,7 @@ class CifarResNet(nn.Module):
     shortcut: "zero_pad" (the paper's option A, parameter-free) or "projection" (option B).
     zero_init_residual: each block's last BatchNorm scale starts at 0.
     dtype, param_dtype: compute and parameter dtypes; BatchNorm statistics and logits are float32.
+    remat: as in ResNet.
   """
 
   depth: int = 20
@@ -253,6 +259,7 @@ class CifarResNet(nn.Module):
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
@@ -270,9 +277,10 @@ class CifarResNet(nn.Module):
     _check_images("CifarResNet", x_BHWC)
     x = x_BHWC.astype(self.dtype)
     x = nn.relu(_bn(train, "bn1", self)(_conv(self.width, 3, 1, "conv1", self)(x)))
+    block = rematted(BasicBlock, self.remat, static_argnums=(2,))  # train is argument 2.
     for i in range(3):
       for j in range((self.depth - 2) // 6):
-        x = BasicBlock(
+        x = block(
           self.width * 2**i,
           strides=2 if i > 0 and j == 0 else 1,
           shortcut=self.shortcut,
@@ -280,5 +288,5 @@ class CifarResNet(nn.Module):
           dtype=self.dtype,
           param_dtype=self.param_dtype,
           name=f"layer{i + 1}_{j}",
-        )(x, train=train)
+        )(x, train)
     return _head(self, x)

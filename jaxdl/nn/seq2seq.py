@@ -24,7 +24,9 @@ import jax.numpy as jnp
 from jaxdl.nn import registry
 from jaxdl.nn.attention import causal_mask, padding_mask
 from jaxdl.nn.dropout import Dropout
-from jaxdl.nn.transformer import TransformerBlock, sinusoidal_positions, tied_logits
+from jaxdl.nn.layer_stack import apply_layers, transformer_layers
+from jaxdl.nn.partitioning import EMBED, VOCAB
+from jaxdl.nn.transformer import sinusoidal_positions, tied_logits
 
 Array = jax.Array
 Initializer = nn.initializers.Initializer
@@ -70,6 +72,8 @@ class _Stack(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Initializer = nn.initializers.glorot_uniform()
   attention_impl: str = "plain"
+  remat: str = "none"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(
@@ -93,25 +97,33 @@ class _Stack(nn.Module):
         position.value = start + t
     x_BTD = x_BTD + sinusoidal_positions(start + jnp.arange(t), d).astype(x_BTD.dtype)
     x_BTD = Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
-    for i in range(self.num_layers):
-      x_BTD = TransformerBlock(
-        self.num_heads,
-        self.mlp_dim,
-        num_kv_heads=self.num_kv_heads,
-        pre_ln=self.pre_ln,
-        cross_attention=self.cross_attention,
-        activation=self.activation,
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        layer_norm_epsilon=self.layer_norm_epsilon,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init,
-        attention_impl=self.attention_impl,
-        name=f"block_{i}",
-      )(
-        x_BTD, mask=mask, encoded_BSD=encoded_BSD, cross_mask=cross_mask, train=train, decode=decode
-      )
+    blocks = transformer_layers(
+      self.num_layers,
+      remat=self.remat,
+      scan=self.scan_layers,
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      num_kv_heads=self.num_kv_heads,
+      pre_ln=self.pre_ln,
+      cross_attention=self.cross_attention,
+      activation=self.activation,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      attention_impl=self.attention_impl,
+    )
+    x_BTD = apply_layers(
+      blocks,
+      x_BTD,
+      mask=mask,
+      encoded_BSD=encoded_BSD,
+      cross_mask=cross_mask,
+      train=train,
+      decode=decode,
+    )
     if self.pre_ln:
       x_BTD = nn.LayerNorm(
         self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_f"
@@ -133,7 +145,8 @@ class Seq2SeqTransformer(nn.Module):
     pre_ln: pre-LN blocks (+ final LayerNorms) instead of the paper's post-LN.
     pad_id: the padding token; masked out of the source.
     activation: MLP activation ("relu" in the paper).
-    num_kv_heads, dtype, param_dtype, attention_impl, layer_norm_epsilon: as in GPT.
+    num_kv_heads, dtype, param_dtype, attention_impl, layer_norm_epsilon, remat, scan_layers: as
+      in GPT.
 
   Initialisation: Glorot-uniform projections, zero biases, and embeddings normal(D^-1/2), so that
   the embeddings scaled by sqrt(D) have unit variance (tensor2tensor's choice).
@@ -155,12 +168,16 @@ class Seq2SeqTransformer(nn.Module):
   param_dtype: Any = jnp.float32
   attention_impl: str = "plain"
   layer_norm_epsilon: float = 1e-6
+  remat: str = "none"
+  scan_layers: bool = False
 
   def setup(self):
     self.embed = nn.Embed(
       self.vocab_size,
       self.embed_dim,
-      embedding_init=nn.initializers.normal(self.embed_dim**-0.5),
+      embedding_init=nn.with_logical_partitioning(
+        nn.initializers.normal(self.embed_dim**-0.5), (VOCAB, EMBED)
+      ),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
@@ -178,6 +195,8 @@ class Seq2SeqTransformer(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       attention_impl=self.attention_impl,
+      remat=self.remat,
+      scan_layers=self.scan_layers,
     )
     self.encoder = stack(False)
     self.decoder = stack(True)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxdl.kernels.dense import flat_apply
 from jaxdl.nn.attention import MultiHeadAttention
 from jaxdl.nn.dropout import Dropout
+from jaxdl.nn.partitioning import ACT_EMBED, ACT_MLP, BATCH, EMBED, LENGTH, MLP, constrain
 
 Array = jax.Array
 Initializer = nn.initializers.Initializer
@@ -83,21 +84,26 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BTD: Array) -> Array:
     act = get_activation(self.activation)
-    dense = lambda features, init, name: nn.Dense(
+    # The hidden units' biases go with them; the output bias (width D) stays whole.
+    dense = lambda features, init, names, name: nn.Dense(
       features,
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=init,
+      kernel_init=nn.with_logical_partitioning(init, names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:])
+      if names[1] == MLP
+      else nn.initializers.zeros_init(),
       name=name,
     )
     out_init = self.kernel_init if self.out_kernel_init is None else self.out_kernel_init
-    fc_in = dense(self.mlp_dim, self.kernel_init, "fc_in")
-    fc_out = dense(x_BTD.shape[-1], out_init, "fc_out")
+    fc_in = dense(self.mlp_dim, self.kernel_init, (EMBED, MLP), "fc_in")
+    fc_out = dense(x_BTD.shape[-1], out_init, (MLP, EMBED), "fc_out")
+    hidden = lambda x_NF: constrain(act(x_NF), (BATCH, ACT_MLP))
     # On [B*T, D] rows rather than [B, T, D]: the same numbers, but XLA:CPU then contracts the
     # kernels' gradients over one axis and skips a transposed copy of the activation's gradient
     # (see jaxdl.kernels.dense.flat_apply).
-    return flat_apply(lambda x_ND: fc_out(act(fc_in(x_ND))), x_BTD)
+    return flat_apply(lambda x_ND: fc_out(hidden(fc_in(x_ND))), x_BTD)
 
 
 class TransformerBlock(nn.Module):
@@ -189,6 +195,7 @@ class TransformerBlock(nn.Module):
         return x + drop(fn(ln(x)))
       return ln(x + drop(fn(x)))
 
+    x_BTD = constrain(x_BTD, (BATCH, LENGTH, ACT_EMBED))
     x = sublayer(
       x_BTD, lambda y: attention("self_attn")(y, mask=mask, train=train, decode=decode), "self_attn"
     )

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from jaxdl.nn import registry
 from jaxdl.nn.dropout import Dropout
-from jaxdl.nn.transformer import F32_DOT_GENERAL, TransformerBlock
+from jaxdl.nn.layer_stack import apply_layers, transformer_layers
+from jaxdl.nn.transformer import F32_DOT_GENERAL
 
 Array = jax.Array
 
@@ -104,6 +105,7 @@ class ViT(nn.Module):
     layer_norm_epsilon: 1e-6 as in the paper and timm.
     dtype, param_dtype: compute and parameter dtypes; logits are float32 either way.
     attention_impl: "plain", "jax" or "cudnn" (see `dot_product_attention`).
+    remat, scan_layers: as in GPT (jaxdl.nn.layer_stack); unrolled blocks are "blocks_0", ...
   """
 
   image_size: int = 224
@@ -120,6 +122,8 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: str = "plain"
+  remat: str = "none"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
@@ -152,21 +156,24 @@ class ViT(nn.Module):
     x_BTD = x_BTD + pos_1TD.astype(self.dtype)
     x_BTD = Dropout(self.dropout_rate)(x_BTD, deterministic=not train)
 
-    for i in range(self.num_layers):
-      x_BTD = TransformerBlock(
-        self.num_heads,
-        self.mlp_dim,
-        pre_ln=True,
-        activation="gelu",
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        layer_norm_epsilon=self.layer_norm_epsilon,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=_INIT,
-        attention_impl=self.attention_impl,
-        name=f"blocks_{i}",
-      )(x_BTD, train=train)
+    blocks = transformer_layers(
+      self.num_layers,
+      remat=self.remat,
+      scan=self.scan_layers,
+      prefix="blocks",
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      pre_ln=True,
+      activation="gelu",
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_INIT,
+      attention_impl=self.attention_impl,
+    )
+    x_BTD = apply_layers(blocks, x_BTD, train=train)
     x_BTD = nn.LayerNorm(
       self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
     )(x_BTD)

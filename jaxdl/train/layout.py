@@ -27,12 +27,20 @@ class Layout(abc.ABC):
   collectives: collectives_lib.Collectives
 
   def __init__(self, mesh: Mesh):
-    self.mesh = mesh  # Every device, ("data", "fsdp"): batches and saved state are laid out on it.
+    # Every device, ("data", "fsdp", "tensor"): batches and saved state are laid out on it.
+    self.mesh = mesh
 
   @classmethod
   @abc.abstractmethod
-  def from_mesh_config(cls, data: int, fsdp: int) -> "Layout":
-    """The layout over every device JAX sees, for `parallel.mesh.data` and `.fsdp`."""
+  def from_mesh_config(cls, data: int, fsdp: int, tensor: int = 1, rules: Any = ()) -> "Layout":
+    """The layout over every device JAX sees, for `parallel.mesh.data`, `.fsdp`, `.tensor` and
+    `parallel.rules`."""
+
+  def name_parameters(self, param_axes: dict[tuple[str, ...], tuple[str | None, ...]]) -> None:
+    """The logical axis names of the model's parameters (jaxdl.train.shardings.param_axes), for
+    a layout that places parameters by them; before `init`, `saved_shardings` and the rest.
+    Layouts that replicate everything ignore them."""
+    del param_axes
 
   @property
   def num_devices(self) -> int:

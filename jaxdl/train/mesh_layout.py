@@ -1,14 +1,19 @@
-"""parallel.strategy=jit (the default): one program over a `Mesh` with axes ("data", "fsdp").
+"""parallel.strategy=jit (the default): one program over a `Mesh` with axes ("data", "fsdp",
+"tensor").
 
-A batch [B, ...] is split over all data x fsdp devices. Each array of the loop state is replicated
-(fsdp = 1) or split along the fsdp axis (FSDP / ZeRO-3): on its largest dimension that the fsdp size
-divides, so every device holds 1/fsdp of the parameters and optimizer state; XLA gathers the
-parameters for the forward and backward passes and reduce-scatters the gradients. Being one program
-over global arrays, it computes what one device would, up to the order of float sums; its run form
-is its saved form.
+A batch [B, ...] is split over all data x fsdp devices (and repeated over `tensor`). Each array
+of the loop state is placed by jaxdl.train.shardings: a parameter whose model names its axes
+(jaxdl.nn.partitioning) as `parallel.rules` say (by default Megatron-style: attention heads and
+the MLP's hidden units over `tensor`, the model width over `fsdp`), the optimizer's moments with
+their parameter, and any other array by the FSDP heuristic (FSDP / ZeRO-3: on its largest
+dimension that the fsdp size divides). XLA gathers the parameters for the forward and backward
+passes, reduce-scatters the gradients and inserts the tensor-parallel collectives. Being one
+program over global arrays, it computes what one device would, up to the order of float sums; its
+run form is its saved form.
 """
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 from jax.experimental import mesh_utils
@@ -17,56 +22,58 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from jaxdl.errors import ConfigError
+from jaxdl.nn import partitioning
 from jaxdl.train import collectives as collectives_lib
+from jaxdl.train import shardings
 from jaxdl.train.layout import Layout
 
-# Arrays with fewer elements than this stay replicated under FSDP: splitting a bias or a norm
-# scale saves nothing and costs a collective.
-MIN_FSDP_SIZE = 2**10
+AXES = ("data", "fsdp", "tensor")
+
+# Kept importable from here, where they lived.
+MIN_FSDP_SIZE = shardings.MIN_FSDP_SIZE
+fsdp_spec = shardings.fsdp_spec
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices: list[jax.Device] | None = None) -> Mesh:
-  """A ("data", "fsdp") mesh over `devices` (default: every device of every process); -1 in one
-  axis takes the devices the other leaves."""
+def make_mesh(
+  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list[jax.Device] | None = None
+) -> Mesh:
+  """A ("data", "fsdp", "tensor") mesh over `devices` (default: every device of every process);
+  -1 in one axis takes the devices the others leave."""
   devices = jax.devices() if devices is None else devices
   n = len(devices)
-  sizes = {"data": data, "fsdp": fsdp}
+  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
   for name, size in sizes.items():
     if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
       raise ConfigError(
         f"parallel.mesh.{name}={size!r} must be a positive number of devices or "
-        "-1 (the devices the other axis leaves)."
+        "-1 (the devices the other axes leave)."
       )
-  if data == -1 and fsdp == -1:
-    raise ConfigError("parallel.mesh.data and parallel.mesh.fsdp cannot both be -1; set one.")
-  if data == -1 or fsdp == -1:
-    known = fsdp if data == -1 else data
+  free = [name for name, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise ConfigError(
+      f"parallel.mesh: {' and '.join(free)} are {'both' if len(free) == 2 else 'all'} -1, but "
+      "only one axis can take the devices the others leave; give the others sizes."
+    )
+  if free:
+    known = int(np.prod([s for s in sizes.values() if s != -1]))
     if n % known:
       raise ConfigError(
-        f"parallel.mesh: {n} devices do not split into groups of {known}; use a divisor of {n}."
+        f"parallel.mesh: {n} devices do not split into groups of {known} "
+        f"({' x '.join(f'{k}={v}' for k, v in sizes.items() if v != -1)}); use divisors of {n}."
       )
-    data, fsdp = (n // known, fsdp) if data == -1 else (data, n // known)
-  if data * fsdp != n:
+    sizes[free[0]] = n // known
+  if int(np.prod(list(sizes.values()))) != n:
+    product = " x ".join(f"{k}={v}" for k, v in sizes.items())
     raise ConfigError(
-      f"parallel.mesh data={data} x fsdp={fsdp} = {data * fsdp} devices, but "
-      f"there are {n}; make the product {n}, or set one axis to -1."
+      f"parallel.mesh {product} = {int(np.prod(list(sizes.values())))} devices, but there "
+      f"are {n}; make the product {n}, or set one axis to -1."
     )
-  try:  # Topology-aware order on TPU and GPU (neighbours on the fast links).
-    grid = mesh_utils.create_device_mesh((data, fsdp), devices)
+  shape = tuple(sizes[a] for a in AXES)
+  try:  # Topology-aware order on TPU and GPU (tensor innermost: neighbours on the fast links).
+    grid = mesh_utils.create_device_mesh(shape, devices)
   except (AssertionError, ValueError, NotImplementedError):
-    grid = np.asarray(devices).reshape(data, fsdp)
-  return Mesh(grid, ("data", "fsdp"))
-
-
-def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
-  """Where FSDP splits an array: its largest dimension divisible by `fsdp`, or nowhere."""
-  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_FSDP_SIZE:
-    return P()
-  candidates = [d for d, size in enumerate(shape) if size % fsdp == 0]
-  if not candidates:
-    return P()
-  dim = max(candidates, key=lambda d: (shape[d], -d))
-  return P(*([None] * dim + ["fsdp"]))
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, AXES)
 
 
 class MeshLayout(Layout):
@@ -75,18 +82,43 @@ class MeshLayout(Layout):
   strategy = "jit"
   collectives = collectives_lib.GLOBAL  # One program: XLA inserts the communication.
 
-  @classmethod
-  def from_mesh_config(cls, data: int, fsdp: int) -> "MeshLayout":
-    return cls(make_mesh(data, fsdp))
+  def __init__(self, mesh: Mesh, rules: Sequence[tuple[str, Any]] = partitioning.RULES):
+    super().__init__(mesh)
+    self.rules = tuple(rules)
+    self.param_axes: shardings.ParamAxes = {}
 
-  @property
-  def fsdp(self) -> int:
-    return self.mesh.shape["fsdp"]
+  @classmethod
+  def from_mesh_config(
+    cls, data: int, fsdp: int, tensor: int = 1, rules: Any = partitioning.RULES
+  ) -> "MeshLayout":
+    return cls(make_mesh(data, fsdp, tensor), shardings.check_rules(rules))
+
+  def name_parameters(self, param_axes: shardings.ParamAxes) -> None:
+    self.param_axes = dict(param_axes)
 
   def saved_shardings(self, abstract_loop: Any) -> Any:
-    return jax.tree.map(
-      lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp)), abstract_loop
-    )
+    specs = shardings.loop_specs(abstract_loop, self.param_axes, self.rules, dict(self.mesh.shape))
+    return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), specs)
+
+  def _with_rules(self, fn: Callable) -> Callable:
+    """`fn` traced with the models' activation names in force (jaxdl.nn.partitioning)."""
+
+    # Without a tensor axis, XLA's propagation from the batch and the parameters places the
+    # activations well; constraining them too changes its choices, and so the last bits of
+    # data/FSDP runs (tools/results_unchanged.py's fsdp_8), for no gain.
+    if self.mesh.shape["tensor"] == 1:
+      return fn
+
+    def traced(*args, **kwargs):
+      with partitioning.sharding_rules(self.mesh, self.rules):
+        return fn(*args, **kwargs)
+
+    # The compiled program keeps fn's name ("jit_update" in profiles and dumps).
+    inner = fn
+    while isinstance(inner, functools.partial):
+      inner = inner.func
+    traced.__name__ = traced.__qualname__ = getattr(inner, "__name__", "traced")
+    return traced
 
   def from_saved(self, loop: Any) -> Any:
     return loop
@@ -111,11 +143,11 @@ class MeshLayout(Layout):
     out_shardings = None
     if state_shardings is not None:
       out_shardings = (state_shardings["state"], state_shardings["metric_sums"], self.replicated())
-    return jax.jit(update, donate_argnums=(0, 1), out_shardings=out_shardings)
+    return jax.jit(self._with_rules(update), donate_argnums=(0, 1), out_shardings=out_shardings)
 
   def compile_elementwise(self, fn: Callable, shardings: Any = None) -> Callable:
     return jax.jit(fn, out_shardings=shardings)
 
   def compile_eval(self, eval_step: Callable) -> Callable:
-    stepped = jax.jit(eval_step)
+    stepped = jax.jit(self._with_rules(eval_step))
     return lambda state, batch: jax.device_get(stepped(state, batch))

@@ -12,11 +12,18 @@ import jax
 import optax
 
 from jaxdl.errors import ConfigError
+from jaxdl.nn.layer_stack import LAYERS
 from jaxdl.train import param_paths
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 DECAY_MASKS = ("matrices", "all")
+
+
+def _is_matrix(keypath: Any, p: Any) -> bool:
+  """ndim >= 2 per layer: a scanned stack's leading layer axis (under LAYERS) does not count."""
+  stacked = any(getattr(k, "key", None) == LAYERS for k in keypath)
+  return p.ndim - stacked >= 2
 
 
 def weight_decay_mask(cfg: Mapping[str, Any]):
@@ -25,7 +32,7 @@ def weight_decay_mask(cfg: Mapping[str, Any]):
   if cfg["weight_decay_mask"] == "all":
     return None
   if cfg["weight_decay_mask"] == "matrices":
-    return lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return lambda params: jax.tree_util.tree_map_with_path(_is_matrix, params)
   raise ConfigError(
     f"Unknown optimizer.weight_decay_mask {cfg['weight_decay_mask']!r}; choose one "
     f"of {DECAY_MASKS}."

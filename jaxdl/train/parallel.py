@@ -1,8 +1,9 @@
 """How a run is laid out over devices (`parallel.strategy`): one interface, jaxdl.train.layout's
 `Layout`, with two implementations.
 
-- "jit" (default, jaxdl.train.mesh_layout): one program over a ("data", "fsdp") device mesh; the
-  batch split over every device, the state replicated or split by FSDP.
+- "jit" (default, jaxdl.train.mesh_layout): one program over a ("data", "fsdp", "tensor") device
+  mesh; the batch split over data x fsdp, the parameters as their logical axis names and
+  `parallel.rules` say (jaxdl.nn.partitioning), other arrays replicated or split by FSDP.
 - "pmap" (jaxdl.train.pmap_layout): `jax.pmap` over this host's devices, the state replicated one
   copy per device, gradients, metrics and BatchNorm statistics averaged over the pmap axis.
 
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxdl.errors import ConfigError
+from jaxdl.nn import partitioning
 from jaxdl.train.layout import Layout
 from jaxdl.train.mesh_layout import MeshLayout
 from jaxdl.train.pmap_layout import PmapLayout
@@ -31,9 +33,12 @@ def make_layout(parallel_config: Any) -> Layout:
   strategy = parallel_config.get("strategy", "jit")
   if strategy not in STRATEGIES:
     raise ConfigError(f"parallel.strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
-  mesh_config = parallel_config.get("mesh", {"data": -1, "fsdp": 1})
+  mesh_config = parallel_config.get("mesh", {"data": -1, "fsdp": 1, "tensor": 1})
   return STRATEGIES[strategy].from_mesh_config(
-    mesh_config.get("data", -1), mesh_config.get("fsdp", 1)
+    mesh_config.get("data", -1),
+    mesh_config.get("fsdp", 1),
+    mesh_config.get("tensor", 1),
+    parallel_config.get("rules", partitioning.RULES),
   )
 
 

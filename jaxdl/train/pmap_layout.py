@@ -31,13 +31,15 @@ class PmapLayout(Layout):
   collectives = collectives_lib.OverAxis(PMAP_AXIS)
 
   @classmethod
-  def from_mesh_config(cls, data: int, fsdp: int) -> "PmapLayout":
-    if fsdp not in (1, -1) or data == 1 and fsdp == -1:
-      raise ConfigError(
-        "parallel.strategy=pmap replicates the state on every device; it cannot "
-        "shard it (parallel.mesh.fsdp must be 1). Use parallel.strategy=jit for "
-        "FSDP."
-      )
+  def from_mesh_config(cls, data: int, fsdp: int, tensor: int = 1, rules: Any = ()) -> "PmapLayout":
+    del rules  # Nothing is split.
+    for name, size in (("fsdp", fsdp), ("tensor", tensor)):
+      if size not in (1, -1) or data == 1 and size == -1:
+        raise ConfigError(
+          "parallel.strategy=pmap replicates the state on every device; it cannot "
+          f"shard it (parallel.mesh.{name} must be 1). Use parallel.strategy=jit for "
+          f"{'FSDP' if name == 'fsdp' else 'a tensor axis'}."
+        )
     return cls(make_mesh(-1, 1))  # Every device on the data axis.
 
   def saved_shardings(self, abstract_loop: Any) -> Any:

@@ -37,7 +37,9 @@ def create_train_state(
 
   With `ema`, the state also holds a moving average of the parameters, starting at them.
   """
-  variables = model.init(init_key, *example_inputs, train=False)
+  # Unboxed: models name their parameters' axes (jaxdl.nn.partitioning), which `init` returns
+  # boxed; the layout has read the names (jaxdl.train.logical_axes) and the state holds arrays.
+  variables = nn.unbox(model.init(init_key, *example_inputs, train=False))
   params = variables.pop("params")
   return TrainState(
     step=jnp.zeros((), jnp.int32),
