@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
   evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the test split")
   evaluate.add_argument("workdir")
   evaluate.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  evaluate.add_argument(
+    "overrides",
+    nargs="*",
+    metavar="key=value",
+    help="run keys only (parallel.*, runtime.*, data.dir, ...), e.g. parallel.mesh.tensor=1 to "
+    "evaluate a tensor-parallel run on one device",
+  )
 
   generate = sub.add_parser("generate", help="sample text from a trained language model")
   generate.add_argument("workdir")
@@ -130,7 +137,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
   from jaxdl import trainer  # pylint: disable=g-import-not-at-top
 
-  step, _, summary = trainer.evaluate_workdir(args.workdir, args.step)
+  step, _, summary = trainer.evaluate_workdir(args.workdir, args.step, args.overrides)
   print(f"step {step}: {summary}")
   return 0
 

@@ -144,7 +144,7 @@ def part(tree: Any) -> Part:
 def _compile_train_call(setup: Any, loop: Any, data: Any) -> TrainCall | None:
   """The train call as the trainer compiles it, on the abstract `loop` and a batch of zeros (the
   one thing allocated: the call's batches, on the devices); None where XLA gives no analysis."""
-  rows = setup.plan.batch_size // jax.process_count()  # This process's share, as it reads it.
+  rows = setup.plan.batch_size // setup.layout.data_shard()[1]  # This process's share.
   host_batches = setup.runs.batches(lambda seed: itertools.repeat(data.example_batch(rows)))
   calls = dispatch.TrainCalls(
     setup.layout,

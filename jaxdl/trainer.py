@@ -14,7 +14,7 @@ from pathlib import Path
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from jaxdl import (
   models,
   profiling,
 )
+from jaxdl import config as config_lib
 from jaxdl import data as data_lib
 from jaxdl import metrics as metrics_lib
 from jaxdl import sweep as sweep_lib
@@ -343,15 +344,17 @@ def _check_same_data(workdir: Path, data: data_lib.Dataset) -> None:
 def _train_batches(setup: Setup, config: ml_collections.ConfigDict, data: data_lib.Dataset) -> Any:
   """This process's train batches (a sweep's stacked: each member reads its own seed's order)."""
 
+  shard_index, shard_count = setup.layout.data_shard()
+
   def batches_for(seed: int):
     # The data seed must fit 32 bits; derive it from the run seed, apart from the model's keys.
     data_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
     return iter(
       data.train_batches(
-        batch_size=setup.plan.batch_size // jax.process_count(),
+        batch_size=setup.plan.batch_size // shard_count,
         seed=data_seed,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
+        shard_index=shard_index,
+        shard_count=shard_count,
         num_threads=config.runtime.data_threads,
         prefetch=config.runtime.data_prefetch,
       )
@@ -580,14 +583,22 @@ def train(
 
 
 def evaluate_workdir(
-  workdir: str | Path, step: int | None = None
+  workdir: str | Path, step: int | None = None, overrides: Sequence[str] = ()
 ) -> tuple[int, dict[str, float], str]:
   """Evaluates the checkpoint at `step` (default: the latest) of a run on its evaluation split.
 
-  Returns (step, metrics, the metrics in words).
+  `overrides` ("key=value") change run keys only (config.resumable), e.g. the mesh of a run
+  trained on more devices than this machine has. Returns (step, metrics, the metrics in words).
   """
   workdir = Path(workdir)
   config = workdir_lib.load_config(workdir)
+  recipe = [o.partition("=")[0] for o in overrides if not config_lib.resumable(o.partition("=")[0])]
+  if recipe:
+    raise ConfigError(
+      f"jaxdl eval: {', '.join(recipe)} belong to the recipe the checkpoint was trained with; "
+      "only run keys (parallel.*, runtime.*, data.dir, data.eval_batch_size, ...) may change."
+    )
+  config_lib.apply_overrides(config, list(overrides))
   # The devices the run trained on, so that `jaxdl eval` reproduces its evaluation exactly.
   _split_cpu_host(config)
   data = load_data(config)

@@ -98,6 +98,14 @@ def test_eval_command_reproduces_the_final_evaluation(gpt_run, capsys):
   assert summary.startswith("validation loss")
 
 
+def test_eval_takes_run_keys_and_refuses_recipe_keys(gpt_run):
+  workdir, result = gpt_run
+  step, metrics, _ = trainer.evaluate_workdir(workdir, None, ["data.eval_batch_size=32"])
+  assert step == 40 and metrics["eval/loss"] == pytest.approx(result.eval_metrics["eval/loss"])
+  with pytest.raises(ConfigError, match="model.num_layers belong to the recipe"):
+    trainer.evaluate_workdir(workdir, None, ["model.num_layers=3"])
+
+
 def test_gpt_resume_is_bit_exact(gpt_run, tmp_path):
   """Also whatever the steps per call (runtime.steps_per_call): the reference run takes the CPU
   default (calls of up to 16 steps), this one 1 step a call, then 3."""
@@ -138,6 +146,24 @@ def test_scanned_rematted_gpt_resumes_bit_exact_and_may_change_its_remat(tmp_pat
     assert metrics == pytest.approx(_train_metrics(straight)[step], rel=1e-5)
   saved = json.loads((straight / "config.json").read_text())["model"]
   assert saved["scan_layers"] is True and saved["remat"] == "full"
+
+
+def test_an_unrolled_checkpoint_initialises_a_scanned_gpt(gpt_run, tmp_path):
+  """init.checkpoint converts block_0, block_1, ... into the scanned stack's layers/: with a
+  learning rate of 0, the scanned model's first evaluation is the unrolled run's last."""
+  workdir, result = gpt_run
+  config = _config(
+    "shakespeare_char_gpt.py:cpu",
+    *TINY_GPT,
+    "train.num_steps=1",
+    "train.eval_every_steps=1",
+    "model.scan_layers=true",
+    "optimizer.learning_rate=0.0",
+    f"init.checkpoint={workdir}",
+  )
+  scanned = trainer.train(config, tmp_path / "scanned", show_progress=False)
+  assert scanned.eval_metrics["eval/loss"] == pytest.approx(result.eval_metrics["eval/loss"], 1e-5)
+  assert scanned.eval_metrics["eval/loss"] < np.log(65) - 0.5  # Trained weights, not fresh ones.
 
 
 def test_generate_is_deterministic_for_a_seed(gpt_run):

@@ -36,6 +36,9 @@ COMMON = [
   "train.eval_every_steps=12",
   "train.checkpoint_every_steps=6",
   "optimizer.warmup_steps=2",
+  # A fixed schedule length, so that a run stopped at 6 of 12 steps and resumed follows the
+  # learning rates of one run straight to 12.
+  "optimizer.decay_steps=12",
   "runtime.steps_per_call=1",
   "--no-progress",
 ]
@@ -68,7 +71,7 @@ MODELS = {
     "model.num_layers=2",
     "model.mlp_dim=128",
     "train.batch_size=16",
-    "data.eval_batch_size=500",
+    "data.eval_batch_size=400",
   ],
   "transformer": [
     str(EXPERIMENTS / "reverse_transformer.py"),
@@ -80,7 +83,7 @@ MODELS = {
     "data.num_train=500",
     "data.num_test=100",
     "train.batch_size=16",
-    "data.eval_batch_size=50",
+    "data.eval_batch_size=48",
   ],
 }
 LAYOUTS = {
@@ -174,15 +177,15 @@ def test_tensor_layouts_follow_one_device(one_device, reviews_csv, tmp_path, mod
 
 @pytest.mark.slow  # Three processes; CI runs it.
 def test_a_checkpoint_restores_under_any_other_layout(one_device, reviews_csv, tmp_path):
-  """Six steps under data x fsdp x tensor, six more under tensor=8, then evaluated on one device:
-  the one-device trajectory, and the same evaluation."""
+  """Six steps under data x fsdp x tensor, six more under tensor=8, then evaluated on one device
+  (`jaxdl eval` with the mesh overridden): the one-device trajectory, and the same evaluation."""
   workdir = tmp_path / "run"
   _run(_args("gpt", reviews_csv, "train.num_steps=6", *LAYOUTS["data2-fsdp2-tensor2"]), workdir, 8)
   run = _run(_args("gpt", reviews_csv, *LAYOUTS["tensor8"]), workdir, 8)
   _assert_follows(run, one_device("gpt"))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   done = subprocess.run(
-    [sys.executable, "-m", "jaxdl.cli", "eval", str(workdir)],
+    [sys.executable, "-m", "jaxdl.cli", "eval", str(workdir), "parallel.mesh.tensor=1"],
     cwd=REPO,
     env=env,
     capture_output=True,

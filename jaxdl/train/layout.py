@@ -119,9 +119,14 @@ class Layout(abc.ABC):
   def compile_eval(self, eval_step: Callable) -> Callable:
     """(state, batch) -> metric sums over the batch's real rows, as host numpy."""
 
+  def data_shard(self) -> tuple[int, int]:
+    """(index, count): this process feeds block `index` of `count` equal blocks of rows of each
+    global batch (the training data is read in `count` shards). Here one block a process."""
+    return jax.process_index(), jax.process_count()
+
   def local_rows(self, host_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's share of a global batch that every process holds whole (evaluation)."""
-    count, index = jax.process_count(), jax.process_index()
+    index, count = self.data_shard()
     if count == 1:
       return host_batch
     return jax.tree.map(lambda x: np.array_split(x, count)[index], host_batch)

@@ -129,12 +129,38 @@ class MeshLayout(Layout):
   def to_host(self, tree: Any) -> Any:
     return jax.device_get(tree)
 
+  def data_shard(self) -> tuple[int, int]:
+    """The batch is split over data x fsdp only: processes whose devices differ only along
+    `tensor` (a tensor axis across processes) hold the same rows, and so read the same shard."""
+    if jax.process_count() == 1:
+      return 0, 1
+    blocks = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    batch = NamedSharding(self.mesh, P(("data", "fsdp")))
+    owned: dict[int, set[int]] = {}
+    for device, (rows,) in batch.devices_indices_map((blocks,)).items():
+      owned.setdefault(device.process_index, set()).add(rows.start or 0)
+    groups = sorted({tuple(sorted(b)) for b in owned.values()})
+    contiguous = all(g == tuple(range(g[0], g[0] + len(g))) for g in groups)
+    if sorted(b for g in groups for b in g) != list(range(blocks)) or not contiguous:
+      raise ConfigError(
+        f"parallel.mesh {dict(self.mesh.shape)}: the processes' devices do not each hold whole, "
+        "contiguous blocks of the batch; give every process the same number of devices and "
+        "keep parallel.mesh.tensor within or across whole processes."
+      )
+    return groups.index(tuple(sorted(owned[jax.process_index()]))), len(groups)
+
   def put_batch(
     self, host_batch: dict[str, np.ndarray], member_axis: bool = False, steps_axis: bool = False
   ) -> Any:
     lead = int(steps_axis) + int(member_axis)  # Axes in front of B.
     sharding = NamedSharding(self.mesh, P(*[None] * lead, ("data", "fsdp")))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)
+    count = self.data_shard()[1]
+
+    def put(x):
+      global_shape = (*x.shape[:lead], x.shape[lead] * count, *x.shape[lead + 1 :])
+      return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return jax.tree.map(put, host_batch)
 
   def compile_update(
     self, update: Callable, state_shardings: Any = None, steps_in_call: bool = False
