@@ -38,7 +38,8 @@ def create_train_state(
   With `ema`, the state also holds a moving average of the parameters, starting at them.
   """
   # Unboxed: models name their parameters' axes (jaxdl.nn.partitioning), which `init` returns
-  # boxed; the layout has read the names (jaxdl.train.logical_axes) and the state holds arrays.
+  # boxed; the layout reads the names apart (jaxdl.train.shardings.param_axes), the state holds
+  # the arrays.
   variables = nn.unbox(model.init(init_key, *example_inputs, train=False))
   params = variables.pop("params")
   return TrainState(
