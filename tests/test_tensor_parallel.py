@@ -262,7 +262,10 @@ def test_projections_are_split_over_tensor_and_bytes_shrink_as_the_layout_says(s
   assert placed["fc_in"] == lead + ["fsdp", "tensor"]  # [D, F]
   assert placed["fc_out"] == lead + ["tensor", "fsdp"]  # [F, D]
   assert placed["mu_fc_in"] == placed["fc_in"]  # Adam's moments follow their parameter.
-  tensor8 = _placement(*LAYOUTS["tensor8"], f"model.scan_layers={str(scan).lower()}")
+  # The tensor axis repeats the batch, so a batch need only split over data x fsdp (1 here).
+  tensor8 = _placement(
+    *LAYOUTS["tensor8"], f"model.scan_layers={str(scan).lower()}", "train.batch_size=12"
+  )
   assert tensor8["fc_in"] == lead + ["None", "tensor"]
   # Bytes per device by the rules, for D=64, 8 heads of 8, MLP 256, 2 layers, context 32, no
   # biases (the cpu recipe's use_bias=False); LayerNorm scales stay whole (too small to split).
@@ -376,3 +379,19 @@ def test_activation_names_become_constraints_only_under_the_rules():
   # The jit layout traces its steps under the rules only where a tensor axis needs them.
   layout = mesh_layout.MeshLayout(mesh)
   assert layout._with_rules(f) is f
+
+
+def test_axes_the_mesh_cannot_split_are_named_for_the_user():
+  axes = {("q", "kernel"): ("embed", "heads", "kv"), ("wte",): ("vocab", "embed")}
+  params = {
+    "q": {"kernel": jax.ShapeDtypeStruct((64, 12, 8), np.float32)},  # 12 heads over tensor=8
+    "wte": jax.ShapeDtypeStruct((50257, 64), np.float32),  # GPT-2's odd vocabulary
+    "ln": jax.ShapeDtypeStruct((64,), np.float32),  # Unnamed: not reported.
+  }
+  sizes = {"data": 1, "fsdp": 1, "tensor": 8}
+  assert shardings.whole_axes(params, axes, partitioning.RULES, sizes) == [
+    "q/kernel: heads=12 over tensor",
+    "wte: vocab=50257 over tensor",
+  ]
+  # Axes that divide, or rules over axes of one device, are not reported.
+  assert shardings.whole_axes(params, axes, partitioning.RULES, {"fsdp": 2, "tensor": 1}) == []

@@ -46,8 +46,13 @@ class Layout(abc.ABC):
   def num_devices(self) -> int:
     return self.mesh.devices.size
 
+  @property
+  def batch_devices(self) -> int:
+    """How many ways a batch is split (every device, unless some axis repeats the batch)."""
+    return self.num_devices
+
   def check_batch_size(self, batch_size: int, key: str) -> None:
-    n = self.num_devices
+    n = self.batch_devices
     if batch_size % n:
       raise ConfigError(
         f"{key}={batch_size} does not split evenly over {n} devices; use a "

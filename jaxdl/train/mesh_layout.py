@@ -13,6 +13,7 @@ run form is its saved form.
 """
 
 import functools
+import logging
 from typing import Any, Callable, Sequence
 
 import jax
@@ -26,6 +27,8 @@ from jaxdl.nn import partitioning
 from jaxdl.train import collectives as collectives_lib
 from jaxdl.train import shardings
 from jaxdl.train.layout import Layout
+
+logger = logging.getLogger("jaxdl")
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -86,6 +89,7 @@ class MeshLayout(Layout):
     super().__init__(mesh)
     self.rules = tuple(rules)
     self.param_axes: shardings.ParamAxes = {}
+    self._told_whole = False
 
   @classmethod
   def from_mesh_config(
@@ -93,11 +97,29 @@ class MeshLayout(Layout):
   ) -> "MeshLayout":
     return cls(make_mesh(data, fsdp, tensor), shardings.check_rules(rules))
 
+  @property
+  def batch_devices(self) -> int:
+    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]  # `tensor` repeats the batch.
+
   def name_parameters(self, param_axes: shardings.ParamAxes) -> None:
     self.param_axes = dict(param_axes)
 
   def saved_shardings(self, abstract_loop: Any) -> Any:
-    specs = shardings.loop_specs(abstract_loop, self.param_axes, self.rules, dict(self.mesh.shape))
+    sizes = dict(self.mesh.shape)
+    state = abstract_loop.get("state") if isinstance(abstract_loop, dict) else None
+    if not self._told_whole and hasattr(state, "params"):
+      # Once a run: the parameter axes the rules meant to split but could not.
+      self._told_whole = True
+      whole = shardings.whole_axes(state.params, self.param_axes, self.rules, sizes)
+      if whole:
+        logger.warning(
+          "parallel.rules: %d parameter axes stay whole, as the mesh axes do not divide them "
+          "(pick sizes they divide, e.g. heads and MLP width multiples of parallel.mesh.tensor, "
+          "or pad the vocabulary): %s",
+          len(whole),
+          "; ".join(whole[:4]) + ("; ..." if len(whole) > 4 else ""),
+        )
+    specs = shardings.loop_specs(abstract_loop, self.param_axes, self.rules, sizes)
     return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), specs)
 
   def _with_rules(self, fn: Callable) -> Callable:

@@ -93,12 +93,13 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, layout: Any) -> int:
   layout.check_batch_size(config.data.eval_batch_size, "data.eval_batch_size")
   grad_accum = config.train.get("grad_accum_steps", 1)
   if (
-    not _whole_number(grad_accum, 1) or (config.train.batch_size // layout.num_devices) % grad_accum
+    not _whole_number(grad_accum, 1)
+    or (config.train.batch_size // layout.batch_devices) % grad_accum
   ):
     raise ConfigError(
       f"train.grad_accum_steps={grad_accum!r} must be a whole number >= 1 that "
       f"divides each device's share of the batch ({config.train.batch_size} / "
-      f"{layout.num_devices} devices)."
+      f"{layout.batch_devices} devices)."
     )
   return grad_accum
 

@@ -104,3 +104,30 @@ def loop_specs(
     return partitioning.logical_spec(names, x.shape, rules, axis_sizes)
 
   return jax.tree_util.tree_map_with_path(spec, abstract_loop)
+
+
+def whole_axes(
+  params: Any, axes: ParamAxes, rules: Sequence[tuple[str, Any]], axis_sizes: dict[str, int]
+) -> list[str]:
+  """ "path: name=size over mesh axes" for each named parameter axis that a rule maps to mesh
+  axes of more than one device but that stays whole, as those axes do not divide it (a warning
+  for the user: e.g. 12 heads over tensor=8)."""
+  found = []
+  for keypath, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    path = tuple(param_paths.path_str(keypath).split(param_paths.SEP))
+    names = axes.get(path)
+    if names is None or len(names) != x.ndim:
+      continue
+    spec = tuple(partitioning.logical_spec(names, x.shape, rules, axis_sizes))
+    spec += (None,) * (x.ndim - len(spec))
+    for name, size, placed in zip(names, x.shape, spec):
+      wanted = [
+        a
+        for rule_name, mesh_axes in rules
+        if rule_name == name
+        for a in ([mesh_axes] if isinstance(mesh_axes, str) else list(mesh_axes or []))
+        if axis_sizes.get(a, 1) > 1
+      ]
+      if placed is None and wanted:
+        found.append(f"{'/'.join(path)}: {name}={size} over {'x'.join(wanted)}")
+  return found
