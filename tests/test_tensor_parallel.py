@@ -9,7 +9,6 @@ JAX starts).
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -114,29 +113,10 @@ def _args(model, reviews_csv, *extra):
 
 
 def _run(args, workdir, num_devices):
-  env = {
-    **os.environ,
-    "JAXDL_OFFLINE": "1",
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
-  }
-  done = subprocess.run(
-    [sys.executable, "-m", "jaxdl.cli", *args, "--workdir", str(workdir)],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
+  """tests/test_parallel.py's run in a fresh process of `num_devices` CPU devices; its metrics."""
+  done = test_parallel._run(args, workdir, num_devices)
   assert done.returncode == 0, done.stderr[-3000:]
-  return _metrics(workdir)
-
-
-def _metrics(workdir):
-  merged = {}
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    merged.setdefault(record["step"], {}).update(record)
-  return merged
+  return test_parallel._by_step(workdir)
 
 
 def _assert_follows(b, a):
@@ -183,11 +163,10 @@ def test_a_checkpoint_restores_under_any_other_layout(one_device, reviews_csv, t
   _run(_args("gpt", reviews_csv, "train.num_steps=6", *LAYOUTS["data2-fsdp2-tensor2"]), workdir, 8)
   run = _run(_args("gpt", reviews_csv, *LAYOUTS["tensor8"]), workdir, 8)
   _assert_follows(run, one_device("gpt"))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   done = subprocess.run(
     [sys.executable, "-m", "jaxdl.cli", "eval", str(workdir), "parallel.mesh.tensor=1"],
     cwd=REPO,
-    env=env,
+    env=test_parallel._env(1),
     capture_output=True,
     text=True,
     timeout=600,
@@ -204,7 +183,7 @@ def test_two_processes_with_a_tensor_axis_follow_one_process(one_device, reviews
   processes = test_parallel._start_processes(args, tmp_path / "two")
   for p, (_, err) in zip(processes, [p.communicate(timeout=900) for p in processes]):
     assert p.returncode == 0, err[-3000:]
-  _assert_follows(_metrics(tmp_path / "two"), one_device("gpt"))
+  _assert_follows(test_parallel._by_step(tmp_path / "two"), one_device("gpt"))
 
 
 # ---------------------------------------------------------------- Placement, in one process
@@ -244,10 +223,14 @@ TINY = [o for o in MODELS["gpt"][1:] if not o.startswith("train.batch_size")] + 
 
 
 def _placement(*overrides):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   code = PLACEMENT.format(overrides=[*TINY, *overrides])
   done = subprocess.run(
-    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    [sys.executable, "-c", code],
+    cwd=REPO,
+    env=test_parallel._env(8),
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads(done.stdout.strip().splitlines()[-1])

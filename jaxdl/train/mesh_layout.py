@@ -90,6 +90,7 @@ class MeshLayout(Layout):
     self.rules = tuple(rules)
     self.param_axes: shardings.ParamAxes = {}
     self._told_whole = False
+    self._data_shard: tuple[int, int] | None = None
 
   @classmethod
   def from_mesh_config(
@@ -153,9 +154,13 @@ class MeshLayout(Layout):
 
   def data_shard(self) -> tuple[int, int]:
     """The batch is split over data x fsdp only: processes whose devices differ only along
-    `tensor` (a tensor axis across processes) hold the same rows, and so read the same shard."""
-    if jax.process_count() == 1:
-      return 0, 1
+    `tensor` (a tensor axis across processes) hold the same rows, and so read the same shard.
+    Worked out once: put_batch asks at every step."""
+    if self._data_shard is None:
+      self._data_shard = (0, 1) if jax.process_count() == 1 else self._shard_of_this_process()
+    return self._data_shard
+
+  def _shard_of_this_process(self) -> tuple[int, int]:
     blocks = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     batch = NamedSharding(self.mesh, P(("data", "fsdp")))
     owned: dict[int, set[int]] = {}
