@@ -6,9 +6,10 @@ leaves the earlier checkpoints as they were; such half-written directories are n
 """
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import grain
 import jax
@@ -85,7 +86,8 @@ class Checkpointer:
         f"There is no checkpoint for step {step} in {self.directory}; the "
         f"saved steps are {self.all_steps() or 'none'}."
       )
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    target, rebuild = _older_layout(abstract_state, self._manager.item_metadata(step)["state"])
+    items = {"state": ocp.args.StandardRestore(target)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
@@ -96,7 +98,7 @@ class Checkpointer:
         "It was probably written by a different model or config. Train with the config saved "
         "next to it (config.json), or start a new workdir."
       ) from e
-    return restored.state
+    return rebuild(restored.state)
 
   def restore_as_saved(self, step: int) -> Any:
     """The pytree saved at `step`, as nested dicts of arrays on the default device.
@@ -124,3 +126,32 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _older_layout(target: Any, saved: Any) -> tuple[Any, Callable[[Any], Any]]:
+  """(`target` in the layout of the `saved` tree's metadata, a function putting a tree restored
+  into that layout back into `target`'s). A dataclass field a newer jaxdl added (the train state's
+  LoRA adapters) holds None where unused and is absent from an older checkpoint: such a dataclass
+  is restored as a dict of the fields the checkpoint has, so the older run resumes."""
+  keys = set(saved.keys()) if hasattr(saved, "keys") else None  # Orbax's metadata or a dict.
+  child = lambda k: saved[k] if k in keys else None
+  if isinstance(target, Mapping) and keys is not None:
+    parts = {k: _older_layout(v, child(k)) for k, v in target.items()}
+    return (
+      type(target)({k: t for k, (t, _) in parts.items()}),
+      lambda tree: type(target)({k: parts[k][1](tree[k]) for k in parts}),
+    )
+  if dataclasses.is_dataclass(target) and not isinstance(target, type) and keys is not None:
+    fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+    added = [k for k, v in fields.items() if v is None and k not in keys]
+    parts = {k: _older_layout(v, child(k)) for k, v in fields.items() if k not in added}
+    if not added:
+      return (
+        dataclasses.replace(target, **{k: t for k, (t, _) in parts.items()}),
+        lambda tree: dataclasses.replace(tree, **{k: parts[k][1](getattr(tree, k)) for k in parts}),
+      )
+    return (
+      {k: t for k, (t, _) in parts.items()},
+      lambda tree: dataclasses.replace(target, **{k: parts[k][1](tree[k]) for k in parts}),
+    )
+  return target, lambda tree: tree

@@ -1,4 +1,4 @@
-"""`jaxdl train | eval | generate | plot | summary`: the command line.
+"""`jaxdl train | eval | generate | export | plot | summary`: the command line.
 
 A UserError (bad override, missing file, incompatible workdir) prints one message and exits with
 status 2; `--debug` shows the traceback as well.
@@ -56,6 +56,25 @@ def _parser() -> argparse.ArgumentParser:
     type=int,
     default=0,
     help="which member of a sweep's run to sample from (default: 0)",
+  )
+
+  export = sub.add_parser(
+    "export",
+    help="write a trained run as a Hugging Face, timm, torchvision or torch checkpoint",
+  )
+  export.add_argument("workdir")
+  export.add_argument(
+    "--format",
+    required=True,
+    choices=("hf", "timm", "torchvision", "torch"),
+    help="hf: a transformers folder (GPT-2, BERT, ViT); torchvision: ResNet/VGG/DenseNet "
+    "state dict; timm: a timm ViT folder; torch: nn.LSTM/nn.GRU state dict",
+  )
+  export.add_argument("--out", required=True, help="the folder to write (files there are kept)")
+  export.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  export.add_argument("--member", type=int, default=0, help="a sweep's member (default: 0)")
+  export.add_argument(
+    "--overwrite", action="store_true", help="replace files of an earlier export in --out"
   )
 
   plot = sub.add_parser("plot", help="plot loss and accuracy curves of runs")
@@ -159,6 +178,22 @@ def _generate(args) -> int:
   return 0
 
 
+def _export(args) -> int:
+  from jaxdl import export  # pylint: disable=g-import-not-at-top
+
+  written = export.export_workdir(
+    args.workdir,
+    args.out,
+    args.format,
+    step=args.step,
+    member=args.member,
+    overwrite=args.overwrite,
+  )
+  for path in written:
+    print(f"wrote {path}")
+  return 0
+
+
 def _plot(args) -> int:
   from jaxdl import plot  # pylint: disable=g-import-not-at-top
 
@@ -243,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     "train": _train,
     "eval": _eval,
     "generate": _generate,
+    "export": _export,
     "plot": _plot,
     "summary": _summary,
   }

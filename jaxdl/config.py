@@ -6,6 +6,7 @@ override of a key that does not exist is a typo, and we say which keys are close
 """
 
 import ast
+import copy
 import difflib
 import importlib.util
 import json
@@ -19,6 +20,7 @@ from jaxdl import data as data_lib
 from jaxdl import sweep as sweep_lib
 from jaxdl.errors import ConfigError
 from jaxdl.nn import partitioning
+from jaxdl.train import lora as lora_lib
 
 logger = logging.getLogger("jaxdl")
 
@@ -58,6 +60,10 @@ def recipe_config() -> ml_collections.ConfigDict:
   # when set, names any model by import path instead: "pkg.module:Name" or "path/file.py:Name",
   # a Linen module class or a function returning a module (see jaxdl.models).
   c.model = ml_collections.ConfigDict({"name": "mnist_cnn", "cls": ""})
+  # LoRA fine-tuning (jaxdl.train.lora): rank > 0 freezes the model and trains rank-`rank` updates,
+  # scaled by alpha / rank, of the kernels whose paths `targets` match in full (regular
+  # expressions, as optimizer.freeze takes them). rank 0: off.
+  c.model.lora = ml_collections.ConfigDict(copy.deepcopy(lora_lib.DEFAULTS))
 
   c.data = ml_collections.ConfigDict()  # The dataset's own options join at load (jaxdl.data).
   c.data.name = "mnist"
@@ -93,6 +99,9 @@ def recipe_config() -> ml_collections.ConfigDict:
   # Initialise (part of) the model from another run's checkpoint before step 0: transfer learning.
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ""  # A workdir, or one of its checkpoints (workdir/checkpoints/STEP).
+  # Or a published checkpoint (jaxdl.pretrained): a Hugging Face model folder, a timm folder, or a
+  # torchvision/torch .pth or .safetensors file. The model config must match its architecture.
+  c.init.pretrained = ""
   # [(target prefix, source prefix), ...]: the source's parameters (and BatchNorm statistics)
   # under each source prefix go to the same paths under the target prefix; [] copies all of them.
   c.init.mapping = []
@@ -311,6 +320,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     if key not in flat and key.startswith("sweep."):
       _check_sweep_key(config, key, flat)
       flat[key] = None  # A list of values, parsed as a Python literal.
+    elif key not in flat and key.startswith(_LORA) and key[len(_LORA) :] in lora_lib.DEFAULTS:
+      flat[key] = lora_lib.DEFAULTS[key[len(_LORA) :]]  # An experiment's own `model` section.
     elif key not in flat and key.partition(".")[2] in LEGACY_KERNEL_KEYS:
       flat[key] = _LEGACY_KERNEL_DEFAULTS[key.partition(".")[2]]  # Read as runtime.kernels below.
     elif key not in flat:
@@ -326,6 +337,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
 
 
 _PLAIN_TYPES = (bool, int, float, str, tuple, list)
+_LORA = "model.lora."
 
 
 def _check_sweep_key(config: ml_collections.ConfigDict, key: str, flat: dict[str, Any]) -> None:
@@ -538,6 +550,22 @@ def with_runtime_defaults(config: ml_collections.ConfigDict) -> ml_collections.C
   return config
 
 
+def _as_saved(value: Any) -> Any:
+  """`value` as config.json gives it back: JSON turns tuples, nested ones too, into lists."""
+  if isinstance(value, (tuple, list)):
+    return [_as_saved(v) for v in value]
+  return value
+
+
+def _data_option_defaults(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{"data.KEY": default} for the options of the config's dataset: an option added to a dataset
+  after a workdir was saved resumes at its default, as a base_config key does."""
+  from jaxdl import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  spec = data_lib.DATASETS.get(config.get("data", {}).get("name"))
+  return {f"data.{k}": v for k, v in spec.options.items()} if spec else {}
+
+
 def resume_conflicts(
   saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict
 ) -> list[tuple[str, Any, Any]]:
@@ -547,8 +575,8 @@ def resume_conflicts(
   when the new config keeps it at base_config's default, which reproduces what that jaxdl did;
   a note says so."""
   old_flat, new_flat, defaults = flatten(saved), flatten(new), flatten(base_config())
-  # JSON turns tuples into lists; compare them as lists.
-  norm = lambda v: list(v) if isinstance(v, tuple) else v
+  defaults.update(_data_option_defaults(new))
+  norm = _as_saved
   conflicts = []
   for k in sorted(set(old_flat) | set(new_flat)):
     if resumable(k) or norm(old_flat.get(k)) == norm(new_flat.get(k)):

@@ -5,9 +5,9 @@
     model.cls = "experiments/my_exp.py:make"    # a file's attribute (path relative to the cwd)
 
 What `model.cls` names is a Linen module class or a function returning a module; the other
-`model.*` keys (all but `name` and `cls`) are its keyword arguments. Arguments the data dictates
-(`num_classes`, `vocab_size`: the dataset's model hints) are filled in when the callable takes
-them and the config leaves them unset, exactly as for registered models. Once built, a model
+`model.*` keys (all but `name`, `cls` and `lora`) are its keyword arguments. Arguments the data
+dictates (`num_classes`, `vocab_size`: the dataset's model hints) are filled in when the callable
+takes them and the config leaves them unset, exactly as for registered models. Once built, a model
 from outside jaxdl trains, checkpoints, resumes and shards like a built-in one: the trainer only
 ever calls `init` and `apply`.
 """
@@ -27,7 +27,7 @@ import flax.linen as nn
 from jaxdl import nn as nn_lib
 from jaxdl.errors import ConfigError
 
-_RESERVED = ("name", "cls")  # model.* keys that are not constructor arguments.
+_RESERVED = ("name", "cls", "lora")  # model.* keys that are not constructor arguments.
 
 
 def import_model(spec: str) -> Callable[..., nn.Module]:

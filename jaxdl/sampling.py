@@ -19,6 +19,7 @@ from jaxdl import sweep as sweep_lib
 from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, UserError
+from jaxdl.train import lora
 
 
 def _fresh_cache(model, cache_length: int) -> Any:
@@ -124,7 +125,10 @@ def generate_from_workdir(
     steps = checkpointer.all_steps()
     if not steps:
       raise CheckpointError(f"{workdir} has no checkpoints yet; train it first.")
-    params = checkpointer.restore_as_saved(steps[-1] if step is None else step)["state"]["params"]
+    saved = checkpointer.restore_as_saved(steps[-1] if step is None else step)["state"]
+    params = saved["params"]
+    if saved.get("adapters"):  # LoRA: the adapters merged into their kernels.
+      params = lora.merge(params, saved["adapters"], config.model.get("lora") or {})
   finally:
     checkpointer.close()
   members = sweep_lib.members(config)

@@ -24,6 +24,7 @@ import optax
 
 from jaxdl import perf
 from jaxdl.errors import ConfigError
+from jaxdl.train import lora as lora_lib
 
 MAX_ROWS = 200  # Above this many arrays, the table sums each top-level module unless full=True.
 
@@ -40,7 +41,7 @@ class Row:
   path: str  # Module path and name, e.g. "layer1_0/conv1/kernel".
   shape: tuple[int, ...]
   dtype: str
-  frozen: bool = False  # A parameter `optimizer.freeze` keeps from training.
+  frozen: bool = False  # A parameter `optimizer.freeze` (or LoRA: the whole base) keeps frozen.
 
   @property
   def count(self) -> int:
@@ -98,6 +99,7 @@ def summarize(
   *,
   flops: bool = True,
   frozen_mask: Callable[[Any], Any] | None = None,
+  lora: lora_lib.LoRA | None = None,
 ) -> Summary:
   """Shapes, counts, FLOPs and memory of `model` applied to `example_inputs`.
 
@@ -110,6 +112,9 @@ def summarize(
     flops: False skips compiling the forward pass (`flops` is then None).
     frozen_mask: params -> a tree of bools like it, True where frozen
       (jaxdl.train.optim.frozen_mask); frozen rows are marked in the table.
+    lora: LoRA settings (jaxdl.train.lora): the model's parameters are all frozen, and the
+      adapters ("<kernel path>/lora_a", "/lora_b" rows among the params) are what trains, what
+      `frozen_mask` selects from and what the optimizer holds state for.
 
   Returns:
     A Summary. No weights are allocated and the model is never run.
@@ -125,30 +130,36 @@ def summarize(
   # "params" first; paths in natural order (layer_2 before layer_10), as eval_shape sorts keys.
   collections = sorted(variables, key=lambda c: (c != "params", c))
   params = variables.get("params", {})
-  frozen = set()
+  trained, frozen = params, set()
+  if lora is not None:
+    boxed_init = lambda *x: model.init(jax.random.key(0), *x, **kwargs)["params"]
+    trained = jax.eval_shape(
+      lambda *x: lora_lib.init_adapters(boxed_init(*x), lora, jax.random.key(0)), *inputs
+    )
+    frozen = set(flax.traverse_util.flatten_dict(params, sep="/"))
   if frozen_mask is not None:
-    flat_mask = flax.traverse_util.flatten_dict(flax.core.unfreeze(frozen_mask(params)), sep="/")
-    frozen = {path for path, is_frozen in flat_mask.items() if is_frozen}
+    flat_mask = flax.traverse_util.flatten_dict(flax.core.unfreeze(frozen_mask(trained)), sep="/")
+    frozen |= {path for path, is_frozen in flat_mask.items() if is_frozen}
+  arrays = {c: flax.traverse_util.flatten_dict(variables[c], sep="/") for c in collections}
+  if lora is not None:  # Each kernel's adapters ("<kernel path>/lora_a", ...) follow its row.
+    arrays["params"] = {**arrays["params"], **flax.traverse_util.flatten_dict(trained, sep="/")}
   rows = [
     Row(c, path, tuple(x.shape), jnp.dtype(x.dtype).name, frozen=c == "params" and path in frozen)
     for c in collections
-    for path, x in sorted(
-      flax.traverse_util.flatten_dict(variables[c], sep="/").items(),
-      key=lambda item: _natural_key(item[0]),
-    )
+    for path, x in sorted(arrays[c].items(), key=lambda item: _natural_key(item[0]))
   ]
 
   forward_flops = None
   if flops:
     forward = jax.jit(lambda v, *x: model.apply(v, *x, **kwargs))
     forward_flops = perf.compiled_flops(forward.lower(variables, *inputs).compile())
-  opt_bytes = None if tx is None else _nbytes(jax.eval_shape(tx.init, params))
+  opt_bytes = None if tx is None else _nbytes(jax.eval_shape(tx.init, trained))
   return Summary(
     rows=rows,
     total_params=sum(r.count for r in rows if r.trainable),
     non_trainable=sum(r.count for r in rows if not r.trainable),
     flops=forward_flops,
-    param_bytes=_nbytes(params),
+    param_bytes=_nbytes(params) + (_nbytes(trained) if lora is not None else 0),
     opt_bytes=opt_bytes,
     frozen_params=sum(r.count for r in rows if r.frozen),
   )
@@ -277,12 +288,18 @@ def _describe_inputs(inputs: Sequence[Any]) -> str:
 
 
 def _summarize_or_explain(
-  model, inputs, tx, what: str, flops: bool, frozen_mask: Callable[[Any], Any] | None = None
+  model,
+  inputs,
+  tx,
+  what: str,
+  flops: bool,
+  frozen_mask: Callable[[Any], Any] | None = None,
+  lora: lora_lib.LoRA | None = None,
 ) -> Summary:
   """summarize(), with a model's complaint about its input (a context longer than block_size, an
   image of the wrong rank) turned into one line for the user."""
   try:
-    return summarize(model, inputs, tx, flops=flops, frozen_mask=frozen_mask)
+    return summarize(model, inputs, tx, flops=flops, frozen_mask=frozen_mask, lora=lora)
   except (ValueError, TypeError, flax.errors.FlaxError) as e:
     raise ConfigError(f"{what} does not fit inputs {_describe_inputs(inputs)}: {e}") from e
 
@@ -301,6 +318,7 @@ def for_experiment(
 
   config = config_lib.load_experiment(experiment)
   config_lib.apply_overrides(config, overrides)
+  trainer.complete_from_pretrained(config)  # The architecture of init.pretrained's checkpoint.
   # parallel.cpu_devices splits a CPU host only before JAX starts: first, as `jaxdl train` does.
   trainer._split_cpu_host(config)  # pylint: disable=protected-access
   data = trainer.load_data(config)
@@ -308,7 +326,8 @@ def for_experiment(
   inputs = setup.task.model_inputs(data.example_batch(1))
   what = f"model {config.model.get('cls') or config.model.name!r}"
   frozen_mask = lambda params: optim.frozen_mask(config.optimizer, params)
-  summary = _summarize_or_explain(setup.model, inputs, setup.tx, what, flops, frozen_mask)
+  lora = lora_lib.settings(config.model.get("lora"))
+  summary = _summarize_or_explain(setup.model, inputs, setup.tx, what, flops, frozen_mask, lora)
   summary.device_memory = device_memory.of_run(setup, data, compile_call=temporaries)
   heading = (
     f"{what} ({type(setup.model).__name__}) of {experiment}, inputs "

@@ -40,6 +40,7 @@ from jaxdl.checkpoint import Checkpointer
 from jaxdl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from jaxdl.progress import Progress
 from jaxdl.train import cpu_devices, dispatch, optim, parallel, run_plan, shardings, tasks
+from jaxdl.train import lora as lora_lib
 from jaxdl.train import step as step_lib
 
 logger = logging.getLogger("jaxdl")
@@ -111,11 +112,13 @@ def build(
   except ValueError as e:
     raise _misfit(config, e) from e
   total_steps = plan.total_steps
+  lora = lora_lib.settings(config.model.get("lora"))  # None: off.
   make_step = functools.partial(
     step_lib.make_train_step,
     grad_accum_steps=plan.grad_accum_steps,
     grad_accum_unroll=plan.grad_accum_unroll,
     collectives=layout.collectives,
+    lora=lora,
   )
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   train_step = make_step(model, tx, schedule, task, config.train.ema_decay)
@@ -154,6 +157,7 @@ def build(
       jax.random.fold_in(root_key, 0),
       *example_inputs,
       ema=config.train.ema_decay > 0,
+      lora=lora,
     )
     rng = jax.random.fold_in(root_key, 1)
     metric_shapes = jax.eval_shape(layout.collectives.traceable(step_fn), state, batch_shapes, rng)[
@@ -172,7 +176,7 @@ def build(
 
   runs = sweep_lib.runs(config)
   init, update = runs.init(init_loop), runs.update(update)
-  eval_step = runs.eval_step(step_lib.make_eval_step(model, task))
+  eval_step = runs.eval_step(step_lib.make_eval_step(model, task, lora))
 
   try:  # Tracing the model once turns a misfit (e.g. a context longer than GPT's block_size)
     loop_shapes = jax.eval_shape(init)  # into a config error now rather than a traceback later.
@@ -262,12 +266,9 @@ def _source_checkpoint(path_text: str) -> tuple[Path, int | None]:
   )
 
 
-def _init_from_checkpoint(
-  loop: dict[str, Any], init_config: ml_collections.ConfigDict, runs: sweep_lib.Runs
-) -> dict[str, Any]:
-  """The freshly initialised loop state (global form) with (part of) another run's parameters
-  and BatchNorm statistics copied in (jaxdl.transfer); every sweep member starts from the same
-  copy."""
+def _checkpoint_source(init_config: ml_collections.ConfigDict) -> Any:
+  """The loop state saved in the run that `init.checkpoint` names (its latest or given step); a
+  LoRA run's parameters with its adapters merged in."""
   directory, step = _source_checkpoint(init_config.checkpoint)
   checkpointer = Checkpointer(directory, read_only=True)
   try:
@@ -277,6 +278,30 @@ def _init_from_checkpoint(
     source = checkpointer.restore_as_saved(steps[-1] if step is None else step)
   finally:
     checkpointer.close()
+  state = source.get("state") if isinstance(source, dict) else None
+  if isinstance(state, dict) and state.get("adapters"):
+    lora = workdir_lib.load_config(directory.parent).model.get("lora") or {}
+    state = {**state, "params": lora_lib.merge(state["params"], state["adapters"], lora)}
+    source = {**source, "state": state}
+  return source
+
+
+def _pretrained_source(init_config: ml_collections.ConfigDict) -> Any:
+  """The variables of the published checkpoint `init.pretrained` names, in the form of a saved
+  loop state (the run's model has its architecture: `complete_from_pretrained`)."""
+  from jaxdl import pretrained  # Its formats' packages are optional extras.
+
+  variables = pretrained.load_variables(init_config.pretrained)
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  return {"state": {"params": variables["params"], "model_state": model_state}}
+
+
+def _init_from_source(
+  loop: dict[str, Any], source: Any, init_config: ml_collections.ConfigDict, runs: sweep_lib.Runs
+) -> dict[str, Any]:
+  """The freshly initialised loop state (global form) with (part of) another run's or a published
+  checkpoint's parameters and BatchNorm statistics copied in (jaxdl.transfer); every sweep member
+  starts from the same copy."""
   copied = {}
 
   def transfer(run_state):
@@ -286,8 +311,11 @@ def _init_from_checkpoint(
     return run_state.replace(
       params=params,
       model_state=model_state,
-      # A copy: the train step donates the state, and one buffer cannot be donated twice.
-      ema_params=None if run_state.ema_params is None else jax.tree.map(jnp.copy, params),
+      # A copy: the train step donates the state, and one buffer cannot be donated twice. Under
+      # LoRA the moving average is of the adapters, which start as they were.
+      ema_params=run_state.ema_params
+      if run_state.ema_params is None or run_state.adapters is not None
+      else jax.tree.map(jnp.copy, params),
     )
 
   state = loop["state"]
@@ -295,13 +323,34 @@ def _init_from_checkpoint(
   logger.info(
     "Initialised %d parameter arrays from %s.",
     len(copied["arrays"]["params"]),
-    init_config.checkpoint,
+    init_config.checkpoint or init_config.pretrained,
   )
   # Back where each array was (replicated, or split by FSDP).
   return {
     **loop,
     "state": jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), new_state, state),
   }
+
+
+def complete_from_pretrained(config: ml_collections.ConfigDict) -> None:
+  """With init.pretrained, the model section gets the checkpoint's architecture (the arguments
+  the config leaves unset), and data.tokenizer="pretrained" the checkpoint's folder, so the saved
+  config is complete: a resumed run, `jaxdl eval` and `jaxdl export` need no more than it."""
+  path = config.get("init", {}).get("pretrained")
+  if config.data.get("tokenizer") == "pretrained" and not path:
+    raise ConfigError(
+      'data.tokenizer="pretrained" reads the tokenizer of init.pretrained, which is unset: '
+      "set init.pretrained=PATH (a model folder with its tokenizer), or name a tokenizer."
+    )
+  if not path:
+    return
+  from jaxdl import pretrained  # Its formats' packages are optional extras.
+
+  if config.data.get("tokenizer") == "pretrained":
+    config.data.tokenizer = str(pretrained.files.model_folder(path))
+  section = pretrained.model_section(path, config.model.to_dict())
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(section)
 
 
 def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
@@ -379,16 +428,28 @@ def _initial_loop(
   workdir: Path,
 ) -> tuple[int, dict[str, Any]]:
   """(start step, loop state in the run layout): the latest checkpoint's (which also restores the
-  data position), step 0's with `init.checkpoint`'s parameters copied in, or step 0's."""
+  data position), step 0's with `init.checkpoint`'s or `init.pretrained`'s parameters copied in,
+  or step 0's."""
   layout, start_step = setup.layout, checkpointer.latest_step() or 0
   if start_step:
     logger.info("Resuming %s from step %d.", workdir, start_step)
     return start_step, layout.from_saved(
       checkpointer.restore(start_step, abstract_loop(setup), train_iter)
     )
-  if config.get("init", {}).get("checkpoint"):
+  init_config = config.get("init", {})
+  if init_config.get("checkpoint") and init_config.get("pretrained"):
+    raise ConfigError(
+      "init.checkpoint and init.pretrained are both set; a run starts from one of them: "
+      "clear the other."
+    )
+  if init_config.get("checkpoint") or init_config.get("pretrained"):
+    source = (
+      _checkpoint_source(init_config)
+      if init_config.get("checkpoint")
+      else _pretrained_source(init_config)
+    )
     loop = layout.to_saved(setup.init_loop())
-    return 0, layout.from_saved(_init_from_checkpoint(loop, config.init, setup.runs))
+    return 0, layout.from_saved(_init_from_source(loop, source, init_config, setup.runs))
   return 0, setup.init_loop()
 
 
@@ -467,6 +528,7 @@ def train(
   # ---------------------------------------------------------------- Setup
   workdir = Path(workdir)
   _configure_host(config)
+  complete_from_pretrained(config)
   workdir_lib.check_can_train(workdir, config)
   data = load_data(config)
   _check_same_data(workdir, data)

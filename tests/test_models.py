@@ -212,6 +212,7 @@ def _required_arguments(cls, preset):
     "hidden_dim": 8,
     "embed_dim": 8,
     "mlp_dim": 16,
+    "features": 8,
   }
   return {
     f.name: small[f.name]

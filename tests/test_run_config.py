@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from jaxdl import config as config_lib
+from jaxdl import data as data_lib
 from jaxdl import metrics as metrics_lib
 from jaxdl import trainer
 from jaxdl.errors import CheckpointError, ConfigError
@@ -173,3 +174,71 @@ def test_a_config_json_of_this_release_still_resumes():
   `runtime` section's first release): the same command must resume it in every later release."""
   saved = config_lib.from_json((REPO / "tests" / "data" / "config_v2.json").read_text())
   assert config_lib.resume_conflicts(saved, _seed_cnn()) == []
+
+
+def test_a_dataset_option_the_saved_config_predates_resumes_at_its_default(caplog):
+  """Text data gained `objective` and `mask_rate` (masked LM): a text workdir saved before them
+  resumes with their defaults; another value is refused."""
+  new = config_lib.base_config()
+  config_lib.apply_overrides(new, ["data.name=text"])
+  data_lib.complete_config(new.data)  # What the trainer saves: every option of the dataset.
+  saved = new.to_dict()
+  del saved["data"]["objective"], saved["data"]["mask_rate"]
+  saved = config_lib.from_json(json.dumps(saved))
+  with caplog.at_level(logging.WARNING, logger="jaxdl"):
+    assert config_lib.resume_conflicts(saved, new) == []
+  assert "data.objective: the workdir's config predates this key" in caplog.text
+  new.data.objective = "masked_lm"
+  assert config_lib.resume_conflicts(saved, new) == [("data.objective", "<absent>", "masked_lm")]
+
+
+def test_nested_tuples_compare_as_the_lists_json_saves():
+  """init.mapping=[('encoder','encoder')] comes back from config.json as [['encoder', ...]]."""
+  new = config_lib.base_config()
+  config_lib.apply_overrides(new, ["init.mapping=[('encoder','encoder')]"])
+  saved = config_lib.from_json(json.dumps(new.to_dict()))
+  assert saved.init.mapping == [["encoder", "encoder"]]
+  assert config_lib.resume_conflicts(saved, new) == []
+
+
+# How tests/data/workdir_v2_gpt was trained (3 of 6 steps), by jaxdl as of commit a6d0290.
+_V2_GPT = [
+  "model.num_layers=1",
+  "model.num_heads=2",
+  "model.embed_dim=16",
+  "model.block_size=16",
+  "data.block_size=16",
+  "train.batch_size=4",
+  "data.eval_batch_size=64",
+  "train.log_every_steps=1",
+  "train.eval_every_steps=1000",
+  "train.checkpoint_every_steps=3",
+  "optimizer.warmup_steps=1",
+  "optimizer.decay_steps=6",
+  "train.ema_decay=0.9",
+  "data.val_fraction=0.01",
+]
+
+
+def test_a_workdir_of_the_previous_release_resumes_to_the_bit(tmp_path):
+  """tests/data/workdir_v2_gpt is a tiny char GPT with a moving average, checkpointed at step 3
+  by the release before the train state gained LoRA's adapters (and text data its masked-LM
+  options). This release resumes it to step 6 and logs what it logs training straight to 6."""
+  import shutil
+
+  def config():
+    c = config_lib.load_experiment(REPO / "experiments" / "shakespeare_char_gpt.py:cpu")
+    config_lib.apply_overrides(c, [*_V2_GPT, "train.num_steps=6"])
+    return c
+
+  old = tmp_path / "old"
+  shutil.copytree(REPO / "tests" / "data" / "workdir_v2_gpt", old)
+  trainer.train(config(), old, show_progress=False)
+  trainer.train(config(), tmp_path / "new", show_progress=False)
+  train_records = lambda workdir: [
+    {k: v for k, v in r.items() if not k.startswith("perf/")}
+    for r in metrics_lib.read_metrics(workdir)
+    if "train/loss" in r
+  ]
+  assert [r["step"] for r in train_records(old)] == list(range(1, 7))
+  assert train_records(old) == train_records(tmp_path / "new")

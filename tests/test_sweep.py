@@ -271,7 +271,8 @@ def test_sweep_members_start_from_init_checkpoint_with_their_own_head(seed_runs,
   )
   setup = trainer.build(config, trainer.load_data(config))
   loop = setup.layout.to_saved(setup.init_loop())
-  started = trainer._init_from_checkpoint(loop, config.init, setup.runs)["state"].params
+  source = trainer._checkpoint_source(config.init)
+  started = trainer._init_from_source(loop, source, config.init, setup.runs)["state"].params
   checkpointer = Checkpointer(root / "seed0" / "checkpoints", read_only=True)
   source = checkpointer.restore_as_saved(8)["state"]["params"]
   checkpointer.close()

@@ -9,10 +9,11 @@ jaxdl.data.image_stream decodes per example) and then hands out two kinds of bat
 
 Its `task` names how the batch becomes a loss (jaxdl.train.tasks): "classify" passes
 `batch[input_key]` to the model and scores `batch["label"]`; "lm" feeds `batch["tokens"][:, :-1]`
-and predicts `[:, 1:]`; "seq2seq" feeds `batch["src"]` and `batch["tgt"][:, :-1]` and predicts
-`batch["tgt"][:, 1:]`. `model_hints` are constructor arguments the model must agree with, e.g.
-{"num_classes": 10} or {"vocab_size": 65}; the trainer fills them in when the config leaves them
-unset and refuses a config that contradicts them.
+and predicts `[:, 1:]`; "masked_lm" feeds `batch["tokens"]` (masked) and predicts
+`batch["targets"]` where `batch["weights"]` is 1; "seq2seq" feeds `batch["src"]` and
+`batch["tgt"][:, :-1]` and predicts `batch["tgt"][:, 1:]`. `model_hints` are constructor
+arguments the model must agree with, e.g. {"num_classes": 10} or {"vocab_size": 65}; the trainer
+fills them in when the config leaves them unset and refuses a config that contradicts them.
 
 Implementations: `jaxdl.data.pipeline.LoadedData` (images and labels, e.g. MNIST);
 `jaxdl.data.pipeline.ArrayDataset` (named arrays of token ids, shuffled per epoch: review sentiment
@@ -34,7 +35,7 @@ import numpy as np
 class Dataset(Protocol):
   """The interface of every dataset the trainer can train on."""
 
-  task: str  # "classify" | "lm" | "seq2seq"
+  task: str  # "classify" | "lm" | "masked_lm" | "seq2seq"
   input_key: str  # The batch key that holds the model's input ("image", "tokens", "src").
   model_hints: dict[str, Any]
   tokenizer: Any  # A jaxdl.data.tokenizers tokenizer for text data, else None.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdl.data import pipeline
+from jaxdl.data import pipeline, pretrained_tokenizer
 from jaxdl.data.text import decode_utf8
 from jaxdl.data.tokenizers import TEXT_SPECIALS, ByteTokenizer, CharTokenizer, WordTokenizer
 from jaxdl.errors import DataError
@@ -57,7 +57,9 @@ def load_reviews(
     allow_download: unused (the data is never downloaded); accepted like every loader's.
     tokenizer: "word" (lowercased words, the `vocab_size` most frequent of the training split),
       "char" (the training split's characters; unseen ones become [UNK]) or "byte" (UTF-8 bytes).
-      All three have the special tokens [PAD]=0, [UNK], [CLS], [SEP], [MASK].
+      All three have the special tokens [PAD]=0, [UNK], [CLS], [SEP], [MASK]. Or the folder of
+      a published tokenizer with [CLS] and [PAD], such as BERT's, used as it is
+      (jaxdl.data.pretrained_tokenizer); its [PAD] may have another id than 0.
     vocab_size: the word tokenizer's vocabulary size, special tokens included.
     max_length: tokens per review, [CLS] included.
     test_fraction: the expected fraction of reviews in the test split (see the module docstring).
@@ -66,7 +68,8 @@ def load_reviews(
     DataError: a bad option, no data, or a malformed CSV (naming the file and line).
   """
   del allow_download  # Nothing to download.
-  pipeline.check_choice_option("tokenizer", tokenizer, TOKENIZERS)
+  if tokenizer not in TOKENIZERS:  # The folder of a published tokenizer, used as it is.
+    pretrained = pretrained_tokenizer.load_tokenizer_option(tokenizer, TOKENIZERS, ("pad", "cls"))
   vocab_size = pipeline.check_int_option("vocab_size", vocab_size, minimum=len(TEXT_SPECIALS) + 1)
   max_length = pipeline.check_int_option("max_length", max_length, minimum=2)
   test_fraction = pipeline.check_fraction_option("test_fraction", test_fraction)
@@ -86,8 +89,10 @@ def load_reviews(
     tok = WordTokenizer.fit(train_texts, vocab_size)
   elif tokenizer == "char":
     tok = CharTokenizer.fit(train_texts, specials=TEXT_SPECIALS)
-  else:
+  elif tokenizer == "byte":
     tok = ByteTokenizer(specials=TEXT_SPECIALS)
+  else:
+    tok = pretrained
   tokens = encode_reviews(tok, texts, max_length)
   labels = np.asarray(labels, np.int32)
 

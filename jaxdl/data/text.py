@@ -5,7 +5,8 @@
 tokenizer; and splits the token stream by position: the last `val_fraction` is validation, as in
 nanoGPT. Training batches are windows of `block_size + 1` tokens at random positions (the model
 reads the first `block_size` and predicts the last `block_size`); evaluation reads the validation
-stream once in consecutive windows.
+stream once in consecutive windows. With `objective="masked_lm"` the windows are read as BERT reads
+them instead, masked (jaxdl.data.masking).
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ from typing import Any, ClassVar
 import grain
 import numpy as np
 
-from jaxdl.data import pipeline
-from jaxdl.data.tokenizers import ByteTokenizer, CharTokenizer
+from jaxdl.data import masking, pipeline, pretrained_tokenizer
+from jaxdl.data.tokenizers import TEXT_SPECIALS, ByteTokenizer, CharTokenizer
 from jaxdl.errors import DataError
 
 # The options of `load_text`, with their defaults (config keys data.<option>).
-OPTIONS = {"tokenizer": "char", "block_size": 256, "val_fraction": 0.1}
+OPTIONS = {
+  "tokenizer": "char",
+  "block_size": 256,
+  "val_fraction": 0.1,
+  "objective": "lm",
+  "mask_rate": 0.15,
+}
 TOKENIZERS = ("char", "byte")
+OBJECTIVES = ("lm", "masked_lm")  # Next-token prediction (GPT), or BERT's masked tokens.
 
 # Seven tragedies, ~1.0 MB of text (see make_shakespeare_corpus), bzip2-compressed. The digest is
 # of the file as shipped, so a damaged or truncated copy is caught before it is decompressed.
@@ -191,26 +199,45 @@ def load_text(
   tokenizer: str = "char",
   block_size: int = 256,
   val_fraction: float = 0.1,
-) -> TextDataset:
-  """Loads a text for language modelling.
+  objective: str = "lm",
+  mask_rate: float = 0.15,
+) -> TextDataset | masking.MaskedTextDataset:
+  """Loads a text for language modelling: next-token (a `TextDataset`) or masked, as BERT (a
+  jaxdl.data.masking.MaskedTextDataset).
 
   Args:
     data_dir: a UTF-8 text file, or a directory whose `*.txt` files are joined in name order with
       a blank line between them; empty for the Shakespeare corpus shipped with jaxdl.
     allow_download: unused (text is never downloaded); accepted like every loader's.
     tokenizer: "char" (the sorted unique characters of the whole text, both splits, as nanoGPT
-      does, so validation never meets an unknown character) or "byte" (UTF-8 bytes, 256 ids).
+      does, so validation never meets an unknown character), "byte" (UTF-8 bytes, 256 ids), or
+      the folder of a published tokenizer such as GPT-2's or BERT's, used as it is
+      (jaxdl.data.pretrained_tokenizer).
     block_size: tokens per training window the model reads.
     val_fraction: the last this fraction of the token stream is the validation split.
+    objective: "lm" (predict each next token) or "masked_lm" (BERT: rows [CLS] + block_size - 2
+      tokens + [SEP], `mask_rate` of the tokens chosen and predicted; the tokenizer gains the
+      special tokens [PAD]=0, [UNK], [CLS], [SEP], [MASK] before the characters or bytes).
+    mask_rate: the fraction of each row's tokens masked LM chooses; only for "masked_lm".
 
   Raises:
     DataError: a bad option; the path is missing, empty or not UTF-8; or the text is too short for
       one window of `block_size + 1` tokens in either split.
   """
   del allow_download  # Nothing to download.
-  pipeline.check_choice_option("tokenizer", tokenizer, TOKENIZERS)
   block_size = pipeline.check_int_option("block_size", block_size, minimum=1)
   val_fraction = pipeline.check_fraction_option("val_fraction", val_fraction)
+  pipeline.check_choice_option("objective", objective, OBJECTIVES)
+  mask_rate = pipeline.check_fraction_option("mask_rate", mask_rate)
+  if objective != "masked_lm" and mask_rate != OPTIONS["mask_rate"]:
+    raise DataError(
+      f"data.mask_rate={mask_rate} is for data.objective=masked_lm, but the objective is "
+      f"{objective!r}; set data.objective=masked_lm or leave data.mask_rate out."
+    )
+  specials = TEXT_SPECIALS if objective == "masked_lm" else ()
+  if tokenizer not in TOKENIZERS:  # The folder of a published tokenizer, used as it is.
+    needs = ("pad", "cls", "sep", "mask") if specials else ()
+    pretrained = pretrained_tokenizer.load_tokenizer_option(tokenizer, TOKENIZERS, needs)
 
   if data_dir:
     path = Path(data_dir).expanduser()
@@ -221,9 +248,11 @@ def load_text(
     source = {"kind": "shipped_corpus", "path": resource, "files": 1}
 
   if tokenizer == "char":
-    tok = CharTokenizer.fit(text)
+    tok = CharTokenizer.fit(text, specials)
+  elif tokenizer == "byte":
+    tok = ByteTokenizer(specials)
   else:
-    tok = ByteTokenizer()
+    tok = pretrained
   # The narrowest unsigned dtype that holds every id keeps big corpora small in memory; batches
   # are converted to int32 as they are gathered.
   dtype = next(t for t in (np.uint8, np.uint16, np.int32) if tok.vocab_size <= np.iinfo(t).max + 1)
@@ -235,6 +264,15 @@ def load_text(
     "num_val": len(stream) - num_train,
     "tokenizer": tokenizer,
   }
+  if objective == "masked_lm":
+    return masking.MaskedTextDataset(
+      train_tokens=stream[:num_train],
+      val_tokens=stream[num_train:],
+      block_size=block_size,
+      tokenizer=tok,
+      source=source,
+      mask_rate=mask_rate,
+    )
   return TextDataset(
     train_tokens=stream[:num_train],
     val_tokens=stream[num_train:],

@@ -9,6 +9,8 @@ Three kinds, all with the same small API (`encode`, `decode`, `vocab_size`, the 
 - `WordTokenizer`: lowercased words and punctuation marks, the `vocab_size` most frequent ones
   of the training texts; other words become [UNK].
 
+Published tokenizers (GPT-2's, BERT's) have the same API: `jaxdl.data.pretrained_tokenizer`.
+
 Special tokens are optional and always come first, so [PAD] (when present) is id 0 and the other
 ids are shifted up by their number. A language model's char tokenizer has none, so its ids
 0..V-1 are exactly the characters.
@@ -41,7 +43,7 @@ _KNOWN_SPECIALS = (PAD, UNK, CLS, SEP, MASK, BOS, EOS)
 
 # Words and punctuation: a run of word characters, or any single other non-space character.
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
-_JSON_FORMAT = 1
+JSON_FORMAT = 1
 # How many unknown characters an error lists.
 _SHOWN_UNKNOWN = 10
 
@@ -94,19 +96,7 @@ class _Specials:
     return self._special_id(EOS)
 
   def _check_ids(self, ids) -> np.ndarray:
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
-      raise DataError(
-        f"decode takes a 1-D array of integer token ids, got {ids.dtype} with shape {ids.shape}."
-      )
-    bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-    if bad.size:
-      raise DataError(
-        f"Token ids {bad[:_SHOWN_UNKNOWN].tolist()} are outside this tokenizer's "
-        f"vocabulary [0, {self.vocab_size}); they come from another tokenizer or "
-        f"a model with a larger vocabulary."
-      )
-    return ids.astype(np.int64)
+    return check_ids(ids, self.vocab_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +178,7 @@ class CharTokenizer(_Specials):
   def to_json(self) -> str:
     return json.dumps(
       {
-        "format": _JSON_FORMAT,
+        "format": JSON_FORMAT,
         "kind": self.kind,
         "specials": list(self.specials),
         "chars": self.chars,
@@ -240,7 +230,7 @@ class ByteTokenizer(_Specials):
     return "".join(pieces)
 
   def to_json(self) -> str:
-    return json.dumps({"format": _JSON_FORMAT, "kind": self.kind, "specials": list(self.specials)})
+    return json.dumps({"format": JSON_FORMAT, "kind": self.kind, "specials": list(self.specials)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,7 +298,7 @@ class WordTokenizer(_Specials):
   def to_json(self) -> str:
     return json.dumps(
       {
-        "format": _JSON_FORMAT,
+        "format": JSON_FORMAT,
         "kind": self.kind,
         "specials": list(self.specials),
         "words": list(self.words),
@@ -317,6 +307,27 @@ class WordTokenizer(_Specials):
 
 
 Tokenizer = CharTokenizer | ByteTokenizer | WordTokenizer
+
+
+def check_ids(ids, vocab_size: int) -> np.ndarray:
+  """int64 [L]: `ids` (int [L]) checked to be token ids in [0, vocab_size).
+
+  Raises:
+    DataError: `ids` is not a 1-D integer array, or an id is outside the vocabulary.
+  """
+  ids = np.asarray(ids)
+  if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+    raise DataError(
+      f"decode takes a 1-D array of integer token ids, got {ids.dtype} with shape {ids.shape}."
+    )
+  bad = ids[(ids < 0) | (ids >= vocab_size)]
+  if bad.size:
+    raise DataError(
+      f"Token ids {bad[:_SHOWN_UNKNOWN].tolist()} are outside this tokenizer's "
+      f"vocabulary [0, {vocab_size}); they come from another tokenizer or "
+      f"a model with a larger vocabulary."
+    )
+  return ids.astype(np.int64)
 
 
 def split_words(text: str) -> list[str]:
@@ -337,10 +348,8 @@ def tokenizer_from_json(text: str) -> Tokenizer:
       f"The tokenizer file is not valid JSON ({e}); it is damaged. Copy "
       f"tokenizer.json back from the run that wrote it."
     ) from e
-  if not isinstance(spec, dict) or spec.get("format") != _JSON_FORMAT:
-    raise DataError(
-      f"Not a jaxdl tokenizer (format {_JSON_FORMAT}): the JSON starts {text[:80]!r}."
-    )
+  if not isinstance(spec, dict) or spec.get("format") != JSON_FORMAT:
+    raise DataError(f"Not a jaxdl tokenizer (format {JSON_FORMAT}): the JSON starts {text[:80]!r}.")
   kind, specials = spec.get("kind"), tuple(spec.get("specials", ()))
   try:
     if kind == "char":
@@ -351,8 +360,14 @@ def tokenizer_from_json(text: str) -> Tokenizer:
       return WordTokenizer(words=tuple(spec["words"]), specials=specials)
   except (KeyError, TypeError) as e:
     raise DataError(f"The {kind} tokenizer JSON lacks or garbles {e}; it is damaged.") from e
+  if kind == "pretrained":
+    # Imported here, as that module imports this one.
+    from jaxdl.data import pretrained_tokenizer  # pylint: disable=g-import-not-at-top
+
+    return pretrained_tokenizer.PretrainedTokenizer.from_spec(spec)
   raise DataError(
-    f"Unknown tokenizer kind {kind!r} in the tokenizer JSON; known kinds: char, byte, word."
+    f"Unknown tokenizer kind {kind!r} in the tokenizer JSON; known kinds: char, byte, word, "
+    f"pretrained."
   )
 
 

@@ -7,6 +7,10 @@
     BertForMaskedLM  hidden -> Dense + GELU + LayerNorm -> token embedding transposed + bias
                      -> logits [B, T, V].
 
+Model names: "bert_encoder", "bert_classifier" (presets bert_base, bert_large, bert_tiny) and
+"bert_mlm"; the other two take their sizes as arguments (BERT_PRESETS holds the published
+ones) or from a checkpoint (jaxdl.pretrained.load).
+
 Layout, initialisation (normal(0.02), zero biases) and LayerNorm epsilon (1e-12) follow Google's
 release and Hugging Face's BertModel, so parameter counts match theirs: bert_base's encoder and
 pooler have 109,482,240 parameters, bert_large's 335,141,888.
@@ -94,6 +98,7 @@ class _BertFields(nn.Module):
   scan_layers: bool = False
 
 
+@registry.register("bert_encoder")
 class BertEncoder(_BertFields):
   """BERT's encoder. tokens [B, T] (+ segment ids [B, T]) -> hidden states [B, T, D]."""
 
@@ -200,6 +205,7 @@ class BertClassifier(_BertFields):
     return self.classifier(pooled_BD).astype(jnp.float32)
 
 
+@registry.register("bert_mlm")
 class BertForMaskedLM(_BertFields):
   """BERT's masked-LM head on the encoder. tokens [B, T] -> logits [B, T, V] (float32).
 

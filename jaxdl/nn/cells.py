@@ -35,7 +35,8 @@ CARRY_DTYPE = jnp.float32
 class _FusedCell(nn.Module):
   """Shared machinery: the fused input projection and the recurrent matmul.
 
-  Subclasses set `num_gates` and implement `step`.
+  Subclasses set `num_gates` and implement `step`. `use_bias=False` makes a cell without biases
+  (PyTorch's bias=False): the input projection has none, nor has the GRU's recurrent half.
   """
 
   features: int
@@ -44,6 +45,7 @@ class _FusedCell(nn.Module):
   kernel_init: Initializer = nn.initializers.glorot_uniform()
   recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
   bias_init: Initializer = nn.initializers.zeros_init()
+  use_bias: bool = True
 
   num_gates = 1  # G; a class constant, not a dataclass field.
 
@@ -53,6 +55,7 @@ class _FusedCell(nn.Module):
     # A Dense infers D from the first input, so the cell works for any input width.
     self.input = nn.Dense(
       self.num_gates * self.features,
+      use_bias=self.use_bias,
       kernel_init=self.kernel_init,
       bias_init=self._input_bias_init,
       dtype=self.dtype,
@@ -183,7 +186,7 @@ class GRUCell(_FusedCell):
 
   def setup(self):
     super().setup()
-    if self.reset_after:
+    if self.reset_after and self.use_bias:
       # Like PyTorch's b_hh and Keras' second bias row: only its n block is not redundant with b.
       self.recurrent_bias = self.param(
         "recurrent_bias", self.bias_init, (3 * self.features,), self.param_dtype
@@ -193,7 +196,9 @@ class GRUCell(_FusedCell):
     h_BH = carry
     xr, xz, xn = jnp.split(xg_BG.astype(CARRY_DTYPE), 3, axis=-1)
     if self.reset_after:
-      hg = self._recurrent(h_BH, self.recurrent_kernel) + self.recurrent_bias.astype(CARRY_DTYPE)
+      hg = self._recurrent(h_BH, self.recurrent_kernel)
+      if self.use_bias:
+        hg = hg + self.recurrent_bias.astype(CARRY_DTYPE)
       hr, hz, hn = jnp.split(hg, 3, axis=-1)
       r, z = nn.sigmoid(xr + hr), nn.sigmoid(xz + hz)
       n = jnp.tanh(xn + r * hn)

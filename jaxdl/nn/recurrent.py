@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.nn import registry
 from jaxdl.nn.cells import CARRY_DTYPE, Carry, make_cell
 from jaxdl.nn.dropout import Dropout, check_rate, is_traced
 
@@ -203,11 +204,13 @@ class Bidirectional(nn.Module):
     return (self.forward.initialize_carry(batch_shape), self.backward.initialize_carry(batch_shape))
 
 
+@registry.register("stacked_rnn")
 class StackedRNN(nn.Module):
   """`num_layers` recurrent layers, optionally bidirectional, with dropout between layers.
 
-  This is the layer models and configs use. Params: layers_0, layers_1, ... each holding a `cell`
-  (or `forward` and `backward` cells when bidirectional).
+  This is the layer models and configs use, and a model of its own ("stacked_rnn": sequences
+  [B, T, D] -> (outputs, carries), as torch's nn.LSTM / nn.GRU). Params: layers_0, layers_1, ...
+  each holding a `cell` (or `forward` and `backward` cells when bidirectional).
 
   Attributes:
     features: H, units per direction.
@@ -219,6 +222,9 @@ class StackedRNN(nn.Module):
       only when called with train=True.
     reset_after: GRU reset-gate placement (see jaxdl.nn.cells.GRUCell); ignored by other cells.
     forget_bias: LSTM forget-gate bias at initialisation; ignored by other cells.
+    use_bias: whether the cells have biases (PyTorch's bias=False is use_bias=False).
+    input_features: D, the input width, when the stack is a model of its own (a checkpoint's
+      nn.LSTM says its input_size); inputs of another width are then refused. None: any width.
     unroll: timesteps per scan iteration.
     dtype, param_dtype: computation and parameter dtypes of the cells.
   """
@@ -231,13 +237,15 @@ class StackedRNN(nn.Module):
   dropout_rate: float = 0.0
   reset_after: bool = True
   forget_bias: float = 1.0
+  use_bias: bool = True
+  input_features: int | None = None
   unroll: int = 1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.nowrap
   def _make_cell(self) -> nn.Module:
-    kwargs = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+    kwargs = {"dtype": self.dtype, "param_dtype": self.param_dtype, "use_bias": self.use_bias}
     if self.cell_type == "lstm":
       kwargs["forget_bias"] = self.forget_bias
     elif self.cell_type == "gru":
@@ -274,6 +282,13 @@ class StackedRNN(nn.Module):
       )
     return carries
 
+  def _check_width(self, x: Array) -> None:
+    if self.input_features is not None and x.shape[-1] != self.input_features:
+      raise ValueError(
+        f"StackedRNN(input_features={self.input_features}) got inputs of shape {x.shape}: their "
+        f"last axis must be {self.input_features}."
+      )
+
   def __call__(
     self,
     x_BTD: Array,
@@ -296,6 +311,7 @@ class StackedRNN(nn.Module):
       steps; tuple of the final carry of every layer).
     """
     mask_BT = sequence_mask(x_BTD, lengths_B, mask_BT)  # Validated once for all layers.
+    self._check_width(x_BTD)
     carries = self._check_carries(initial_carry)
     finals = []
     x = x_BTD
@@ -318,6 +334,7 @@ class StackedRNN(nn.Module):
         "stack cannot do (its backward half needs the future); run __call__ on the "
         "whole sequence instead."
       )
+    self._check_width(x_BD)
     carries = self._check_carries(carries)
     new = []
     y = x_BD

@@ -148,5 +148,6 @@ def convert_dtype_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
-  """The constructor arguments in a `model` config section: everything but `name` and `cls`."""
-  return {k: v for k, v in model_config.items() if k not in ("name", "cls")}
+  """The constructor arguments in a `model` config section: everything but `name`, `cls` and
+  `lora` (LoRA fine-tuning, jaxdl.train.lora)."""
+  return {k: v for k, v in model_config.items() if k not in ("name", "cls", "lora")}

@@ -5,6 +5,7 @@
     pos_embed    learned position embeddings [1, N + 1, D] (N follows image_size), then dropout
     blocks_i     pre-LN Transformer blocks (exact-erf GELU MLP, LayerNorm eps 1e-6)
     norm, head   final LayerNorm; Dense(num_classes) on the class token -> float32 logits
+                 (num_classes=0: no head, the normed class token is returned as features [B, D])
 
 Parameter counts match timm's at 224x224 and 1000 classes: vit_tiny_patch16_224 5,717,416,
 vit_small 22,050,664, vit_base 86,567,656, vit_large 304,326,632. Initialisation is timm's:
@@ -98,7 +99,8 @@ class ViT(nn.Module):
       (image_size / patch_size)^2 + 1.
     patch_size: side of the square patches; must divide image_size.
     embed_dim, num_layers, num_heads, mlp_dim: width D, depth, heads and MLP width of the encoder.
-    num_classes: K.
+    num_classes: K; 0 = no head: the final-LayerNorm class token [B, D] is returned (timm's
+      headless models, Hugging Face's ViTModel).
     dropout_rate: dropout after the position embeddings and on each residual branch.
     attention_dropout_rate: dropout on attention probabilities.
     stem: the patch embedding, a name in STEMS ("patch").
@@ -106,6 +108,8 @@ class ViT(nn.Module):
     dtype, param_dtype: compute and parameter dtypes; logits are float32 either way.
     attention_impl: "plain", "jax" or "cudnn" (see `dot_product_attention`).
     remat, scan_layers: as in GPT (jaxdl.nn.layer_stack); unrolled blocks are "blocks_0", ...
+    num_channels: C of the images; None = whatever the input has (the patch projection takes its
+      shape at init). Set it where C must be known without an input (converting checkpoints).
   """
 
   image_size: int = 224
@@ -124,10 +128,12 @@ class ViT(nn.Module):
   attention_impl: str = "plain"
   remat: str = "none"
   scan_layers: bool = False
+  num_channels: int | None = None
 
   @nn.compact
   def __call__(self, x_BHWC: Array, *, train: bool = False) -> Array:
-    """images [B, H, W, C] -> logits [B, K]; `train` enables dropout (rng stream "dropout")."""
+    """images [B, H, W, C] -> logits [B, K] (features [B, D] when num_classes=0), float32;
+    `train` enables dropout (rng stream "dropout")."""
     if self.image_size % self.patch_size:
       raise ValueError(
         f"ViT: image_size={self.image_size} is not divisible by patch_size="
@@ -143,6 +149,12 @@ class ViT(nn.Module):
         f"ViT expects images [B, {self.image_size}, {self.image_size}, C] "
         f"(image_size={self.image_size}); got shape {x_BHWC.shape}. Resize the "
         "images or build the model with the matching image_size."
+      )
+    if self.num_channels is not None and x_BHWC.shape[-1] != self.num_channels:
+      raise ValueError(
+        f"ViT was built for {self.num_channels}-channel images (num_channels="
+        f"{self.num_channels}); got shape {x_BHWC.shape}. Give {self.num_channels}-channel "
+        "images or build the model with the images' num_channels."
       )
     num_patches = (self.image_size // self.patch_size) ** 2
     d = self.embed_dim
@@ -177,6 +189,8 @@ class ViT(nn.Module):
     x_BTD = nn.LayerNorm(
       self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="norm"
     )(x_BTD)
+    if self.num_classes == 0:
+      return x_BTD[:, 0].astype(jnp.float32)
     return nn.Dense(
       self.num_classes,
       kernel_init=_INIT,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdl.train import collectives as collectives_lib
+from jaxdl.train import lora as lora_lib
 from jaxdl.train import tasks
 
 Batch = dict[str, jax.Array]
@@ -19,11 +20,25 @@ cross_entropy = tasks.cross_entropy
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 [], the number of updates applied so far.
-  params: Any
+  params: Any  # The model's parameters; under LoRA the frozen base.
   model_state: Any  # Non-parameter collections, e.g. {"batch_stats": ...}; {} for most models.
-  opt_state: optax.OptState
-  # Exponential moving average of the parameters, which evaluation then uses; None when off.
+  opt_state: optax.OptState  # Of the trained tree: the parameters, or the adapters under LoRA.
+  # Exponential moving average of the trained tree, which evaluation then uses; None when off.
   ema_params: Any = None
+  # LoRA's adapters (jaxdl.train.lora), the only trained arrays; None when LoRA is off.
+  adapters: Any = None
+
+
+def trained(state: TrainState) -> Any:
+  """What the optimizer updates: the adapters under LoRA, else the parameters."""
+  return state.params if state.adapters is None else state.adapters
+
+
+def model_params(state: TrainState, lora: lora_lib.LoRA | None = None) -> Any:
+  """The parameters the model evaluates with: the moving average when kept, with the adapters
+  merged into the base under LoRA."""
+  averaged = trained(state) if state.ema_params is None else state.ema_params
+  return averaged if lora is None else lora_lib.merge(state.params, averaged, lora)
 
 
 def create_train_state(
@@ -32,22 +47,30 @@ def create_train_state(
   init_key: jax.Array,
   *example_inputs: jax.Array,
   ema: bool = False,
+  lora: lora_lib.LoRA | None = None,
 ) -> TrainState:
   """Initialises the model on `example_inputs` (the task's model inputs; a batch of 1 will do).
 
-  With `ema`, the state also holds a moving average of the parameters, starting at them.
+  With `ema`, the state also holds a moving average of the trained tree, starting at it. With
+  `lora`, the state holds adapters (drawn from fold_in(init_key, 1)), the only trained arrays.
   """
   # Unboxed: models name their parameters' axes (jaxdl.nn.partitioning), which `init` returns
   # boxed; the layout reads the names apart (jaxdl.train.shardings.param_axes), the state holds
   # the arrays.
-  variables = nn.unbox(model.init(init_key, *example_inputs, train=False))
+  boxed = model.init(init_key, *example_inputs, train=False)
+  variables = nn.unbox(boxed)
   params = variables.pop("params")
+  adapters = None
+  if lora is not None:  # The boxes' axis names tell each kernel's in axes from its out axes.
+    adapters = lora_lib.init_adapters(boxed["params"], lora, jax.random.fold_in(init_key, 1))
+  trainable = params if adapters is None else adapters
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
     model_state=dict(variables),
-    opt_state=tx.init(params),
-    ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+    opt_state=tx.init(trainable),
+    ema_params=jax.tree.map(jnp.copy, trainable) if ema else None,
+    adapters=adapters,
   )
 
 
@@ -97,6 +120,7 @@ def make_train_step(
   grad_accum_steps: int = 1,
   grad_accum_unroll: bool = False,
   collectives: collectives_lib.Collectives = collectives_lib.GLOBAL,
+  lora: lora_lib.LoRA | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Returns train_step(state, batch, rng) -> (state, metrics); `rng` is the run's training key.
 
@@ -126,6 +150,10 @@ def make_train_step(
   device applies the same update and keeps identical parameters, optimizer and BatchNorm state;
   each device folds its axis index into the step's key, so dropout masks differ between devices
   while `rng` is the same on all of them.
+
+  With `lora` (jaxdl.train.lora), the gradient, the optimizer, the moving average and the
+  grad/param/update norms are the adapters' (`trained(state)`); the model runs on the base with
+  them merged in, and the base never changes.
   """
   if (
     isinstance(grad_accum_steps, bool)
@@ -137,12 +165,14 @@ def make_train_step(
     )
   loss_weight = _loss_weight_fn(task)
 
-  def grads_and_metrics(params, model_state, batch, rng):
-    """The gradient, the task's metrics and the new non-parameter state of one (micro-)batch."""
+  def grads_and_metrics(params, base, model_state, batch, rng):
+    """The gradient (of `params`, the trained tree), the task's metrics and the new non-parameter
+    state of one (micro-)batch; `base` is the frozen base under LoRA."""
     mutable = list(model_state)
 
     def loss_fn(params):
-      variables = {"params": params, **model_state}
+      model_params = params if lora is None else lora_lib.merge(base, params, lora)
+      variables = {"params": model_params, **model_state}
       with collectives.batch_norm():
         outputs, new_model_state = model.apply(
           variables, *task.model_inputs(batch), train=True, rngs={"dropout": rng}, mutable=mutable
@@ -153,7 +183,7 @@ def make_train_step(
     (_, (metrics, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, metrics, dict(new_model_state)
 
-  def accumulated_grads_and_metrics(params, model_state, batch, step_rng):
+  def accumulated_grads_and_metrics(params, base, model_state, batch, step_rng):
     """The (weighted) means over the k micro-batches, and the model state after the last one."""
     micro_batches = split_micro_batches(batch, grad_accum_steps)
     weights_k = (
@@ -162,7 +192,12 @@ def make_train_step(
       else jnp.ones(grad_accum_steps, jnp.float32)
     )
     metric_shapes = jax.eval_shape(
-      grads_and_metrics, params, model_state, jax.tree.map(lambda x: x[0], micro_batches), step_rng
+      grads_and_metrics,
+      params,
+      base,
+      model_state,
+      jax.tree.map(lambda x: x[0], micro_batches),
+      step_rng,
     )[1]
     # Sums in float32 whatever the parameters' dtype, so that k small terms are not lost.
     zeros = lambda t: jax.tree.map(
@@ -173,7 +208,7 @@ def make_train_step(
       grad_sum, metric_sum, model_state = carry
       micro_batch, weight, i = xs
       grads, metrics, model_state = grads_and_metrics(
-        params, model_state, micro_batch, jax.random.fold_in(step_rng, i)
+        params, base, model_state, micro_batch, jax.random.fold_in(step_rng, i)
       )
       add = lambda s, x: s + weight * x.astype(s.dtype)
       return (
@@ -197,19 +232,20 @@ def make_train_step(
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     # The step's randomness depends only on the step number, never on host-side call order.
     step_rng = collectives.device_key(jax.random.fold_in(rng, state.step))
+    params = trained(state)
     if grad_accum_steps == 1:
       grads, metrics, new_model_state = grads_and_metrics(
-        state.params, state.model_state, batch, step_rng
+        params, state.params, state.model_state, batch, step_rng
       )
     else:
       grads, metrics, new_model_state = accumulated_grads_and_metrics(
-        state.params, state.model_state, batch, step_rng
+        params, state.params, state.model_state, batch, step_rng
       )
     # Every device applies the mean update of the global batch.
     weight = None if loss_weight is None else lambda: loss_weight(batch)
     grads, metrics = collectives.mean((grads, metrics), weight)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
     metrics = {
       **metrics,
       "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
@@ -224,10 +260,10 @@ def make_train_step(
       )
     new_state = state.replace(
       step=state.step + 1,
-      params=params,
       model_state=dict(new_model_state),
       opt_state=opt_state,
       ema_params=ema_params,
+      **({"params": params} if lora is None else {"adapters": params}),
     )
     return new_state, metrics
 
@@ -235,15 +271,16 @@ def make_train_step(
 
 
 def make_eval_step(
-  model: nn.Module, task: Any = tasks.Classification()
+  model: nn.Module, task: Any = tasks.Classification(), lora: lora_lib.LoRA | None = None
 ) -> Callable[[TrainState, Batch], Metrics]:
   """Returns eval_step(state, batch) -> sums over the batch's real (mask=True) examples.
 
-  Evaluates the moving average of the parameters when the state keeps one.
+  Evaluates `model_params(state, lora)`: the moving average when the state keeps one, with LoRA's
+  adapters merged in.
   """
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    params = state.params if state.ema_params is None else state.ema_params
+    params = model_params(state, lora)
     return task.eval_sums(model, {"params": params, **state.model_state}, batch)
 
   return eval_step

@@ -1,10 +1,10 @@
 """Tasks: how a batch becomes the model's inputs, a loss, and metrics.
 
 The train and eval steps (jaxdl.train.step) are the same for every model; what differs between
-image classification, language modelling and sequence-to-sequence learning is only which batch
-entries the model reads, what it predicts, and what is worth measuring. A dataset names its task
-(`Dataset.task`) and `make_task` builds it. A task is a frozen dataclass (hashable, so jit can close
-over it) with four pure methods plus host-side reporting.
+image classification, language modelling (next-token or masked) and sequence-to-sequence learning
+is only which batch entries the model reads, what it predicts, and what is worth measuring. A
+dataset names its task (`Dataset.task`) and `make_task` builds it. A task is a frozen dataclass
+(hashable, so jit can close over it) with four pure methods plus host-side reporting.
 
 Losses and softmaxes are float32 whatever the model's compute dtype.
 """
@@ -129,6 +129,69 @@ class LanguageModelling:
 
 
 @dataclasses.dataclass(frozen=True)
+class MaskedLanguageModelling:
+  """BERT's masked LM: `model(tokens) -> logits [B, T, V]` predicts batch["targets"] where
+  batch["weights"] is 1 (the chosen positions; jaxdl.data.masking); loss and accuracy are means
+  over those positions."""
+
+  name: str = "masked_lm"
+
+  def model_inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+    return (batch["tokens"],)
+
+  def _token_loss(self, logits_BTV, batch):
+    targets_BT = batch["targets"]
+    correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
+    return cross_entropy(logits_BTV, targets_BT), correct_BT, batch["weights"].astype(jnp.float32)
+
+  def loss(self, outputs_BTV: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    loss_BT, correct_BT, weights_BT = self._token_loss(outputs_BTV, batch)
+    num_chosen = jnp.maximum(weights_BT.sum(), 1.0)
+    loss = jnp.sum(loss_BT * weights_BT) / num_chosen
+    return loss, {
+      "train/loss": loss,
+      "train/accuracy": jnp.sum(correct_BT * weights_BT) / num_chosen,
+    }
+
+  def loss_weight(self, batch: Batch) -> jax.Array:
+    """What the loss is a mean over: the batch's chosen tokens (their number may differ between
+    micro-batches when sequences hold padding)."""
+    return jnp.sum(batch["weights"].astype(jnp.float32))
+
+  def eval_sums(self, model, variables, batch: Batch) -> dict[str, jax.Array]:
+    logits_BTV = model.apply(variables, *self.model_inputs(batch), train=False)
+    loss_BT, correct_BT, weights_BT = self._token_loss(logits_BTV, batch)
+    mask_B = batch["mask"].astype(jnp.float32)
+    weights_BT = weights_BT * mask_B[:, None]
+    return {
+      "loss_sum": jnp.sum(loss_BT * weights_BT),
+      "correct": jnp.sum(correct_BT * weights_BT),
+      "count": jnp.sum(weights_BT),
+      "examples": jnp.sum(mask_B),
+    }
+
+  def eval_metrics(self, sums: dict[str, Any]) -> dict[str, float]:
+    count = float(sums["count"])
+    loss = float(sums["loss_sum"]) / count
+    return {
+      "eval/loss": loss,
+      "eval/perplexity": math.exp(min(loss, 700.0)),
+      "eval/accuracy": float(sums["correct"]) / count,
+      "eval/num_tokens": count,
+      "eval/num_examples": float(sums["examples"]),
+    }
+
+  def summary(self, m: dict[str, float]) -> str:
+    return (
+      f"masked-token loss {m['eval/loss']:.4f} (perplexity {m['eval/perplexity']:.2f}), "
+      f"masked-token accuracy {m['eval/accuracy']:.4f} over {int(m['eval/num_tokens'])} tokens"
+    )
+
+  def tokens_per_example(self, example_batch: dict) -> int | None:
+    return example_batch["tokens"].shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
 class SequenceToSequence:
   """`model(src, tgt[:, :-1]) -> logits [B, T, V]` predicts tgt[:, 1:]; padding (pad_id) is not
   scored. Evaluation also decodes greedily from the source alone and counts exact matches, the
@@ -206,7 +269,12 @@ class SequenceToSequence:
     return example_batch["tgt"].shape[1] - 1
 
 
-TASKS = {"classify": Classification, "lm": LanguageModelling, "seq2seq": SequenceToSequence}
+TASKS = {
+  "classify": Classification,
+  "lm": LanguageModelling,
+  "masked_lm": MaskedLanguageModelling,
+  "seq2seq": SequenceToSequence,
+}
 
 
 def make_task(dataset, *, label_smoothing: float = 0.0) -> Any:
@@ -215,13 +283,13 @@ def make_task(dataset, *, label_smoothing: float = 0.0) -> Any:
     raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing}.")
   if dataset.task == "classify":
     return Classification(input_key=dataset.input_key, label_smoothing=label_smoothing)
-  if dataset.task == "lm":
+  if dataset.task in ("lm", "masked_lm"):
     if label_smoothing:
       raise ValueError(
         "label smoothing is for classification and seq2seq, not language models "
-        "(it would blur the next-token distribution the loss measures)."
+        "(it would blur the token distribution the loss measures)."
       )
-    return LanguageModelling()
+    return TASKS[dataset.task]()
   if dataset.task == "seq2seq":
     return SequenceToSequence(
       bos_id=dataset.bos_id,
