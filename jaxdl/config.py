@@ -560,8 +560,6 @@ def _as_saved(value: Any) -> Any:
 def _data_option_defaults(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """{"data.KEY": default} for the options of the config's dataset: an option added to a dataset
   after a workdir was saved resumes at its default, as a base_config key does."""
-  from jaxdl import data as data_lib  # pylint: disable=g-import-not-at-top
-
   spec = data_lib.DATASETS.get(config.get("data", {}).get("name"))
   return {f"data.{k}": v for k, v in spec.options.items()} if spec else {}
 

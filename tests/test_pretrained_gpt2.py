@@ -207,3 +207,27 @@ def test_a_hugging_face_cache_entry_loads_at_its_main_snapshot(folder, tmp_path)
   (entry / "refs" / "main").unlink()
   with pytest.raises(CheckpointError, match="2 snapshots"):
     pretrained.load(entry)
+
+
+@pytest.mark.parametrize(
+  "missing, file, extra",
+  [("torch", "model.pth", "torch"), ("safetensors", "model.safetensors", "hf")],
+)
+def test_a_missing_package_is_one_line_naming_the_install(
+  monkeypatch, tmp_path, missing, file, extra
+):
+  import importlib
+
+  real = importlib.import_module
+
+  def without(name, *args):
+    if name == missing or name.startswith(missing + "."):
+      raise ImportError(f"No module named {name!r}")
+    return real(name, *args)
+
+  monkeypatch.setattr(importlib, "import_module", without)
+  (tmp_path / file).write_bytes(b"")
+  with pytest.raises(ConfigError) as error:
+    files.read_tensors(tmp_path / file)
+  message = str(error.value)
+  assert "\n" not in message and f"pip install 'jaxdl[{extra}]'" in message

@@ -34,6 +34,20 @@ def cross_entropy(
   return optax.softmax_cross_entropy(logits_BK, targets_BK)
 
 
+def token_metrics(sums: dict[str, Any]) -> dict[str, float]:
+  """Per-token evaluation metrics from the sums of an evaluation: loss_sum, correct and count over
+  the scored tokens, examples over the sequences."""
+  count = float(sums["count"])
+  loss = float(sums["loss_sum"]) / count
+  return {
+    "eval/loss": loss,
+    "eval/perplexity": math.exp(min(loss, 700.0)),
+    "eval/accuracy": float(sums["correct"]) / count,
+    "eval/num_tokens": count,
+    "eval/num_examples": float(sums["examples"]),
+  }
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification:
   """One label per example: `model(batch[input_key]) -> logits [B, K]`, scored on batch["label"]."""
@@ -108,15 +122,7 @@ class LanguageModelling:
     }
 
   def eval_metrics(self, sums: dict[str, Any]) -> dict[str, float]:
-    count = float(sums["count"])
-    loss = float(sums["loss_sum"]) / count
-    return {
-      "eval/loss": loss,
-      "eval/perplexity": math.exp(min(loss, 700.0)),
-      "eval/accuracy": float(sums["correct"]) / count,
-      "eval/num_tokens": count,
-      "eval/num_examples": float(sums["examples"]),
-    }
+    return token_metrics(sums)
 
   def summary(self, m: dict[str, float]) -> str:
     return (
@@ -171,15 +177,7 @@ class MaskedLanguageModelling:
     }
 
   def eval_metrics(self, sums: dict[str, Any]) -> dict[str, float]:
-    count = float(sums["count"])
-    loss = float(sums["loss_sum"]) / count
-    return {
-      "eval/loss": loss,
-      "eval/perplexity": math.exp(min(loss, 700.0)),
-      "eval/accuracy": float(sums["correct"]) / count,
-      "eval/num_tokens": count,
-      "eval/num_examples": float(sums["examples"]),
-    }
+    return token_metrics(sums)
 
   def summary(self, m: dict[str, float]) -> str:
     return (
