@@ -19,6 +19,29 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
+# .ci/run sets this: there every data set the tests read (../shared/data, the Fashion-MNIST
+# package) is at hand, so a missing one is a failure rather than a skip that would hide it.
+REQUIRE_DATA = os.environ.get("JAXDL_REQUIRE_DATA") == "1"
+
+
+def need_data(available: bool, reason: str) -> None:
+  """Skips the calling test when its data set is missing (`reason` says which and where), or, in
+  CI (JAXDL_REQUIRE_DATA=1), fails it."""
+  if available:
+    return
+  if REQUIRE_DATA:
+    pytest.fail(f"JAXDL_REQUIRE_DATA=1 but {reason}", pytrace=False)
+  pytest.skip(reason)
+
+
+def needs_data(available: bool, reason: str):
+  """The decorator form of `need_data`: @needs_data(path.is_dir(), "... not at path")."""
+  return pytest.mark.needs_data(available=available, reason=reason)
+
+
+def pytest_runtest_setup(item):
+  for marker in item.iter_markers("needs_data"):
+    need_data(marker.kwargs["available"], marker.kwargs["reason"])
 
 
 def load_benchmark(name: str):
@@ -32,8 +55,10 @@ def load_benchmark(name: str):
 @pytest.fixture
 def shared_mnist() -> Path:
   path = SHARED_DATA / "mnist"
-  if not (path / "train-images-idx3-ubyte.gz").exists():
-    pytest.skip(f"full MNIST not found at {path} (../shared/data is only on jaxdl dev machines)")
+  need_data(
+    (path / "train-images-idx3-ubyte.gz").exists(),
+    f"full MNIST not found at {path} (../shared/data is only on jaxdl dev machines)",
+  )
   return path
 
 

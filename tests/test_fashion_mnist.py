@@ -13,11 +13,12 @@ import pytest
 from jaxdl.data import augment, fashion_mnist
 from jaxdl.data.idx import write_idx
 from jaxdl.errors import DataError
+from tests.conftest import needs_data
 
 INSTALLED = Path("/usr/share/datasets/fashion-mnist")
-needs_installed = pytest.mark.skipif(
-  not (INSTALLED / "train-images-idx3-ubyte.gz").is_file(),
-  reason=f"Fashion-MNIST is not installed at {INSTALLED} (apt-get install dataset-fashion-mnist)",
+needs_installed = needs_data(
+  (INSTALLED / "train-images-idx3-ubyte.gz").is_file(),
+  f"Fashion-MNIST is not installed at {INSTALLED} (apt-get install dataset-fashion-mnist)",
 )
 
 

@@ -13,10 +13,11 @@ import pytest
 from jaxdl.data import download, load_dataset, mnist
 from jaxdl.data.idx import read_idx, write_idx
 from jaxdl.errors import DataError
+from tests.conftest import needs_data
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_shared_mnist = pytest.mark.skipif(
-  not SHARED_MNIST.is_dir(), reason=f"full MNIST not available at {SHARED_MNIST}"
+needs_shared_mnist = needs_data(
+  SHARED_MNIST.is_dir(), f"full MNIST not available at {SHARED_MNIST}"
 )
 
 NAMES = list(mnist.FILES.values())

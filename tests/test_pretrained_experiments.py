@@ -22,7 +22,7 @@ from jaxdl.data import text as text_lib  # noqa: E402
 from jaxdl.errors import ConfigError  # noqa: E402
 from jaxdl.train import lora as lora_lib  # noqa: E402
 from jaxdl.train import param_paths  # noqa: E402
-from tests.conftest import REPO, SHARED_DATA  # noqa: E402
+from tests.conftest import REPO, SHARED_DATA, needs_data  # noqa: E402
 
 GPT2_SMALL = [
   "data.block_size=32",
@@ -209,9 +209,7 @@ def bert_folder(tmp_path_factory):
 
 
 @pytest.mark.slow  # Three runs on the review corpus; CI runs it.
-@pytest.mark.skipif(
-  not REVIEWS.is_dir(), reason="the review corpus lives in ../shared/data (jaxdl dev machines only)"
-)
+@needs_data(REVIEWS.is_dir(), "the review corpus lives in ../shared/data (jaxdl dev machines only)")
 def test_bert_finetune_copies_the_encoder_trains_resumes_and_exports(bert_folder, tmp_path):
   small = [
     f"init.pretrained={bert_folder}",

@@ -14,7 +14,7 @@ from jaxdl import cli, models, sampling, trainer
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
 from jaxdl.errors import CheckpointError, ConfigError, UserError
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, needs_data
 
 EXPERIMENTS = REPO / "experiments"
 TINY_GPT = [
@@ -295,9 +295,9 @@ def test_seq2seq_reports_exact_match_of_greedy_decoding(tmp_path):
 
 
 @pytest.mark.slow  # A few epochs of BERT on real reviews; CI runs it.
-@pytest.mark.skipif(
-  not (SHARED_DATA / "rotten_tomatoes").is_dir(),
-  reason="the review corpus lives in ../shared/data (jaxdl dev machines only)",
+@needs_data(
+  (SHARED_DATA / "rotten_tomatoes").is_dir(),
+  "the review corpus lives in ../shared/data (jaxdl dev machines only)",
 )
 def test_bert_classifies_reviews(tmp_path):
   config = _config(

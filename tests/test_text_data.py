@@ -19,7 +19,7 @@ from jaxdl.data.synthetic import load_seq2seq
 from jaxdl.data.text import load_text
 from jaxdl.data.tokenizers import split_words
 from jaxdl.errors import DataError
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, need_data
 
 
 def _take(dataset, count):
@@ -256,10 +256,10 @@ def test_damaged_shipped_corpus_is_an_error(monkeypatch):
 
 def test_corpus_script_reproduces_the_shipped_file(tmp_path):
   src = SHARED_DATA / "shakespeare"
-  if not src.is_dir():
-    pytest.skip(
-      f"the Shakespeare plays are not at {src} (../shared/data is only on jaxdl dev machines)"
-    )
+  need_data(
+    src.is_dir(),
+    f"the Shakespeare plays are not at {src} (../shared/data is only on jaxdl dev machines)",
+  )
   assert make_shakespeare_corpus.main([str(src), str(tmp_path)]) == 0
   built = (tmp_path / "tragedies.txt.bz2").read_bytes()
   shipped = importlib.resources.files("jaxdl.data").joinpath(text.SHIPPED_CORPUS).read_bytes()
@@ -427,10 +427,10 @@ def test_reviews_options_match_loader_defaults():
 
 def test_real_rotten_tomatoes_counts():
   path = SHARED_DATA / "rotten_tomatoes"
-  if not (path / reviews.FILE_NAME).is_file():
-    pytest.skip(
-      f"the Rotten Tomatoes corpus is not at {path} (../shared/data is only on jaxdl dev machines)"
-    )
+  need_data(
+    (path / reviews.FILE_NAME).is_file(),
+    f"the Rotten Tomatoes corpus is not at {path} (../shared/data is only on jaxdl dev machines)",
+  )
   data = load_reviews(str(path))
   labels = np.concatenate([data.train.arrays["label"], data.test.arrays["label"]])
   assert len(labels) == 7403 + 5405 and labels.sum() == 7403
