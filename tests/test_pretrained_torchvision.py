@@ -22,6 +22,7 @@ from jaxdl.errors import CheckpointError  # noqa: E402
 from jaxdl.nn.resnet import ResNet  # noqa: E402
 from jaxdl.pretrained import files  # noqa: E402
 from tests.reference import torchvision_models as tvm  # noqa: E402
+from tests.reference.randomize import randomized as _randomized  # noqa: E402
 
 KEYS = json.loads((Path(__file__).parent / "data" / "torchvision_keys.json").read_text())
 
@@ -31,23 +32,6 @@ def test_reference_models_have_torchvisions_state_dict(name):
   with torch.device("meta"):
     model = getattr(tvm, name)()
   assert [(k, list(t.shape)) for k, t in model.state_dict().items()] == list(KEYS[name].items())
-
-
-def _randomized(model, seed=0):
-  """Random weights, biases and BatchNorm statistics (torchvision starts biases and BatchNorm
-  at 0 and 1, which would hide a bias or a statistic read from the wrong place); eval mode."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in model.state_dict().items():
-      if not t.is_floating_point():
-        continue
-      if name.endswith("running_var"):
-        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-      elif t.ndim > 1:
-        t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
-      else:
-        t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if name.endswith("weight") else 0))
-  return model.eval()
 
 
 def _small_classifier(model, hidden=32, classes=10):

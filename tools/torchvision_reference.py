@@ -28,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.reference import torchvision_models as reference  # noqa: E402
+from tests.reference.randomize import randomized  # noqa: E402
 
 KEYS = REPO / "tests" / "data" / "torchvision_keys.json"
 RECORDED = ("resnet18", "resnet50", "vgg11", "vgg11_bn", "densenet121")
@@ -62,22 +63,6 @@ def keys_and_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
   return {name: list(t.shape) for name, t in model.state_dict().items()}
 
 
-def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-  """Random weights, biases and BatchNorm statistics, eval mode."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in model.state_dict().items():
-      if not t.is_floating_point():
-        continue
-      if name.endswith("running_var"):
-        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-      elif t.ndim > 1:
-        t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
-      else:
-        t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if name.endswith("weight") else 0))
-  return model.eval()
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("wheel", type=Path, help="a torchvision wheel (pip download --no-deps)")
@@ -89,7 +74,7 @@ def main() -> None:
     torchvision = import_torchvision_models(args.wheel, Path(tmp))
     for family, names in MODELS.items():
       for name in names:
-        real = randomize(getattr(torchvision[family], name)(), seed=0)
+        real = randomized(getattr(torchvision[family], name)(), seed=0)
         ours = getattr(reference, name)().eval()
         if keys_and_shapes(ours) != keys_and_shapes(real) or list(ours.state_dict()) != list(
           real.state_dict()
