@@ -83,8 +83,8 @@ class Checkpointer:
     """
     if step not in self.all_steps():
       raise CheckpointError(
-        f"There is no checkpoint for step {step} in {self.directory}; the "
-        f"saved steps are {self.all_steps() or 'none'}."
+        f"There is no checkpoint for step {step} in {self.directory}; ask for one of the "
+        f"saved steps: {self.all_steps() or 'none'}."
       )
     target, rebuild = _older_layout(abstract_state, self._manager.item_metadata(step)["state"])
     items = {"state": ocp.args.StandardRestore(target)}
@@ -94,9 +94,9 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointError(
-        f"The checkpoint at step {step} in {self.directory} does not fit this run: {e}\n"
-        "It was probably written by a different model or config. Train with the config saved "
-        "next to it (config.json), or start a new workdir."
+        f"The checkpoint at step {step} in {self.directory} does not fit this run; it was "
+        "probably written by a different model or config: train with the config saved next to "
+        f"it (config.json), or start a new workdir.\n{e}"
       ) from e
     return rebuild(restored.state)
 
@@ -108,8 +108,8 @@ class Checkpointer:
     """
     if step not in self.all_steps():
       raise CheckpointError(
-        f"There is no checkpoint for step {step} in {self.directory}; the "
-        f"saved steps are {self.all_steps() or 'none'}."
+        f"There is no checkpoint for step {step} in {self.directory}; ask for one of the "
+        f"saved steps: {self.all_steps() or 'none'}."
       )
     metadata = self._manager.item_metadata(step)["state"]
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

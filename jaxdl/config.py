@@ -221,7 +221,10 @@ def load_experiment(path: str | Path) -> ml_collections.ConfigDict:
   try:
     spec.loader.exec_module(module)
   except Exception as e:
-    raise ConfigError(f"Importing experiment {str(path)!r} failed: {type(e).__name__}: {e}") from e
+    raise ConfigError(
+      f"Importing experiment {str(path)!r} failed ({type(e).__name__}: {e}); fix the file "
+      "(`jaxdl --debug ...` shows the traceback)."
+    ) from e
   if not callable(getattr(module, "get_config", None)):
     raise ConfigError(
       f"Experiment {str(path)!r} has no get_config() function; define one that "
@@ -408,7 +411,7 @@ def parse_value(key: str, text: str, current: Any) -> Any:
       try:
         as_float = float(text)
       except ValueError:
-        raise wrong_type() from None
+        raise wrong_type(" Give a whole number, e.g. 128.") from None
       if as_float.is_integer():
         return int(as_float)  # "1e3" means 1000.
       raise wrong_type(" Give a whole number.") from None
@@ -416,7 +419,7 @@ def parse_value(key: str, text: str, current: Any) -> Any:
     try:
       return float(text)
     except ValueError:
-      raise wrong_type() from None
+      raise wrong_type(" Give a number, e.g. 3e-4.") from None
   if isinstance(current, str):
     return text
   # Tuples, lists and None: a Python literal; None accepts anything, falling back to a string.

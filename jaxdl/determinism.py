@@ -2,9 +2,10 @@
 starts.
 
 XLA:CPU runs a given program the same way every time, so a CPU run is already reproducible to the
-bit and the setting changes nothing there (metadata.json still records it). On a GPU it is not:
-scatter-adds and some reductions add with atomics in whatever order the threads finish, and the
-autotuner may pick another kernel (each adding in its own order) in another compilation.
+bit on the same CPU model and core count, and the setting changes nothing there (metadata.json
+still records it). On a GPU it is not: scatter-adds and some reductions add with atomics in
+whatever order the threads finish, and the autotuner may pick another kernel (each adding in its
+own order) in another compilation.
 `train.deterministic=true` adds to XLA_FLAGS, when JAX targets an accelerator:
   --xla_gpu_deterministic_ops=true              run-to-run determinism; no GEMM autotuning
   --xla_gpu_exclude_nondeterministic_ops=true   deterministic lowerings of scatter, GEMMs and

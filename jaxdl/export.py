@@ -61,7 +61,9 @@ def export_workdir(
       )
     variables = jax.tree.map(lambda x: x[member], variables)
   written = pretrained.save(setup.model, variables, out, format, overwrite=overwrite)
-  tokenizer = workdir_lib.load_tokenizer(workdir)
-  if hasattr(tokenizer, "save_pretrained"):
-    written += tokenizer.save_pretrained(out, overwrite=overwrite)
+  # A text run's published tokenizer travels with its weights; an image run has none.
+  if (workdir / workdir_lib.TOKENIZER_FILE).is_file():
+    tokenizer = workdir_lib.load_tokenizer(workdir)
+    if hasattr(tokenizer, "save_pretrained"):
+      written += tokenizer.save_pretrained(out, overwrite=overwrite)
   return written

@@ -29,6 +29,7 @@ from jaxdl import (
   interval_log,
   models,
   profiling,
+  workdir_lock,
 )
 from jaxdl import config as config_lib
 from jaxdl import data as data_lib
@@ -274,7 +275,10 @@ def _checkpoint_source(init_config: ml_collections.ConfigDict) -> Any:
   try:
     steps = checkpointer.all_steps()
     if not steps:
-      raise CheckpointError(f"init.checkpoint: {directory} holds no checkpoints yet.")
+      raise CheckpointError(
+        f"init.checkpoint: {directory} holds no checkpoints yet; train that run first, or "
+        "point init.checkpoint at a run that has saved one."
+      )
     source = checkpointer.restore_as_saved(steps[-1] if step is None else step)
   finally:
     checkpointer.close()
@@ -530,6 +534,18 @@ def train(
   _configure_host(config)
   complete_from_pretrained(config)
   workdir_lib.check_can_train(workdir, config)
+  # Until the run ends, another run in this workdir is refused (jaxdl.workdir_lock).
+  with workdir_lock.hold(workdir, command):
+    return _train_holding_workdir(config, workdir, command, show_progress)
+
+
+def _train_holding_workdir(
+  config: ml_collections.ConfigDict,
+  workdir: Path,
+  command: list[str] | None,
+  show_progress: bool,
+) -> TrainResult:
+  """`train`, once the workdir is checked and this run holds its lock."""
   data = load_data(config)
   _check_same_data(workdir, data)
   setup = build(config, data)
@@ -657,8 +673,9 @@ def evaluate_workdir(
   recipe = [o.partition("=")[0] for o in overrides if not config_lib.resumable(o.partition("=")[0])]
   if recipe:
     raise ConfigError(
-      f"jaxdl eval: {', '.join(recipe)} belong to the recipe the checkpoint was trained with; "
-      "only run keys (parallel.*, runtime.*, data.dir, data.eval_batch_size, ...) may change."
+      f"{', '.join(recipe)} belong to the recipe the checkpoint was trained with and cannot "
+      "change at evaluation; drop them (only run keys may: parallel.*, runtime.*, data.dir, "
+      "data.eval_batch_size, ...)."
     )
   config_lib.apply_overrides(config, list(overrides))
   # The devices the run trained on, so that `jaxdl eval` reproduces its evaluation exactly.

@@ -131,10 +131,9 @@ def _like(value: Any, old: Any) -> Any:
 def _raise(problems: list[str], what: str) -> None:
   if problems:
     raise CheckpointError(
-      f"{what} does not fit ({len(problems)} problem"
-      f"{'s' if len(problems) > 1 else ''}):\n  - "
+      f"{what} does not fit ({len(problems)} problem{'s' if len(problems) > 1 else ''}); "
+      f"fix {what} (`jaxdl summary` lists this model's parameter paths):\n  - "
       + "\n  - ".join(problems)
-      + f"\nFix {what} (`jaxdl summary` lists this model's parameter paths)."
     )
 
 

@@ -7,6 +7,7 @@ metrics.jsonl   see jaxdl.metrics
 tensorboard/    TensorBoard event files
 checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
 profile/        jax.profiler traces of `train.profile_steps`, see jaxdl.profiling
+lock.json       while a run trains in it: which process holds it, see jaxdl.workdir_lock
 """
 
 import datetime
@@ -23,6 +24,7 @@ import ml_collections
 
 from jaxdl import config as config_lib
 from jaxdl.errors import CheckpointError
+from jaxdl.workdir_lock import LOCK_FILE
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -80,11 +82,12 @@ def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
       what = "a different model" if model_keys else "a different training setup"
       lines = "\n".join(f"  {k}: saved {old!r}, now {new!r}" for k, old, new in conflicts)
       raise CheckpointError(
-        f"Workdir {workdir} holds a run of {what}; resuming it with this config would mix "
-        f"two experiments:\n{lines}\nUse a new --workdir, or pass the saved values to continue "
-        "that run (what may change on resume: "
+        f"Workdir {workdir} holds a run of {what}; use a new --workdir, or pass the saved "
+        "values below to continue that run.\n"
+        f"Resuming it with this config would mix two experiments:\n{lines}\n"
+        "What may change on resume: "
         f"{', '.join(sorted(config_lib.RESUMABLE_KEYS | config_lib.RUNTIME_MODEL_KEYS))}, and "
-        f"every key of {', '.join(config_lib.RUNTIME_SECTIONS)})."
+        f"every key of {', '.join(config_lib.RUNTIME_SECTIONS)}."
         + (
           "\nTo switch model.scan_layers, start a new workdir with init.checkpoint= this one: "
           "its layers load in the other form."
@@ -92,7 +95,8 @@ def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
           else ""
         )
       )
-  elif workdir.is_dir() and any(workdir.iterdir()):
+  # A lock file alone is a run that has not written its config yet: jaxdl.workdir_lock refuses it.
+  elif workdir.is_dir() and any(not p.name.startswith(LOCK_FILE) for p in workdir.iterdir()):
     raise CheckpointError(
       f"Workdir {workdir} exists, is not empty and is not a jaxdl workdir (no "
       f"{CONFIG_FILE}); jaxdl will not write into it. Pass another --workdir."
@@ -195,7 +199,7 @@ def load_tokenizer(workdir: str | Path) -> Any:
   path = Path(workdir) / TOKENIZER_FILE
   if not path.is_file():
     raise CheckpointError(
-      f"{workdir} has no {TOKENIZER_FILE}: it was not trained on text, so "
-      "there is no vocabulary to sample with."
+      f"{workdir} has no {TOKENIZER_FILE}: it was not trained on text, so there is no "
+      "vocabulary to sample with; give the workdir of a language model's run (gpt, rnn_lm)."
     )
   return tokenizers.tokenizer_from_json(path.read_text())

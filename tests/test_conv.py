@@ -10,6 +10,7 @@ import pytest
 
 from jaxdl.kernels import im2col as conv
 from jaxdl.nn.cnn import MnistCNN
+from tests.reference import bf16_grads
 
 # What nn.Conv runs: None is Flax's own lax.conv_general_dilated.
 CONV_GENERAL_DILATED = {"xla": None, "im2col": conv.im2col_conv_general_dilated}
@@ -146,10 +147,18 @@ def test_flax_conv_with_im2col_keeps_its_parameters_and_works_in_bfloat16():
   y = {impl: layer.apply(params["xla"], x) for impl, layer in layers.items()}
   assert y["im2col"].dtype == jnp.bfloat16 and y["im2col"].shape == (2, 6, 6, 8)
   np.testing.assert_allclose(np.float32(y["im2col"]), np.float32(y["xla"]), atol=0.05)
-  grads = jax.grad(lambda p: jnp.sum(layers["im2col"].apply(p, x).astype(jnp.float32)))(
-    params["xla"]
-  )
-  assert grads["params"]["kernel"].dtype == jnp.float32  # param_dtype, as Flax's.
+  # Gradients: float32 XLA's of the same bfloat16-rounded inputs, each entry to 8 bfloat16
+  # roundings (2^-9 each) of the sum of its terms' magnitudes (tests/reference/bf16_grads.py):
+  # a matmul's or a reduction's partial sums, and up to 4 overlapping taps added in bfloat16.
+  # Measured: 2.2 x 2^-9 at most; a flipped filter is off by hundreds.
+  params, x = bf16_grads.rounded((params["xla"], x))
+  dy = bf16_grads.rounded(np.random.default_rng(2).standard_normal(y["im2col"].shape))
+  loss = lambda p, x: jnp.sum(layers["im2col"].apply(p, x).astype(jnp.float32) * dy)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  assert grads[0]["params"]["kernel"].dtype == jnp.float32  # param_dtype, as Flax's.
+  float32_conv = nn.Conv(8, (3, 3), strides=2, precision="highest")
+  _, _, want, bounds = bf16_grads.reference(float32_conv.apply, params, x, dy)
+  bf16_grads.assert_within(grads, want, bounds, roundings=8)
 
 
 def test_seed_cnn_gives_the_same_numbers_with_either_conv():

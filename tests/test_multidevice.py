@@ -1,73 +1,19 @@
-"""The same run on 8 (forced CPU) devices follows the 1-device trajectory within float tolerance.
+"""Other models and sweeps on 8 (forced CPU) devices follow the 1-device trajectory within float
+tolerance: GPT, BatchNorm, a seed sweep, the LSTM. The seed CNN under every layout, with Adam and
+SGD, and its evaluation under every layout are in tests/test_parallel.py.
 
 Each run is a separate process, since the device count is fixed when JAX starts.
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
-
-RUN = [
-  "train",
-  str(REPO / "experiments" / "mnist_cnn.py"),
-  "train.num_steps=30",
-  "train.batch_size=64",
-  "train.log_every_steps=10",
-  "train.eval_every_steps=30",
-  "data.eval_batch_size=400",
-  "--no-progress",
-]
-
-
-def _run(args, workdir, num_devices):
-  """`jaxdl ARGS --workdir WORKDIR` in a fresh process that sees `num_devices` CPU devices."""
-  env = {
-    **os.environ,
-    "JAXDL_OFFLINE": "1",
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
-  }
-  return subprocess.run(
-    [sys.executable, "-m", "jaxdl.cli", *args, "--workdir", str(workdir)],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
+from tests.test_parallel import RUN, XLA, _by_step, _run
 
 
 def _train(workdir, num_devices, *extra):
   return _run([*RUN, *extra], workdir, num_devices)
-
-
-def _final(workdir):
-  merged = {}
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    merged.setdefault(record["step"], {}).update(record)
-  return merged
-
-
-def test_eight_devices_follow_one_device(tmp_path):
-  one, eight = _train(tmp_path / "one", 1), _train(tmp_path / "eight", 8)
-  assert one.returncode == 0, one.stderr
-  assert eight.returncode == 0, eight.stderr
-  devices = json.loads((tmp_path / "eight" / "metadata.json").read_text())["runs"][0]["devices"]
-  assert len(devices) == 8
-  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
-  for step in (10, 20, 30):
-    # Sums split over devices add in another order: equal up to float32 rounding, amplified a
-    # little by 30 Adam steps.
-    np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
-  np.testing.assert_allclose(b[30]["eval/loss"], a[30]["eval/loss"], rtol=2e-3)
-  assert abs(b[30]["eval/accuracy"] - a[30]["eval/accuracy"]) <= 0.005
-  assert b[30]["eval/num_examples"] == 2000
 
 
 GPT_RUN = [
@@ -97,7 +43,7 @@ def test_gpt_on_eight_devices_follows_one_device(tmp_path, strategy):
   eight = _run([*GPT_RUN, f"parallel.strategy={strategy}"], tmp_path / "eight", 8)
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
-  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
+  a, b = _by_step(tmp_path / "one"), _by_step(tmp_path / "eight")
   for step in (10, 20):
     np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
   np.testing.assert_allclose(b[20]["eval/loss"], a[20]["eval/loss"], rtol=2e-3)
@@ -138,7 +84,7 @@ def test_batch_norm_statistics_are_global_over_eight_devices(tmp_path, strategy)
   eight = _run([*args, f"parallel.strategy={strategy}"], tmp_path / "eight", 8)
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
-  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
+  a, b = _by_step(tmp_path / "one"), _by_step(tmp_path / "eight")
   for step in (5, 10):
     np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
   # Evaluation uses the running statistics: equal only if they were averaged over all devices.
@@ -155,11 +101,12 @@ def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
 def test_seed_sweep_on_eight_devices_follows_one_device(tmp_path):
   """A sweep's batches [members, B, ...] split along B over the devices; each member's run is
   the 1-device one up to the usual reduction-order rounding."""
-  sweep = ["sweep.seeds=2", "train.num_steps=20"]
+  # The same kernels on both (runtime.kernels=auto would pick differently for 1 and 8 devices).
+  sweep = ["sweep.seeds=2", "train.num_steps=20", *XLA]
   one, eight = _train(tmp_path / "one", 1, *sweep), _train(tmp_path / "eight", 8, *sweep)
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
-  a, b = _final(tmp_path / "one"), _final(tmp_path / "eight")
+  a, b = _by_step(tmp_path / "one"), _by_step(tmp_path / "eight")
   for key in ("member0/train/loss", "member1/train/loss"):
     np.testing.assert_allclose(b[20][key], a[20][key], rtol=2e-3)
   assert a[20]["member0/train/loss"] != a[20]["member1/train/loss"]
@@ -183,11 +130,11 @@ LSTM_RUN = [
 def test_lstm_on_eight_devices_follows_one_device_under_both_strategies(tmp_path):
   one = _run(LSTM_RUN, tmp_path / "one", 1)
   assert one.returncode == 0, one.stderr
-  a = _final(tmp_path / "one")
+  a = _by_step(tmp_path / "one")
   for strategy in ("jit", "pmap"):
     eight = _run([*LSTM_RUN, f"parallel.strategy={strategy}"], tmp_path / strategy, 8)
     assert eight.returncode == 0, eight.stderr
-    b = _final(tmp_path / strategy)
+    b = _by_step(tmp_path / strategy)
     for step in (10, 20):
       np.testing.assert_allclose(b[step]["train/loss"], a[step]["train/loss"], rtol=2e-3)
     np.testing.assert_allclose(b[20]["eval/loss"], a[20]["eval/loss"], rtol=2e-3)

@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+import flax.linen as nn  # noqa: E402
+
 from jaxdl import cli, pretrained, sampling, trainer  # noqa: E402
 from jaxdl import config as config_lib  # noqa: E402
 from jaxdl import export as export_lib  # noqa: E402
@@ -360,3 +362,35 @@ def test_a_lora_run_exports_samples_and_transfers_its_merged_weights(gpt2_folder
   copied = flat(_saved_state(plain)["params"])
   for path, value in flat(raw).items():
     np.testing.assert_array_equal(copied[path], value, err_msg=path)
+
+
+@pytest.mark.slow  # A training run; CI runs it.
+def test_an_image_run_exports_without_a_tokenizer(tmp_path, capsys):
+  """An image run has no tokenizer.json: its export writes the weights and exits 0, and
+  transformers computes the logits of the saved parameters."""
+  workdir = tmp_path / "run"
+  config = _config(
+    "mnist_vit.py",
+    "data.download=false",
+    "model.num_channels=1",
+    "model.embed_dim=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_dim=32",
+    "train.batch_size=16",
+    "train.num_steps=2",
+    "optimizer.warmup_steps=0",
+  )
+  trainer.train(config, workdir, show_progress=False)
+  out = tmp_path / "export"
+  assert cli.main(["export", str(workdir), "--format", "hf", "--out", str(out)]) == 0
+  assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+  model, variables = pretrained.load(out)
+  trained = _saved_state(workdir)["params"]
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(variables["params"]), trained)
+  images = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype(np.float32)
+  reference = transformers.ViTForImageClassification.from_pretrained(out).eval()
+  with torch.no_grad():
+    theirs = reference(torch.tensor(images.transpose(0, 3, 1, 2))).logits.numpy()
+  ours = np.asarray(model.apply(variables, images))
+  np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())

@@ -66,7 +66,13 @@ def _logits(model, variables, images_BCHW):
   return np.asarray(compiled(variables, images_BHWC))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# One model per kind in the default suite; the rest (each a distinct family) in the slow set.
+SLOW_CASES = ("densenet121", "resnet50", "vgg11")
+
+
+@pytest.mark.parametrize(
+  "name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_CASES else []) for n in CASES]
+)
 def test_import_and_export_match_torchvision(name, tmp_path):
   build, side = CASES[name]
   torch.manual_seed(0)

@@ -45,21 +45,39 @@ def source_run(tmp_path_factory):
 
 
 def test_frozen_transferred_layers_stay_those_of_the_source(source_run, tmp_path):
+  """Every layer is copied; the frozen convolutions keep the source's bits at every step, and the
+  head, which trains on, starts from the source's values: Adam's first update moves each weight
+  by lr * |g| / (|g| + eps) < lr, so after one step it lies within lr of the source, where a
+  fresh initialisation (seed 3, not the source's 0) would lie far from it."""
+  lr = 1e-3  # experiments/mnist_cnn.py: Adam at a constant 1e-3.
   trainer.train(
-    _config(f"init.checkpoint={source_run}", "optimizer.freeze=['conv.*']", "seed=3"),
+    _config(
+      f"init.checkpoint={source_run}",
+      "optimizer.freeze=['conv.*']",
+      "seed=3",
+      "train.num_steps=2",
+      "train.checkpoint_every_steps=1",
+    ),
     tmp_path / "t",
     show_progress=False,
   )
-  source, target = _saved(source_run)["state"], _saved(tmp_path / "t")["state"]
-  for layer in ("conv1", "conv2", "conv3"):  # Copied, then never updated: the source's bits.
+  source = _saved(source_run)["state"]["params"]
+  after_one, after_all = _saved(tmp_path / "t", 1)["state"], _saved(tmp_path / "t")["state"]
+  for target in (after_one["params"], after_all["params"]):
+    for layer in ("conv1", "conv2", "conv3"):  # Copied, then never updated: the source's bits.
+      for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(target[layer][name], source[layer][name])
+  for layer in ("dense1", "logits"):  # The head was copied: one step away from the source.
     for name in ("kernel", "bias"):
-      np.testing.assert_array_equal(target["params"][layer][name], source["params"][layer][name])
-  # The head was copied too but trains on: it moved away from the source.
-  assert not np.array_equal(
-    target["params"]["dense1"]["kernel"], source["params"]["dense1"]["kernel"]
-  )
+      moved = np.abs(np.asarray(after_one["params"][layer][name]) - source[layer][name])
+      assert moved.max() <= lr * (1 + 1e-5), f"{layer}/{name} moved {moved.max()}"
+      assert moved.max() > lr / 2
+  for layer in ("dense1", "logits"):  # The head trains on.
+    assert not np.array_equal(
+      after_all["params"][layer]["kernel"], after_one["params"][layer]["kernel"]
+    )
   # Frozen parameters keep no Adam moments: only the head's arrays are in the optimizer state.
-  leaves = [x for x in jax.tree.leaves(target["opt_state"]) if hasattr(x, "shape") and x.ndim]
+  leaves = [x for x in jax.tree.leaves(after_all["opt_state"]) if hasattr(x, "shape") and x.ndim]
   num_head = 4  # dense1 and logits, kernel and bias
   assert len(leaves) == 2 * num_head  # mu and nu
 

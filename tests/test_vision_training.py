@@ -14,7 +14,8 @@ import pytest
 
 from jaxdl import config as config_lib
 from jaxdl import metrics as metrics_lib
-from jaxdl import trainer
+from jaxdl import models, trainer
+from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
 from jaxdl.data import cifar
 from jaxdl.train import step as step_lib
@@ -65,6 +66,28 @@ def _saved_state(workdir, step):
     checkpointer.close()
 
 
+def _evaluate_by_hand(workdir, model_state, *params):
+  """[(accuracy, mean loss)], one for each tree of `params`, of the model of `workdir` in
+  evaluation mode (BatchNorm's running statistics `model_state`) on its whole evaluation split:
+  model.apply, argmax and the cross-entropy, apart from the trainer's evaluation."""
+  config = workdir_lib.load_config(workdir)
+  data = trainer.load_data(config)
+  model = models.build_model(config.model, data.model_hints)
+  (batch,) = data.eval_batches(batch_size=data.source["num_test"])
+  assert batch["mask"].all()
+
+  @jax.jit
+  def accuracy_and_loss(params, model_state, image_BHWC, label_B):
+    logits_BK = model.apply({"params": params, **model_state}, image_BHWC, train=False)
+    return jnp.mean(jnp.argmax(logits_BK, -1) == label_B), tasks.cross_entropy(logits_BK, label_B)
+
+  results = []
+  for tree in params:
+    accuracy, loss_B = accuracy_and_loss(tree, model_state, batch["image"], batch["label"])
+    results.append((float(accuracy), float(np.mean(np.asarray(loss_B, np.float64)))))
+  return results
+
+
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("resnet") / "run"
@@ -73,16 +96,33 @@ def resnet_run(tmp_path_factory):
 
 
 def test_batch_norm_statistics_are_trained_and_saved(resnet_run):
+  """Every BatchNorm layer's running mean and variance left their start (0 and 1) and moved on
+  between the checkpoints at steps 10 and 20, and the final evaluation is the model run by hand in
+  evaluation mode with the saved statistics (not with each batch's own statistics, nor with
+  the statistics' start)."""
   workdir, result = resnet_run
-  state = _saved_state(workdir, 20)
-  stats = state["model_state"]["batch_stats"]
-  means = [
-    np.asarray(x)
-    for path, x in jax.tree_util.tree_leaves_with_path(stats)
-    if "mean" in jax.tree_util.keystr(path)
-  ]
-  assert means and any(np.abs(m).max() > 0 for m in means)  # Moved from their zero start.
-  assert 0.0 <= result.eval_metrics["eval/accuracy"] <= 1.0
+  saved = {step: _saved_state(workdir, step) for step in (10, 20)}
+  stats = {
+    step: {
+      jax.tree_util.keystr(p): np.asarray(x)
+      for p, x in jax.tree_util.tree_leaves_with_path(state["model_state"]["batch_stats"])
+    }
+    for step, state in saved.items()
+  }
+  assert len(stats[20]) == 2 * 19  # A mean and a variance for each of ResNet-20's 19 BatchNorms.
+  for path, x in stats[20].items():
+    start = 0.0 if "mean" in path else 1.0 if "var" in path else None
+    assert start is not None and np.abs(x - start).max() > 1e-3, f"{path} never trained"
+    assert not np.array_equal(x, stats[10][path]), f"{path}: step 10's statistics saved at 20"
+  ((accuracy, loss),) = _evaluate_by_hand(workdir, saved[20]["model_state"], saved[20]["params"])
+  m = result.eval_metrics
+  assert m["eval/num_examples"] == 2000
+  assert m["eval/accuracy"] == pytest.approx(accuracy, abs=0.5 / 2000)  # The same count right.
+  assert m["eval/loss"] == pytest.approx(loss, rel=1e-5)
+  # Twenty steps teach this ResNet little (about 15% accuracy), but statistics that fit its
+  # weights keep it near chance, ln(10); statistics left at (0, 1) inflate the logits and the
+  # loss (about 7).
+  assert m["eval/loss"] < 1.1 * np.log(10)
 
 
 @pytest.mark.slow  # About a minute on 2 cores (convolution compiles); CI runs it.
@@ -157,10 +197,41 @@ def test_moving_average_of_weights_and_its_evaluation():
 
 @pytest.mark.slow  # About a minute on 2 cores (convolution compiles); CI runs it.
 def test_ema_run_saves_and_evaluates_the_average(tmp_path):
-  config = _resnet_config("train.num_steps=10", "train.ema_decay=0.9")
-  trainer.train(config, tmp_path / "ema", show_progress=False)
-  state = _saved_state(tmp_path / "ema", 10)
-  assert jax.tree.structure(state["ema_params"]) == jax.tree.structure(state["params"])
+  """Each step's saved average is decay * the previous one + (1 - decay) * that step's saved
+  parameters, and the final evaluation is the model run by hand with the average, not with the
+  latest parameters."""
+  decay, num_steps = 0.9, 4
+  config = _resnet_config(
+    f"train.num_steps={num_steps}",
+    f"train.ema_decay={decay}",
+    "train.checkpoint_every_steps=1",
+    f"train.max_checkpoints={num_steps}",
+  )
+  result = trainer.train(config, tmp_path / "ema", show_progress=False)
+  saved = [_saved_state(tmp_path / "ema", step) for step in range(1, num_steps + 1)]
+  for before, after in zip(saved, saved[1:]):
+    expected = jax.tree.map(
+      lambda e, p: decay * np.asarray(e) + (1 - decay) * np.asarray(p),
+      before["ema_params"],
+      after["params"],
+    )
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      after["ema_params"],
+      expected,
+    )
+  last = saved[-1]
+  moved = jax.tree.leaves(
+    jax.tree.map(lambda e, p: np.abs(np.asarray(e) - p).max(), last["ema_params"], last["params"])
+  )
+  assert max(moved) > 1e-3  # The average is not the parameters.
+  with_average, with_params = _evaluate_by_hand(
+    tmp_path / "ema", last["model_state"], last["ema_params"], last["params"]
+  )
+  m = result.eval_metrics
+  assert m["eval/accuracy"] == pytest.approx(with_average[0], abs=0.5 / 2000)
+  assert m["eval/loss"] == pytest.approx(with_average[1], rel=1e-5)
+  assert m["eval/loss"] != pytest.approx(with_params[1], rel=1e-3)
 
 
 @pytest.fixture

@@ -318,7 +318,7 @@ def _load(
       [m.rstrip("/") + "/" + layout.archive for m in base], archive, md5=MD5[layout.archive]
     )
   except DataError as e:
-    raise DataError(f"Downloading {layout.name} failed: {e}\n{how_to_get}") from e
+    raise DataError(f"Downloading {layout.name} failed. {how_to_get}\n{e}") from e
   _unpack(archive, layout, cache / layout.folder)
   archive.unlink()  # The .bin files hold everything; keep one copy in the cache, not two.
   return _read(

@@ -139,9 +139,8 @@ def download_verified(
       logger.warning("Download of %s failed: %s", url, e)
       failures.append(f"  {url}: {e}")
   raise DataError(
-    f"Could not download {dest.name!r}; every mirror failed:\n"
-    + "\n".join(failures)
-    + f"\nCheck the network connection, or fetch the file by hand and put it at {str(dest)!r}."
+    f"Could not download {dest.name!r} from any mirror; check the network connection, or fetch "
+    f"the file by hand and put it at {str(dest)!r}. What each mirror gave:\n" + "\n".join(failures)
   )
 
 

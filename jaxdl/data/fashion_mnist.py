@@ -135,6 +135,6 @@ def load_fashion_mnist(
   try:
     used = mnist.download_files(missing, cache, MIRRORS if mirrors is None else mirrors, md5=MD5)
   except DataError as e:
-    raise DataError(f"Downloading Fashion-MNIST failed: {e}\n{how_to_get}") from e
+    raise DataError(f"Downloading Fashion-MNIST failed. {how_to_get}\n{e}") from e
   found, _ = mnist.find_files(cache)
   return load(found, {"kind": "download", "path": str(cache.resolve()), "url": ", ".join(used)})

@@ -123,10 +123,8 @@ def model_section(path: str | Path, model_config: Mapping[str, Any]) -> dict[str
     raise ConfigError(
       f"The model config does not match init.pretrained={str(path)!r} "
       f"({checkpoint['name']!r}; {len(mismatches)} mismatch{'es' if len(mismatches) > 1 else ''}"
-      "): "
-      + "; ".join(mismatches)
-      + ". Remove these keys from the config (the checkpoint's values are used), or pick the "
-      "model the checkpoint holds."
+      "). Remove these keys from the config (the checkpoint's values are used), or pick the "
+      "model the checkpoint holds:\n  - " + "\n  - ".join(mismatches)
     )
   return section
 

@@ -96,6 +96,12 @@ def exporter(model: nn.Module, format: str) -> Family:
     can = sorted({f.format for f in FAMILIES.values() if f.exports(model)})
     raise CheckpointError(
       f"A {type(model).__name__} cannot be exported as {format!r}"
-      + (f"; it can as {', '.join(can)}." if can else "; no format holds this model.")
+      + (
+        f"; export it as {', '.join(can)}."
+        if can
+        else "; no format holds this model. jaxdl exports the families "
+        + ", ".join(sorted(FAMILIES))
+        + "."
+      )
     )
   return found[0]

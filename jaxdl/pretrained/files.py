@@ -70,7 +70,10 @@ def weight_files(path: str | Path) -> list[Path]:
   if path.is_file():
     return [path]
   if not path.is_dir():
-    raise CheckpointError(f"Pretrained checkpoint {str(path)!r} does not exist.")
+    raise CheckpointError(
+      f"Pretrained checkpoint {str(path)!r} does not exist; give the path of a Hugging Face or "
+      "timm model folder, or of a .pth or .safetensors file (nothing is downloaded)."
+    )
   for index in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
     if (path / index).is_file():
       shards = json.loads((path / index).read_text())["weight_map"].values()

@@ -130,9 +130,8 @@ def under(collection: str, rules: Iterable[Rule]) -> list[Rule]:
 def _problems_error(problems: list[str], what: str, hint: str) -> CheckpointError:
   shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
   return CheckpointError(
-    f"{what} does not fit ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  - "
-    + "\n  - ".join(shown)
-    + f"\n{hint}"
+    f"{what} does not fit ({len(problems)} problem{'s' if len(problems) > 1 else ''}). {hint}"
+    "\n  - " + "\n  - ".join(shown)
   )
 
 
