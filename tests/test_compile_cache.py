@@ -28,6 +28,9 @@ RUN = [
 
 def _train(workdir, cache):
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  # Every program is kept, not only those that took JAX's default second to compile: a step that
+  # compiled in 0.9 s in one run and 1.1 s in the next (a busy machine) would look uncached.
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   out = subprocess.run(
     [*RUN, f"runtime.compilation_cache={cache}", "--workdir", str(workdir)],
     cwd=REPO,
