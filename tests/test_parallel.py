@@ -98,6 +98,21 @@ def _env(num_devices):
   }
 
 
+def _python(code, *args, num_devices):
+  """`python -c CODE ARGS` in a fresh process that sees `num_devices` CPU devices; asserts it
+  succeeded and returns it."""
+  result = subprocess.run(
+    [sys.executable, "-c", code, *args],
+    cwd=REPO,
+    env=_env(num_devices),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr
+  return result
+
+
 def _run(args, workdir, num_devices, timeout=900):
   """`jaxdl ARGS --workdir WORKDIR` in a fresh process that sees `num_devices` CPU devices."""
   return subprocess.run(
@@ -251,22 +266,13 @@ def test_one_checkpoint_evaluates_the_same_under_every_layout(
   `layouts` of `num_devices` devices (one process), against the evaluation its run logged."""
   workdir = one_device(*CALLS4)
   layouts = {name: list(overrides) for name, overrides in layouts.items()}
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-c",
-      EVAL_PROBE,
-      str(workdir),
-      str(tmp_path / "eval.json"),
-      json.dumps(layouts),
-    ],
-    cwd=REPO,
-    env=_env(num_devices),
-    capture_output=True,
-    text=True,
-    timeout=600,
+  _python(
+    EVAL_PROBE,
+    str(workdir),
+    str(tmp_path / "eval.json"),
+    json.dumps(layouts),
+    num_devices=num_devices,
   )
-  assert result.returncode == 0, result.stderr
   loss, *counts = _eval_sums(_by_step(workdir)[30])
   for name, metrics in json.loads((tmp_path / "eval.json").read_text()).items():
     layout_loss, *layout_counts = _eval_sums(metrics)
@@ -320,15 +326,7 @@ np.savez(sys.argv[1], **{f"{n}_{i}": x for n in names for i, x in enumerate(one_
 def test_one_step_on_eight_devices_equals_one_device(tmp_path):
   """The first update under pmap and FSDP on 8 devices against the same update on one device."""
   for devices, names in ((1, ["one"]), (8, ["pmap", "fsdp8", "fsdp4"])):
-    result = subprocess.run(
-      [sys.executable, "-c", ONE_STEP_PROBE, str(tmp_path / f"{devices}.npz"), *names],
-      cwd=REPO,
-      env=_env(devices),
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    _python(ONE_STEP_PROBE, str(tmp_path / f"{devices}.npz"), *names, num_devices=devices)
   one, eight = np.load(tmp_path / "1.npz"), np.load(tmp_path / "8.npz")
   for key in eight.files:
     # Adam's first update is lr * g / |g| per entry, so rounding in a near-zero gradient moves
@@ -355,15 +353,7 @@ print(kernel.sharding.spec, {s.data.shape for s in kernel.addressable_shards},
 
 
 def test_fsdp_splits_parameters_and_optimizer_state():
-  result = subprocess.run(
-    [sys.executable, "-c", FSDP_PROBE],
-    cwd=REPO,
-    env=_env(8),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr
+  result = _python(FSDP_PROBE, num_devices=8)
   # The largest divisible dimension (the first, on a tie), a quarter of it per device; the data
   # axis (2 devices) holds copies. Adam's moments are split like their parameters.
   assert result.stdout.split("\n")[0] == (
