@@ -1,20 +1,22 @@
 """Orbax checkpoints of a run: a pytree of arrays plus the Grain iterator's position.
 
 This module knows nothing of models: it saves and restores whatever pytree it is given. Orbax
-writes each step into a temporary directory and renames it when complete, so a crash during a save
-leaves the earlier checkpoints as they were; such half-written directories are never restored.
+writes each step into a temporary directory and renames it when complete (on gs://, where renaming
+is not atomic, it writes in place and marks the step complete with a commit file last), so a crash
+during a save leaves the earlier checkpoints as they were; half-written steps are never restored.
 """
 
 import contextlib
 import dataclasses
 import logging
-from pathlib import Path
+import os
 from typing import Any, Callable, Mapping
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdl import paths
 from jaxdl.errors import CheckpointError
 
 
@@ -36,13 +38,13 @@ class Checkpointer:
 
   def __init__(
     self,
-    directory: str | Path,
+    directory: str | os.PathLike,
     *,
     max_to_keep: int = 3,
     async_save: bool = True,
     read_only: bool = False,
   ):
-    self.directory = Path(directory).absolute()
+    self.directory = paths.absolute(paths.workdir_path(directory))
     # Read-only managers warn that they are read-only, which is what we asked for.
     with _quiet_loggers("absl", "orbax") if read_only else contextlib.nullcontext():
       options = ocp.CheckpointManagerOptions(

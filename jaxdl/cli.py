@@ -1,4 +1,4 @@
-"""`jaxdl train | eval | generate | export | plot | summary`: the command line.
+"""`jaxdl train | eval | generate | export | predict | data convert | plot | summary`: the CLI.
 
 A UserError (bad override, missing file, incompatible workdir) prints one message and exits with
 status 2; `--debug` shows the traceback as well.
@@ -60,15 +60,18 @@ def _parser() -> argparse.ArgumentParser:
 
   export = sub.add_parser(
     "export",
-    help="write a trained run as a Hugging Face, timm, torchvision or torch checkpoint",
+    help="write a trained run as a Hugging Face, timm, torchvision or torch checkpoint, or as "
+    "a StableHLO program for serving",
   )
   export.add_argument("workdir")
   export.add_argument(
     "--format",
     required=True,
-    choices=("hf", "timm", "torchvision", "torch"),
+    choices=("hf", "timm", "torchvision", "torch", "stablehlo"),
     help="hf: a transformers folder (GPT-2, BERT, ViT); torchvision: ResNet/VGG/DenseNet "
-    "state dict; timm: a timm ViT folder; torch: nn.LSTM/nn.GRU state dict",
+    "state dict; timm: a timm ViT folder; torch: nn.LSTM/nn.GRU state dict; stablehlo: the "
+    "evaluation forward (jax.export, any batch size), its parameters and signature.json, for "
+    "`jaxdl predict` or any program with jax",
   )
   export.add_argument("--out", required=True, help="the folder to write (files there are kept)")
   export.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
@@ -76,6 +79,67 @@ def _parser() -> argparse.ArgumentParser:
   export.add_argument(
     "--overwrite", action="store_true", help="replace files of an earlier export in --out"
   )
+  export.add_argument(
+    "--kernels",
+    help="stablehlo: the kernel set of the exported forward (default: the one `jaxdl eval` "
+    "settles on this machine; plain suits GPUs and TPUs)",
+  )
+  export.add_argument(
+    "--platforms",
+    help="stablehlo: the platforms to lower for, of cpu, cuda, rocm, tpu (default: cpu,cuda)",
+  )
+
+  predict = sub.add_parser(
+    "predict",
+    help="run a model exported with --format stablehlo on image files or text; one JSON line "
+    "an input",
+  )
+  predict.add_argument("model", help="the --out folder of `jaxdl export --format stablehlo`")
+  predict.add_argument(
+    "inputs", nargs="*", help="image files for an image model, texts for a text model"
+  )
+  predict.add_argument("--text-file", help="a text model's inputs, one a line")
+  predict.add_argument("--top-k", type=int, default=5, help="classes or next tokens to show")
+  predict.add_argument("--logits", action="store_true", help="print the logits as well")
+  predict.add_argument(
+    "--max-new-tokens",
+    type=int,
+    default=32,
+    help="language models: tokens of greedy continuation (default: 32)",
+  )
+  predict.add_argument("--batch-size", type=int, default=64, help="inputs run together")
+
+  data = sub.add_parser("data", help="datasets: convert one to ArrayRecord shards")
+  data_sub = data.add_subparsers(dest="data_command", required=True)
+  convert = data_sub.add_parser(
+    "convert",
+    help="write a dataset jaxdl reads as ArrayRecord shards (train with data.name=arrayrecord "
+    "data.dir=OUT)",
+  )
+  convert.add_argument(
+    "source", help="a dataset name: mnist, cifar10, image_folder, text, reviews, hf, parquet, ..."
+  )
+  convert.add_argument(
+    "overrides",
+    nargs="*",
+    metavar="key=value",
+    help="the dataset's options, its data.* keys without data., e.g. dir=~/photos image_size=64",
+  )
+  convert.add_argument("--to", required=True, choices=("arrayrecord",), help="the format")
+  convert.add_argument("--out", required=True, help="the folder to write (new or empty)")
+  convert.add_argument(
+    "--shards", type=int, help="files per split (default: one per ~100 MB of records)"
+  )
+  convert.add_argument(
+    "--image-encoding",
+    choices=("raw", "png", "jpeg"),
+    default="raw",
+    help="images as uint8 arrays (raw, lossless; default), PNG (lossless) or JPEG bytes",
+  )
+  convert.add_argument(
+    "--overwrite", action="store_true", help="replace a dataset converted into --out before"
+  )
+  convert.add_argument("--no-progress", action="store_true", help="no progress bars")
 
   plot = sub.add_parser("plot", help="plot loss and accuracy curves of runs")
   plot.add_argument("workdirs", nargs="+")
@@ -144,7 +208,8 @@ def _train(args) -> int:
 
   config = config_lib.load_experiment(args.experiment)
   config_lib.apply_overrides(config, args.overrides)
-  workdir = Path(args.workdir or Path("runs") / _run_name(args.experiment))
+  # A string: pathlib would make gs://bucket/run into gs:/bucket/run.
+  workdir = args.workdir or str(Path("runs") / _run_name(args.experiment))
   result = trainer.train(config, workdir, command=sys.argv, show_progress=not args.no_progress)
   if result.interrupted_by is not None:
     return 128 + result.interrupted_by
@@ -181,16 +246,80 @@ def _generate(args) -> int:
 def _export(args) -> int:
   from jaxdl import export  # pylint: disable=g-import-not-at-top
 
-  written = export.export_workdir(
-    args.workdir,
-    args.out,
-    args.format,
-    step=args.step,
-    member=args.member,
-    overwrite=args.overwrite,
-  )
+  if args.format == "stablehlo":
+    written = export.export_stablehlo(
+      args.workdir,
+      args.out,
+      step=args.step,
+      member=args.member,
+      overwrite=args.overwrite,
+      kernels=args.kernels,
+      platforms=args.platforms or "cpu,cuda",
+    )
+  else:
+    if args.kernels is not None or args.platforms is not None:
+      raise UserError(
+        "--kernels and --platforms apply to --format stablehlo; a checkpoint holds weights only."
+      )
+    written = export.export_workdir(
+      args.workdir,
+      args.out,
+      args.format,
+      step=args.step,
+      member=args.member,
+      overwrite=args.overwrite,
+    )
   for path in written:
     print(f"wrote {path}")
+  return 0
+
+
+def _predict(args) -> int:
+  import json  # pylint: disable=g-import-not-at-top
+
+  from jaxdl import predict  # pylint: disable=g-import-not-at-top
+
+  inputs = list(args.inputs)
+  if args.text_file:
+    try:
+      with open(args.text_file, encoding="utf-8") as f:
+        inputs += [line.rstrip("\n") for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+      raise UserError(
+        f"--text-file {args.text_file} cannot be read ({e}); give a UTF-8 text file, one input "
+        "a line."
+      ) from None
+  results = predict.predict(
+    args.model,
+    inputs,
+    top_k=args.top_k,
+    logits=args.logits,
+    max_new_tokens=args.max_new_tokens,
+    batch_size=args.batch_size,
+  )
+  for result in results:
+    print(json.dumps(result, ensure_ascii=False))
+  return 0
+
+
+def _data(args) -> int:
+  from jaxdl.data import convert  # pylint: disable=g-import-not-at-top
+
+  description = convert.convert(
+    args.source,
+    args.overrides,
+    args.out,
+    to=args.to,
+    shards=args.shards,
+    overwrite=args.overwrite,
+    image_encoding=args.image_encoding,
+    show_progress=not args.no_progress,
+  )
+  splits = ", ".join(
+    f"{name} {split['num_records']} records in {len(split['files'])} shards"
+    for name, split in description["splits"].items()
+  )
+  print(f"wrote {Path(args.out) / 'dataset.json'}: {splits}")
   return 0
 
 
@@ -259,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
   strays = [
     a
     for a in extra
-    if args.command not in ("train", "summary") or a.startswith("-") or "=" not in a
+    if args.command not in ("train", "summary", "data") or a.startswith("-") or "=" not in a
   ]
   if strays:
     parser.error(f"unrecognized arguments: {' '.join(strays)}")
@@ -279,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     "eval": _eval,
     "generate": _generate,
     "export": _export,
+    "predict": _predict,
+    "data": _data,
     "plot": _plot,
     "summary": _summary,
   }

@@ -138,6 +138,15 @@ def run_config() -> ml_collections.ConfigDict:
   # On a GPU: XLA's deterministic kernels, for bit-identical reruns (jaxdl.determinism).
   c.train.deterministic = False
 
+  # Where the metrics go besides metrics.jsonl and TensorBoard (jaxdl.wandb_tracker). W&B's own
+  # environment variables apply (WANDB_MODE=offline, WANDB_PROJECT, ...).
+  c.log = ml_collections.ConfigDict()
+  c.log.wandb = False  # Log to a Weights & Biases run, continued when the workdir resumes.
+  c.log.wandb_project = ""  # "": WANDB_PROJECT, else "jaxdl".
+  c.log.wandb_entity = ""  # "": WANDB_ENTITY, else your W&B default.
+  c.log.wandb_name = ""  # "": the workdir's name.
+  c.log.wandb_tags = []
+
   # method: vmap (members side by side) | map (one after another, each exactly its separate run).
   c.sweep = ml_collections.ConfigDict({"method": "vmap"})
 
@@ -307,7 +316,11 @@ def resumable(key: str) -> bool:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
-  """Applies `key.path=value` strings in place, each parsed to the type of the value it replaces."""
+  """Applies `key.path=value` strings in place, each parsed to the type of the value it replaces.
+
+  `data.name=OTHER` is applied first and swaps in the other dataset's options (see
+  `_switch_dataset`), so its own options may follow on the same command line."""
+  overrides = sorted(overrides, key=lambda o: o.partition("=")[0].strip() != "data.name")
   flat = flatten(config)
   for override in overrides:
     key, sep, text = override.partition("=")
@@ -334,9 +347,30 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
       # An argument of the model that the experiment leaves at its default, e.g. model.dtype.
       flat[key] = default if isinstance(default, _PLAIN_TYPES) else None
     value = parse_value(key, text, flat[key])
+    if key == "data.name" and value != config.data.name:
+      _switch_dataset(config.data, value)
+      flat = flatten(config)
     _set(config, key, value)  # sweep.optimizer.learning_rate creates sweep.optimizer.
     flat[key] = value
   upgrade_legacy_keys(config)
+
+
+def _switch_dataset(data_config: ml_collections.ConfigDict, name: str) -> None:
+  """Replaces the options of dataset `data_config.name` by those of dataset `name`, in place:
+  an option both take keeps a value the experiment chose (one that differs from the old dataset's
+  default), the old dataset's other options go, and the new one's others are its defaults (so
+  `data.name=hf data.image_column=img` works on any experiment)."""
+  new_options = data_lib.dataset_options(name)  # Raises for an unknown name, naming the known.
+  old_options = (
+    data_lib.DATASETS[data_config.name].options if data_config.name in data_lib.DATASETS else {}
+  )
+  for key, old_default in old_options.items():
+    chosen = key in data_config and data_config[key] != old_default
+    if key in data_config and not (key in new_options and chosen):
+      del data_config[key]
+  for key, default in new_options.items():
+    if key not in data_config:
+      data_config[key] = default
 
 
 _PLAIN_TYPES = (bool, int, float, str, tuple, list)

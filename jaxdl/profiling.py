@@ -18,11 +18,14 @@ An evaluation or checkpoint that falls inside the window shows in the trace, una
 import contextlib
 import dataclasses
 import logging
-from pathlib import Path
+import shutil
+import tempfile
 from typing import Any, Callable
 
+from etils import epath
 import jax
 
+from jaxdl import paths
 from jaxdl.errors import ConfigError
 
 logger = logging.getLogger("jaxdl")
@@ -85,7 +88,7 @@ class Trace:
   def __init__(
     self,
     window: Window | None,
-    directory: Path,
+    directory: epath.Path,
     *,
     start_step: int,
     wait: Callable[[], None],
@@ -106,6 +109,9 @@ class Trace:
       directory = directory / f"process_{jax.process_index()}"
     self._directory, self._wait, self._untimed = directory, wait, untimed
     self._tracing = False
+    # jax.profiler writes local files only: a gs:// workdir's trace is written to a local
+    # folder and copied into the workdir when it stops.
+    self._local: str | None = None
 
   def clip(self, step: int, num_steps: int) -> int:
     """`num_steps` (the next call's steps after `step`), cut to stop at the window's edges;
@@ -129,7 +135,9 @@ class Trace:
     if n == w.first:
       self._wait()  # The steps before the window stay out of it.
       with self._untimed():
-        jax.profiler.start_trace(self._directory, create_perfetto_trace=True)
+        if not paths.is_local(self._directory):
+          self._local = tempfile.mkdtemp(prefix="jaxdl-profile-")
+        jax.profiler.start_trace(self._local or self._directory, create_perfetto_trace=True)
       self._tracing = True
     with jax.profiler.StepTraceAnnotation("train", step_num=n):
       yield
@@ -142,11 +150,15 @@ class Trace:
   def _stop(self) -> None:
     self._tracing = False
     jax.profiler.stop_trace()
+    if self._local is not None:
+      paths.copy_tree(self._local, self._directory)
+      shutil.rmtree(self._local, ignore_errors=True)
+      self._local = None
 
   def _log(self) -> None:
     perfetto = max(
       self._directory.glob("plugins/profile/*/perfetto_trace.json.gz"),
-      key=lambda p: p.stat().st_mtime,
+      key=paths.mtime,
     )
     logger.info(
       "Profiled train steps %d to %d into %s. Open it with `tensorboard --logdir %s` (the "

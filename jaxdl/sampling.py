@@ -8,13 +8,14 @@ one step. `generate` drives any such model; the same seed gives the same tokens.
 
 import functools
 import inspect
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl import paths
 from jaxdl import sweep as sweep_lib
 from jaxdl import workdir as workdir_lib
 from jaxdl.checkpoint import Checkpointer
@@ -97,7 +98,7 @@ def generate(
 
 
 def generate_from_workdir(
-  workdir: str | Path,
+  workdir: str | os.PathLike,
   prompt: str,
   *,
   max_new_tokens: int,
@@ -111,7 +112,7 @@ def generate_from_workdir(
   for a sweep's workdir (jaxdl.sweep), from its member `member`."""
   from jaxdl import models  # pylint: disable=g-import-not-at-top
 
-  workdir = Path(workdir)
+  workdir = paths.workdir_path(workdir)
   config = workdir_lib.load_config(workdir)
   tokenizer = workdir_lib.load_tokenizer(workdir)
   model = models.build_model(config.model, {"vocab_size": tokenizer.vocab_size})

@@ -320,7 +320,7 @@ def for_experiment(
   config_lib.apply_overrides(config, overrides)
   trainer.complete_from_pretrained(config)  # The architecture of init.pretrained's checkpoint.
   # parallel.cpu_devices splits a CPU host only before JAX starts: first, as `jaxdl train` does.
-  trainer._split_cpu_host(config)  # pylint: disable=protected-access
+  trainer.split_cpu_host(config)
   data = trainer.load_data(config)
   setup = trainer.build(config, data, training=True)
   inputs = setup.task.model_inputs(data.example_batch(1))

@@ -10,12 +10,13 @@ jaxdl.profiling.
 import dataclasses
 import functools
 import logging
-from pathlib import Path
+import os
 import signal
 import threading
 import time
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,7 +29,9 @@ from jaxdl import (
   host_memory,
   interval_log,
   models,
+  paths,
   profiling,
+  wandb_tracker,
   workdir_lock,
 )
 from jaxdl import config as config_lib
@@ -250,10 +253,10 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _source_checkpoint(path_text: str) -> tuple[Path, int | None]:
+def _source_checkpoint(path_text: str) -> tuple[epath.Path, int | None]:
   """(checkpoint directory, step or None for the latest) that `init.checkpoint` names: a workdir,
   its checkpoints/ directory, or one checkpoint, checkpoints/STEP."""
-  path = Path(path_text).expanduser()
+  path = paths.workdir_path(path_text).expanduser()
   if path.name.isdigit() and path.parent.name == workdir_lib.CHECKPOINT_DIR:
     return path.parent, int(path.name)
   if (path / workdir_lib.CHECKPOINT_DIR).is_dir():
@@ -357,7 +360,7 @@ def complete_from_pretrained(config: ml_collections.ConfigDict) -> None:
     config.model = ml_collections.ConfigDict(section)
 
 
-def _split_cpu_host(config: ml_collections.ConfigDict) -> None:
+def split_cpu_host(config: ml_collections.ConfigDict) -> None:
   """Applies parallel.cpu_devices (jaxdl.train.cpu_devices) before JAX starts; the count must
   divide the micro-batch (or batch) and the eval batch."""
   cpu_devices.configure(
@@ -374,11 +377,11 @@ def _configure_host(config: ml_collections.ConfigDict) -> None:
   host_memory.configure(config.runtime.reuse_host_memory)
   determinism.configure(config.train.deterministic)
   distributed.initialize(config.parallel)
-  _split_cpu_host(config)
+  split_cpu_host(config)
   compile_cache.configure(config.runtime.compilation_cache)
 
 
-def _check_same_data(workdir: Path, data: data_lib.Dataset) -> None:
+def _check_same_data(workdir: epath.Path, data: data_lib.Dataset) -> None:
   """CheckpointError if the workdir's checkpoints were trained on data of another size: the saved
   data position would not fit."""
   if not workdir_lib.has_checkpoints(workdir):
@@ -417,7 +420,7 @@ def _train_batches(setup: Setup, config: ml_collections.ConfigDict, data: data_l
 
 
 def _write_workdir_files(
-  workdir: Path, config: ml_collections.ConfigDict, data: data_lib.Dataset
+  workdir: epath.Path, config: ml_collections.ConfigDict, data: data_lib.Dataset
 ) -> None:
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   workdir_lib.write_config(workdir, config)  # Only once the config is known to work.
@@ -429,7 +432,7 @@ def _initial_loop(
   setup: Setup,
   config: ml_collections.ConfigDict,
   train_iter: Any,
-  workdir: Path,
+  workdir: epath.Path,
 ) -> tuple[int, dict[str, Any]]:
   """(start step, loop state in the run layout): the latest checkpoint's (which also restores the
   data position), step 0's with `init.checkpoint`'s or `init.pretrained`'s parameters copied in,
@@ -475,15 +478,18 @@ def _diverged(error: NonFiniteLossError, checkpointer: Checkpointer) -> NonFinit
 
 
 def _logs(
-  workdir: Path,
+  workdir: epath.Path,
   config: ml_collections.ConfigDict,
   data: data_lib.Dataset,
   setup: Setup,
   start_step: int,
   show_progress: bool,
+  record: dict[str, Any],
 ):
-  """(metrics writer, progress display, the interval log writing to both) of a run."""
-  writer = metrics_lib.MetricWriter(workdir)
+  """(metrics writer, progress display, the interval log writing to both) of a run; the writer
+  hands each write to the W&B tracker too with log.wandb (`record`: this run's metadata)."""
+  tracker = wandb_tracker.start(config, workdir, record)
+  writer = metrics_lib.MetricWriter(workdir, sinks=[tracker] if tracker else [])
   progress = Progress(
     total_steps=setup.plan.total_steps,
     initial_step=start_step,
@@ -523,16 +529,17 @@ def _stopped(
 
 def train(
   config: ml_collections.ConfigDict,
-  workdir: str | Path,
+  workdir: str | os.PathLike,
   *,
   command: list[str] | None = None,
   show_progress: bool = True,
 ) -> TrainResult:
   """Trains `config` in `workdir`, continuing from its latest checkpoint if it has one."""
   # ---------------------------------------------------------------- Setup
-  workdir = Path(workdir)
+  workdir = paths.workdir_path(workdir)
   _configure_host(config)
   complete_from_pretrained(config)
+  wandb_tracker.check(config)  # A missing wandb fails now, not after loading data and compiling.
   workdir_lib.check_can_train(workdir, config)
   # Until the run ends, another run in this workdir is refused (jaxdl.workdir_lock).
   with workdir_lock.hold(workdir, command):
@@ -541,7 +548,7 @@ def train(
 
 def _train_holding_workdir(
   config: ml_collections.ConfigDict,
-  workdir: Path,
+  workdir: epath.Path,
   command: list[str] | None,
   show_progress: bool,
 ) -> TrainResult:
@@ -575,21 +582,21 @@ def _train_holding_workdir(
   start_step, loop = _initial_loop(checkpointer, setup, config, train_iter, workdir)
   if jax.process_index() == 0:
     metrics_lib.truncate_after(workdir, start_step)
-  workdir_lib.append_run(
-    workdir,
-    workdir_lib.run_record(
-      data_source=data.source,
-      command=command,
-      start_step=start_step,
-      plan=plan.record(),
-      deterministic=determinism.record(cfg.deterministic),
-    ),
+  record = workdir_lib.run_record(
+    data_source=data.source,
+    command=command,
+    start_step=start_step,
+    plan=plan.record(),
+    deterministic=determinism.record(cfg.deterministic),
   )
+  workdir_lib.append_run(workdir, record)
   state, sums, rng_data = loop["state"], loop["metric_sums"], loop["rng"]
   rng = jax.random.wrap_key_data(rng_data)
 
   # ---------------------------------------------------------------- Train, log, evaluate, save
-  writer, progress, intervals = _logs(workdir, config, data, setup, start_step, show_progress)
+  writer, progress, intervals = _logs(
+    workdir, config, data, setup, start_step, show_progress, record
+  )
   eval_every = cfg.eval_every_steps or plan.steps_per_epoch
   stop_periods = (cfg.log_every_steps, eval_every, cfg.checkpoint_every_steps)
   eval_metrics: dict[str, float] = {}
@@ -602,6 +609,7 @@ def _train_holding_workdir(
     wait=functools.partial(calls.wait_until_running_at_most, 0),
     untimed=intervals.untimed,
   )
+  exit_code = 1  # As `jaxdl train` will exit; a tracker records how the run ended.
   try:
     with stop, trace:
       if step < total_steps:  # Apart from the first call, so that throughput leaves it out.
@@ -640,17 +648,20 @@ def _train_holding_workdir(
           # Never save a state that a NaN has reached.
           interval_log.raise_if_nonfinite(layout.to_host(sums), runs)
           saved = layout.to_saved({"state": state, "metric_sums": sums, "rng": rng_data})
+          writer.sync()  # metrics.jsonl holds each line up to the checkpoint (on gs:// too).
           checkpointer.save(step, saved, train_iter)
         if stopping:
           checkpointer.wait()
+          exit_code = 128 + (stop.signum or 0)
           return _stopped(step, stop.signum, eval_metrics, setup, progress)
       intervals.flush()
+    exit_code = 0
   except NonFiniteLossError as e:
     raise _diverged(e, checkpointer) from None
   finally:
     checkpointer.wait()
     checkpointer.close()
-    writer.close()
+    writer.close(exit_code)
     progress.close()
 
   if start_step >= total_steps:  # Already trained this far: report the saved model.
@@ -661,14 +672,14 @@ def _train_holding_workdir(
 
 
 def evaluate_workdir(
-  workdir: str | Path, step: int | None = None, overrides: Sequence[str] = ()
+  workdir: str | os.PathLike, step: int | None = None, overrides: Sequence[str] = ()
 ) -> tuple[int, dict[str, float], str]:
   """Evaluates the checkpoint at `step` (default: the latest) of a run on its evaluation split.
 
   `overrides` ("key=value") change run keys only (config.resumable), e.g. the mesh of a run
   trained on more devices than this machine has. Returns (step, metrics, the metrics in words).
   """
-  workdir = Path(workdir)
+  workdir = paths.workdir_path(workdir)
   config = workdir_lib.load_config(workdir)
   recipe = [o.partition("=")[0] for o in overrides if not config_lib.resumable(o.partition("=")[0])]
   if recipe:
@@ -679,7 +690,7 @@ def evaluate_workdir(
     )
   config_lib.apply_overrides(config, list(overrides))
   # The devices the run trained on, so that `jaxdl eval` reproduces its evaluation exactly.
-  _split_cpu_host(config)
+  split_cpu_host(config)
   data = load_data(config)
   workdir_lib.check_tokenizer(workdir, data.tokenizer)
   setup = build(config, data, training=False)

@@ -8,21 +8,26 @@ tensorboard/    TensorBoard event files
 checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
 profile/        jax.profiler traces of `train.profile_steps`, see jaxdl.profiling
 lock.json       while a run trains in it: which process holds it, see jaxdl.workdir_lock
+
+A workdir is a local directory or a gs:// path (jaxdl.paths).
 """
 
 import datetime
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 import platform
 import subprocess
 import sys
 from typing import Any
 
+from etils import epath
 import jax
 import ml_collections
 
 from jaxdl import config as config_lib
+from jaxdl import paths
 from jaxdl.errors import CheckpointError
 from jaxdl.workdir_lock import LOCK_FILE
 
@@ -42,14 +47,8 @@ _PACKAGES = (
 )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  path = Path(workdir) / CONFIG_FILE
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  path = paths.workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise CheckpointError(
       f"{workdir} is not a jaxdl workdir: it has no {CONFIG_FILE}. Pass the "
@@ -58,13 +57,13 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   return config_lib.from_json(path.read_text())
 
 
-def has_checkpoints(workdir: Path) -> bool:
+def has_checkpoints(workdir: epath.Path) -> bool:
   """Whether a completed checkpoint step exists (Orbax names them by step number)."""
   directory = workdir / CHECKPOINT_DIR
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
-def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
+def check_can_train(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
   """Refuses a workdir that holds another model's or setup's checkpoints, or that is not ours.
 
   Writes nothing: a run that fails before training starts leaves the workdir as it was.
@@ -103,10 +102,10 @@ def check_can_train(workdir: Path, config: ml_collections.ConfigDict) -> None:
     )
 
 
-def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(workdir / CONFIG_FILE, config_lib.to_json(config))
+    paths.write_atomic(workdir / CONFIG_FILE, config_lib.to_json(config))
 
 
 def _git_commit(path: Path) -> str | None:
@@ -155,17 +154,17 @@ def run_record(
   }
 
 
-def append_run(workdir: Path, record: dict[str, Any]) -> None:
+def append_run(workdir: epath.Path, record: dict[str, Any]) -> None:
   """Adds this run to metadata.json, keeping the records of the runs before it."""
   if jax.process_index() != 0:
     return
   path = workdir / METADATA_FILE
   metadata = json.loads(path.read_text()) if path.is_file() else {"runs": []}
   metadata["runs"].append(record)
-  _write_atomic(path, json.dumps(metadata, indent=2) + "\n")
+  paths.write_atomic(path, json.dumps(metadata, indent=2) + "\n")
 
 
-def last_data_source(workdir: Path) -> dict[str, Any] | None:
+def last_data_source(workdir: epath.Path) -> dict[str, Any] | None:
   path = workdir / METADATA_FILE
   if not path.is_file():
     return None
@@ -173,7 +172,7 @@ def last_data_source(workdir: Path) -> dict[str, Any] | None:
   return runs[-1].get("data") if runs else None
 
 
-def check_tokenizer(workdir: Path, tokenizer: Any) -> None:
+def check_tokenizer(workdir: epath.Path, tokenizer: Any) -> None:
   """Refuses data whose vocabulary differs from the one the workdir's checkpoints were trained
   with: token ids would silently mean other characters or words."""
   path = workdir / TOKENIZER_FILE
@@ -187,16 +186,16 @@ def check_tokenizer(workdir: Path, tokenizer: Any) -> None:
     )
 
 
-def write_tokenizer(workdir: Path, tokenizer: Any) -> None:
+def write_tokenizer(workdir: epath.Path, tokenizer: Any) -> None:
   if tokenizer is not None and jax.process_index() == 0:
-    _write_atomic(workdir / TOKENIZER_FILE, tokenizer.to_json())
+    paths.write_atomic(workdir / TOKENIZER_FILE, tokenizer.to_json())
 
 
-def load_tokenizer(workdir: str | Path) -> Any:
+def load_tokenizer(workdir: str | os.PathLike) -> Any:
   """The tokenizer a text run saved, to encode prompts and decode samples."""
   from jaxdl.data import tokenizers  # pylint: disable=g-import-not-at-top
 
-  path = Path(workdir) / TOKENIZER_FILE
+  path = paths.workdir_path(workdir) / TOKENIZER_FILE
   if not path.is_file():
     raise CheckpointError(
       f"{workdir} has no {TOKENIZER_FILE}: it was not trained on text, so there is no "

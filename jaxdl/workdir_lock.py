@@ -25,6 +25,11 @@ with one line naming the process and host that hold it.
   others at a later collective), and they share the workdir as before.
 - `jaxdl eval`, `export` and `generate` only read a workdir, and a run saves its checkpoints
   atomically: they take no lock and may read a workdir a run is training in.
+- On gs:// (jaxdl.paths) the lock is best effort. It is created by an upload that GCS refuses if
+  the object exists (as atomic as O_EXCL), its heartbeat rewrites it and its age is the object's
+  update time, to the second. But a heartbeat written just after another run took the lock over
+  would overwrite that run's lock (there is no conditional touch), so two runs one stale lock
+  apart may both go on; keep one run per workdir by the way jobs are launched as well.
 """
 
 import contextlib
@@ -40,10 +45,12 @@ import time
 from typing import Any, Iterator
 import uuid
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from jaxdl import paths
 from jaxdl.errors import CheckpointError
 
 logger = logging.getLogger("jaxdl")
@@ -129,11 +136,11 @@ def _describe(holder: dict[str, Any], age_s: float) -> str:
   )
 
 
-def _read(path: Path) -> tuple[str, float] | None:
+def _read(path: epath.Path) -> tuple[str, float] | None:
   """(text, seconds since its heartbeat) of the lock file; None if there is none."""
   try:
     text = path.read_text()
-    return text, time.time() - path.stat().st_mtime
+    return text, time.time() - paths.mtime(path)
   except FileNotFoundError:
     return None
 
@@ -148,16 +155,12 @@ def _parse(text: str) -> dict[str, Any] | None:
   return holder
 
 
-def _create(path: Path, text: str) -> None:
+def _create(path: epath.Path, text: str) -> None:
   """Creates the lock file holding `text`; FileExistsError if another run holds it."""
-  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-  try:
-    os.write(fd, text.encode())
-  finally:
-    os.close(fd)
+  paths.create_exclusive(path, text)
 
 
-def _remove_stale(path: Path, stale_text: str) -> bool:
+def _remove_stale(path: epath.Path, stale_text: str) -> bool:
   """Removes the stale lock file if it still holds `stale_text`; False if it changed, or another
   run is taking it over at this moment (the caller looks again)."""
   takeover = path.with_name(TAKEOVER_FILE)
@@ -177,18 +180,21 @@ def _remove_stale(path: Path, stale_text: str) -> bool:
     takeover.unlink(missing_ok=True)
 
 
-def _clear_abandoned(takeover: Path) -> None:
+def _clear_abandoned(takeover: epath.Path) -> None:
   """Removes a takeover file older than a takeover can take (its run died in those microseconds).
   Two runs clearing it at once, while a third starts a takeover, could let two takeovers overlap;
   that needs a run to die mid-takeover and three to race at once, and is left at that."""
   with contextlib.suppress(FileNotFoundError):
-    if time.time() - takeover.stat().st_mtime > _ABANDONED_TAKEOVER_SECONDS:
+    if time.time() - paths.mtime(takeover) > _ABANDONED_TAKEOVER_SECONDS:
       takeover.unlink()
       logger.warning("Removed %s, left by a run that died while taking over a lock.", takeover)
 
 
-def _topmost_missing(path: Path) -> Path | None:
-  """The outermost directory of `path` that does not exist yet."""
+def _topmost_missing(path: epath.Path) -> epath.Path | None:
+  """The outermost directory of `path` that does not exist yet (None on gs://, where directories
+  are only the names of objects, gone with them)."""
+  if not paths.is_local(path):
+    return None
   missing = None
   for directory in [path, *path.parents]:
     if directory.exists():
@@ -200,7 +206,7 @@ def _topmost_missing(path: Path) -> Path | None:
 class WorkdirLock:
   """A workdir's lock while this run holds it: a daemon thread keeps its heartbeat."""
 
-  def __init__(self, workdir: Path, text: str, created: Path | None):
+  def __init__(self, workdir: epath.Path, text: str, created: epath.Path | None):
     self.path = workdir / LOCK_FILE
     self._text, self._created = text, created
     self._stop = threading.Event()
@@ -220,7 +226,10 @@ class WorkdirLock:
         )
         return
       with contextlib.suppress(OSError):  # A missed beat is fine; many are what makes it stale.
-        os.utime(self.path)
+        if paths.is_local(self.path):
+          os.utime(self.path)
+        else:  # An object's time changes only when it is written.
+          self.path.write_text(self._text)
 
   def release(self) -> None:
     self._stop.set()
@@ -230,17 +239,17 @@ class WorkdirLock:
     if self._created is not None:  # Leave no directory a run that did nothing created.
       for directory in [self.path.parent, *self.path.parent.parents]:
         try:
-          directory.rmdir()
+          os.rmdir(directory)  # Only if empty (epath's rmdir raises ValueError otherwise).
         except OSError:
           break
         if directory == self._created:
           break
 
 
-def acquire(workdir: Path, command: list[str] | None = None) -> WorkdirLock:
+def acquire(workdir: str | os.PathLike, command: list[str] | None = None) -> WorkdirLock:
   """Takes `workdir`'s lock, creating the directory if needed; CheckpointError if another run
   holds it."""
-  workdir = Path(workdir)
+  workdir = paths.workdir_path(workdir)
   path = workdir / LOCK_FILE
   token = uuid.uuid4().hex
   text = json.dumps(
@@ -312,7 +321,7 @@ def _from_process_0(message: str) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir: Path, command: list[str] | None = None) -> Iterator[WorkdirLock | None]:
+def hold(workdir: epath.Path, command: list[str] | None = None) -> Iterator[WorkdirLock | None]:
   """Holds `workdir`'s lock for a run's processes (process 0 takes it); every process raises the
   same CheckpointError if another run holds it."""
   lock, refusal = None, ""

@@ -3,7 +3,7 @@
 import pytest
 
 from jaxdl import config as config_lib
-from jaxdl.errors import ConfigError
+from jaxdl.errors import ConfigError, UserError
 from tests.conftest import REPO
 
 
@@ -153,3 +153,27 @@ def test_any_model_argument_can_be_overridden():
   assert config.model.dtype == "bfloat16" and config.model.zero_init_residual is True
   with pytest.raises(ConfigError, match="Did you mean model.dtype"):
     config_lib.apply_overrides(config, ["model.dtyp=float32"])
+
+
+@pytest.mark.parametrize("order", ["name_first", "name_last"])
+def test_data_name_override_swaps_in_that_datasets_options(order):
+  """`data.name=parquet` on a CIFAR experiment: an option both datasets take keeps a value the
+  experiment chose, CIFAR's defaults and own options go, parquet's join at their defaults; and
+  parquet's options may be set on the same command line, before or after data.name."""
+  from jaxdl import data as data_lib
+
+  config = config_lib.load_experiment(str(REPO / "experiments" / "cifar10_resnet20.py"))
+  assert config.data.augment == "crop_flip" and config.data.normalize  # CIFAR's defaults.
+  config.data.crop_padding = 2  # Chosen by the experiment.
+  cifar_only = set(data_lib.dataset_options("cifar10")) - set(data_lib.dataset_options("parquet"))
+  overrides = ["data.name=parquet", "data.train_files=train-*.parquet", "data.image_size=24"]
+  config_lib.apply_overrides(config, overrides if order == "name_first" else overrides[::-1])
+  assert config.data.name == "parquet"
+  assert config.data.train_files == "train-*.parquet" and config.data.image_size == 24
+  assert config.data.crop_padding == 2
+  assert not cifar_only & set(config.data.keys())
+  for key, default in data_lib.dataset_options("parquet").items():
+    if key not in ("train_files", "image_size", "crop_padding"):
+      assert config.data[key] == default, key
+  with pytest.raises(UserError, match="Unknown dataset 'parqet'. Did you mean parquet"):
+    config_lib.apply_overrides(config, ["data.name=parqet"])

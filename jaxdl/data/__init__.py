@@ -15,7 +15,17 @@ import dataclasses
 import difflib
 from typing import Any
 
-from jaxdl.data import cifar, fashion_mnist, image_folder, reviews, synthetic, text
+from jaxdl.data import (
+  arrayrecord,
+  cifar,
+  fashion_mnist,
+  hf,
+  image_folder,
+  parquet,
+  reviews,
+  synthetic,
+  text,
+)
 from jaxdl.data.base import Dataset
 from jaxdl.data.mnist import load_mnist
 from jaxdl.data.pipeline import LoadedData, Split, eval_batches, steps_per_epoch, train_batches
@@ -28,6 +38,7 @@ __all__ = [
   "LoadedData",
   "Split",
   "complete_config",
+  "dataset_options",
   "eval_batches",
   "load_dataset",
   "load_from_config",
@@ -54,6 +65,9 @@ DATASETS: dict[str, DatasetSpec] = {
   "text": DatasetSpec(text.load_text, text.OPTIONS),  # Language modelling on any UTF-8 text.
   "reviews": DatasetSpec(reviews.load_reviews, reviews.OPTIONS),  # Fresh vs rotten snippets.
   "seq2seq": DatasetSpec(synthetic.load_seq2seq, synthetic.OPTIONS),  # Reverse or sort.
+  "hf": DatasetSpec(hf.load_hf, hf.OPTIONS),  # A saved or cached Hugging Face dataset.
+  "parquet": DatasetSpec(parquet.load_parquet, parquet.OPTIONS),  # Parquet files.
+  "arrayrecord": DatasetSpec(arrayrecord.load_arrayrecord, arrayrecord.OPTIONS),  # Shards.
 }
 
 
@@ -67,6 +81,11 @@ def _spec(name: str) -> DatasetSpec:
       f"{', '.join(sorted(DATASETS))}; use one of these names."
     )
   return spec
+
+
+def dataset_options(name: str) -> dict[str, Any]:
+  """{option: default} of the dataset registered as `name` (DataError naming the known ones)."""
+  return dict(_spec(name).options)
 
 
 def load_dataset(

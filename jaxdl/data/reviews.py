@@ -68,8 +68,7 @@ def load_reviews(
     DataError: a bad option, no data, or a malformed CSV (naming the file and line).
   """
   del allow_download  # Nothing to download.
-  if tokenizer not in TOKENIZERS:  # The folder of a published tokenizer, used as it is.
-    pretrained = pretrained_tokenizer.load_tokenizer_option(tokenizer, TOKENIZERS, ("pad", "cls"))
+  pretrained = check_tokenizer_option(tokenizer)
   vocab_size = pipeline.check_int_option("vocab_size", vocab_size, minimum=len(TEXT_SPECIALS) + 1)
   max_length = pipeline.check_int_option("max_length", max_length, minimum=2)
   test_fraction = pipeline.check_fraction_option("test_fraction", test_fraction)
@@ -85,14 +84,7 @@ def load_reviews(
     )
   train_texts = [t for t, test in zip(texts, in_test) if not test]
 
-  if tokenizer == "word":
-    tok = WordTokenizer.fit(train_texts, vocab_size)
-  elif tokenizer == "char":
-    tok = CharTokenizer.fit(train_texts, specials=TEXT_SPECIALS)
-  elif tokenizer == "byte":
-    tok = ByteTokenizer(specials=TEXT_SPECIALS)
-  else:
-    tok = pretrained
+  tok = fit_tokenizer(tokenizer, train_texts, vocab_size, pretrained)
   tokens = encode_reviews(tok, texts, max_length)
   labels = np.asarray(labels, np.int32)
 
@@ -195,6 +187,26 @@ def read_reviews(path: Path) -> tuple[list[str], list[int]]:
       f"{str(path)!r} holds no fresh or rotten reviews, so there is nothing to train on."
     )
   return texts, labels
+
+
+def check_tokenizer_option(tokenizer):
+  """The pretrained tokenizer data.tokenizer names by its folder (it must have [CLS] and [PAD]),
+  or None for one of `TOKENIZERS`."""
+  if tokenizer in TOKENIZERS:
+    return None
+  return pretrained_tokenizer.load_tokenizer_option(tokenizer, TOKENIZERS, ("pad", "cls"))
+
+
+def fit_tokenizer(tokenizer: str, train_texts: list[str], vocab_size: int, pretrained=None):
+  """The tokenizer data.tokenizer names, fitted on the training texts, with TEXT_SPECIALS; or
+  `pretrained` (from `check_tokenizer_option`) as it is. Shared by jaxdl.data.record_text."""
+  if tokenizer == "word":
+    return WordTokenizer.fit(train_texts, vocab_size)
+  if tokenizer == "char":
+    return CharTokenizer.fit(train_texts, specials=TEXT_SPECIALS)
+  if tokenizer == "byte":
+    return ByteTokenizer(specials=TEXT_SPECIALS)
+  return pretrained if pretrained is not None else check_tokenizer_option(tokenizer)
 
 
 def encode_reviews(tokenizer, texts: list[str], max_length: int) -> np.ndarray:

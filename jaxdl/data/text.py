@@ -225,19 +225,9 @@ def load_text(
       one window of `block_size + 1` tokens in either split.
   """
   del allow_download  # Nothing to download.
-  block_size = pipeline.check_int_option("block_size", block_size, minimum=1)
+  block_size, mask_rate = check_lm_options(block_size, objective, mask_rate)
   val_fraction = pipeline.check_fraction_option("val_fraction", val_fraction)
-  pipeline.check_choice_option("objective", objective, OBJECTIVES)
-  mask_rate = pipeline.check_fraction_option("mask_rate", mask_rate)
-  if objective != "masked_lm" and mask_rate != OPTIONS["mask_rate"]:
-    raise DataError(
-      f"data.mask_rate={mask_rate} is for data.objective=masked_lm, but the objective is "
-      f"{objective!r}; set data.objective=masked_lm or leave data.mask_rate out."
-    )
-  specials = TEXT_SPECIALS if objective == "masked_lm" else ()
-  if tokenizer not in TOKENIZERS:  # The folder of a published tokenizer, used as it is.
-    needs = ("pad", "cls", "sep", "mask") if specials else ()
-    pretrained = pretrained_tokenizer.load_tokenizer_option(tokenizer, TOKENIZERS, needs)
+  pretrained = check_tokenizer_option(tokenizer, objective)
 
   if data_dir:
     path = Path(data_dir).expanduser()
@@ -247,16 +237,8 @@ def load_text(
     text, resource = load_shipped_corpus()
     source = {"kind": "shipped_corpus", "path": resource, "files": 1}
 
-  if tokenizer == "char":
-    tok = CharTokenizer.fit(text, specials)
-  elif tokenizer == "byte":
-    tok = ByteTokenizer(specials)
-  else:
-    tok = pretrained
-  # The narrowest unsigned dtype that holds every id keeps big corpora small in memory; batches
-  # are converted to int32 as they are gathered.
-  dtype = next(t for t in (np.uint8, np.uint16, np.int32) if tok.vocab_size <= np.iinfo(t).max + 1)
-  stream = tok.encode(text).astype(dtype)
+  tok = fit_tokenizer(tokenizer, text, objective, pretrained)
+  stream = encode_stream(tok, text)
   num_train = len(stream) - int(len(stream) * val_fraction)
   source = {
     **source,
@@ -264,20 +246,90 @@ def load_text(
     "num_val": len(stream) - num_train,
     "tokenizer": tokenizer,
   }
+  return lm_dataset(
+    stream[:num_train],
+    stream[num_train:],
+    tokenizer=tok,
+    block_size=block_size,
+    objective=objective,
+    mask_rate=mask_rate,
+    source=source,
+  )
+
+
+# The steps of `load_text` that other text sources share (jaxdl.data.record_text).
+
+
+def check_lm_options(block_size, objective, mask_rate) -> tuple[int, float]:
+  """data.block_size and data.mask_rate checked against data.objective; DataError if bad."""
+  block_size = pipeline.check_int_option("block_size", block_size, minimum=1)
+  pipeline.check_choice_option("objective", objective, OBJECTIVES)
+  mask_rate = pipeline.check_fraction_option("mask_rate", mask_rate)
+  if objective != "masked_lm" and mask_rate != OPTIONS["mask_rate"]:
+    raise DataError(
+      f"data.mask_rate={mask_rate} is for data.objective=masked_lm, but the objective is "
+      f"{objective!r}; set data.objective=masked_lm or leave data.mask_rate out."
+    )
+  return block_size, mask_rate
+
+
+def check_tokenizer_option(tokenizer, objective: str):
+  """The pretrained tokenizer data.tokenizer names by its folder, or None for "char" / "byte"."""
+  if tokenizer in TOKENIZERS:
+    return None
+  needs = ("pad", "cls", "sep", "mask") if objective == "masked_lm" else ()
+  return pretrained_tokenizer.load_tokenizer_option(tokenizer, TOKENIZERS, needs)
+
+
+def fit_tokenizer(tokenizer: str, text: str, objective: str, pretrained=None):
+  """The tokenizer data.tokenizer names for `text`: "char" fitted on it, "byte", or `pretrained`
+  (from `check_tokenizer_option`); with the special tokens masked LM needs."""
+  specials = TEXT_SPECIALS if objective == "masked_lm" else ()
+  if tokenizer == "char":
+    return CharTokenizer.fit(text, specials)
+  if tokenizer == "byte":
+    return ByteTokenizer(specials)
+  return pretrained if pretrained is not None else check_tokenizer_option(tokenizer, objective)
+
+
+def encode_stream(tokenizer, text: str) -> np.ndarray:
+  """The token ids of `text` in the narrowest unsigned dtype that holds the vocabulary."""
+  # Keeps big corpora small in memory; batches are converted to int32 as they are gathered.
+  return np.asarray(tokenizer.encode(text)).astype(stream_dtype(tokenizer.vocab_size))
+
+
+def stream_dtype(vocab_size: int) -> np.dtype:
+  """The narrowest of uint8, uint16, int32 that holds ids [0, vocab_size)."""
+  return np.dtype(
+    next(t for t in (np.uint8, np.uint16, np.int32) if vocab_size <= np.iinfo(t).max + 1)
+  )
+
+
+def lm_dataset(
+  train_tokens: np.ndarray,
+  val_tokens: np.ndarray,
+  *,
+  tokenizer,
+  block_size: int,
+  objective: str,
+  mask_rate: float,
+  source: dict[str, Any],
+) -> TextDataset | masking.MaskedTextDataset:
+  """The language-modelling dataset of two token streams, for `objective` "lm" or "masked_lm"."""
   if objective == "masked_lm":
     return masking.MaskedTextDataset(
-      train_tokens=stream[:num_train],
-      val_tokens=stream[num_train:],
+      train_tokens=train_tokens,
+      val_tokens=val_tokens,
       block_size=block_size,
-      tokenizer=tok,
+      tokenizer=tokenizer,
       source=source,
       mask_rate=mask_rate,
     )
   return TextDataset(
-    train_tokens=stream[:num_train],
-    val_tokens=stream[num_train:],
+    train_tokens=train_tokens,
+    val_tokens=val_tokens,
     block_size=block_size,
-    tokenizer=tok,
+    tokenizer=tokenizer,
     source=source,
   )
 
