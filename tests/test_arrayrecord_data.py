@@ -81,14 +81,18 @@ def _in_memory(arrays, **options):
   return pipeline.LoadedData(train, test, fx.NUM_CLASSES, {}, augment=transform)
 
 
-def test_msgpack_batches_equal_the_same_arrays_in_memory(msgpack_files, arrays):
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_msgpack_batches_equal_the_same_arrays_in_memory(msgpack_files, arrays, cache):
+  """Decoded at load, or read from the shards at random positions batch by batch: the same."""
   ours = load_dataset(
     "arrayrecord",
     str(msgpack_files),
     train_files="train-*.array_record",
     eval_files="test.array_record",
+    cache=cache,
     **AUGMENTED,
   )
+  assert ours.source["in_memory"] == (cache == "memory")
   assert ours.source["train_files"] == [
     str(msgpack_files / f"train-{i}.array_record") for i in range(3)
   ]

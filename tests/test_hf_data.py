@@ -117,10 +117,13 @@ AUGMENTED = dict(augment="crop_flip", normalize=True, crop_padding=2, padding_mo
 PLAIN = dict(augment="none", normalize=False, crop_padding=4, padding_mode="zero")
 
 
+@pytest.mark.parametrize("cache", ["memory", "none"])
 @pytest.mark.parametrize("options", [PLAIN, AUGMENTED], ids=["plain", "augmented"])
-def test_image_batches_equal_the_same_arrays_in_memory(image_dir, arrays, options):
-  ours = load_dataset("hf", str(image_dir), **options)
+def test_image_batches_equal_the_same_arrays_in_memory(image_dir, arrays, options, cache):
+  """Decoded into memory at load or read from the records batch by batch: the same batches."""
+  ours = load_dataset("hf", str(image_dir), cache=cache, **options)
   assert isinstance(ours, record_images.RecordImageDataset)
+  assert ours.source["in_memory"] == (cache == "memory")
   assert ours.source["num_train"] == fx.NUM_TRAIN and ours.source["image_shape"] == [8, 8, 1]
   _assert_same_batches(ours, _reference(arrays, **options))
 
@@ -364,3 +367,14 @@ def test_language_model_runs_repeat_and_resume_exactly(text_runs):
   assert [r["step"] for r in straight if "eval/loss" in r] == [8, 16]
   assert text_runs["again"] == straight
   assert text_runs["resumed"] == straight
+
+
+def test_cache_auto_holds_images_in_memory_only_within_the_budget(image_dir, monkeypatch):
+  assert load_dataset("hf", str(image_dir)).source["in_memory"]  # 8x8 images: a few KB.
+  size = (fx.NUM_TRAIN + fx.NUM_TEST) * 8 * 8
+  monkeypatch.setattr(record_images, "memory_budget", lambda: size - 1)
+  assert not load_dataset("hf", str(image_dir)).source["in_memory"]
+  monkeypatch.setattr(record_images, "memory_budget", lambda: size)
+  assert load_dataset("hf", str(image_dir)).source["in_memory"]
+  with pytest.raises(DataError, match="data.cache must be one of 'auto', 'memory', 'none'"):
+    load_dataset("hf", str(image_dir), cache="ram")

@@ -49,10 +49,17 @@ def _reference(arrays, **options):
 AUGMENTED = dict(augment="crop_flip", normalize=True, crop_padding=2, padding_mode="zero")
 
 
-def test_png_batches_equal_the_same_arrays_in_memory(png_files, arrays):
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_png_batches_equal_the_same_arrays_in_memory(png_files, arrays, cache):
   ours = load_dataset(
-    "parquet", str(png_files), train_files="train-*.parquet", eval_files="t", **AUGMENTED
+    "parquet",
+    str(png_files),
+    train_files="train-*.parquet",
+    eval_files="t",
+    cache=cache,
+    **AUGMENTED,
   )
+  assert ours.source["in_memory"] == (cache == "memory")
   assert isinstance(ours, record_images.RecordImageDataset)
   assert ours.source["train_files"] == [str(png_files / f"train-{i}.parquet") for i in range(3)]
   reference = _reference(arrays, **AUGMENTED)

@@ -1,13 +1,15 @@
-"""Image classification from records: image fields decoded as batches need them, and labels.
+"""Image classification from records: image fields decoded, and labels.
 
 `image_dataset` makes a `RecordImageDataset` whose batches equal to the bit those of a
-`jaxdl.data.pipeline.Split` holding the same images, with the same seed and augmentation; the
-images stay in the records (encoded or not) until `RecordImages.take` reads a batch's.
+`jaxdl.data.pipeline.Split` holding the same images, with the same seed and augmentation. The
+images are decoded once into memory when they fit (data.cache), or else stay in the records
+(encoded or not) until `RecordImages.take` reads a batch's: a dataset larger than memory streams.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 import sys
 from typing import Any, ClassVar
@@ -121,6 +123,21 @@ def resize_centre_crop(image_HWC: np.ndarray, image_size: int) -> np.ndarray:
   return array[..., None] if array.ndim == 2 else array
 
 
+CACHE_CHOICES = ("auto", "memory", "none")
+# data.cache=auto holds decoded images in memory up to this much, or a quarter of the machine's.
+MAX_MEMORY_BUDGET = 4 * 2**30
+
+
+def memory_budget() -> int:
+  """The bytes of decoded images data.cache=auto holds in memory: MAX_MEMORY_BUDGET, or a quarter
+  of the physical memory where that is less."""
+  try:
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (AttributeError, ValueError, OSError):  # Not a POSIX system: the fixed budget.
+    return MAX_MEMORY_BUDGET
+  return min(MAX_MEMORY_BUDGET, physical // 4)
+
+
 class RecordImages:
   """One split of images and labels whose images stay in the records until a batch needs them.
 
@@ -142,12 +159,28 @@ class RecordImages:
     self.source, self.image_field, self.label = source, image_field, label
     self.image_shape, self.image_size, self.name = tuple(image_shape), image_size, name
     self._index = np.arange(len(source))
+    self._decoded: np.ndarray | None = None  # Every image, once `hold_in_memory` decoded them.
 
   def __len__(self) -> int:
     return len(self._index)
 
+  @property
+  def nbytes(self) -> int:
+    """The bytes every image of the split takes decoded (uint8)."""
+    return len(self) * int(np.prod(self.image_shape))
+
+  def hold_in_memory(self, chunk: int = 1024) -> None:
+    """Decodes every image once and keeps them, so that batches are gathered from memory (as
+    `pipeline.Split`'s are) instead of read and decoded from the records each time."""
+    decoded = np.empty((len(self), *self.image_shape), np.uint8)
+    for start in range(0, len(self), chunk):
+      decoded[start : start + chunk] = self.images(slice(start, start + chunk))
+    self._decoded = decoded
+
   def images(self, rows) -> np.ndarray:
     """uint8 [B, H, W, C]: the decoded images at `rows` (a slice or an index array)."""
+    if self._decoded is not None:
+      return self._decoded[rows]
     indices = self._index[rows]
     image = np.empty((len(indices), *self.image_shape), np.uint8)
     for k, (index, record) in enumerate(zip(indices, read_records(self.source, indices))):
@@ -240,6 +273,7 @@ def image_dataset(
   normalize: bool = False,
   crop_padding: int = 4,
   padding_mode: str = "zero",
+  cache: str = "auto",
   source: dict[str, Any],
 ) -> RecordImageDataset:
   """Images and labels from the `image_field` and `label_field` of two record sources.
@@ -250,7 +284,11 @@ def image_dataset(
       image's shorter side to S and takes the centre S x S.
     augment, normalize, crop_padding, padding_mode: see jaxdl.data.augment.from_options; the
       statistics are the per-channel mean and std of the training images.
-    source: provenance; "num_train", "num_test", "image_shape" and "fields" are added.
+    cache: "memory" decodes every image once, at load, and gathers batches from memory; "none"
+      reads and decodes each batch's images from the records; "auto" holds them in memory when
+      both splits take at most `memory_budget()` bytes decoded. The batches are the same.
+    source: provenance; "num_train", "num_test", "image_shape", "fields" and "in_memory" are
+      added.
 
   Raises:
     DataError: a bad option, a missing field, labels that are not class ids in range, or a first
@@ -258,6 +296,7 @@ def image_dataset(
   """
   image_size = pipeline.check_int_option("image_size", image_size, minimum=0)
   num_classes = pipeline.check_int_option("num_classes", num_classes, minimum=0)
+  pipeline.check_choice_option("cache", cache, CACHE_CHOICES)
   if not len(train) or not len(test):
     raise DataError(
       f"The {'training' if not len(train) else 'evaluation'} split has no records "
@@ -284,6 +323,12 @@ def image_dataset(
     for name, split in (("train", train), ("test", test))
   }
   splits["test"].images([0])  # A test set of another shape fails now, not at the first eval.
+  in_memory = cache == "memory" or (
+    cache == "auto" and sum(split.nbytes for split in splits.values()) <= memory_budget()
+  )
+  if in_memory:
+    for split in splits.values():
+      split.hold_in_memory()
 
   if isinstance(normalize, (bool, np.bool_)) and normalize:  # from_options checks the type.
     mean, std = image_folder.channel_stats(_DecodedView(splits["train"]))
@@ -303,6 +348,7 @@ def image_dataset(
     "num_test": len(test),
     "image_shape": list(first.shape),
     "fields": {"image": image_field, "label": label_field},
+    "in_memory": in_memory,
   }
   return RecordImageDataset(
     train=splits["train"],

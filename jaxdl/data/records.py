@@ -21,8 +21,9 @@ or tokens, and label are used):
 
 What the records become, by data.task ("auto": an image field -> "classify" images; a text or
 tokens field with a label field -> "classify" text; without labels -> "lm"):
-- images (jaxdl.data.record_images.image_dataset): images and labels read at random from the
-  records as batches need them. Its batches equal to the bit those of a
+- images (jaxdl.data.record_images.image_dataset): images and labels, decoded once into memory
+  when they fit (data.cache=auto; memory: always; none: never), else read at random from the
+  records as batches need them. Either way its batches equal to the bit those of a
   `jaxdl.data.pipeline.Split` holding the same images, with the same seed and augmentation
   (data.augment, data.normalize, ... as CIFAR's, but off by default: normalising reads every
   training image once at load to compute the statistics).
@@ -60,6 +61,7 @@ OPTIONS = {
   "normalize": False,
   "crop_padding": 4,
   "padding_mode": "zero",
+  "cache": "auto",
   "tokenizer": "char",
   "vocab_size": 8000,
   "max_length": 64,
@@ -157,6 +159,7 @@ def build_dataset(
   normalize: bool = OPTIONS["normalize"],
   crop_padding: int = OPTIONS["crop_padding"],
   padding_mode: str = OPTIONS["padding_mode"],
+  cache: str = OPTIONS["cache"],
   tokenizer: str = OPTIONS["tokenizer"],
   vocab_size: int = OPTIONS["vocab_size"],
   max_length: int = OPTIONS["max_length"],
@@ -217,6 +220,7 @@ def build_dataset(
       normalize=normalize,
       crop_padding=crop_padding,
       padding_mode=padding_mode,
+      cache=cache,
       source=source,
     )
   return text_classify_dataset(
