@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxdl import paths
 from jaxdl.errors import CheckpointError, UserError
+from jaxdl.train import param_paths
 
 MODEL_FILE = "model.stablehlo"
 PARAMS_FILE = "params.npz"
@@ -74,18 +75,6 @@ def flat_params(variables: dict[str, Any]) -> dict[str, np.ndarray]:
   return flat
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-  """`flat_params`'s inverse: {"params": {"Conv_0": {"kernel": ...}}, ...}."""
-  nested: dict[str, Any] = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split("/")
-    node = nested
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return nested
-
-
 def check_platforms(platforms: Any) -> tuple[str, ...]:
   """`platforms` (a sequence, or a comma-separated string) as a tuple of known platform names."""
   names = (
@@ -106,11 +95,11 @@ def export_forward(
   example_input: np.ndarray,
   platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
 ) -> jax.export.Exported:
-  """`model.apply(nest(params), inputs, train=False)` exported for `platforms`, its inputs shaped
-  like `example_input` [B, ...] except for the batch, which is symbolic."""
+  """`model.apply(unflatten(params), inputs, train=False)` exported for `platforms`, its inputs
+  shaped like `example_input` [B, ...] except for the batch, which is symbolic."""
 
   def forward(params, inputs):
-    return model.apply(nest(params), inputs, train=False)
+    return model.apply(param_paths.unflatten(params), inputs, train=False)
 
   (batch,) = jax.export.symbolic_shape("batch")
   param_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in params.items()}

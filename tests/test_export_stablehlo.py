@@ -23,6 +23,7 @@ from jaxdl.checkpoint import Checkpointer
 from jaxdl.data import image_folder
 from jaxdl.errors import UserError
 from jaxdl.train import lora as lora_lib
+from jaxdl.train import param_paths
 from jaxdl.train import step as step_lib
 from tests.conftest import REPO
 
@@ -474,7 +475,7 @@ def test_language_model_exports_and_continues_text_greedily(gpt_run, tmp_path, c
   prompts = ["ROMEO:", "To be, or not"]
   assert cli.main(["predict", str(gpt_run["out"]), *prompts, "--max-new-tokens", "6"]) == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  params = serving.nest(serving.load(str(gpt_run["out"])).params)["params"]
+  params = param_paths.unflatten(serving.load(str(gpt_run["out"])).params)["params"]
   for prompt, line in zip(prompts, lines):
     expected = sampling.generate(
       setup.model, params, data.tokenizer.encode(prompt), max_new_tokens=6, temperature=0
