@@ -48,3 +48,18 @@ def test_models_import_jax_and_flax_only(module):
   assert "flax" in top_level
   assert not top_level & set(HEAVY[1:]), sorted(top_level & set(HEAVY[1:]))
   assert all(m.startswith(("jaxdl.nn", "jaxdl.kernels")) for m in ours), sorted(ours)
+
+
+# The optional extras' packages (pyproject.toml): only the feature that needs one imports it.
+# (Left out: flatbuffers, the export extra, and torch, which jax and tensorboardX import
+# themselves wherever they are installed.)
+EXTRAS = ("datasets", "pyarrow", "wandb", "gcsfs", "safetensors", "tokenizers")
+
+
+def test_the_core_imports_no_optional_extra():
+  """A run on the built-in data with no tracker, and every data source's module: the core install
+  must work without the extras (each is imported when a config asks for its feature)."""
+  modules = ["jaxdl.cli", "jaxdl.trainer", "jaxdl.export", "jaxdl.serving", "jaxdl.predict"]
+  modules += _modules("data")
+  top_level, _ = _imported_after(modules)
+  assert not top_level & set(EXTRAS), sorted(top_level & set(EXTRAS))
