@@ -8,6 +8,8 @@ tensorboard/    TensorBoard event files
 checkpoints/    Orbax checkpoints, see jaxdl.checkpoint
 profile/        jax.profiler traces of `train.profile_steps`, see jaxdl.profiling
 lock.json       while a run trains in it: which process holds it, see jaxdl.workdir_lock
+wandb_run.json  with log.wandb: the W&B run a resumed run continues, see jaxdl.wandb_tracker
+wandb/          with log.wandb: W&B's local files (offline runs, for `wandb sync`)
 
 A workdir is a local directory or a gs:// path (jaxdl.paths).
 """
