@@ -96,7 +96,12 @@ def load_images(paths: Sequence[str], steps: dict[str, Any]) -> np.ndarray:
   """float32 [N, S, S, C]: the image files as the run's evaluation batches held them."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  from jaxdl.data import augment, image_folder, image_stream  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import (  # pylint: disable=g-import-not-at-top
+    augment,
+    image_folder,
+    image_stream,
+    pipeline,
+  )
 
   size, resize = steps["size"], steps["resize_shorter_side"]
   rows = []
@@ -108,8 +113,8 @@ def load_images(paths: Sequence[str], steps: dict[str, Any]) -> np.ndarray:
     if steps["channels"] == 1:  # Pillow's luma; exact for a gray image, whose channels are equal.
       rgb = np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
     rows.append(rgb)
-  # As jaxdl.data.pipeline's batches: float32 / float32(255), then the run's normalisation.
-  images = np.stack(rows).astype(np.float32) / np.float32(255)
+  # As jaxdl.data.pipeline's batches: scaled to [0, 1], then the run's normalisation.
+  images = pipeline.scale_pixels(np.stack(rows))
   if steps["mean"] is not None:
     images = augment.normalize(images, steps["mean"], steps["std"])
   return images
@@ -117,15 +122,11 @@ def load_images(paths: Sequence[str], steps: dict[str, Any]) -> np.ndarray:
 
 def encode_texts(texts: Sequence[str], tokenizer: Any, steps: dict[str, Any]) -> np.ndarray:
   """int32 [N, length]: a classifier's rows, as jaxdl.data.reviews.encode_reviews makes them."""
-  length = steps["length"]
-  rows = np.full((len(texts), length), steps["pad_id"], np.int32)
-  for row, text in zip(rows, texts):
-    ids = tokenizer.encode(text)
-    if steps["first"] == "cls":
-      ids = np.concatenate([[tokenizer.cls_id], ids])
-    ids = ids[:length]
-    row[: len(ids)] = ids
-  return rows
+  from jaxdl.data import reviews  # pylint: disable=g-import-not-at-top
+
+  first_id = tokenizer.cls_id if steps["first"] == "cls" else None
+  ids = [tokenizer.encode(text) for text in texts]
+  return reviews.pad_rows(ids, steps["length"], steps["pad_id"], first_id)
 
 
 # ---------------------------------------------------------------- Predicting

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdl import paths
 from jaxdl.data import (
   arrayrecord,
   image_folder,
@@ -310,10 +311,9 @@ def write_arrayrecord(
     _write_split(module, out, name, split, files, show_progress)
     splits[name] = {"num_records": split.num_records, "files": files}
   description = {**description, "splits": splits}
-  partial = out / (arrayrecord.DESCRIPTION_FILE + _PARTIAL)
-  partial.write_text(json.dumps(description, indent=2, default=_json_default) + "\n")
-  os.replace(partial, out / arrayrecord.DESCRIPTION_FILE)
-  return json.loads((out / arrayrecord.DESCRIPTION_FILE).read_text())
+  text = json.dumps(description, indent=2, default=_json_default) + "\n"
+  paths.write_atomic(out / arrayrecord.DESCRIPTION_FILE, text)
+  return json.loads(text)
 
 
 def _json_default(value: Any) -> Any:
@@ -392,4 +392,4 @@ def _remove_converted(out: Path) -> None:
     for pattern in (f"{split}-*-of-*{arrayrecord.SUFFIX}", f"{split}-*-of-*{_PARTIAL}"):
       for path in out.glob(pattern):
         path.unlink()
-  (out / (arrayrecord.DESCRIPTION_FILE + _PARTIAL)).unlink(missing_ok=True)
+  (out / (arrayrecord.DESCRIPTION_FILE + ".tmp")).unlink(missing_ok=True)  # paths.write_atomic's.

@@ -244,7 +244,7 @@ class StreamingImageFolder:
 
   def model_input(self, image_HWC: np.ndarray) -> np.ndarray:
     """A decoded uint8 image [S, S, 3] as the model sees it: float32, in [0, 1] or normalised."""
-    image = image_HWC.astype(np.float32) / np.float32(255)
+    image = pipeline.scale_pixels(image_HWC)
     if self.normalize:
       image = augment_lib.normalize(image, self.mean, self.std)
     return image

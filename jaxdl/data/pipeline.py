@@ -69,7 +69,7 @@ class Split:
 
   def take(self, rows) -> dict[str, np.ndarray]:
     """The batch of `rows` (an index array or a slice): {"image": float32 in [0, 1], "label"}."""
-    return {"image": _scale(self.image[rows]), "label": self.label[rows]}
+    return {"image": scale_pixels(self.image[rows]), "label": self.label[rows]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,7 +416,8 @@ class _EpochBatch:
     return f"_EpochBatch(num_examples={len(self._rows)}, batch_size={self._batch_size})"
 
 
-def _scale(image: np.ndarray) -> np.ndarray:
+def scale_pixels(image: np.ndarray) -> np.ndarray:
+  """uint8 pixels 0..255 as float32 in [0, 1], as every image batch holds them."""
   # Dividing by a float32 255 maps 255 to exactly 1.0 and stays in float32.
   return image.astype(np.float32) / np.float32(255)
 

@@ -175,7 +175,9 @@ def text_classify_dataset(
         f"places itself; use a tokenizer with both (e.g. BERT's)."
       )
     tokens = {
-      name: _pad_ids(tok, read_token_ids(split, tokens_field, tok.vocab_size), max_length)
+      name: reviews.pad_rows(
+        read_token_ids(split, tokens_field, tok.vocab_size), max_length, tok.pad_id, tok.cls_id
+      )
       for name, split in splits.items()
     }
   arrays = {
@@ -200,13 +202,3 @@ def text_classify_dataset(
     source=source,
     tokenizer=tok,
   )
-
-
-def _pad_ids(tokenizer, ids: list[np.ndarray], max_length: int) -> np.ndarray:
-  """int32 [N, max_length]: [CLS], each row's first max_length - 1 ids, [PAD]s (as
-  reviews.encode_reviews lays out text)."""
-  tokens = np.full((len(ids), max_length), tokenizer.pad_id, np.int32)
-  tokens[:, 0] = tokenizer.cls_id
-  for row, row_ids in zip(tokens, ids):
-    row[1 : 1 + len(row_ids[: max_length - 1])] = row_ids[: max_length - 1]
-  return tokens

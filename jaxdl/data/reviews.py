@@ -211,11 +211,20 @@ def fit_tokenizer(tokenizer: str, train_texts: list[str], vocab_size: int, pretr
 
 def encode_reviews(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
   """int32 [len(texts), max_length]: [CLS], each text's first max_length - 1 tokens, [PAD]s."""
-  tokens = np.full((len(texts), max_length), tokenizer.pad_id, np.int32)
-  tokens[:, 0] = tokenizer.cls_id
-  for row, text in zip(tokens, texts):
-    ids = tokenizer.encode(text)[: max_length - 1]
-    row[1 : 1 + len(ids)] = ids
+  ids = [tokenizer.encode(text) for text in texts]
+  return pad_rows(ids, max_length, tokenizer.pad_id, tokenizer.cls_id)
+
+
+def pad_rows(rows_ids, length: int, pad_id: int, first_id: int | None = None) -> np.ndarray:
+  """int32 [len(rows_ids), length]: `first_id` (unless None), then each row's ids cut to fit,
+  then `pad_id`s: the rows a text classifier reads."""
+  tokens = np.full((len(rows_ids), length), pad_id, np.int32)
+  start = 0 if first_id is None else 1
+  if first_id is not None:
+    tokens[:, 0] = first_id
+  for row, ids in zip(tokens, rows_ids):
+    ids = ids[: length - start]
+    row[start : start + len(ids)] = ids
   return tokens
 
 
